@@ -1,0 +1,91 @@
+# mnist-service: the commands for people and CI. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+DOCKER_ENGINE ?= $(SHARED)/tools/docker-engine
+MNIST_DATA_DIR ?= $(SHARED)/data/mnist
+MODELS_DIR ?= models
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+TRAIN_ARGS ?=
+COMPOSE ?= docker compose
+
+# Each stamp remembers which extra is installed; editing pyproject.toml reinstalls it.
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: help install serve train test lint bench docker-build up down system-packages
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: MNIST_DATA_DIR=$(MNIST_DATA_DIR) MODELS_DIR=$(MODELS_DIR) HOST=$(HOST) PORT=$(PORT)"
+	@echo "             PYTEST_ARGS='...' (e.g. -m 'not docker'), TRAIN_ARGS='...' (mnist-train flags)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[serve]'
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(SERVE_STAMP)
+
+install: $(DEV_STAMP) ## create .venv and install everything (.[dev]: serve + train + test tools)
+
+serve: $(SERVE_STAMP) ## serve the committed model with gunicorn on HOST:PORT (127.0.0.1:8000)
+	$(BIN)/mnist-serve --host $(HOST) --port $(PORT) --models-dir $(MODELS_DIR)
+
+train: $(DEV_STAMP) ## train and publish a new version into MODELS_DIR (flags in TRAIN_ARGS)
+	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/mnist-train --models-dir $(MODELS_DIR) $(TRAIN_ARGS)
+
+system-packages: ## apt-get install chromium and wrk when missing (needs root or sudo)
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	else echo "make: missing Debian packages:$$missing. Not root: run 'sudo apt-get install -y$$missing' once, then 'make test' again." >&2; exit 1; fi; \
+	echo "apt-get install$$missing"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
+
+# The Docker test needs an engine. When none answers and the shared docker-engine tool exists,
+# start it, and stop it again however pytest ends (trap), keeping pytest's exit code.
+test: $(DEV_STAMP) system-packages ## run the WHOLE test suite (starts/stops a Docker engine when needed)
+	@started=""; \
+	stop_engine() { if [ -n "$$started" ]; then $(DOCKER_ENGINE) down || echo "make: docker-engine down failed" >&2; fi; }; \
+	trap stop_engine EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	if docker info >/dev/null 2>&1; then echo "make test: using the running Docker engine"; \
+	elif [ -x "$(DOCKER_ENGINE)" ]; then \
+	  if ! $(DOCKER_ENGINE) status >/dev/null 2>&1; then started=1; fi; \
+	  engine_env="$$($(DOCKER_ENGINE) up)" || { echo "make: docker-engine up failed" >&2; exit 1; }; \
+	  eval "$$engine_env"; \
+	else echo "make test: no Docker engine and no $(DOCKER_ENGINE); the docker tests will say why"; fi; \
+	MNIST_DATA_DIR="$(MNIST_DATA_DIR)" $(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	exit $$status
+
+lint: $(DEV_STAMP) ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(DEV_STAMP) system-packages ## serving benchmarks with wrk (a few minutes; prints tables)
+	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_bench.py --models-dir $(MODELS_DIR)
+	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_images_bench.py --models-dir $(MODELS_DIR)
+
+docker-build: ## build the serving and trainer images with compose
+	$(COMPOSE) --profile train build
+
+up: ## start the service in Docker on 127.0.0.1:MNIST_PORT (8000) and wait until healthy
+	$(COMPOSE) up --detach --wait
+
+down: ## stop the Docker stack
+	$(COMPOSE) --profile train down
