@@ -1,0 +1,290 @@
+"""Prometheus metrics for the service, correct across gunicorn workers, and the /metrics route.
+
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it for every worker) each worker writes its
+samples to mmap files in that folder and /metrics merges all of them, so any worker answers for the
+whole server. Without it (a Flask test client, one process) the metrics live in this process only.
+The metric objects are created on first use, never at import time, because prometheus_client picks
+its storage when a metric is created.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    multiprocess,
+    values,
+)
+from prometheus_client.exposition import choose_encoder
+
+from service.contract import MAX_BATCH_SIZE, N_CLASSES
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+NAMESPACE = "mnist"
+#: the route label of a request that matched no route (404, 405): one series, not one per path
+UNMATCHED_ROUTE = "<unmatched>"
+
+ReloadOutcome = Literal["success", "failure"]
+
+# Whole requests take milliseconds to a few seconds (a batch of 1024 PNGs); one onnxruntime call
+# on this model takes tens of microseconds for one image up to tens of milliseconds for a batch.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INFERENCE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+PREPROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
+
+
+def batch_buckets(max_batch: int = MAX_BATCH_SIZE) -> tuple[float, ...]:
+    """Powers of two from 1 up to the largest batch the service accepts."""
+    buckets = [1.0]
+    while buckets[-1] < max_batch:
+        buckets.append(buckets[-1] * 2)
+    return tuple(buckets)
+
+
+def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """The folder shared by the workers, or None in single-process mode."""
+    environ = os.environ if environ is None else environ
+    return environ.get(MULTIPROC_ENV) or None
+
+
+@dataclass
+class ServiceMetrics:
+    """Every metric the service exports, created together in one registry."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    request_latency: Histogram
+    inference_latency: Histogram
+    preprocessing_latency: Histogram
+    batch_size: Histogram
+    predictions: Counter
+    model_info: Gauge
+    model_version: Gauge
+    reloads: Counter
+    info_labels: tuple[str, str, str] | None = field(default=None)
+
+    @classmethod
+    def create(cls, multiprocess_mode: bool) -> ServiceMetrics:
+        """Build the metrics; in multiprocess mode the per-worker gauges are 'liveall'."""
+        registry = CollectorRegistry()
+        if not multiprocess_mode:
+            # Process figures only make sense per process; multiprocess mode cannot merge them.
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "http_requests",
+                "HTTP requests answered, by route template, status and model version.",
+                ["route", "status", "version"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            request_latency=Histogram(
+                "http_request_duration_seconds",
+                "Time from the request reaching Flask to the response leaving it.",
+                ["route", "status"],
+                namespace=NAMESPACE,
+                buckets=REQUEST_BUCKETS,
+                registry=registry,
+            ),
+            inference_latency=Histogram(
+                "inference_duration_seconds",
+                "Time of one onnxruntime run, by model version.",
+                ["version"],
+                namespace=NAMESPACE,
+                buckets=INFERENCE_BUCKETS,
+                registry=registry,
+            ),
+            preprocessing_latency=Histogram(
+                "preprocessing_duration_seconds",
+                "Time to turn the images of one request into model input.",
+                namespace=NAMESPACE,
+                buckets=PREPROCESSING_BUCKETS,
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                "batch_size",
+                "Images per onnxruntime run.",
+                namespace=NAMESPACE,
+                buckets=batch_buckets(),
+                registry=registry,
+            ),
+            predictions=Counter(
+                "predictions",
+                "Predicted digits, by digit and model version.",
+                ["digit", "version"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            # liveall: one series per live worker (a pid label), so a rollout shows which worker
+            # serves which version, and a dead worker's series go away with mark_worker_dead.
+            model_info=Gauge(
+                "model_info",
+                "1 for the model version a worker serves (0 for one it served before).",
+                ["name", "version", "sha256"],
+                namespace=NAMESPACE,
+                multiprocess_mode="liveall",
+                registry=registry,
+            ),
+            model_version=Gauge(
+                "model_loaded_version",
+                "The model version a worker serves; min() and max() over workers show a rollout.",
+                namespace=NAMESPACE,
+                multiprocess_mode="liveall",
+                registry=registry,
+            ),
+            reloads=Counter(
+                "model_reloads",
+                "Attempts to load a newly published model version, by outcome.",
+                ["outcome"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+        )
+
+
+_lock = threading.Lock()
+_metrics: ServiceMetrics | None = None
+
+
+def service_metrics() -> ServiceMetrics:
+    """The process's metrics, created on first use in the mode the environment asks for."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            multiprocess_mode = multiprocess_dir() is not None
+            if multiprocess_mode and not getattr(values.ValueClass, "_multiprocess", False):
+                # prometheus_client chose in-memory values when it was imported, before the
+                # variable was set (e.g. a test imported it first); every metric created from
+                # now on must write to the shared files instead, or other workers never see it.
+                values.ValueClass = values.get_value_class()
+            _metrics = ServiceMetrics.create(multiprocess_mode)
+        return _metrics
+
+
+def observe_inference(
+    seconds: float, batch_size: int, labels: Iterable[int] | np.ndarray, model_version: int
+) -> None:
+    """Record one onnxruntime run: its latency, its batch size and the digits it predicted."""
+    metrics = service_metrics()
+    version = str(model_version)
+    metrics.inference_latency.labels(version).observe(seconds)
+    metrics.batch_size.observe(batch_size)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=N_CLASSES)
+    for digit, count in enumerate(counts.tolist()):
+        if count:
+            metrics.predictions.labels(str(digit), version).inc(count)
+
+
+def observe_preprocessing(seconds: float) -> None:
+    """Record the time spent decoding and preparing the images of one request."""
+    service_metrics().preprocessing_latency.observe(seconds)
+
+
+def set_model_info(name: str, version: int, sha256: str) -> None:
+    """Mark the model this worker now serves (and the one it served before as 0)."""
+    metrics = service_metrics()
+    labels = (name, str(version), sha256)
+    with _lock:
+        if metrics.info_labels is not None and metrics.info_labels != labels:
+            # Series cannot be removed in multiprocess mode, so the old version drops to 0.
+            metrics.model_info.labels(*metrics.info_labels).set(0)
+        metrics.model_info.labels(*labels).set(1)
+        metrics.model_version.set(version)
+        metrics.info_labels = labels
+
+
+def count_reload(outcome: ReloadOutcome) -> None:
+    """Count one attempt to load a new model version."""
+    if outcome not in ("success", "failure"):
+        raise ValueError(f"reload outcome must be 'success' or 'failure', not {outcome!r}")
+    service_metrics().reloads.labels(outcome).inc()
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's per-process gauges (gunicorn's child_exit hook calls this)."""
+    path = multiprocess_dir()
+    if path is not None:
+        multiprocess.mark_process_dead(pid, path)
+
+
+def route_label() -> str:
+    """The url rule that matched this request (e.g. /v2/models/<name>), never the raw path."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
+
+
+def exposition(accept_header: str | None) -> tuple[bytes, str]:
+    """The metrics of every worker in the format the scraper asked for, and its content type."""
+    metrics = service_metrics()
+    path = multiprocess_dir()
+    if path is None:
+        registry = metrics.registry
+    else:
+        # A fresh registry per scrape: the collector reads every worker's files as they are now.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+    try:
+        encoder, content_type = choose_encoder(accept_header or "")
+    except (TypeError, ValueError):
+        # prometheus_client fails on a malformed version parameter (e.g. "version=abc");
+        # a scraper that sends one still gets the classic text format rather than a 500.
+        encoder, content_type = choose_encoder("")
+    return encoder(registry), content_type
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _observe_request(response: Response) -> Response:
+    started = g.pop("metrics_started", None)
+    route = route_label()
+    status = str(response.status_code)
+    version = g.get("model_version")
+    metrics = service_metrics()
+    metrics.requests.labels(route, status, "" if version is None else str(version)).inc()
+    if started is not None:
+        metrics.request_latency.labels(route, status).observe(time.perf_counter() - started)
+    return response
+
+
+def _metrics_view() -> Response:
+    body, content_type = exposition(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
+
+
+def init_app(app: Flask) -> None:
+    """Serve GET /metrics and time every request of the app by route and status."""
+    service_metrics()
+    # First in line, so the time includes the app's other before_request hooks.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
+    app.after_request(_observe_request)
+    app.add_url_rule("/metrics", endpoint="metrics", view_func=_metrics_view, methods=["GET"])

@@ -1,0 +1,132 @@
+"""Request ids and one structured JSON log line per request (never pixels or bodies).
+
+The id comes from the client's X-Request-ID header when it is a sane token, otherwise it is a fresh
+UUID4; it is echoed in the X-Request-ID response header of every response, errors included, and
+routes put it in their JSON bodies through current_request_id().
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_LENGTH = 128
+#: visible ASCII only: safe to echo in a header and to grep in logs, no spaces or control bytes
+REQUEST_ID_PATTERN = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+LOGGER_NAME = "mnist.requests"
+UNMATCHED_ROUTE = "<unmatched>"
+MAX_LOGGED_PATH = 256
+
+
+def valid_request_id(candidate: str | None) -> bool:
+    """True when a client-sent id is 1..128 visible ASCII characters."""
+    return candidate is not None and REQUEST_ID_PATTERN.fullmatch(candidate) is not None
+
+
+def new_request_id() -> str:
+    """A fresh random id (UUID4 as 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    """The id of the request being handled: the client's X-Request-ID if valid, else generated."""
+    request_id = g.get("request_id")
+    if request_id is None:
+        sent = request.headers.get(REQUEST_ID_HEADER)
+        request_id = sent if sent is not None and valid_request_id(sent) else new_request_id()
+        g.request_id = request_id
+    return request_id
+
+
+class JsonLineFormatter(logging.Formatter):
+    """Formats a record as one JSON object: time, level, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        # default=str: a numpy integer or a Path in a field must not cost the log line
+        return json.dumps(line, separators=(",", ":"), default=str)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (pytest swaps it per test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        # StreamHandler.__init__ assigns a stream; the property above always wins.
+        pass
+
+
+def request_logger() -> logging.Logger:
+    """The request logger, writing JSON lines to stderr; set up once per process."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(isinstance(handler, StderrHandler) for handler in logger.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(JsonLineFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        # Its own handler only: the root logger (or gunicorn's) must not print the line again.
+        logger.propagate = False
+    return logger
+
+
+def request_fields(response: Response, latency_ms: float | None) -> dict[str, Any]:
+    """What the log line says about one finished request: ids, route, outcome, sizes, timing."""
+    rule = request.url_rule
+    return {
+        "request_id": current_request_id(),
+        "method": request.method,
+        "route": rule.rule if rule is not None else UNMATCHED_ROUTE,
+        "path": request.path[:MAX_LOGGED_PATH],
+        "status": response.status_code,
+        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+        "model_version": g.get("model_version"),
+        "batch_size": g.get("batch_size"),
+        "request_bytes": request.content_length,
+    }
+
+
+def _start_request() -> None:
+    g.request_log_started = time.perf_counter()
+    current_request_id()
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = current_request_id()
+    started = g.pop("request_log_started", None)
+    latency_ms = None if started is None else (time.perf_counter() - started) * 1000.0
+    logging.getLogger(LOGGER_NAME).info(
+        "request", extra={"fields": request_fields(response, latency_ms)}
+    )
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id, echo it in the response, and log one JSON line per request."""
+    request_logger()
+    # First in line, so the id exists and the clock runs before any other hook can fail.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
+    app.after_request(_finish_request)

@@ -1,0 +1,288 @@
+"""Unit tests of service.metrics: /metrics over the Flask test client, and multiprocess merging."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask, g, request
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import metrics, request_log
+from service.contract import MAX_BATCH_SIZE
+from service.errors import InvalidInput, ServiceError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+FAMILIES = (
+    "mnist_http_requests",
+    "mnist_http_request_duration_seconds",
+    "mnist_inference_duration_seconds",
+    "mnist_preprocessing_duration_seconds",
+    "mnist_batch_size",
+    "mnist_predictions",
+    "mnist_model_info",
+    "mnist_model_loaded_version",
+    "mnist_model_reloads",
+)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition, keyed by name and label set."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(text: str, metric: str, **labels: str) -> float:
+    """One sample's value, 0 when the series does not exist yet."""
+    return samples(text).get((metric, frozenset(labels.items())), 0.0)
+
+
+def build_app() -> Flask:
+    """A small app wired like the service: routes set g.model_version and g.batch_size."""
+    app = Flask("metrics_test")
+
+    @app.post("/predict")
+    def predict() -> dict[str, object]:
+        images = request.get_json()["images"]
+        g.model_version = 7
+        g.batch_size = len(images)
+        if not images:
+            raise InvalidInput("empty batch")
+        metrics.observe_inference(0.002, len(images), np.array(images, dtype=np.int64), 7)
+        return {"digits": images}
+
+    @app.get("/items/<int:item>")
+    def item(item: int) -> dict[str, int]:
+        return {"item": item}
+
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError) -> tuple[dict[str, object], int]:
+        return error.to_json(), int(error.status)
+
+    request_log.init_app(app)
+    metrics.init_app(app)
+    return app
+
+
+@pytest.fixture
+def client():
+    return build_app().test_client()
+
+
+def scrape(client) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def test_metrics_exposes_every_family(client):
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(response.get_data(True))}
+    assert set(FAMILIES) <= names
+
+
+def test_requests_counted_by_route_template_not_raw_path(client):
+    before = scrape(client)
+    for item in range(5):
+        assert client.get(f"/items/{item}").status_code == 200
+    after = scrape(client)
+    route = "/items/<int:item>"
+    assert value(after, "mnist_http_requests_total", route=route, status="200", version="") == (
+        value(before, "mnist_http_requests_total", route=route, status="200", version="") + 5
+    )
+    assert not any("/items/3" in dict(labels).get("route", "") for _, labels in samples(after))
+
+
+def test_unmatched_paths_share_one_series(client):
+    before = scrape(client)
+    for n in range(4):
+        assert client.get(f"/no/such/path/{n}").status_code == 404
+    after = scrape(client)
+    labels = {"route": metrics.UNMATCHED_ROUTE, "status": "404", "version": ""}
+    assert value(after, "mnist_http_requests_total", **labels) == (
+        value(before, "mnist_http_requests_total", **labels) + 4
+    )
+    assert "/no/such/path" not in after
+
+
+def test_request_latency_by_route_and_status_including_errors(client):
+    before = scrape(client)
+    assert client.post("/predict", json={"images": [3, 3]}).status_code == 200
+    assert client.post("/predict", json={"images": []}).status_code == 422
+    after = scrape(client)
+    for status in ("200", "422"):
+        name = "mnist_http_request_duration_seconds_count"
+        assert value(after, name, route="/predict", status=status) == (
+            value(before, name, route="/predict", status=status) + 1
+        )
+    # the version the route reported is on the request counter
+    assert value(
+        after, "mnist_http_requests_total", route="/predict", status="200", version="7"
+    ) == (
+        value(before, "mnist_http_requests_total", route="/predict", status="200", version="7") + 1
+    )
+
+
+def test_observe_inference_counts_digits_batches_and_latency(client):
+    before = scrape(client)
+    assert client.post("/predict", json={"images": [1, 1, 1, 9]}).status_code == 200
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("mnist_predictions_total", digit="1", version="7") == 3
+    assert delta("mnist_predictions_total", digit="9", version="7") == 1
+    assert delta("mnist_predictions_total", digit="0", version="7") == 0
+    assert delta("mnist_batch_size_count") == 1
+    assert delta("mnist_batch_size_sum") == 4
+    assert delta("mnist_batch_size_bucket", le="2.0") == 0
+    assert delta("mnist_batch_size_bucket", le="4.0") == 1
+    assert delta("mnist_inference_duration_seconds_count", version="7") == 1
+    assert delta("mnist_inference_duration_seconds_sum", version="7") == pytest.approx(0.002)
+
+
+def test_observe_preprocessing(client):
+    before = scrape(client)
+    metrics.observe_preprocessing(0.004)
+    metrics.observe_preprocessing(0.2)
+    after = scrape(client)
+    name = "mnist_preprocessing_duration_seconds"
+    assert value(after, f"{name}_count") - value(before, f"{name}_count") == 2
+    assert (
+        value(after, f"{name}_bucket", le="0.005") - value(before, f"{name}_bucket", le="0.005")
+        == 1
+    )
+
+
+def test_model_info_marks_the_served_version_and_zeroes_the_previous(client):
+    metrics.set_model_info("mnist", 41, "a" * 64)
+    metrics.set_model_info("mnist", 42, "b" * 64)
+    text = scrape(client)
+    assert value(text, "mnist_model_info", name="mnist", version="42", sha256="b" * 64) == 1
+    assert value(text, "mnist_model_info", name="mnist", version="41", sha256="a" * 64) == 0
+    assert value(text, "mnist_model_loaded_version") == 42
+
+
+def test_reloads_counted_by_outcome(client):
+    before = scrape(client)
+    metrics.count_reload("success")
+    metrics.count_reload("failure")
+    metrics.count_reload("failure")
+    after = scrape(client)
+    name = "mnist_model_reloads_total"
+    assert value(after, name, outcome="success") - value(before, name, outcome="success") == 1
+    assert value(after, name, outcome="failure") - value(before, name, outcome="failure") == 2
+
+
+def test_reload_outcome_is_a_closed_set():
+    with pytest.raises(ValueError, match="'maybe'"):
+        metrics.count_reload("maybe")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/openmetrics-text; version=abc", "text/plain; version=x.y", ";;;,,", "*/*"],
+)
+def test_malformed_accept_header_still_gets_text_format(client, accept):
+    response = client.get("/metrics", headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    assert "mnist_http_requests_total" in response.get_data(as_text=True)
+
+
+def test_openmetrics_on_request(client):
+    response = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert response.status_code == 200
+    assert response.content_type.startswith("application/openmetrics-text")
+    assert response.get_data(as_text=True).rstrip().endswith("# EOF")
+
+
+def test_batch_buckets_cover_the_largest_batch():
+    buckets = metrics.batch_buckets()
+    assert buckets[0] == 1
+    assert buckets[-1] >= MAX_BATCH_SIZE
+    assert buckets[-2] < MAX_BATCH_SIZE
+    assert metrics.batch_buckets(5) == (1, 2, 4, 8)
+
+
+def test_metrics_route_is_registered_for_get_only(client):
+    assert client.post("/metrics").status_code == 405
+
+
+WORKER = """
+import json, os, sys
+from service import metrics
+metrics.set_model_info("mnist", int(sys.argv[1]), "c" * 64)
+metrics.observe_inference(0.001, 3, [5, 5, 2], int(sys.argv[1]))
+metrics.count_reload("success")
+print(json.dumps({"pid": os.getpid()}))
+"""
+
+
+def run_worker(multiproc_dir: Path, version: int) -> int:
+    """Run the metrics calls of one worker in a real separate process; return its pid."""
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(multiproc_dir)}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, str(version)],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(json.loads(done.stdout)["pid"])
+
+
+def merged(multiproc_dir: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+    }
+
+
+def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(tmp_path, monkeypatch):
+    first = run_worker(tmp_path, 3)
+    second = run_worker(tmp_path, 4)
+    merged_samples = merged(tmp_path)
+
+    def sample(metric: str, **labels: str) -> float | None:
+        return merged_samples.get((metric, frozenset(labels.items())))
+
+    assert sample("mnist_predictions_total", digit="5", version="3") == 2
+    assert sample("mnist_predictions_total", digit="5", version="4") == 2
+    assert sample("mnist_model_reloads_total", outcome="success") == 2
+    assert sample("mnist_batch_size_count") == 2
+    info = {"name": "mnist", "sha256": "c" * 64}
+    assert sample("mnist_model_info", pid=str(first), version="3", **info) == 1
+    assert sample("mnist_model_info", pid=str(second), version="4", **info) == 1
+
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    metrics.mark_worker_dead(first)
+    after_death = merged(tmp_path)
+    pids = {dict(labels).get("pid") for name, labels in after_death if name == "mnist_model_info"}
+    assert pids == {str(second)}
+    # counters keep what the dead worker counted
+    key = ("mnist_predictions_total", frozenset({"digit": "5", "version": "3"}.items()))
+    assert after_death[key] == 2
+
+
+def test_mark_worker_dead_without_multiprocess_dir_is_harmless(monkeypatch):
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    metrics.mark_worker_dead(os.getpid())

@@ -1,0 +1,177 @@
+"""Unit tests of service.request_log: request ids and one JSON log line per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from flask import Flask, g, request
+
+from service import request_log
+from service.errors import InvalidInput, ServiceError
+from service.request_log import REQUEST_ID_HEADER, current_request_id
+
+
+def build_app() -> Flask:
+    """A small app wired like the service: routes set g.batch_size and g.model_version."""
+    app = Flask("request_log_test")
+    # A route that fails unexpectedly must still get its header and log line, as in production.
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.post("/predict")
+    def predict() -> dict[str, object]:
+        images = request.get_json()["images"]
+        g.batch_size = len(images)
+        g.model_version = 3
+        if len(images) > 2:
+            raise InvalidInput("at most 2 images")
+        return {"request_id": current_request_id(), "again": current_request_id()}
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("a bug")
+
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError) -> tuple[dict[str, object], int]:
+        return error.to_json(), int(error.status)
+
+    request_log.init_app(app)
+    return app
+
+
+@pytest.fixture
+def client():
+    return build_app().test_client()
+
+
+def log_lines(captured: str) -> list[dict[str, object]]:
+    """The request log lines among what was written to stderr."""
+    lines = [json.loads(line) for line in captured.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == request_log.LOGGER_NAME]
+
+
+def test_generated_id_when_none_sent(client):
+    response = client.post("/predict", json={"images": [[0] * 784]})
+    assert response.status_code == 200
+    request_id = response.headers[REQUEST_ID_HEADER]
+    assert len(request_id) == 32
+    int(request_id, 16)  # hex
+    assert response.json["request_id"] == request_id == response.json["again"]
+
+
+def test_each_request_gets_its_own_id(client):
+    responses = [client.post("/predict", json={"images": []}) for _ in range(5)]
+    ids = {response.headers[REQUEST_ID_HEADER] for response in responses}
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize(
+    "sent", ["abc-123", "trace:00f0/span.7_x", "x" * request_log.MAX_REQUEST_ID_LENGTH]
+)
+def test_valid_client_id_is_echoed(client, sent):
+    response = client.post("/predict", json={"images": []}, headers={REQUEST_ID_HEADER: sent})
+    assert response.headers[REQUEST_ID_HEADER] == sent
+    assert response.json["request_id"] == sent
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "",
+        "x" * (request_log.MAX_REQUEST_ID_LENGTH + 1),
+        "has space",
+        "tab\there",
+        "caf\u00e9",
+        "\x7f",
+    ],
+)
+def test_invalid_client_id_is_replaced(client, sent):
+    response = client.post("/predict", json={"images": []}, headers={REQUEST_ID_HEADER: sent})
+    returned = response.headers[REQUEST_ID_HEADER]
+    assert returned != sent
+    assert len(returned) == 32
+    assert response.json["request_id"] == returned
+
+
+def test_valid_request_id_rules():
+    assert request_log.valid_request_id("a")
+    assert not request_log.valid_request_id(None)
+    assert not request_log.valid_request_id("")
+    assert not request_log.valid_request_id("line\nbreak")
+    assert not request_log.valid_request_id("y" * 129)
+
+
+def test_id_header_on_every_error(client):
+    sent = {REQUEST_ID_HEADER: "err-1"}
+    assert client.get("/no/such/route", headers=sent).headers[REQUEST_ID_HEADER] == "err-1"
+    assert client.get("/predict", headers=sent).headers[REQUEST_ID_HEADER] == "err-1"  # 405
+    too_many = client.post("/predict", json={"images": [1, 2, 3]}, headers=sent)
+    assert too_many.status_code == 422
+    assert too_many.headers[REQUEST_ID_HEADER] == "err-1"
+    crashed = client.get("/boom", headers=sent)
+    assert crashed.status_code == 500
+    assert crashed.headers[REQUEST_ID_HEADER] == "err-1"
+
+
+def test_one_json_line_per_request_with_its_fields(client, capsys):
+    capsys.readouterr()
+    pixels = [[7] * 784, [201] * 784]
+    ok = client.post("/predict", json={"images": pixels}, headers={REQUEST_ID_HEADER: "req-ok"})
+    missing = client.get("/missing/42", headers={REQUEST_ID_HEADER: "req-404"})
+    assert (ok.status_code, missing.status_code) == (200, 404)
+    captured = capsys.readouterr().err
+    lines = log_lines(captured)
+    assert [line["request_id"] for line in lines] == ["req-ok", "req-404"]
+    first, second = lines
+    assert first["method"] == "POST"
+    assert first["route"] == "/predict"
+    assert first["status"] == 200
+    assert first["batch_size"] == 2
+    assert first["model_version"] == 3
+    assert isinstance(first["latency_ms"], float)
+    assert first["latency_ms"] >= 0
+    assert first["request_bytes"] > 784
+    assert first["ts"].endswith("+00:00")
+    assert second["route"] == request_log.UNMATCHED_ROUTE
+    assert second["path"] == "/missing/42"
+    assert second["status"] == 404
+    assert second["batch_size"] is None
+    # never pixels or bodies
+    assert "201" not in captured
+    assert "images" not in captured
+
+
+def test_failed_request_is_logged_once(client, capsys):
+    capsys.readouterr()
+    client.get("/boom", headers={REQUEST_ID_HEADER: "req-500"})
+    lines = [line for line in log_lines(capsys.readouterr().err) if line["event"] == "request"]
+    assert len(lines) == 1
+    assert lines[0]["status"] == 500
+    assert lines[0]["request_id"] == "req-500"
+
+
+def test_hostile_path_is_escaped_and_truncated(client, capsys):
+    capsys.readouterr()
+    path = "/x\u2028" + "a" * 1000
+    client.get(path)
+    (line,) = log_lines(capsys.readouterr().err)
+    assert len(line["path"]) == request_log.MAX_LOGGED_PATH
+
+
+def test_formatter_writes_one_line_even_for_odd_values():
+    record = logging.LogRecord("mnist.requests", logging.INFO, __file__, 1, "request", None, None)
+    record.fields = {"batch_size": np.int64(4), "note": "two\nlines"}
+    line = request_log.JsonLineFormatter().format(record)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["batch_size"] == "4"
+    assert parsed["note"] == "two\nlines"
+
+
+def test_init_app_installs_one_handler_however_many_apps():
+    build_app()
+    build_app()
+    handlers = logging.getLogger(request_log.LOGGER_NAME).handlers
+    assert sum(isinstance(handler, request_log.StderrHandler) for handler in handlers) == 1
