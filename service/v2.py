@@ -1,0 +1,216 @@
+"""The Open Inference Protocol (KServe V2) for the one served model, as a Flask blueprint.
+
+Health, server and model metadata, Triton's model configuration, and inference with JSON tensors,
+the binary tensor data extension and the classification extension. Errors are answered the
+protocol's way, ``{"error": "..."}``, whatever the rest of the app does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any, Protocol
+
+import flask
+import numpy as np
+from werkzeug.exceptions import HTTPException
+
+from service.contract import (
+    INPUT_NAME,
+    MAX_BATCH_SIZE,
+    N_CLASSES,
+    N_PIXELS,
+    OUTPUT_LABEL,
+    OUTPUT_PROBABILITIES,
+)
+from service.errors import ModelUnavailable, NotFound, ServiceError
+from service.v2_binary import HEADER_LENGTH
+from service.v2_infer import encode_infer_response, parse_infer_request
+
+SERVER_NAME = "mnist-service"
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+
+
+class LoadedModelLike(Protocol):
+    """What V2 reads of the predictor's loaded model (service.predictor.LoadedModel)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+class PredictionLike(Protocol):
+    """What V2 reads of a prediction (service.predictor.Prediction)."""
+
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def probabilities(self) -> np.ndarray: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> int: ...
+
+
+class PredictorLike(Protocol):
+    """The slice of service.predictor.Predictor that V2 uses."""
+
+    @property
+    def loaded(self) -> LoadedModelLike: ...
+    def predict(self, images: np.ndarray) -> PredictionLike: ...
+
+
+def _app_predictor() -> PredictorLike:
+    from service.app import current_predictor  # the app imports this module: resolve late
+
+    return current_predictor()
+
+
+def create_blueprint(
+    predictor: Callable[[], PredictorLike] | None = None,
+    max_batch: int = MAX_BATCH_SIZE,
+) -> flask.Blueprint:
+    """The /v2 routes; ``predictor`` returns the serving Predictor (default: the app's)."""
+    get_predictor = predictor or _app_predictor
+    server = {"name": SERVER_NAME, "version": _server_version(), "extensions": list(EXTENSIONS)}
+    blueprint = flask.Blueprint("v2", __name__, url_prefix="/v2")
+
+    def resolve(model: str, version: str | None) -> LoadedModelLike:
+        """The loaded model when it is the one named in the URL; NotFound otherwise."""
+        loaded = get_predictor().loaded
+        if model != loaded.name:
+            raise NotFound(f"unknown model {model!r}: this server serves {loaded.name!r}")
+        if version is not None and version != str(loaded.version):
+            raise NotFound(
+                f"model {model!r} has no version {version!r} loaded; version "
+                f"{loaded.version} is serving"
+            )
+        return loaded
+
+    @blueprint.get("")
+    def server_metadata() -> Any:
+        return server
+
+    @blueprint.get("/health/live")
+    def live() -> Any:
+        return "", 200
+
+    @blueprint.get("/health/ready")
+    def ready() -> Any:
+        try:
+            _ = get_predictor().loaded  # raises ModelUnavailable until a version is serving
+        except ModelUnavailable:
+            return "", 503
+        return "", 200
+
+    @blueprint.get("/models/<model>")
+    @blueprint.get("/models/<model>/versions/<version>")
+    def model_metadata(model: str, version: str | None = None) -> Any:
+        loaded = resolve(model, version)
+        return {
+            "name": loaded.name,
+            "versions": [str(loaded.version)],
+            "platform": PLATFORM,
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, N_PIXELS]}],
+            "outputs": [
+                {"name": OUTPUT_LABEL, "datatype": "INT64", "shape": [-1]},
+                {"name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, N_CLASSES]},
+            ],
+        }
+
+    @blueprint.get("/models/<model>/ready")
+    @blueprint.get("/models/<model>/versions/<version>/ready")
+    def model_ready(model: str, version: str | None = None) -> Any:
+        try:
+            resolve(model, version)
+        except ModelUnavailable:
+            return "", 503
+        return "", 200
+
+    @blueprint.get("/models/<model>/config")
+    @blueprint.get("/models/<model>/versions/<version>/config")
+    def model_config(model: str, version: str | None = None) -> Any:
+        return triton_model_config(resolve(model, version).name, max_batch)
+
+    @blueprint.post("/models/<model>/infer")
+    @blueprint.post("/models/<model>/versions/<version>/infer")
+    def infer(model: str, version: str | None = None) -> Any:
+        serving = get_predictor()
+        resolve(model, version)
+        body = flask.request.get_data(cache=False)
+        request = parse_infer_request(body, flask.request.headers.get(HEADER_LENGTH), max_batch)
+        flask.g.batch_size = len(request.images)
+        prediction = serving.predict(request.images)
+        flask.g.model_version = prediction.model_version
+        if version is not None and str(prediction.model_version) != version:
+            # a hot reload swapped versions between the check and the prediction
+            raise NotFound(f"model {model!r} version {version} was replaced while answering")
+        payload, header_length = encode_infer_response(
+            request,
+            prediction.labels,
+            prediction.probabilities,
+            prediction.model_name,
+            prediction.model_version,
+        )
+        if header_length is None:
+            return flask.Response(payload, content_type="application/json")
+        response = flask.Response(payload, content_type="application/octet-stream")
+        response.headers[HEADER_LENGTH] = str(header_length)
+        return response
+
+    @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    def unknown_route(rest: str) -> Any:
+        raise NotFound(f"no Open Inference Protocol endpoint {flask.request.method} /v2/{rest}")
+
+    @blueprint.errorhandler(ServiceError)
+    def service_error(exc: ServiceError) -> Any:
+        return {"error": exc.message}, exc.status
+
+    @blueprint.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        return {"error": exc.description or exc.name}, exc.code or 500
+
+    return blueprint
+
+
+def triton_model_config(name: str, max_batch: int) -> dict[str, Any]:
+    """Triton's model configuration as JSON, the same model that contract.triton_config() writes."""
+    return {
+        "name": name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "max_batch_size": max_batch,
+        "input": [
+            {
+                "name": INPUT_NAME,
+                "data_type": "TYPE_FP32",
+                "format": "FORMAT_NONE",
+                "dims": [N_PIXELS],
+            }
+        ],
+        "output": [
+            {
+                "name": OUTPUT_LABEL,
+                "data_type": "TYPE_INT64",
+                "dims": [],
+                "reshape": {"shape": []},
+                "label_filename": "",
+            },
+            {
+                "name": OUTPUT_PROBABILITIES,
+                "data_type": "TYPE_FP32",
+                "dims": [N_CLASSES],
+                "label_filename": "",
+            },
+        ],
+        "version_policy": {"latest": {"num_versions": 1}},
+    }
+
+
+def _server_version() -> str:
+    try:
+        return metadata.version(SERVER_NAME)
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"

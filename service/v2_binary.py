@@ -1,0 +1,112 @@
+"""The binary tensor data extension of the Open Inference Protocol, as bytes in and bytes out.
+
+A body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensors
+(little-endian, row-major, no padding) in the order the header lists them. Pure functions on
+bytes, no Flask: the HTTP layer lives in service/v2.py.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from service.errors import BadRequest
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BYTES_LENGTH_PREFIX = struct.Struct("<I")
+
+
+def parse_header_length(value: str | None, body_size: int) -> int | None:
+    """The JSON header's length in bytes from the header's value (None when absent)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    length = int(text)
+    if length == 0:
+        raise BadRequest(f"{HEADER_LENGTH} is 0: the JSON inference header cannot be empty")
+    if length > body_size:
+        raise BadRequest(
+            f"{HEADER_LENGTH} says {length} bytes but the whole body has only {body_size}"
+        )
+    return length
+
+
+def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], BinarySection]:
+    """The parsed JSON header and the binary section that follows it (empty when there is none)."""
+    end = len(body) if header_length is None else header_length
+    try:
+        header = json.loads(body[:end])
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON and bad UTF-8; RecursionError a hostile nesting depth
+        if header_length is None:
+            hint = f" (binary tensors after the JSON need the {HEADER_LENGTH} header)"
+            where = "the body"
+        else:
+            hint = ""
+            where = f"the first {end} bytes of the body ({HEADER_LENGTH})"
+        raise BadRequest(f"{where} is not a valid JSON inference request: {exc}{hint}") from exc
+    if not isinstance(header, dict):
+        raise BadRequest("the inference request must be a JSON object")
+    return header, BinarySection(memoryview(body)[end:])
+
+
+def binary_data_size(parameters: Mapping[str, Any], tensor: str) -> int | None:
+    """The ``binary_data_size`` parameter of a tensor, validated (None when absent)."""
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(
+            f"tensor {tensor!r}: binary_data_size must be a non-negative integer, got {size!r}"
+        )
+    return size
+
+
+class BinarySection:
+    """The raw bytes after the JSON header, handed out tensor by tensor without copying."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._data = data
+        self._offset = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def take(self, size: int, tensor: str) -> memoryview:
+        """The next ``size`` bytes, for ``tensor``; BadRequest when the body ends before them."""
+        left = len(self._data) - self._offset
+        if size > left:
+            raise BadRequest(
+                f"tensor {tensor!r}: binary_data_size is {size} but only {left} bytes of binary "
+                "data follow the JSON header (truncated body or wrong size)"
+            )
+        chunk = self._data[self._offset : self._offset + size]
+        self._offset += size
+        return chunk
+
+    def finish(self) -> None:
+        """Check that the tensors used every byte: extra bytes mean the sizes do not add up."""
+        left = len(self._data) - self._offset
+        if left:
+            raise BadRequest(
+                f"{left} bytes of binary data after the last tensor: the binary_data_size "
+                f"values and {HEADER_LENGTH} do not add up to the body length"
+            )
+
+
+def encode_bytes_elements(elements: Iterable[bytes]) -> bytes:
+    """A BYTES tensor as binary data: each element is a 4-byte little-endian length + the bytes."""
+    return b"".join(BYTES_LENGTH_PREFIX.pack(len(item)) + item for item in elements)
+
+
+def join_body(header: Mapping[str, Any], chunks: Sequence[bytes]) -> tuple[bytes, int | None]:
+    """The response body and the header length to announce (None when it is all JSON)."""
+    # NaN can never reach here (inputs are range-checked), so strict JSON is safe to demand
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    if not chunks:
+        return text, None
+    return b"".join([text, *chunks]), len(text)

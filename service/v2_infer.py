@@ -1,0 +1,300 @@
+"""The Open Inference Protocol's inference request and response for the MNIST model.
+
+``parse_infer_request`` turns a body (JSON tensors or the binary tensor data extension) into
+float32 images in [0, 1] plus the outputs the client asked for; ``encode_infer_response`` turns a
+prediction back into a body. Both are pure; every bad request raises errors.BadRequest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from service.contract import (
+    IMAGE_SIDE,
+    INPUT_NAME,
+    N_CLASSES,
+    N_PIXELS,
+    OUTPUT_LABEL,
+    OUTPUT_PROBABILITIES,
+    PIXEL_MAX,
+)
+from service.errors import BadRequest
+from service.v2_binary import (
+    BinarySection,
+    binary_data_size,
+    encode_bytes_elements,
+    join_body,
+    parse_header_length,
+    split_body,
+)
+
+Datatype = Literal["FP32", "UINT8"]
+#: the wire types accepted for the input; FP32 is the model's own scale, UINT8 raw MNIST pixels
+INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_PROBABILITIES)
+ACCEPTED_SHAPES = f"[N, {N_PIXELS}] or [N, {IMAGE_SIDE}, {IMAGE_SIDE}]"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One output the client wants, and how: binary or JSON, raw or top-k classification."""
+
+    name: str
+    binary: bool = False
+    classification: int | None = None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A validated inference request: images float32 [N, 784] in [0, 1]."""
+
+    images: np.ndarray
+    outputs: tuple[RequestedOutput, ...]
+    id: str | None = None
+
+
+def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) -> InferRequest:
+    """The request in ``body``; ``header_length`` is the Inference-Header-Content-Length value."""
+    header, binary = split_body(body, parse_header_length(header_length, len(body)))
+    if header_length is None and header.get("inputs") and _uses_binary(header["inputs"]):
+        raise BadRequest(
+            "an input has parameters.binary_data_size but the request has no "
+            "Inference-Header-Content-Length header to say where the JSON ends"
+        )
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"'id' must be a string, got {request_id!r}")
+    parameters = _parameters(header, "the request")
+    if "sequence_id" in parameters:
+        raise BadRequest("the mnist model is not a sequence model: drop sequence_id")
+    images = _read_inputs(header.get("inputs"), binary, max_batch)
+    binary.finish()
+    default_binary = _flag(parameters, "binary_data_output", "the request")
+    outputs = _read_outputs(header.get("outputs"), default_binary)
+    return InferRequest(images=images, outputs=outputs, id=request_id)
+
+
+def encode_infer_response(
+    request: InferRequest,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    model_name: str,
+    model_version: int,
+) -> tuple[bytes, int | None]:
+    """The response body and its Inference-Header-Content-Length (None when all JSON)."""
+    header: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request.id is not None:
+        header["id"] = request.id
+    tensors = []
+    chunks = []
+    for output in request.outputs:
+        tensor: dict[str, Any] = {"name": output.name}
+        if output.classification is not None:
+            tensor["datatype"] = "BYTES"
+            strings = top_classes(probabilities, output.classification)
+            tensor["shape"] = [len(strings), output.classification]
+            if output.binary:
+                raw = encode_bytes_elements(s.encode() for row in strings for s in row)
+            else:
+                tensor["data"] = [s for row in strings for s in row]
+        elif output.name == OUTPUT_LABEL:
+            array = labels.astype("<i8", copy=False)
+            tensor.update(datatype="INT64", shape=[len(array)])
+        else:
+            array = probabilities.astype("<f4", copy=False)
+            tensor.update(datatype="FP32", shape=list(array.shape))
+        if output.classification is None:
+            if output.binary:
+                raw = array.tobytes()
+            else:
+                tensor["data"] = array.ravel().tolist()
+        if output.binary:
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        tensors.append(tensor)
+    header["outputs"] = tensors
+    return join_body(header, chunks)
+
+
+def top_classes(probabilities: np.ndarray, count: int) -> list[list[str]]:
+    """Triton's classification strings "<value>:<index>", best first, ``count`` per image."""
+    # a stable sort on the negated scores keeps the lower index first on ties, as Triton does
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
+    return [
+        [f"{row[index]:f}:{index}" for index in indices]
+        for row, indices in zip(probabilities.tolist(), order.tolist(), strict=True)
+    ]
+
+
+def _uses_binary(inputs: Any) -> bool:
+    return isinstance(inputs, list) and any(
+        isinstance(item, dict)
+        and isinstance(item.get("parameters"), dict)
+        and "binary_data_size" in item["parameters"]
+        for item in inputs
+    )
+
+
+def _parameters(holder: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    parameters = holder.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"{where}: 'parameters' must be a JSON object")
+    if "shared_memory_region" in parameters:
+        raise BadRequest(f"{where}: the shared-memory extension is not supported")
+    return parameters
+
+
+def _flag(parameters: Mapping[str, Any], key: str, where: str, default: bool = False) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: parameter {key} must be true or false, got {value!r}")
+    return value
+
+
+def _read_inputs(inputs: Any, binary: BinarySection, max_batch: int) -> np.ndarray:
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest(f"'inputs' must be a list holding the one input tensor {INPUT_NAME!r}")
+    for tensor in inputs:
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if name != INPUT_NAME:
+            raise BadRequest(
+                f"unknown input {name!r}: the mnist model has one input, {INPUT_NAME!r}"
+            )
+    if len(inputs) > 1:
+        raise BadRequest(f"input {INPUT_NAME!r} is given {len(inputs)} times")
+    return _read_input(inputs[0], binary, max_batch)
+
+
+def _read_input(tensor: Mapping[str, Any], binary: BinarySection, max_batch: int) -> np.ndarray:
+    where = f"input {INPUT_NAME!r}"
+    datatype = tensor.get("datatype")
+    if datatype not in INPUT_DATATYPES:
+        raise BadRequest(
+            f"{where}: datatype {datatype!r} is not supported; send FP32 (pixels in 0..1) or "
+            "UINT8 (raw pixels 0..255)"
+        )
+    dtype = INPUT_DATATYPES[datatype]
+    shape = _read_shape(tensor.get("shape"), where, max_batch)
+    count = shape[0] * N_PIXELS
+    parameters = _parameters(tensor, where)
+    size = binary_data_size(parameters, INPUT_NAME)
+    if size is not None:
+        if "data" in tensor:
+            raise BadRequest(
+                f"{where}: give either 'data' or parameters.binary_data_size, not both"
+            )
+        expected = count * dtype.itemsize
+        if size != expected:
+            raise BadRequest(
+                f"{where}: binary_data_size is {size} bytes but shape {shape} of {datatype} "
+                f"needs {expected}"
+            )
+        # frombuffer reads the request's own bytes in place: no copy on the hot path
+        array = np.frombuffer(binary.take(size, INPUT_NAME), dtype=dtype)
+    elif "data" in tensor:
+        array = _json_data(tensor["data"], shape, count, where)
+    else:
+        raise BadRequest(f"{where}: needs 'data' or parameters.binary_data_size")
+    return _to_model_scale(array.reshape(shape[0], N_PIXELS), datatype, where)
+
+
+def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        raise BadRequest(f"{where}: 'shape' must be a list of integers, got {shape!r}")
+    if shape[1:] not in ([N_PIXELS], [IMAGE_SIDE, IMAGE_SIDE]) or shape[0] < 0:
+        raise BadRequest(f"{where}: shape {shape} is not {ACCEPTED_SHAPES}")
+    if shape[0] == 0:
+        raise BadRequest(f"{where}: the batch is empty (shape {shape})")
+    if shape[0] > max_batch:
+        raise BadRequest(f"{where}: batch of {shape[0]} images is over the limit of {max_batch}")
+    return shape
+
+
+def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}: 'data' must be a JSON array of numbers")
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise BadRequest(f"{where}: 'data' is not a regular array of numbers ({exc})") from exc
+    if array.dtype.kind not in "iuf":
+        raise BadRequest(f"{where}: 'data' must hold numbers only (no strings, booleans or null)")
+    if array.ndim != 1 and list(array.shape) != shape:
+        raise BadRequest(
+            f"{where}: nested 'data' has shape {list(array.shape)} but 'shape' says {shape}"
+        )
+    if array.size != count:
+        raise BadRequest(
+            f"{where}: 'data' holds {array.size} values but shape {shape} needs {count}"
+        )
+    return array
+
+
+def _to_model_scale(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
+    """float32 [N, 784] in [0, 1], the scale the model was trained on (raw / 255)."""
+    if datatype == "UINT8":
+        if array.dtype != np.uint8:  # JSON numbers: check before a cast could wrap them around
+            if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+                raise BadRequest(f"{where}: UINT8 values must be whole numbers in 0..255")
+            low, high = array.min(), array.max()
+            if low < 0 or high > PIXEL_MAX:
+                raise BadRequest(f"{where}: UINT8 values must be in 0..255, got {low}..{high}")
+        return array.astype(np.float32) / np.float32(PIXEL_MAX)
+    images = array.astype(np.float32, copy=False)
+    low, high = images.min(), images.max()
+    # written so that NaN fails the test: every comparison with NaN is false
+    if not (low >= 0.0 and high <= 1.0):
+        if not np.all(np.isfinite(images)):
+            raise BadRequest(f"{where}: FP32 values must be finite numbers (got NaN or Infinity)")
+        raise BadRequest(
+            f"{where}: FP32 pixels must be in [0, 1] (raw 0..255 divided by 255), got "
+            f"{float(low):g}..{float(high):g}"
+        )
+    return images
+
+
+def _read_outputs(outputs: Any, default_binary: bool) -> tuple[RequestedOutput, ...]:
+    if outputs is None or outputs == []:
+        return tuple(RequestedOutput(name, binary=default_binary) for name in OUTPUT_NAMES)
+    if not isinstance(outputs, list):
+        raise BadRequest("'outputs' must be a list of {\"name\": ...} objects")
+    requested: dict[str, RequestedOutput] = {}
+    for item in outputs:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in OUTPUT_NAMES:
+            raise BadRequest(
+                f"unknown output {name!r}: the mnist model has outputs {list(OUTPUT_NAMES)}"
+            )
+        if name in requested:
+            raise BadRequest(f"output {name!r} is requested twice")
+        where = f"output {name!r}"
+        parameters = _parameters(item, where)
+        binary = _flag(parameters, "binary_data", where, default=default_binary)
+        requested[name] = RequestedOutput(
+            name, binary=binary, classification=_classification(parameters, name)
+        )
+    return tuple(requested.values())
+
+
+def _classification(parameters: Mapping[str, Any], name: str) -> int | None:
+    count = parameters.get("classification")
+    if count is None:
+        return None
+    if name != OUTPUT_PROBABILITIES:
+        raise BadRequest(
+            f"classification applies to the {OUTPUT_PROBABILITIES!r} output, not {name!r}"
+        )
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= N_CLASSES:
+        raise BadRequest(
+            f"output {name!r}: classification must be a whole number from 1 to {N_CLASSES}, "
+            f"got {count!r}"
+        )
+    return count

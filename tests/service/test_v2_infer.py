@@ -1,0 +1,334 @@
+"""Inference requests and responses, built and read by the real tritonclient codec."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput, InferResult
+
+from service.errors import BadRequest
+from service.v2_infer import (
+    InferRequest,
+    RequestedOutput,
+    encode_infer_response,
+    parse_infer_request,
+    top_classes,
+)
+
+MAX_BATCH = 64
+
+
+def raw_images(count: int, seed: int = 0) -> np.ndarray:
+    """Random raw pixels, uint8 [count, 784]."""
+    return np.random.default_rng(seed).integers(0, 256, size=(count, 784), dtype=np.uint8)
+
+
+def client_request(
+    array: np.ndarray,
+    datatype: str,
+    binary: bool,
+    outputs: list[InferRequestedOutput] | None = None,
+    request_id: str = "",
+) -> tuple[bytes, str | None]:
+    """The body and Inference-Header-Content-Length exactly as tritonclient would send them."""
+    tensor = InferInput("input", list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    body, json_size = InferenceServerClient.generate_request_body(
+        [tensor], outputs=outputs, request_id=request_id
+    )
+    return body, None if json_size is None else str(json_size)
+
+
+def json_request(**fields: Any) -> bytes:
+    """A JSON-only body; a valid single UINT8 input unless ``inputs`` is given."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}]
+    }
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("shape", [(16, 784), (3, 28, 28)])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_fp32_input_arrives_unchanged(shape: tuple[int, ...], binary: bool) -> None:
+    images = raw_images(shape[0]).astype(np.float32) / np.float32(255.0)
+    body, header_length = client_request(images.reshape(shape), "FP32", binary)
+    request = parse_infer_request(body, header_length, MAX_BATCH)
+    assert request.images.dtype == np.float32
+    np.testing.assert_array_equal(request.images, images)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_uint8_input_is_scaled_like_training(binary: bool) -> None:
+    raw = raw_images(5)
+    body, header_length = client_request(raw.reshape(5, 28, 28), "UINT8", binary)
+    request = parse_infer_request(body, header_length, MAX_BATCH)
+    np.testing.assert_array_equal(request.images, raw.astype(np.float32) / np.float32(255.0))
+    assert request.images.min() >= 0.0 and request.images.max() <= 1.0
+
+
+def test_nested_json_data_is_accepted() -> None:
+    raw = raw_images(2)
+    nested = raw.reshape(2, 28, 28).tolist()
+    body = json_request(
+        inputs=[{"name": "input", "shape": [2, 28, 28], "datatype": "UINT8", "data": nested}]
+    )
+    request = parse_infer_request(body, None, MAX_BATCH)
+    np.testing.assert_array_equal(request.images * 255, raw.astype(np.float32))
+
+
+def test_default_outputs_follow_binary_data_output() -> None:
+    body, header_length = client_request(raw_images(1), "UINT8", True)
+    request = parse_infer_request(body, header_length, MAX_BATCH)
+    # tritonclient asks for every output in binary when it names none
+    assert request.outputs == (
+        RequestedOutput("label", binary=True),
+        RequestedOutput("probabilities", binary=True),
+    )
+    assert parse_infer_request(json_request(), None, MAX_BATCH).outputs == (
+        RequestedOutput("label", binary=False),
+        RequestedOutput("probabilities", binary=False),
+    )
+
+
+def test_requested_outputs_subset_binary_override_and_classification() -> None:
+    outputs = [InferRequestedOutput("probabilities", binary_data=False, class_count=3)]
+    body, header_length = client_request(raw_images(1), "UINT8", True, outputs, "req-9")
+    request = parse_infer_request(body, header_length, MAX_BATCH)
+    assert request.outputs == (RequestedOutput("probabilities", binary=False, classification=3),)
+    assert request.id == "req-9"
+    body = json_request(
+        parameters={"binary_data_output": True},
+        outputs=[
+            {"name": "label"},
+            {"name": "probabilities", "parameters": {"binary_data": False}},
+        ],
+    )
+    assert parse_infer_request(body, None, MAX_BATCH).outputs == (
+        RequestedOutput("label", binary=True),
+        RequestedOutput("probabilities", binary=False),
+    )
+
+
+def binary_body(header: dict[str, Any], payload: bytes) -> tuple[bytes, str]:
+    text = json.dumps(header).encode()
+    return text + payload, str(len(text))
+
+
+def fp32_input(shape: list[int], size: int | None = None, **extra: Any) -> dict[str, Any]:
+    count = shape[0] * 784 if shape and isinstance(shape[0], int) else 0
+    tensor = {"name": "input", "shape": shape, "datatype": "FP32"}
+    tensor["parameters"] = {"binary_data_size": count * 4 if size is None else size}
+    tensor.update(extra)
+    return {"inputs": [tensor]}
+
+
+ONE_FP32 = bytes(784 * 4)
+
+BAD_BINARY_REQUESTS = {
+    "truncated body": (binary_body(fp32_input([2, 784]), ONE_FP32), "only 3136 bytes"),
+    "size does not match shape": (
+        binary_body(fp32_input([1, 784], size=3000), ONE_FP32),
+        "needs 3136",
+    ),
+    "negative size": (binary_body(fp32_input([1, 784], size=-3136), ONE_FP32), "non-negative"),
+    "extra bytes": (binary_body(fp32_input([1, 784]), ONE_FP32 + b"\0\0"), "do not add up"),
+    "data and binary": (
+        binary_body(fp32_input([1, 784], data=[0] * 784), ONE_FP32),
+        "not both",
+    ),
+    "wrong shape": (binary_body(fp32_input([1, 785]), bytes(785 * 4)), "is not"),
+    "3-d wrong": (binary_body(fp32_input([1, 27, 29]), bytes(783 * 4)), "is not"),
+    "flat shape": (binary_body(fp32_input([784]), ONE_FP32), "is not"),
+    "empty batch": (binary_body(fp32_input([0, 784]), b""), "empty"),
+    "negative batch": (binary_body(fp32_input([-1, 784]), b""), "is not"),
+    "batch over limit": (
+        binary_body(fp32_input([MAX_BATCH + 1, 784]), bytes((MAX_BATCH + 1) * 3136)),
+        "over the limit",
+    ),
+    "NaN pixels": (
+        binary_body(fp32_input([1, 784]), np.full(784, np.nan, "<f4").tobytes()),
+        "finite",
+    ),
+    "infinite pixels": (
+        binary_body(fp32_input([1, 784]), np.full(784, np.inf, "<f4").tobytes()),
+        "finite",
+    ),
+    "raw 0..255 sent as FP32": (
+        binary_body(fp32_input([1, 784]), np.full(784, 255, "<f4").tobytes()),
+        r"in \[0, 1\]",
+    ),
+    "negative pixels": (
+        binary_body(fp32_input([1, 784]), np.full(784, -0.5, "<f4").tobytes()),
+        r"in \[0, 1\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BINARY_REQUESTS, ids=list(BAD_BINARY_REQUESTS))
+def test_bad_binary_requests_are_rejected(case: str) -> None:
+    (body, header_length), message = BAD_BINARY_REQUESTS[case]
+    with pytest.raises(BadRequest, match=message):
+        parse_infer_request(body, header_length, MAX_BATCH)
+
+
+def test_binary_input_without_header_length_is_rejected() -> None:
+    body, _ = binary_body(fp32_input([1, 784]), ONE_FP32)
+    with pytest.raises(BadRequest, match="need the Inference-Header-Content-Length header"):
+        parse_infer_request(body, None, MAX_BATCH)
+    # the JSON alone parses, but it still announces binary data that cannot be located
+    body, _ = binary_body(fp32_input([1, 784]), b"")
+    with pytest.raises(BadRequest, match="no Inference-Header-Content-Length"):
+        parse_infer_request(body, None, MAX_BATCH)
+
+
+def uint8_input(**fields: Any) -> list[dict[str, Any]]:
+    tensor: dict[str, Any] = {"name": "input", "shape": [1, 784], "datatype": "UINT8"}
+    tensor.update(fields)
+    return [tensor]
+
+
+BAD_JSON_REQUESTS: dict[str, tuple[dict[str, Any], str]] = {
+    "no inputs": ({"inputs": []}, "'inputs' must be a list"),
+    "inputs not a list": ({"inputs": {"name": "input"}}, "'inputs' must be a list"),
+    "unknown input": ({"inputs": uint8_input(name="pixels", data=[0] * 784)}, "unknown input"),
+    "input twice": ({"inputs": uint8_input(data=[0] * 784) * 2}, "2 times"),
+    "unsupported datatype": (
+        {"inputs": uint8_input(datatype="FP64", data=[0] * 784)},
+        "datatype 'FP64'",
+    ),
+    "no data": ({"inputs": uint8_input()}, "needs 'data'"),
+    "data not a list": ({"inputs": uint8_input(data="0" * 784)}, "JSON array"),
+    "too few values": ({"inputs": uint8_input(data=[0] * 783)}, "783 values"),
+    "strings": ({"inputs": uint8_input(data=["0"] * 784)}, "numbers only"),
+    "booleans": ({"inputs": uint8_input(data=[True] * 784)}, "numbers only"),
+    "nulls": ({"inputs": uint8_input(data=[None] * 784)}, "numbers only"),
+    "ragged": ({"inputs": uint8_input(data=[[0] * 28] * 27 + [[0] * 29])}, "regular array"),
+    "nested shape mismatch": (
+        {"inputs": uint8_input(shape=[1, 28, 28], data=[[0] * 784])},
+        "nested 'data' has shape",
+    ),
+    "uint8 over 255": ({"inputs": uint8_input(data=[256] * 784)}, "0..255"),
+    "uint8 negative": ({"inputs": uint8_input(data=[-1] * 784)}, "0..255"),
+    "uint8 fraction": ({"inputs": uint8_input(data=[0.5] * 784)}, "whole numbers"),
+    "shape not a list": ({"inputs": uint8_input(shape="1,784", data=[0] * 784)}, "'shape'"),
+    "shape of floats": ({"inputs": uint8_input(shape=[1.0, 784], data=[0] * 784)}, "'shape'"),
+    "unknown output": (
+        {"inputs": uint8_input(data=[0] * 784), "outputs": [{"name": "logits"}]},
+        "unknown output",
+    ),
+    "output twice": (
+        {"inputs": uint8_input(data=[0] * 784), "outputs": [{"name": "label"}] * 2},
+        "twice",
+    ),
+    "classification on label": (
+        {
+            "inputs": uint8_input(data=[0] * 784),
+            "outputs": [{"name": "label", "parameters": {"classification": 1}}],
+        },
+        "applies to the 'probabilities'",
+    ),
+    "classification of 11": (
+        {
+            "inputs": uint8_input(data=[0] * 784),
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 11}}],
+        },
+        "from 1 to 10",
+    ),
+    "binary_data not a bool": (
+        {
+            "inputs": uint8_input(data=[0] * 784),
+            "outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}],
+        },
+        "true or false",
+    ),
+    "id not a string": ({"inputs": uint8_input(data=[0] * 784), "id": 42}, "'id' must be"),
+    "parameters not an object": (
+        {"inputs": uint8_input(data=[0] * 784), "parameters": [1]},
+        "JSON object",
+    ),
+    "shared memory": (
+        {"inputs": uint8_input(parameters={"shared_memory_region": "r"}, data=[0] * 784)},
+        "shared-memory",
+    ),
+    "sequence": (
+        {"inputs": uint8_input(data=[0] * 784), "parameters": {"sequence_id": 3}},
+        "sequence",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_JSON_REQUESTS, ids=list(BAD_JSON_REQUESTS))
+def test_bad_json_requests_are_rejected(case: str) -> None:
+    body, message = BAD_JSON_REQUESTS[case]
+    with pytest.raises(BadRequest, match=message):
+        parse_infer_request(json.dumps(body).encode(), None, MAX_BATCH)
+
+
+def test_nan_in_json_fp32_is_rejected() -> None:
+    # Python's json module reads the NaN token, so the range check must catch it
+    body = b'{"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": ['
+    body += b", ".join([b"NaN"] + [b"0"] * 783) + b"]}]}"
+    with pytest.raises(BadRequest, match="finite"):
+        parse_infer_request(body, None, MAX_BATCH)
+
+
+def prediction(count: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.random.default_rng(1).random((count, 10)).astype(np.float32)
+    probabilities = scores / scores.sum(axis=1, keepdims=True)
+    return probabilities.argmax(axis=1).astype(np.int64), probabilities
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_response_decodes_in_the_triton_client(binary: bool) -> None:
+    labels, probabilities = prediction(4)
+    request = InferRequest(
+        images=np.zeros((4, 784), np.float32),
+        outputs=(
+            RequestedOutput("label", binary=binary),
+            RequestedOutput("probabilities", binary=binary),
+        ),
+        id="abc",
+    )
+    body, header_length = encode_infer_response(request, labels, probabilities, "mnist", 7)
+    assert (header_length is not None) == binary
+    result = InferResult.from_response_body(body, header_length=header_length)
+    response = result.get_response()
+    assert response["model_name"] == "mnist"
+    assert response["model_version"] == "7"
+    assert response["id"] == "abc"
+    np.testing.assert_array_equal(result.as_numpy("label"), labels)
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), probabilities)
+    assert result.as_numpy("probabilities").dtype == np.float32
+    assert result.as_numpy("label").dtype == np.int64
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_output_decodes_in_the_triton_client(binary: bool) -> None:
+    labels, probabilities = prediction(3)
+    request = InferRequest(
+        images=np.zeros((3, 784), np.float32),
+        outputs=(RequestedOutput("probabilities", binary=binary, classification=3),),
+    )
+    body, header_length = encode_infer_response(request, labels, probabilities, "mnist", 1)
+    result = InferResult.from_response_body(body, header_length=header_length)
+    assert "id" not in result.get_response()
+    assert result.as_numpy("label") is None  # not requested
+    top = result.as_numpy("probabilities")
+    assert top.shape == (3, 3)
+    for row, expected_label, probs in zip(top, labels, probabilities, strict=True):
+        parsed = [item.decode() if isinstance(item, bytes) else item for item in row]
+        values = [float(item.split(":")[0]) for item in parsed]
+        indices = [int(item.split(":")[1]) for item in parsed]
+        assert indices[0] == expected_label
+        assert indices == np.argsort(-probs)[:3].tolist()
+        np.testing.assert_allclose(values, probs[indices], atol=1e-6)
+
+
+def test_top_classes_format_and_ties() -> None:
+    probabilities = np.array([[0.25, 0.5, 0.25, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32)
+    # Triton prints the value with six decimals; equal scores keep the lower index first
+    assert top_classes(probabilities, 3) == [["0.500000:1", "0.250000:0", "0.250000:2"]]
