@@ -1,0 +1,83 @@
+"""Fixtures for the deployment tests: the external tools they drive, and what to do without them.
+
+Outside CI a missing tool skips the test with a visible reason; under CI=true it fails, because
+CI (`make test`) installs every tool and a skipped deployment test there would hide a broken setup.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def running_in_ci() -> bool:
+    """True when CI=true (or 1/yes), as CI runners set it."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(reason: str) -> None:
+    """Skip with ``reason`` on a developer machine; fail under CI, where the tool must exist."""
+    if running_in_ci():
+        pytest.fail(f"{reason} (CI=true: the deployment tests must run here)")
+    pytest.skip(reason)
+
+
+def run_tool(
+    args: list[str], timeout: float, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in the repository root, capturing text output, bounded by ``timeout``."""
+    return subprocess.run(
+        args,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def require_tool() -> Callable[[str], str]:
+    """Return a function that resolves a program on PATH or skips/fails with the reason."""
+
+    def resolve(name: str) -> str:
+        path = shutil.which(name)
+        if path is None:
+            unavailable(
+                f"{name} is not on PATH; `make test` provides it through "
+                f'eval "$(../shared/tools/docker-engine up)"'
+            )
+            raise AssertionError("unreachable")  # pragma: no cover - skip/fail raised above
+        return path
+
+    return resolve
+
+
+@pytest.fixture(scope="session")
+def docker_compose(require_tool: Callable[[str], str]) -> list[str]:
+    """`docker compose`; skips/fails when the client or the compose plugin is missing."""
+    docker = require_tool("docker")
+    probe = run_tool([docker, "compose", "version"], timeout=30)
+    if probe.returncode != 0:
+        unavailable(f"the docker compose plugin is missing: {probe.stderr.strip()[:200]}")
+    return [docker, "compose"]
+
+
+@pytest.fixture(scope="session")
+def docker_engine(docker_compose: list[str]) -> list[str]:
+    """`docker compose`, once a Docker engine answers; skips/fails with the reason otherwise."""
+    probe = run_tool([docker_compose[0], "info", "--format", "{{.ServerVersion}}"], timeout=30)
+    if probe.returncode != 0:
+        unavailable(
+            "no Docker engine answers (start one with "
+            f'eval "$(../shared/tools/docker-engine up)"): {probe.stderr.strip()[:200]}'
+        )
+    return docker_compose
