@@ -1,0 +1,294 @@
+"""Tests for service.images: every mode and polarity gives the same MNIST-like field; bad input is
+refused with InvalidImage and a message that says why."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from service.contract import IMAGE_SIDE, N_PIXELS
+from service.errors import InvalidImage
+from service.images import DIGIT_BOX, ImageLimits, encode_png_base64, preprocess_image
+
+# A seven: asymmetric, so a wrong rotation or mirror shows up in the comparison.
+SEVEN = [(0.22, 0.18), (0.78, 0.18), (0.42, 0.85)]
+
+
+def _draw_seven(size: tuple[int, int], left: float, top: float, side: float) -> np.ndarray:
+    """A light-on-dark seven (ink 255 on 0) drawn into the square ``side`` at (left, top)."""
+    canvas = Image.new("L", size, 0)
+    points = [(left + side * px, top + side * py) for px, py in SEVEN]
+    stroke = max(1, round(side / 9))
+    ImageDraw.Draw(canvas).line(points, fill=255, width=stroke, joint="curve")
+    return np.asarray(canvas)
+
+
+def _png(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **params)
+    return buffer.getvalue()
+
+
+def _jpeg(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ink() -> np.ndarray:
+    """The seven, light on dark, 8-bit, 280x280."""
+    return _draw_seven((280, 280), 28, 28, 224)
+
+
+@pytest.fixture(scope="module")
+def reference(ink: np.ndarray) -> np.ndarray:
+    """What the plain 8-bit light-on-dark PNG becomes; every variant must come out like it."""
+    return preprocess_image(_png(Image.fromarray(ink)))
+
+
+def _assert_like(field: np.ndarray, reference: np.ndarray, tolerance: float = 0.03) -> None:
+    assert field.shape == (N_PIXELS,)
+    assert field.dtype == np.float32
+    difference = float(np.abs(field - reference).mean())
+    assert difference < tolerance, f"mean abs difference {difference:.4f} from the reference"
+
+
+def _dark_on_light_rgb(ink: np.ndarray) -> Image.Image:
+    return Image.fromarray(255 - ink).convert("RGB")
+
+
+def test_reference_is_an_mnist_like_field(reference: np.ndarray) -> None:
+    field = reference.reshape(IMAGE_SIDE, IMAGE_SIDE)
+    assert field.min() >= 0.0 and field.max() <= 1.0
+    assert field.max() > 0.9, "the strokes should be full ink"
+    rows = np.flatnonzero(field.any(axis=1))
+    cols = np.flatnonzero(field.any(axis=0))
+    # fitted into the 20x20 box (the seven is taller than wide or equal)
+    assert max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) == DIGIT_BOX
+    # centre of mass at the centre, as in MNIST
+    mass = field.sum()
+    centre_row = (field.sum(axis=1) * np.arange(IMAGE_SIDE)).sum() / mass
+    centre_col = (field.sum(axis=0) * np.arange(IMAGE_SIDE)).sum() / mass
+    assert abs(centre_row - 14) <= 0.5 and abs(centre_col - 14) <= 0.5
+    # the background is clean: no ink more than a pixel away from the strokes' box
+    assert field[: max(rows[0] - 1, 0)].sum() == 0 and field[rows[-1] + 2 :].sum() == 0
+
+
+def test_mnist_digit_passes_through_almost_unchanged(mnist_data_dir) -> None:
+    import gzip
+
+    with gzip.open(mnist_data_dir / "t10k-images-idx3-ubyte.gz") as handle:
+        digits = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, IMAGE_SIDE, 28)
+    for digit in digits[:20]:
+        field = preprocess_image(_png(Image.fromarray(digit)))
+        assert np.abs(field - digit.reshape(N_PIXELS) / 255.0).mean() < 0.02
+
+
+def test_dark_on_light_is_inverted(ink: np.ndarray, reference: np.ndarray) -> None:
+    _assert_like(preprocess_image(_png(Image.fromarray(255 - ink))), reference)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+@pytest.mark.parametrize("polarity", ["light_on_dark", "dark_on_light"])
+def test_jpeg(ink: np.ndarray, reference: np.ndarray, mode: str, polarity: str) -> None:
+    values = ink if polarity == "light_on_dark" else 255 - ink
+    _assert_like(preprocess_image(_jpeg(Image.fromarray(values).convert(mode))), reference)
+
+
+def test_rgb_coloured_ink_on_coloured_paper(ink: np.ndarray, reference: np.ndarray) -> None:
+    mask = Image.fromarray(ink)
+    image = Image.new("RGB", mask.size, (250, 240, 200))
+    image.paste((20, 40, 160), mask=mask)  # blue ballpoint on cream paper
+    _assert_like(preprocess_image(_png(image)), reference)
+
+
+def test_rgba_transparent_background_is_paper(ink: np.ndarray, reference: np.ndarray) -> None:
+    # hidden colour under the transparency is black, like the ink: ignoring alpha shows nothing
+    rgba = np.zeros((*ink.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = ink
+    _assert_like(preprocess_image(_png(Image.fromarray(rgba))), reference)
+
+
+def test_la_transparent_background_is_paper(ink: np.ndarray, reference: np.ndarray) -> None:
+    la = np.stack([np.zeros_like(ink), ink], axis=-1)
+    _assert_like(preprocess_image(_png(Image.fromarray(la, mode="LA"))), reference)
+
+
+def test_palette_with_transparent_index(ink: np.ndarray, reference: np.ndarray) -> None:
+    # index 0 (black) is transparent -> white paper; index 1 is blue ink
+    image = Image.fromarray((ink > 127).astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 0, 0, 255] + [0] * (3 * 254))
+    _assert_like(preprocess_image(_png(image, transparency=0)), reference, tolerance=0.05)
+
+
+def test_palette_without_transparency(ink: np.ndarray, reference: np.ndarray) -> None:
+    image = _dark_on_light_rgb(ink).quantize(colors=16)
+    assert image.mode == "P"
+    _assert_like(preprocess_image(_png(image)), reference, tolerance=0.05)
+
+
+@pytest.mark.parametrize("polarity", ["light_on_dark", "dark_on_light"])
+def test_one_bit(ink: np.ndarray, reference: np.ndarray, polarity: str) -> None:
+    values = ink if polarity == "light_on_dark" else 255 - ink
+    image = Image.fromarray(values > 127)
+    assert image.mode == "1"
+    _assert_like(preprocess_image(_png(image)), reference, tolerance=0.05)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(ink: np.ndarray, reference: np.ndarray) -> None:
+    # ink 60000 on 1000: clipping to 8 bits would make the whole image 255 (blank)
+    values = (1000 + ink.astype(np.uint16) * (59000 // 255)).astype(np.uint16)
+    image = Image.fromarray(values)
+    data = _png(image)
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    _assert_like(preprocess_image(data), reference)
+
+
+def test_sixteen_bit_dark_on_light(ink: np.ndarray, reference: np.ndarray) -> None:
+    values = (65535 - ink.astype(np.uint16) * 257).astype(np.uint16)
+    _assert_like(preprocess_image(_png(Image.fromarray(values))), reference)
+
+
+def test_exif_orientation_of_photos_is_applied(ink: np.ndarray, reference: np.ndarray) -> None:
+    # the camera stored the picture rotated; EXIF orientation 6 says "rotate 90 clockwise to view"
+    stored = _dark_on_light_rgb(ink).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _jpeg(stored, exif=exif.tobytes())
+    _assert_like(preprocess_image(data), reference)
+    assert np.abs(preprocess_image(_jpeg(stored)) - reference).mean() > 0.05
+
+
+@pytest.mark.parametrize(
+    "size, square",
+    [
+        ((200, 150), (5, 5, 60)),  # small, in the top-left corner
+        ((200, 150), (110, 55, 90)),  # bottom-right
+        ((1200, 900), (500, 300, 200)),  # a large photo, digit a fraction of it
+        ((60, 400), (4, 250, 52)),  # tall and narrow canvas
+    ],
+)
+def test_other_sizes_and_positions(reference: np.ndarray, size, square) -> None:
+    ink = _draw_seven(size, *square)
+    _assert_like(preprocess_image(_png(Image.fromarray(255 - ink))), reference, tolerance=0.05)
+
+
+def test_tiny_images(reference: np.ndarray) -> None:
+    tiny = _draw_seven((14, 14), 0, 0, 14)
+    field = preprocess_image(_png(Image.fromarray(tiny)))
+    assert field.shape == (N_PIXELS,) and field.max() > 0.5
+    one_pixel = preprocess_image(_png(Image.fromarray(np.array([[0, 255, 0]], dtype=np.uint8))))
+    assert one_pixel.max() > 0.5 and np.count_nonzero(one_pixel) >= 1
+
+
+def test_uneven_paper_shading_does_not_become_ink(ink: np.ndarray, reference: np.ndarray) -> None:
+    # a photo: light falls off across the sheet, plus sensor noise, ink still clearly darker
+    rows, cols = np.mgrid[0 : ink.shape[0], 0 : ink.shape[1]]
+    paper = 235 - 70 * (cols / ink.shape[1]) - 30 * (rows / ink.shape[0])
+    noise = np.random.default_rng(0).normal(0, 4, ink.shape)
+    photo = np.clip(paper + noise - (ink / 255.0) * (paper - 25), 0, 255).astype(np.uint8)
+    _assert_like(preprocess_image(_jpeg(Image.fromarray(photo).convert("RGB"))), reference, 0.05)
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_blank_images_are_refused(value: int) -> None:
+    with pytest.raises(InvalidImage, match="no digit"):
+        preprocess_image(_png(Image.new("L", (100, 80), value)))
+
+
+def test_faint_noise_only_is_refused() -> None:
+    noise = np.random.default_rng(1).integers(120, 140, (64, 64), dtype=np.uint8)
+    with pytest.raises(InvalidImage, match="no digit"):
+        preprocess_image(_png(Image.fromarray(noise)))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not a PNG or JPEG"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot be decoded|not a PNG"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "cannot be decoded|not a PNG"),
+    ],
+)
+def test_garbage_bytes_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidImage, match=message):
+        preprocess_image(data)
+
+
+def test_truncated_png_is_refused(ink: np.ndarray) -> None:
+    data = _png(Image.fromarray(ink))
+    with pytest.raises(InvalidImage, match="cannot be decoded"):
+        preprocess_image(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
+def test_other_formats_are_refused(ink: np.ndarray, fmt: str, name: str) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(ink).save(buffer, format=fmt)
+    with pytest.raises(InvalidImage, match=f"{name} images are not accepted; send PNG or JPEG"):
+        preprocess_image(buffer.getvalue())
+
+
+def test_formats_follow_the_limits(ink: np.ndarray) -> None:
+    with pytest.raises(InvalidImage, match="send PNG"):
+        preprocess_image(_jpeg(Image.fromarray(ink)), ImageLimits(formats=("PNG",)))
+
+
+def test_byte_limit(ink: np.ndarray) -> None:
+    data = _png(Image.fromarray(ink))
+    with pytest.raises(InvalidImage, match="limit is 100"):
+        preprocess_image(data, ImageLimits(max_bytes=100))
+
+
+def test_pixel_limit(ink: np.ndarray) -> None:
+    with pytest.raises(InvalidImage, match=r"280x280 = 78400 pixels; the limit is 10000"):
+        preprocess_image(_png(Image.fromarray(ink)), ImageLimits(max_pixels=10_000))
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
+
+
+@pytest.mark.parametrize("side", [50_000, 8_000])
+def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
+    # a few hundred bytes claiming side x side pixels: decoding it would need gigabytes, so the
+    # refusal (naming the claimed size) proves only the header was read
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (side + 1) * 4)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", rows)
+        + _png_chunk(b"IEND", b"")
+    )
+    assert len(bomb) < 1000
+    with pytest.raises(InvalidImage, match="pixels; the limit is 25000000 pixels"):
+        preprocess_image(bomb)
+
+
+def test_encode_png_base64_round_trips(reference: np.ndarray) -> None:
+    data = base64.b64decode(encode_png_base64(reference), validate=True)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and image.mode == "L" and image.size == (28, 28)
+    decoded = np.asarray(image, dtype=np.float32).reshape(N_PIXELS) / 255.0
+    assert np.abs(decoded - reference).max() <= 0.5 / 255 + 1e-6
+    # the image the model saw, fed back, is the same field again
+    np.testing.assert_allclose(preprocess_image(data), decoded, atol=0.02)
+
+
+def test_encode_png_base64_rejects_wrong_size() -> None:
+    with pytest.raises(ValueError, match="784"):
+        encode_png_base64(np.zeros(100, dtype=np.float32))
