@@ -1,0 +1,43 @@
+"""The drawing page at ``/``: a canvas whose PNG goes to POST /predict, served from service/static."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, send_from_directory
+
+from service.errors import NotFound
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: the page's own files; nothing else in static/ is served by this blueprint
+PAGE_ASSETS = frozenset({"app.js", "style.css"})
+
+# Everything the page needs comes from this server; the CSP makes "nothing from the internet" hold
+# even if someone later adds a link to a CDN.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def create_blueprint() -> Blueprint:
+    """The blueprint serving the page at / and its assets at /page/<file>."""
+    blueprint = Blueprint("page", __name__)
+
+    @blueprint.get("/")
+    def index() -> Response:
+        response = send_from_directory(STATIC_DIR, "index.html", mimetype="text/html")
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @blueprint.get("/page/<name>")
+    def asset(name: str) -> Response:
+        if name not in PAGE_ASSETS:
+            # the app's error handler renders this as a JSON 404 like every other error
+            raise NotFound(f"no page asset named {name!r}")
+        response = send_from_directory(STATIC_DIR, name)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    return blueprint

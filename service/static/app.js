@@ -1,0 +1,236 @@
+// The drawing page: pointer strokes on a canvas; its PNG goes to POST /predict while you draw.
+"use strict";
+
+(() => {
+  // At most one request per THROTTLE_MS while drawing, and always one after the last stroke.
+  const THROTTLE_MS = 150;
+  const PREDICT_URL = "predict?return_input=true&top_k=10";
+  const MODEL_URL = "v2/models/mnist";
+
+  const canvas = document.getElementById("pad");
+  const context = canvas.getContext("2d");
+  const clearButton = document.getElementById("clear");
+  const digitOutput = document.getElementById("digit");
+  const confidenceText = document.getElementById("confidence");
+  const seenImage = document.getElementById("seen");
+  const seenEmpty = document.getElementById("seen-empty");
+  const barsList = document.getElementById("bars");
+  const modelText = document.getElementById("model-version");
+  const errorText = document.getElementById("error");
+
+  let drawing = false;
+  let lastPoint = null;
+  let hasInk = false;
+  let pendingTimer = null;
+  let requestSeq = 0; // answers to older requests than the newest are dropped
+
+  const bars = buildBars();
+
+  function buildBars() {
+    const rows = [];
+    for (let digit = 0; digit < 10; digit += 1) {
+      const item = document.createElement("li");
+      item.className = "bar";
+      item.dataset.digit = String(digit);
+      const label = document.createElement("span");
+      label.className = "bar-label";
+      label.textContent = String(digit);
+      const track = document.createElement("span");
+      track.className = "bar-track";
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      track.append(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      item.append(label, track, value);
+      barsList.append(item);
+      rows.push({ item, fill, value });
+    }
+    return rows;
+  }
+
+  function clearPad() {
+    context.fillStyle = "#ffffff";
+    context.fillRect(0, 0, canvas.width, canvas.height);
+    hasInk = false;
+    requestSeq += 1;
+    if (pendingTimer !== null) {
+      clearTimeout(pendingTimer);
+      pendingTimer = null;
+    }
+    showResult(null);
+    showError(null);
+    document.body.dataset.state = "empty";
+  }
+
+  function penWidth() {
+    // about a tenth of the digit's height, like MNIST's strokes in their 20x20 box
+    return canvas.width / 12;
+  }
+
+  function canvasPoint(event) {
+    const box = canvas.getBoundingClientRect();
+    return {
+      x: ((event.clientX - box.left) * canvas.width) / box.width,
+      y: ((event.clientY - box.top) * canvas.height) / box.height,
+    };
+  }
+
+  function strokeTo(point) {
+    context.strokeStyle = "#111111";
+    context.lineWidth = penWidth();
+    context.lineCap = "round";
+    context.lineJoin = "round";
+    context.beginPath();
+    context.moveTo(lastPoint.x, lastPoint.y);
+    context.lineTo(point.x, point.y);
+    context.stroke();
+    lastPoint = point;
+    hasInk = true;
+  }
+
+  canvas.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    canvas.setPointerCapture(event.pointerId);
+    drawing = true;
+    lastPoint = canvasPoint(event);
+    strokeTo(lastPoint); // a tap leaves a dot
+    schedulePrediction();
+  });
+
+  canvas.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+    for (const each of events.length ? events : [event]) strokeTo(canvasPoint(each));
+    schedulePrediction();
+  });
+
+  for (const type of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(type, () => {
+      if (!drawing) return;
+      drawing = false;
+      schedulePrediction();
+    });
+  }
+
+  canvas.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") clearPad();
+  });
+  clearButton.addEventListener("click", clearPad);
+
+  function schedulePrediction() {
+    if (pendingTimer !== null) return;
+    pendingTimer = setTimeout(() => {
+      pendingTimer = null;
+      predict();
+    }, THROTTLE_MS);
+  }
+
+  function predict() {
+    if (!hasInk) return;
+    const seq = ++requestSeq;
+    document.body.dataset.state = "busy";
+    canvas.toBlob((blob) => {
+      if (blob === null) {
+        showError("The browser could not turn the drawing into a PNG.");
+        return;
+      }
+      send(blob, seq);
+    }, "image/png");
+  }
+
+  async function send(blob, seq) {
+    let response;
+    let body = null;
+    try {
+      response = await fetch(PREDICT_URL, {
+        method: "POST",
+        headers: { "Content-Type": "image/png", Accept: "application/json" },
+        body: blob,
+      });
+      body = await response.json().catch(() => null);
+    } catch (error) {
+      if (seq === requestSeq) showError(`Cannot reach the service: ${error.message}`);
+      return;
+    }
+    if (seq !== requestSeq) return;
+    if (!response.ok) {
+      const message = body && body.error && (body.error.message || body.error);
+      showError(message ? String(message) : `The service answered HTTP ${response.status}.`);
+      return;
+    }
+    if (!body || !Array.isArray(body.predictions) || body.predictions.length !== 1) {
+      showError("The service sent an answer this page does not understand.");
+      return;
+    }
+    showError(null);
+    showResult(body.predictions[0]);
+    if (body.model) showModel(body.model.name, body.model.version);
+    document.body.dataset.state = "ready";
+  }
+
+  function showResult(prediction) {
+    if (prediction === null) {
+      digitOutput.textContent = "–";
+      digitOutput.removeAttribute("data-digit");
+      confidenceText.textContent = "";
+      seenImage.hidden = true;
+      seenImage.removeAttribute("src");
+      seenEmpty.hidden = false;
+      for (const bar of bars) setBar(bar, 0, false);
+      return;
+    }
+    const probabilities = prediction.probabilities;
+    digitOutput.textContent = String(prediction.digit);
+    digitOutput.dataset.digit = String(prediction.digit);
+    confidenceText.textContent = `${(prediction.confidence * 100).toFixed(1)}% sure`;
+    bars.forEach((bar, digit) => setBar(bar, probabilities[digit], digit === prediction.digit));
+    if (prediction.input_png) {
+      seenImage.src = `data:image/png;base64,${prediction.input_png}`;
+      seenImage.hidden = false;
+      seenEmpty.hidden = true;
+    }
+  }
+
+  function setBar(bar, probability, best) {
+    const percent = Math.max(0, Math.min(1, Number(probability) || 0)) * 100;
+    bar.fill.style.width = `${percent}%`;
+    bar.value.textContent = `${percent.toFixed(percent >= 10 || percent === 0 ? 0 : 1)}%`;
+    bar.item.classList.toggle("best", best);
+    bar.item.setAttribute("aria-label", `digit ${bar.item.dataset.digit}: ${percent.toFixed(1)} percent`);
+  }
+
+  function showModel(name, version) {
+    modelText.textContent = `${name} version ${version}`;
+  }
+
+  function showError(message) {
+    if (message === null) {
+      errorText.hidden = true;
+      errorText.textContent = "";
+      return;
+    }
+    errorText.textContent = message;
+    errorText.hidden = false;
+    document.body.dataset.state = "error";
+  }
+
+  async function loadModelInfo() {
+    try {
+      const response = await fetch(MODEL_URL, { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body = await response.json();
+      const versions = (body.versions || []).map(Number).filter(Number.isFinite);
+      // until a prediction names the version that answered, show the newest one offered
+      if (modelText.textContent === "loading…") {
+        showModel(body.name || "mnist", versions.length ? Math.max(...versions) : "?");
+      }
+    } catch (error) {
+      if (modelText.textContent === "loading…") modelText.textContent = "unknown (not ready?)";
+    }
+  }
+
+  clearPad();
+  loadModelInfo();
+})();
