@@ -1,4 +1,4 @@
-"""The drawing page at ``/``: a canvas whose PNG goes to POST /predict, served from service/static."""
+"""The drawing page at ``/``: a canvas whose PNG goes to POST /predict; files in service/static."""
 
 from __future__ import annotations
 
