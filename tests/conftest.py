@@ -33,5 +33,52 @@ def mnist_data_dir() -> Path:
         if not (path / name).is_file()
     ]
     if missing:
-        pytest.fail(f"MNIST files {missing} not found in {path}; set MNIST_DATA_DIR to their folder")
+        pytest.fail(
+            f"MNIST files {missing} not found in {path}; set MNIST_DATA_DIR to their folder"
+        )
     return path
+
+
+# --- trained artifacts (TRAIN): small real models, built once per session -------------------
+
+#: the tiny model every test shares: a few seconds to build, about 85% test accuracy
+TINY_CONFIG_VALUES = {
+    "hidden_layer_sizes": (32,),
+    "max_iter": 5,
+    "train_limit": 3000,
+    "random_state": 0,
+    "progress": "none",
+}
+
+
+@pytest.fixture(scope="session")
+def mnist_data(mnist_data_dir: Path):
+    """The whole of MNIST (training.data.MnistData), loaded and MD5-checked once per session."""
+    import io
+
+    from training.data import load_mnist
+
+    return load_mnist(mnist_data_dir, log=io.StringIO())
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(mnist_data):
+    """A tiny MLP trained, evaluated, exported and verified, not yet published (a TrainedRun)."""
+    from training.config import TrainConfig
+    from training.pipeline import train_run
+
+    return train_run(TrainConfig(**TINY_CONFIG_VALUES), mnist_data)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_repo(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run) -> Path:
+    """A model repository root holding ``mnist/1`` (the tiny model, its card, report, self-test).
+
+    Shared by the whole session: copy it (shutil.copytree) before publishing into it or
+    damaging it.
+    """
+    from training.pipeline import publish_run
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    publish_run(tiny_trained_run, root, min_accuracy=0.0)
+    return root

@@ -5,6 +5,7 @@ load_mnist -> fit -> evaluate -> export_onnx -> verify_onnx -> report + card -> 
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from dataclasses import dataclass
@@ -150,7 +151,9 @@ def run(
     reporter = reporter or make_reporter(config.progress)
     try:
         if data is None:
-            data = load_mnist(config.data_dir, log=err)
+            # --progress none means silence, the loader's messages included
+            log = io.StringIO() if config.progress == "none" else err
+            data = load_mnist(config.data_dir, log=log)
         trained = train_run(config, data, reporter, invocation=invocation)
         version = publish_run(trained, config.models_dir, config.min_accuracy)
     except DataError as exc:
