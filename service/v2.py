@@ -17,7 +17,6 @@ from werkzeug.exceptions import HTTPException
 
 from service.contract import (
     INPUT_NAME,
-    MAX_BATCH_SIZE,
     N_CLASSES,
     N_PIXELS,
     OUTPUT_LABEL,
@@ -54,9 +53,18 @@ class PredictionLike(Protocol):
     def model_version(self) -> int: ...
 
 
+class LimitsLike(Protocol):
+    """What V2 reads of the predictor's configuration (service.config.ServiceConfig)."""
+
+    @property
+    def max_batch(self) -> int: ...
+
+
 class PredictorLike(Protocol):
     """The slice of service.predictor.Predictor that V2 uses."""
 
+    @property
+    def config(self) -> LimitsLike: ...
     @property
     def loaded(self) -> LoadedModelLike: ...
     def predict(self, images: np.ndarray) -> PredictionLike: ...
@@ -69,13 +77,19 @@ def _app_predictor() -> PredictorLike:
 
 
 def create_blueprint(
-    predictor: Callable[[], PredictorLike] | None = None,
-    max_batch: int = MAX_BATCH_SIZE,
+    predictor: Callable[[], PredictorLike] | None = None, max_batch: int | None = None
 ) -> flask.Blueprint:
-    """The /v2 routes; ``predictor`` returns the serving Predictor (default: the app's)."""
+    """The /v2 routes; ``predictor`` returns the serving Predictor (default: the app's).
+
+    ``max_batch`` defaults to the predictor's own limit (config.max_batch), so V2 refuses with a
+    400 exactly what the predictor would refuse.
+    """
     get_predictor = predictor or _app_predictor
     server = {"name": SERVER_NAME, "version": _server_version(), "extensions": list(EXTENSIONS)}
     blueprint = flask.Blueprint("v2", __name__, url_prefix="/v2")
+
+    def batch_limit(serving: PredictorLike) -> int:
+        return serving.config.max_batch if max_batch is None else max_batch
 
     def resolve(model: str, version: str | None) -> LoadedModelLike:
         """The loaded model when it is the one named in the URL; NotFound otherwise."""
@@ -132,7 +146,8 @@ def create_blueprint(
     @blueprint.get("/models/<model>/config")
     @blueprint.get("/models/<model>/versions/<version>/config")
     def model_config(model: str, version: str | None = None) -> Any:
-        return triton_model_config(resolve(model, version).name, max_batch)
+        loaded = resolve(model, version)
+        return triton_model_config(loaded.name, batch_limit(get_predictor()))
 
     @blueprint.post("/models/<model>/infer")
     @blueprint.post("/models/<model>/versions/<version>/infer")
@@ -140,7 +155,9 @@ def create_blueprint(
         serving = get_predictor()
         resolve(model, version)
         body = flask.request.get_data(cache=False)
-        request = parse_infer_request(body, flask.request.headers.get(HEADER_LENGTH), max_batch)
+        request = parse_infer_request(
+            body, flask.request.headers.get(HEADER_LENGTH), batch_limit(serving)
+        )
         flask.g.batch_size = len(request.images)
         prediction = serving.predict(request.images)
         flask.g.model_version = prediction.model_version

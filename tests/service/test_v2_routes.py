@@ -34,12 +34,18 @@ class FakePrediction:
     model_version: int
 
 
+@dataclass(frozen=True)
+class FakeLimits:
+    max_batch: int = 8
+
+
 @dataclass
 class FakePredictor:
     """Calls each image the digit of its brightest pixel among the first ten; records its input."""
 
     version: int = VERSION
     available: bool = True
+    config: FakeLimits = field(default_factory=FakeLimits)
     answering_version: int | None = None
     seen: list[np.ndarray] = field(default_factory=list)
 
@@ -71,7 +77,7 @@ def predictor() -> FakePredictor:
 def client(predictor: FakePredictor) -> Iterator[FlaskClient]:
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
-    app.register_blueprint(create_blueprint(predictor=lambda: predictor, max_batch=8))
+    app.register_blueprint(create_blueprint(predictor=lambda: predictor))
     with app.test_client() as test_client:
         yield test_client
 
@@ -309,3 +315,14 @@ def test_oversized_body_is_413_in_v2_shape(client: FlaskClient) -> None:
     response = post_raw(client, b"{" + b" " * (5 * 1024 * 1024) + b"}")
     assert response.status_code == 413
     assert isinstance(response.get_json()["error"], str)
+
+
+def test_an_explicit_batch_limit_overrides_the_predictor_s(predictor: FakePredictor) -> None:
+    app = flask.Flask(__name__)
+    app.register_blueprint(create_blueprint(predictor=lambda: predictor, max_batch=2))
+    with app.test_client() as small:
+        assert small.get("/v2/models/mnist/config").get_json()["max_batch_size"] == 2
+        body = InferenceServerClient.generate_request_body([uint8_input(digits_images([1] * 3))])
+        response = post_raw(small, *body)
+        assert response.status_code == 400
+        assert "over the limit of 2" in response.get_json()["error"]
