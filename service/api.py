@@ -1,0 +1,301 @@
+"""The simple API for people: POST /predict with JSON pixels, base64 images or PNG/JPEG uploads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Request, g, request
+from werkzeug.datastructures import MultiDict
+
+from service import contract, metrics
+from service.config import ServiceConfig
+from service.errors import (
+    BadRequest,
+    InvalidImage,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from service.images import ImageLimits, encode_png_base64, preprocess_image
+from service.request_log import current_request_id
+
+JSON_TYPE = "application/json"
+IMAGE_TYPES = ("image/png", "image/jpeg")
+MULTIPART_TYPE = "multipart/form-data"
+MULTIPART_FIELD = "image"
+ACCEPTED_TYPES = (JSON_TYPE, *IMAGE_TYPES, MULTIPART_TYPE)
+SIDE = contract.IMAGE_SIDE
+PIXELS = contract.N_PIXELS
+#: probabilities are float32; more digits than this would only print float32 noise
+DECIMALS = 6
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+SHAPE_HINT = f"expected {PIXELS} numbers, {SIDE} rows of {SIDE} numbers, or a base64 PNG/JPEG"
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What the query string asks for beyond the digit: top_k and the model's input image."""
+
+    top_k: int | None = None
+    return_input: bool = False
+
+
+def parse_options(args: MultiDict[str, str]) -> PredictOptions:
+    """The options of ?top_k=N (1..10) and ?return_input=true; BadRequest names a bad one."""
+    unknown = sorted(set(args) - {"top_k", "return_input"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s) {unknown}; accepted: top_k, return_input")
+    top_k = None
+    if "top_k" in args:
+        text = _single(args, "top_k")
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= contract.N_CLASSES):
+            raise BadRequest(f"top_k must be an integer 1..{contract.N_CLASSES}, not {text!r}")
+        top_k = int(text)
+    return_input = False
+    if "return_input" in args:
+        text = _single(args, "return_input").lower()
+        if text not in TRUE_WORDS | FALSE_WORDS:
+            raise BadRequest(f"return_input must be true or false, not {text!r}")
+        return_input = text in TRUE_WORDS
+    return PredictOptions(top_k=top_k, return_input=return_input)
+
+
+def _single(args: MultiDict[str, str], name: str) -> str:
+    values = args.getlist(name)
+    if len(values) != 1:
+        raise BadRequest(f"query parameter {name} is given {len(values)} times")
+    return values[0]
+
+
+# -- JSON -----------------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity although JSON has neither; a pixel must be finite
+    raise InvalidInput(f"{name} is not a pixel value (and not JSON): use numbers 0..255")
+
+
+def images_from_json(body: bytes, max_batch: int, limits: ImageLimits) -> np.ndarray:
+    """float32 [N, 784] in [0, 1] from a JSON body {"images": [...]}; a 4xx error otherwise."""
+    if not body.strip():
+        raise BadRequest('the body is empty; expected JSON {"images": [...]}')
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput('the body must be a JSON object {"images": [...]}')
+    if "images" not in payload:
+        raise InvalidInput('the JSON object has no "images" list')
+    unknown = sorted(set(payload) - {"images"})
+    if unknown:
+        raise InvalidInput(f'unknown field(s) {unknown}; the body holds only "images"')
+    images = payload["images"]
+    if not isinstance(images, list):
+        raise InvalidInput(f'"images" must be a list of images, not {_json_type(images)}')
+    if not images:
+        raise InvalidInput('"images" is empty: send at least one image')
+    if len(images) > max_batch:
+        raise PayloadTooLarge(f"a batch of {len(images)} images is over the limit of {max_batch}")
+    if all(type(item) is list for item in images):
+        batch = _pixel_batch(images, check_booleans=b"true" in body or b"false" in body)
+        if batch is not None:
+            return batch
+    return np.stack([_one_image(index, item, limits) for index, item in enumerate(images)])
+
+
+def _pixel_batch(images: list[Any], check_booleans: bool) -> np.ndarray | None:
+    """The whole batch converted by numpy at once; None when it needs the per-image path."""
+    try:
+        array = np.asarray(images)
+    except (ValueError, TypeError, OverflowError):
+        return None  # ragged, or Python ints beyond int64: the per-image path says which
+    if array.dtype.kind not in "iuf":
+        return None
+    count = array.shape[0]
+    if array.shape[1:] == (SIDE, SIDE):
+        array = array.reshape(count, PIXELS)
+    elif array.shape[1:] != (PIXELS,):
+        return None
+    if check_booleans:
+        # numpy turns true/false mixed with numbers into 1/0; JSON booleans are not pixels
+        for index, item in enumerate(images):
+            _pixel_image(index, item)
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array < 0) | (array > contract.PIXEL_MAX)
+    else:
+        bad = (array < 0) | (array > contract.PIXEL_MAX)
+    if bad.any():
+        index, pixel = (int(i) for i in np.argwhere(bad)[0])
+        raise InvalidInput(
+            f"image {index}, pixel {pixel}: {array[index, pixel].item()!r} is outside 0..255"
+        )
+    return array.astype(np.float32) / np.float32(contract.PIXEL_MAX)
+
+
+def _one_image(index: int, item: Any, limits: ImageLimits) -> np.ndarray:
+    if type(item) is list:
+        return _pixel_image(index, item)
+    if isinstance(item, str):
+        return _base64_image(index, item, limits)
+    raise InvalidInput(f"image {index} is {_json_type(item)}: {SHAPE_HINT}")
+
+
+def _pixel_image(index: int, item: list[Any]) -> np.ndarray:
+    """One image of JSON numbers, checked value by value (the slow path, with exact messages)."""
+    if len(item) == SIDE and all(type(row) is list for row in item):
+        for number, row in enumerate(item):
+            if len(row) != SIDE:
+                raise InvalidInput(
+                    f"image {index}, row {number} has {len(row)} values: {SHAPE_HINT}"
+                )
+        flat = [value for row in item for value in row]
+    elif len(item) == PIXELS:
+        flat = item
+    else:
+        raise InvalidInput(f"image {index} has {len(item)} values: {SHAPE_HINT}")
+    for pixel, value in enumerate(flat):
+        kind = type(value)
+        if kind is not int and kind is not float:
+            raise InvalidInput(
+                f"image {index}, pixel {pixel}: {_json_type(value)} is not a number 0..255"
+            )
+        # ints are compared as ints: math.isfinite(10**400) would raise OverflowError
+        if (kind is float and not math.isfinite(value)) or not 0 <= value <= contract.PIXEL_MAX:
+            raise InvalidInput(f"image {index}, pixel {pixel}: {value!r} is outside 0..255")
+    return np.asarray(flat, dtype=np.float32) / np.float32(contract.PIXEL_MAX)
+
+
+def _base64_image(index: int, text: str, limits: ImageLimits) -> np.ndarray:
+    data = text.strip()
+    if data.startswith("data:"):
+        header, comma, data = data.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise InvalidImage(f"image {index}: a data URL must be data:image/png;base64,...")
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(f"image {index} is a string but not base64: {SHAPE_HINT}") from None
+    return _decoded(index, raw, limits)
+
+
+def _decoded(index: int, raw: bytes, limits: ImageLimits) -> np.ndarray:
+    if not raw:
+        raise InvalidImage(f"image {index} is empty")
+    try:
+        return preprocess_image(raw, limits)
+    except InvalidImage as exc:
+        raise InvalidImage(f"image {index}: {exc.message}") from exc
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "a number"
+
+
+# -- uploads --------------------------------------------------------------------------------------
+
+
+def images_from_upload(req: Request, max_batch: int, limits: ImageLimits) -> np.ndarray:
+    """float32 [N, 784] from multipart parts named "image"; a 4xx error otherwise."""
+    try:
+        parts = req.files.getlist(MULTIPART_FIELD)
+        others = [name for name in req.files if name != MULTIPART_FIELD]
+    except ValueError as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+    if not parts:
+        named = f" (found {sorted(set(others))})" if others else ""
+        raise InvalidInput(f'send one or more multipart file parts named "image"{named}')
+    if len(parts) > max_batch:
+        raise PayloadTooLarge(f"a batch of {len(parts)} images is over the limit of {max_batch}")
+    return np.stack([_decoded(index, part.read(), limits) for index, part in enumerate(parts)])
+
+
+def images_from_request(req: Request, config: ServiceConfig, limits: ImageLimits) -> np.ndarray:
+    """The request's images as float32 [N, 784] in [0, 1], whatever form they came in."""
+    kind = req.mimetype
+    if kind == JSON_TYPE:
+        return images_from_json(req.get_data(cache=False), config.max_batch, limits)
+    if kind in IMAGE_TYPES:
+        return _decoded(0, req.get_data(cache=False), limits)[np.newaxis]
+    if kind == MULTIPART_TYPE:
+        return images_from_upload(req, config.max_batch, limits)
+    shown = kind or "no Content-Type"
+    raise UnsupportedMediaType(f"{shown} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}")
+
+
+# -- answer ---------------------------------------------------------------------------------------
+
+
+def predictions_json(
+    labels: np.ndarray, probabilities: np.ndarray, images: np.ndarray, options: PredictOptions
+) -> list[dict[str, Any]]:
+    """One answer per image: digit, confidence, the ten probabilities, and what was asked for."""
+    rounded = np.round(probabilities.astype(np.float64), DECIMALS)
+    count = len(labels)
+    digits = labels.tolist()
+    confidences = rounded[np.arange(count), labels].tolist()
+    answers = [
+        {"digit": digit, "confidence": confidence, "probabilities": row}
+        for digit, confidence, row in zip(digits, confidences, rounded.tolist(), strict=True)
+    ]
+    if options.top_k is not None:
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, : options.top_k]
+        ranked = np.take_along_axis(rounded, order, axis=1)
+        for answer, classes, values in zip(answers, order.tolist(), ranked.tolist(), strict=True):
+            answer["top_k"] = [
+                {"digit": digit, "probability": value}
+                for digit, value in zip(classes, values, strict=True)
+            ]
+    if options.return_input:
+        for answer, pixels in zip(answers, images, strict=True):
+            answer["input_png"] = encode_png_base64(pixels)
+    return answers
+
+
+def create_blueprint(config: ServiceConfig | None = None) -> Blueprint:
+    """POST /predict; ``config`` defaults to the app's ServiceConfig."""
+    blueprint = Blueprint("api", __name__)
+
+    @blueprint.post("/predict")
+    def predict() -> Mapping[str, Any]:
+        from service.app import current_config, current_predictor  # the app imports this module
+
+        settings = config or current_config()
+        limits = ImageLimits(
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        )
+        options = parse_options(request.args)
+        started = time.perf_counter()
+        images = images_from_request(request, settings, limits)
+        metrics.observe_preprocessing(time.perf_counter() - started)
+        g.batch_size = len(images)
+        prediction = current_predictor().predict(images)
+        g.model_version = prediction.model_version
+        return {
+            "predictions": predictions_json(
+                prediction.labels, prediction.probabilities, images, options
+            ),
+            "model": {"name": prediction.model_name, "version": prediction.model_version},
+            "request_id": current_request_id(),
+        }
+
+    return blueprint

@@ -1,0 +1,99 @@
+"""The service's configuration: read once from the environment into a frozen dataclass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from service.contract import MAX_BATCH_SIZE
+
+T = TypeVar("T")
+
+#: JSON of a full batch of 1024 images of 784 numbers is about 3 MiB; base64 PNGs are larger
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: a 25 Mpx photo is the largest decoded; a decompression bomb is refused before decoding
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service needs to know, from MODEL_DIR to the request limits."""
+
+    model_dir: Path = Path("models")
+    model_version: int | None = None
+    poll_seconds: float = 2.0
+    intra_op_threads: int = 1
+    max_batch: int = MAX_BATCH_SIZE
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.model_version is not None and self.model_version < 1:
+            raise ConfigError(f"MODEL_VERSION must be a positive integer, not {self.model_version}")
+        if not (math.isfinite(self.poll_seconds) and self.poll_seconds > 0):
+            raise ConfigError(f"MODEL_POLL_SECONDS must be > 0, not {self.poll_seconds}")
+        if not 1 <= self.intra_op_threads <= 64:
+            raise ConfigError(
+                f"ORT_INTRA_OP_THREADS must be between 1 and 64, not {self.intra_op_threads}"
+            )
+        if not 1 <= self.max_batch <= MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"MAX_BATCH must be between 1 and {MAX_BATCH_SIZE} (the model's max_batch_size), "
+                f"not {self.max_batch}"
+            )
+        for name, value in (
+            ("MAX_BODY_BYTES", self.max_body_bytes),
+            ("MAX_IMAGE_BYTES", self.max_image_bytes),
+            ("MAX_IMAGE_PIXELS", self.max_image_pixels),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ServiceConfig:
+        """The configuration from environment variables; ConfigError names any bad one."""
+        defaults = cls()
+        version = _read(environ, "MODEL_VERSION", _positive_int, None)
+        return cls(
+            model_dir=Path(environ.get("MODEL_DIR", "").strip() or defaults.model_dir),
+            model_version=version,
+            poll_seconds=_read(environ, "MODEL_POLL_SECONDS", float, defaults.poll_seconds),
+            intra_op_threads=_read(
+                environ, "ORT_INTRA_OP_THREADS", _positive_int, defaults.intra_op_threads
+            ),
+            max_batch=_read(environ, "MAX_BATCH", _positive_int, defaults.max_batch),
+            max_body_bytes=_read(environ, "MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes),
+            max_image_bytes=_read(
+                environ, "MAX_IMAGE_BYTES", _positive_int, defaults.max_image_bytes
+            ),
+            max_image_pixels=_read(
+                environ, "MAX_IMAGE_PIXELS", _positive_int, defaults.max_image_pixels
+            ),
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("not positive")
+    return value
+
+
+def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return parse(text)
+    except ValueError:
+        expected = "a positive integer" if parse is _positive_int else "a number"
+        raise ConfigError(f"{name}={text!r} is not valid: expected {expected}") from None

@@ -1,0 +1,103 @@
+"""The one gunicorn configuration: mnist-serve, make serve, the tests and the Docker image use it.
+
+Settings come from the environment (BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT);
+flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
+"""
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+
+def _env_int(name: str, default: int, lowest: int = 1) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SystemExit(f"{name}={text!r} is not an integer") from None
+    if value < lowest:
+        raise SystemExit(f"{name}={value} must be at least {lowest}")
+    return value
+
+
+bind = [os.environ.get("BIND", "").strip() or "127.0.0.1:8000"]
+workers = _env_int("WEB_CONCURRENCY", 2)
+# threads let one worker overlap JSON parsing and I/O; onnxruntime runs are thread-safe
+worker_class = "gthread"
+threads = _env_int("GUNICORN_THREADS", 4)
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = 20
+keepalive = 5
+# no preload: every worker creates its own onnxruntime session after the fork
+preload_app = False
+limit_request_line = 4094
+limit_request_fields = 64
+limit_request_field_size = 8190
+# the app logs one JSON line per request itself (service.request_log)
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+proc_name = "mnist-serve"
+# gunicorn's control socket has one default path per user: two servers would fight over it
+control_socket_disable = True
+# heartbeat files in RAM: a worker busy on a slow disk is not mistaken for a hung one
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_created_multiproc_dir: list[str] = []
+
+
+def _prepare_multiproc_dir() -> None:
+    path = os.environ.get(_MULTIPROC_ENV, "").strip()
+    if not path:
+        path = tempfile.mkdtemp(prefix="mnist-metrics-")
+        _created_multiproc_dir.append(path)
+        os.environ[_MULTIPROC_ENV] = path  # the workers inherit it at fork
+    os.makedirs(path, exist_ok=True)
+    # files of a previous run would add old counts to this one
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+
+
+def _configure_service_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    )
+    for name in ("service.predictor", "service.app"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
+def on_starting(server):
+    """In the master, before any worker: metrics folder and log handlers, inherited at fork."""
+    _prepare_multiproc_dir()
+    _configure_service_logging()
+
+
+def post_worker_init(worker):
+    """In each worker's main thread: start hot reload and its SIGHUP handler."""
+    from service.app import watch_models
+
+    watch_models(worker.wsgi)
+
+
+def child_exit(server, worker):
+    """In the master: drop the dead worker's live gauges from /metrics."""
+    from service.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
+
+
+def on_exit(server):
+    """In the master, last: remove the metrics folder if this run created it."""
+    for path in _created_multiproc_dir:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,174 @@
+"""Integration fixtures: a real gunicorn serving the real app on a free 127.0.0.1 port.
+
+`gunicorn_server(env={...}, workers=2)` starts `gunicorn -c service/gunicorn.conf.py
+'service.app:create_app()'` and returns a RunningServer (`.url`, `.log()`, `.stop()`); every
+server a test starts is stopped after it. `committed_server` is one server on the committed
+models/ for the whole session (read-only tests only: do not publish into it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import COMMITTED_MODELS, REPO_ROOT
+
+GUNICORN_CONF = REPO_ROOT / "service" / "gunicorn.conf.py"
+APP = "service.app:create_app()"
+READY_PATH = "/v2/health/ready"
+#: the line a worker logs once its model passed validation (service.predictor)
+WORKER_READY_MARK = " serving mnist version "
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A gunicorn master started by a test, its URL and its combined log."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    workers: int
+    env: dict[str, str] = field(repr=False)
+
+    def log(self) -> str:
+        """Everything gunicorn and the app wrote so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def worker_ready_count(self) -> int:
+        """How many workers have logged that their model passed validation."""
+        return self.log().count(WORKER_READY_MARK)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Stop gunicorn gracefully (SIGTERM, then SIGKILL); its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return int(self.process.returncode)
+
+
+class ServerFailedToStart(RuntimeError):
+    """gunicorn exited or did not become ready; the message carries its log."""
+
+
+def start_gunicorn(
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    wait: bool = True,
+    timeout: float = START_TIMEOUT,
+) -> RunningServer:
+    """Start gunicorn with the project's config and ``env`` on a free port; wait until ready."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    metrics_dir = log_dir / f"metrics-{port}"
+    metrics_dir.mkdir()
+    full_env = {
+        **os.environ,
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "GUNICORN_THREADS": str(threads),
+        "MODEL_DIR": str(COMMITTED_MODELS),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    log_path = log_dir / f"gunicorn-{port}.log"
+    bin_dir = Path(sys.executable).parent
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(bin_dir / "gunicorn"), "-c", str(GUNICORN_CONF), APP],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(
+        url=f"http://127.0.0.1:{port}",
+        process=process,
+        log_path=log_path,
+        workers=workers,
+        env=full_env,
+    )
+    if wait:
+        try:
+            wait_until_ready(server, timeout)
+        except ServerFailedToStart:
+            server.stop()
+            raise
+    return server
+
+
+def wait_until_ready(server: RunningServer, timeout: float = START_TIMEOUT) -> None:
+    """Return once every worker has loaded its model and the server answers HTTP."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerFailedToStart(
+                f"gunicorn exited with {server.process.returncode}:\n{server.log()}"
+            )
+        if server.worker_ready_count() >= server.workers and _answers(server.url):
+            return
+        time.sleep(0.1)
+    raise ServerFailedToStart(f"gunicorn was not ready within {timeout:.0f} s:\n{server.log()}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        response = requests.get(url + READY_PATH, timeout=2)
+    except requests.RequestException:
+        return False
+    return response.status_code in (200, 404)  # 404: a tree without the V2 routes yet
+
+
+StartServer = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """A factory: gunicorn_server(env={"MODEL_DIR": ...}, workers=2) -> a ready RunningServer."""
+    started: list[RunningServer] = []
+    log_dir = tmp_path_factory.mktemp("gunicorn")
+
+    def start(env: Mapping[str, str] | None = None, **options: object) -> RunningServer:
+        server = start_gunicorn(log_dir, env, **options)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def committed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One gunicorn on the committed models/ for the whole session (read-only tests)."""
+    server = start_gunicorn(tmp_path_factory.mktemp("committed-server"))
+    yield server
+    server.stop()
