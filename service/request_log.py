@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -106,6 +107,7 @@ def request_fields(response: Response, latency_ms: float | None) -> dict[str, An
         "model_version": g.get("model_version"),
         "batch_size": g.get("batch_size"),
         "request_bytes": request.content_length,
+        "pid": os.getpid(),  # which gunicorn worker answered
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 
 import numpy as np
@@ -134,6 +135,7 @@ def test_one_json_line_per_request_with_its_fields(client, capsys):
     assert first["latency_ms"] >= 0
     assert first["request_bytes"] > 784
     assert first["ts"].endswith("+00:00")
+    assert first["pid"] == os.getpid()
     assert second["route"] == request_log.UNMATCHED_ROUTE
     assert second["path"] == "/missing/42"
     assert second["status"] == 404
