@@ -190,6 +190,8 @@ def _coerce(name: str, value: Any) -> Any:
         if _is_int(value):
             return (value,)
     if name in ("data_dir", "models_dir"):
+        if value is None and name == "data_dir":
+            return None
         if not isinstance(value, str | Path):
             raise ConfigError(f"{name}: expected a path string, got {value!r}")
         return Path(value)
