@@ -120,6 +120,8 @@
   clearButton.addEventListener("click", clearPad);
 
   function schedulePrediction() {
+    // "busy" until an answer for the drawing as it is now has arrived (tests wait for "ready")
+    document.body.dataset.state = "busy";
     if (pendingTimer !== null) return;
     pendingTimer = setTimeout(() => {
       pendingTimer = null;
@@ -130,7 +132,6 @@
   function predict() {
     if (!hasInk) return;
     const seq = ++requestSeq;
-    document.body.dataset.state = "busy";
     canvas.toBlob((blob) => {
       if (blob === null) {
         showError("The browser could not turn the drawing into a PNG.");
@@ -167,7 +168,8 @@
     showError(null);
     showResult(body.predictions[0]);
     if (body.model) showModel(body.model.name, body.model.version);
-    document.body.dataset.state = "ready";
+    // strokes drawn since this request went out will bring another answer
+    document.body.dataset.state = pendingTimer === null ? "ready" : "busy";
   }
 
   function showResult(prediction) {
@@ -196,9 +198,15 @@
   function setBar(bar, probability, best) {
     const percent = Math.max(0, Math.min(1, Number(probability) || 0)) * 100;
     bar.fill.style.width = `${percent}%`;
-    bar.value.textContent = `${percent.toFixed(percent >= 10 || percent === 0 ? 0 : 1)}%`;
+    bar.value.textContent = formatPercent(percent);
     bar.item.classList.toggle("best", best);
     bar.item.setAttribute("aria-label", `digit ${bar.item.dataset.digit}: ${percent.toFixed(1)} percent`);
+  }
+
+  function formatPercent(percent) {
+    if (percent === 0) return "0%";
+    if (percent < 0.05) return "<0.1%";
+    return `${percent.toFixed(percent >= 10 ? 0 : 1)}%`;
   }
 
   function showModel(name, version) {

@@ -1,0 +1,204 @@
+"""The drawing page in real headless Chromium against a real gunicorn: strokes drawn with the mouse
+(and with touch at phone width) are read as the right digits, the bars, the model's 28x28 input,
+the model version and errors are shown."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.repository import ModelRepository
+from tests.conftest import COMMITTED_MODELS, REPO_ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+ANSWER_TIMEOUT_MS = 15_000
+EMPTY_ANSWER = "\N{EN DASH}"  # what #digit shows before anything is drawn
+
+Stroke = list[tuple[float, float]]
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float) -> Stroke:
+    """Points along an elliptic arc, angles in degrees (0 = right, 90 = down), in pad fractions."""
+    steps = max(8, int(abs(end - start) / 8))
+    return [
+        (
+            cx + rx * math.cos(math.radians(start + (end - start) * i / steps)),
+            cy + ry * math.sin(math.radians(start + (end - start) * i / steps)),
+        )
+        for i in range(steps + 1)
+    ]
+
+
+# Digits as a person draws them, in fractions of the pad (x right, y down), one list per stroke.
+DIGIT_STROKES: dict[int, list[Stroke]] = {
+    0: [_arc(0.5, 0.5, 0.2, 0.32, -90, 275)],
+    1: [[(0.44, 0.24), (0.53, 0.15), (0.53, 0.85)]],
+    2: [[*_arc(0.5, 0.33, 0.2, 0.17, 200, 360), (0.66, 0.45), (0.28, 0.84), (0.74, 0.84)]],
+    3: [_arc(0.48, 0.31, 0.2, 0.15, 210, 450), _arc(0.48, 0.64, 0.22, 0.19, -90, 150)],
+    4: [[(0.36, 0.15), (0.26, 0.58), (0.76, 0.58)], [(0.62, 0.3), (0.62, 0.86)]],
+    7: [[(0.26, 0.2), (0.74, 0.2), (0.44, 0.86)]],
+}
+
+
+def _unavailable(reason: str) -> None:
+    """Skip with the reason on a machine without a browser; under CI that is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium for the module (Debian's, never a downloaded one)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed (pip install playwright)")
+    if not CHROMIUM.exists():
+        _unavailable(f"no Chromium at {CHROMIUM}: install Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, committed_server) -> Iterator[object]:
+    """A fresh desktop-sized page showing the drawing page of the committed model's server."""
+    context = browser.new_context(viewport={"width": 1000, "height": 760})
+    page = context.new_page()
+    page.set_default_timeout(ANSWER_TIMEOUT_MS)
+    page.goto(f"{committed_server.url}/")
+    yield page
+    context.close()
+
+
+def _pad_box(page) -> dict[str, float]:
+    box = page.locator("#pad").bounding_box()
+    assert box is not None and box["width"] > 100, "the canvas is not visible"
+    return box
+
+
+def _draw_with_mouse(page, strokes: list[Stroke]) -> None:
+    box = _pad_box(page)
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=4)
+        page.mouse.up()
+
+
+def _answer(page) -> int:
+    """The digit the page shows once it has an answer for the current drawing."""
+    # the page is "ready" only when the answer is for the drawing as it is now (see app.js)
+    page.locator("body[data-state='ready']").wait_for(state="attached")
+    return int(page.locator("#digit").inner_text())
+
+
+def _screenshot(page, name: str, record_property) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    record_property("screenshot", str(path))
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+def test_drawn_digits_are_read(page, record_property) -> None:
+    version = ModelRepository(COMMITTED_MODELS).latest()
+    assert version is not None
+    for digit, strokes in DIGIT_STROKES.items():
+        page.locator("#clear").click()
+        assert page.locator("#digit").inner_text() == EMPTY_ANSWER
+        _draw_with_mouse(page, strokes)
+        assert _answer(page) == digit, f"drew a {digit}"
+        # the bars: ten of them, the drawn digit's is the highest and marked best
+        widths = page.locator(".bar-fill").evaluate_all(
+            "fills => fills.map(f => parseFloat(f.style.width))"
+        )
+        assert len(widths) == 10 and max(widths) == widths[digit] and widths[digit] > 40
+        assert page.locator(f'.bar.best[data-digit="{digit}"]').count() == 1
+        # the 28x28 image the model saw is shown, and decodes as a 28x28 image
+        seen = page.locator("#seen")
+        assert seen.is_visible()
+        assert seen.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [28, 28]
+        if digit == 7:
+            _screenshot(page, "drawing-page-7", record_property)
+    assert page.locator("#model-version").inner_text() == f"mnist version {version.version}"
+    assert page.locator("#error").is_hidden()
+
+
+def test_clear_resets_the_answer(page) -> None:
+    _draw_with_mouse(page, DIGIT_STROKES[1])
+    assert _answer(page) == 1
+    page.locator("#clear").click()
+    assert page.locator("#digit").inner_text() == EMPTY_ANSWER
+    assert page.locator("#seen").is_hidden()
+    assert page.locator("body").get_attribute("data-state") == "empty"
+
+
+def test_a_refused_request_shows_the_services_message(page) -> None:
+    # the browser sends garbage instead of the PNG; the real service refuses it, the page says why
+    page.route(
+        "**/predict?*",
+        lambda route: route.continue_(post_data=b"definitely not a png"),
+    )
+    _draw_with_mouse(page, DIGIT_STROKES[7])
+    page.locator("body[data-state='error']").wait_for(state="attached")
+    error = page.locator("#error")
+    assert error.is_visible()
+    assert "PNG or JPEG" in error.inner_text()
+
+
+def test_touch_drawing_at_phone_width(browser, committed_server, record_property) -> None:
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    try:
+        page = context.new_page()
+        page.set_default_timeout(ANSWER_TIMEOUT_MS)
+        page.goto(f"{committed_server.url}/")
+        box = _pad_box(page)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, "the pad overflows a phone"
+        # touch goes through Chromium's real touch -> pointer event path
+        cdp = context.new_cdp_session(page)
+        for stroke in DIGIT_STROKES[7]:
+            points = [
+                {"x": box["x"] + x * box["width"], "y": box["y"] + y * box["height"]}
+                for x, y in stroke
+            ]
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [points[0]]})
+            for start, end in itertools.pairwise(points):
+                for i in range(1, 9):
+                    point = {
+                        "x": start["x"] + (end["x"] - start["x"]) * i / 8,
+                        "y": start["y"] + (end["y"] - start["y"]) * i / 8,
+                    }
+                    cdp.send(
+                        "Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]}
+                    )
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        assert _answer(page) == 7
+        # nothing is wider than the phone's screen
+        assert page.locator("html").evaluate("html => html.scrollWidth") <= 390
+        _screenshot(page, "drawing-page-phone", record_property)
+    finally:
+        context.close()
