@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import flask
 import numpy as np
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.contract import (
     INPUT_NAME,
@@ -179,6 +179,10 @@ def create_blueprint(
 
     @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def unknown_route(rest: str) -> Any:
+        allowed = _methods_routed_elsewhere(flask.request.path)
+        if allowed:
+            message = f"{flask.request.method} /v2/{rest} is not allowed; use {', '.join(allowed)}"
+            return {"error": message}, 405, {"Allow": ", ".join(allowed)}
         raise NotFound(f"no Open Inference Protocol endpoint {flask.request.method} /v2/{rest}")
 
     @blueprint.errorhandler(ServiceError)
@@ -187,9 +191,26 @@ def create_blueprint(
 
     @blueprint.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
+        if isinstance(exc, RequestEntityTooLarge):
+            limit = flask.current_app.config.get("MAX_CONTENT_LENGTH")
+            return {"error": f"the request body is over the limit of {limit} bytes"}, 413
         return {"error": exc.description or exc.name}, exc.code or 500
 
     return blueprint
+
+
+def _methods_routed_elsewhere(path: str) -> list[str]:
+    """The methods that a real V2 route (not the catch-all) answers on ``path``."""
+    adapter = flask.current_app.url_map.bind("localhost")
+    allowed = []
+    for method in ("GET", "POST"):
+        try:
+            endpoint, _ = adapter.match(path, method=method)
+        except HTTPException:  # NotFound, MethodNotAllowed or a redirect: not routed there
+            continue
+        if endpoint != "v2.unknown_route":
+            allowed.append(method)
+    return allowed
 
 
 def triton_model_config(name: str, max_batch: int) -> dict[str, Any]:

@@ -243,3 +243,14 @@ def test_hostile_bodies_get_v2_errors(
     error = response.json()
     assert set(error) == {"error"} and message in error["error"]
     assert requests.get(committed_server.url.rstrip("/") + "/v2/health/ready", timeout=30).ok
+
+
+def test_wrong_method_and_unknown_route_keep_the_v2_error_shape(committed_server: Any) -> None:
+    base = committed_server.url.rstrip("/")
+    wrong_method = requests.get(base + "/v2/models/mnist/infer", timeout=30)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Allow"] == "POST"
+    assert isinstance(wrong_method.json()["error"], str)
+    unknown = requests.get(base + "/v2/models/mnist/stats", timeout=30)
+    assert unknown.status_code == 404
+    assert "no Open Inference Protocol endpoint" in unknown.json()["error"]

@@ -190,7 +190,6 @@ def test_model_metadata(client: FlaskClient, suffix: str) -> None:
         ("post", "/v2/models/fashion/infer", "unknown model"),
         ("post", "/v2/models/mnist/versions/9/infer", "no version '9'"),
         ("get", "/v2/repository/index", "no Open Inference Protocol endpoint"),
-        ("get", "/v2/models/mnist/infer", "no Open Inference Protocol endpoint GET"),
     ],
 )
 def test_unknown_models_versions_and_routes_are_404(
@@ -201,6 +200,24 @@ def test_unknown_models_versions_and_routes_are_404(
     body = response.get_json()
     assert set(body) == {"error"} and isinstance(body["error"], str)
     assert message in body["error"]
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("get", "/v2/models/mnist/infer", "POST"),
+        ("put", f"/v2/models/mnist/versions/{VERSION}/infer", "POST"),
+        ("post", "/v2/models/mnist", "GET"),
+        ("delete", "/v2/health/ready", "GET"),
+    ],
+)
+def test_wrong_method_is_405_in_v2_shape(
+    client: FlaskClient, method: str, path: str, allowed: str
+) -> None:
+    response = getattr(client, method)(path)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == allowed
+    assert f"use {allowed}" in response.get_json()["error"]
 
 
 def test_model_config_agrees_with_the_triton_config_file(client: FlaskClient) -> None:
@@ -314,7 +331,9 @@ def test_truncated_binary_body_is_400(client: FlaskClient) -> None:
 def test_oversized_body_is_413_in_v2_shape(client: FlaskClient) -> None:
     response = post_raw(client, b"{" + b" " * (5 * 1024 * 1024) + b"}")
     assert response.status_code == 413
-    assert isinstance(response.get_json()["error"], str)
+    assert response.get_json() == {
+        "error": f"the request body is over the limit of {4 * 1024 * 1024} bytes"
+    }
 
 
 def test_an_explicit_batch_limit_overrides_the_predictor_s(predictor: FakePredictor) -> None:
