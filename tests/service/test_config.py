@@ -1,0 +1,81 @@
+"""ServiceConfig.from_env: defaults, parsing, and a clear error naming any bad variable."""
+
+from __future__ import annotations
+
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, ServiceConfig
+from service.contract import MAX_BATCH_SIZE
+
+
+def test_defaults_with_an_empty_environment() -> None:
+    config = ServiceConfig.from_env({})
+    assert config == ServiceConfig()
+    assert config.model_dir == Path("models")
+    assert config.model_version is None
+    assert config.poll_seconds == 2.0
+    assert config.intra_op_threads == 1
+    assert config.max_batch == MAX_BATCH_SIZE
+    assert config.max_body_bytes >= config.max_image_bytes
+
+
+def test_every_variable_is_read() -> None:
+    config = ServiceConfig.from_env(
+        {
+            "MODEL_DIR": "/srv/models",
+            "MODEL_VERSION": "3",
+            "MODEL_POLL_SECONDS": "0.5",
+            "ORT_INTRA_OP_THREADS": "2",
+            "MAX_BATCH": "64",
+            "MAX_BODY_BYTES": "1000000",
+            "MAX_IMAGE_BYTES": "50000",
+            "MAX_IMAGE_PIXELS": "1000000",
+        }
+    )
+    assert config == ServiceConfig(
+        model_dir=Path("/srv/models"),
+        model_version=3,
+        poll_seconds=0.5,
+        intra_op_threads=2,
+        max_batch=64,
+        max_body_bytes=1_000_000,
+        max_image_bytes=50_000,
+        max_image_pixels=1_000_000,
+    )
+
+
+def test_blank_values_mean_the_default() -> None:
+    assert ServiceConfig.from_env({"MODEL_VERSION": " ", "MODEL_DIR": ""}) == ServiceConfig()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MODEL_VERSION", "latest"),
+        ("MODEL_VERSION", "0"),
+        ("MODEL_VERSION", "-2"),
+        ("MODEL_POLL_SECONDS", "soon"),
+        ("MODEL_POLL_SECONDS", "0"),
+        ("MODEL_POLL_SECONDS", "nan"),
+        ("MODEL_POLL_SECONDS", "inf"),
+        ("ORT_INTRA_OP_THREADS", "1.5"),
+        ("ORT_INTRA_OP_THREADS", "1000"),
+        ("MAX_BATCH", "0"),
+        ("MAX_BATCH", str(MAX_BATCH_SIZE + 1)),
+        ("MAX_BODY_BYTES", "16MB"),
+        ("MAX_IMAGE_BYTES", "-1"),
+        ("MAX_IMAGE_PIXELS", "many"),
+    ],
+)
+def test_an_invalid_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        ServiceConfig.from_env({name: value})
+
+
+def test_the_config_is_frozen() -> None:
+    config = ServiceConfig()
+    with pytest.raises(FrozenInstanceError):
+        config.max_batch = 3  # type: ignore[misc]

@@ -1,0 +1,339 @@
+"""The Predictor on real onnxruntime: validation, self-test, pinning, hot reload, no retry loops."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from service.config import ServiceConfig
+from service.errors import InvalidInput, ModelUnavailable
+from service.predictor import ModelRejected, Predictor, check_card
+from service.repository import ModelRepository, ModelVersion, sha256_bytes
+from tests.conftest import COMMITTED_MODELS
+
+SOURCE = COMMITTED_MODELS / "mnist" / "1"
+FILLED_BY_PUBLISH = ("name", "version", "sha256", "size")
+
+
+def committed_parts() -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """The committed model's ONNX bytes, card (without publish's fields) and self-test."""
+    card = json.loads((SOURCE / "card.json").read_text())
+    for key in FILLED_BY_PUBLISH:
+        card.pop(key, None)
+    selftest = json.loads((SOURCE / "selftest.json").read_text())
+    return (SOURCE / "model.onnx").read_bytes(), card, selftest
+
+
+def publish_copy(
+    root: Path,
+    *,
+    onnx_bytes: bytes | None = None,
+    card_changes: dict[str, Any] | None = None,
+    selftest: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Publish the committed model (or a variant of it) into the repository at ``root``."""
+    model, card, default_selftest = committed_parts()
+    selftest_bytes = json.dumps(selftest or default_selftest).encode()
+    card["selftest"] = {
+        "file": "selftest.json",
+        "sha256": sha256_bytes(selftest_bytes),
+        "count": len((selftest or default_selftest)["images"]),
+    }
+    card.update(card_changes or {})
+    return ModelRepository(root).publish(
+        model if onnx_bytes is None else onnx_bytes, card, {"selftest.json": selftest_bytes}
+    )
+
+
+def renamed_input_model(new_name: str = "pixels") -> bytes:
+    """The committed model with its input renamed: a valid ONNX file that breaks the contract."""
+    model = onnx.load_from_string((SOURCE / "model.onnx").read_bytes())
+    old = model.graph.input[0].name
+    model.graph.input[0].name = new_name
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new_name
+    return model.SerializeToString()
+
+
+def selftest_digits() -> tuple[np.ndarray, list[int]]:
+    _, _, selftest = committed_parts()
+    images = np.asarray(selftest["images"], dtype=np.float32) / np.float32(255.0)
+    return images, selftest["labels"]
+
+
+class RecordingMetrics:
+    """A fake metrics collaborator that remembers every call."""
+
+    def __init__(self) -> None:
+        self.inferences: list[tuple[float, int, list[int], int]] = []
+        self.reloads: list[str] = []
+        self.model_info: list[tuple[str, int, str]] = []
+
+    def observe_inference(
+        self, seconds: float, batch_size: int, labels: np.ndarray, model_version: int
+    ) -> None:
+        self.inferences.append((seconds, batch_size, list(labels), model_version))
+
+    def count_reload(self, outcome: str) -> None:
+        self.reloads.append(outcome)
+
+    def set_model_info(self, name: str, version: int, sha256: str) -> None:
+        self.model_info.append((name, version, sha256))
+
+
+MakePredictor = Callable[..., Predictor]
+
+
+@pytest.fixture
+def make_predictor(tmp_path: Path) -> Any:
+    """Build Predictors on tmp_path with recording metrics; stops their watcher threads after."""
+    made: list[Predictor] = []
+
+    def make(**config: Any) -> Predictor:
+        settings = ServiceConfig(model_dir=tmp_path, **config)
+        predictor = Predictor(settings, metrics=RecordingMetrics())
+        made.append(predictor)
+        return predictor
+
+    yield make
+    for predictor in made:
+        predictor.stop_watching()
+
+
+def metrics_of(predictor: Predictor) -> RecordingMetrics:
+    assert isinstance(predictor.metrics, RecordingMetrics)
+    return predictor.metrics
+
+
+def test_loads_the_highest_version_and_predicts_the_selftest_digits(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    publish_copy(tmp_path)
+    predictor = make_predictor()
+    loaded = predictor.load()
+    assert (loaded.name, loaded.version) == ("mnist", 2)
+    assert loaded.path == tmp_path / "mnist" / "2"
+    assert predictor.loaded == loaded
+    images, labels = selftest_digits()
+    prediction = predictor.predict(images)
+    assert prediction.labels.tolist() == labels
+    assert prediction.probabilities.shape == (10, 10)
+    assert prediction.probabilities.dtype == np.float32
+    assert (prediction.model_name, prediction.model_version) == ("mnist", 2)
+    recorded = metrics_of(predictor)
+    assert recorded.model_info == [("mnist", 2, loaded.card["sha256"])]
+    (seconds, batch, predicted, version) = recorded.inferences[0]
+    assert seconds > 0 and batch == 10 and predicted == labels and version == 2
+
+
+def test_pinned_version_is_served_and_never_replaced(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    publish_copy(tmp_path)
+    predictor = make_predictor(model_version=1)
+    assert predictor.load().version == 1
+    publish_copy(tmp_path)
+    assert predictor.check_for_update() is None
+    assert predictor.loaded.version == 1
+
+
+def test_pinning_a_missing_version_refuses_to_start(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    with pytest.raises(ModelUnavailable, match="no valid model"):
+        make_predictor(model_version=7).load()
+
+
+def test_an_empty_repository_refuses_to_start(make_predictor: MakePredictor) -> None:
+    predictor = make_predictor()
+    with pytest.raises(ModelUnavailable, match="no complete version"):
+        predictor.load()
+    with pytest.raises(ModelUnavailable):
+        _ = predictor.loaded
+    with pytest.raises(ModelUnavailable):
+        predictor.predict(np.zeros((1, 784), np.float32))
+
+
+def test_a_corrupt_newest_version_falls_back_to_the_older_valid_one(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    broken = publish_copy(tmp_path)
+    broken.model_path.write_bytes(b"\x00" * 100)
+    predictor = make_predictor()
+    assert predictor.load().version == 1
+    assert metrics_of(predictor).reloads == ["failure"]
+
+
+def test_only_invalid_versions_refuse_to_start_and_say_why(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    broken = publish_copy(tmp_path)
+    broken.model_path.write_bytes(b"not onnx")
+    with pytest.raises(ModelUnavailable, match=r"version 1: .*sha256"):
+        make_predictor().load()
+
+
+REJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "input renamed in the graph": ({"onnx_bytes": "renamed"}, "input is 'pixels'"),
+    "not an onnx file": ({"onnx_bytes": b"garbage bytes"}, "onnxruntime cannot load"),
+    "card input shape": ({"card_changes": "image-shaped input"}, "input shape"),
+    "card class labels": ({"card_changes": {"class_labels": list("abcdefghij")}}, "class_labels"),
+    "card without selftest": ({"card_changes": {"selftest": None}}, "names no selftest"),
+    "selftest labels differ": ({"selftest": "shifted"}, "self-test labels"),
+    "selftest probabilities differ": ({"selftest": "blurred"}, "self-test probabilities"),
+}
+
+
+def _variant(kind: str) -> dict[str, Any]:
+    options, _ = REJECTIONS[kind]
+    options = dict(options)
+    _, card, selftest = committed_parts()
+    if options.get("onnx_bytes") == "renamed":
+        options["onnx_bytes"] = renamed_input_model()
+    if options.get("selftest") == "shifted":
+        shifted = copy.deepcopy(selftest)
+        shifted["expected_labels"] = [(label + 1) % 10 for label in selftest["expected_labels"]]
+        options["selftest"] = shifted
+    if options.get("selftest") == "blurred":
+        blurred = copy.deepcopy(selftest)
+        blurred["expected_probabilities"] = [[0.1] * 10 for _ in selftest["images"]]
+        options["selftest"] = blurred
+    if options.get("card_changes") == "image-shaped input":
+        options["card_changes"] = {"input": {**card["input"], "shape": [-1, 28, 28]}}
+    return options
+
+
+@pytest.mark.parametrize("kind", sorted(REJECTIONS))
+def test_a_version_that_breaks_the_contract_is_rejected(kind: str, tmp_path: Path) -> None:
+    version = publish_copy(tmp_path, **_variant(kind))
+    predictor = Predictor(ServiceConfig(model_dir=tmp_path), metrics=RecordingMetrics())
+    with pytest.raises(ModelRejected, match=REJECTIONS[kind][1]):
+        predictor.validate(version)
+
+
+def test_check_card_names_the_field() -> None:
+    _, card, _ = committed_parts()
+    card["input"] = {**card["input"], "pixel_scale": {"raw_max": 1}}
+    with pytest.raises(ModelRejected, match="pixel_scale"):
+        check_card(card)
+    _, card, _ = committed_parts()
+    card["outputs"] = [o for o in card["outputs"] if o["name"] != "probabilities"]
+    with pytest.raises(ModelRejected, match="'probabilities'"):
+        check_card(card)
+
+
+def test_a_newer_valid_version_is_swapped_in(tmp_path: Path, make_predictor: MakePredictor) -> None:
+    publish_copy(tmp_path)
+    predictor = make_predictor()
+    predictor.load()
+    assert predictor.check_for_update() is None
+    publish_copy(tmp_path)
+    swapped = predictor.check_for_update()
+    assert swapped is not None and swapped.version == 2
+    assert predictor.predict(selftest_digits()[0]).model_version == 2
+    assert metrics_of(predictor).reloads == ["success"]
+
+
+def test_a_broken_version_is_not_served_nor_retried_until_its_files_change(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    predictor = make_predictor()
+    predictor.load()
+    broken = publish_copy(tmp_path)
+    good_bytes = broken.model_path.read_bytes()
+    broken.model_path.write_bytes(good_bytes[:-10])  # truncated: size and sha256 disagree
+    assert predictor.check_for_update() is None
+    assert predictor.check_for_update() is None
+    assert predictor.loaded.version == 1
+    assert metrics_of(predictor).reloads == ["failure"]  # counted once, not once per poll
+    broken.model_path.write_bytes(good_bytes)  # repaired: new size, new mtime
+    swapped = predictor.check_for_update()
+    assert swapped is not None and swapped.version == 2
+    assert metrics_of(predictor).reloads == ["failure", "success"]
+
+
+def test_a_broken_newest_does_not_hide_a_valid_version_between(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    predictor = make_predictor()
+    predictor.load()
+    publish_copy(tmp_path)
+    publish_copy(tmp_path, onnx_bytes=renamed_input_model())
+    swapped = predictor.check_for_update()
+    assert swapped is not None and swapped.version == 2
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((1, 784), np.float64), "float32"),
+        (np.zeros((1, 28, 28), np.float32), r"\[N, 784\]"),
+        (np.zeros((0, 784), np.float32), "batch size"),
+        (np.zeros((5, 784), np.float32), "batch size"),
+    ],
+)
+def test_predict_refuses_inputs_outside_the_contract(
+    tmp_path: Path, make_predictor: MakePredictor, images: np.ndarray, message: str
+) -> None:
+    publish_copy(tmp_path)
+    predictor = make_predictor(max_batch=4)
+    predictor.load()
+    with pytest.raises(InvalidInput, match=message):
+        predictor.predict(images)
+
+
+def _wait_for_version(predictor: Predictor, version: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predictor.loaded.version == version:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_watcher_thread_polls_and_picks_up_a_new_version(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    predictor = make_predictor(poll_seconds=0.05)
+    predictor.load()
+    predictor.start_watching(handle_sighup=False)
+    predictor.start_watching(handle_sighup=False)  # idempotent within one process
+    publish_copy(tmp_path)
+    assert _wait_for_version(predictor, 2)
+
+
+def test_sighup_wakes_the_watcher_before_the_next_poll(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    predictor = make_predictor(poll_seconds=3600)
+    predictor.load()
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        predictor.start_watching(handle_sighup=True)
+        publish_copy(tmp_path)
+        time.sleep(0.1)
+        assert predictor.loaded.version == 1  # the hour-long poll has not come round
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert _wait_for_version(predictor, 2, seconds=5.0)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
