@@ -23,11 +23,13 @@ from service.contract import (
     OUTPUT_PROBABILITIES,
 )
 from service.errors import ModelUnavailable, NotFound, ServiceError
-from service.v2_binary import HEADER_LENGTH
+from service.v2_binary import HEADER_LENGTH, decompress_body
 from service.v2_infer import encode_infer_response, parse_infer_request
 
 SERVER_NAME = "mnist-service"
 PLATFORM = "onnxruntime_onnx"
+#: what a compressed request may inflate to when the app sets no MAX_CONTENT_LENGTH
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
 
 
@@ -154,7 +156,11 @@ def create_blueprint(
     def infer(model: str, version: str | None = None) -> Any:
         serving = get_predictor()
         resolve(model, version)
-        body = flask.request.get_data(cache=False)
+        body = decompress_body(
+            flask.request.get_data(cache=False),
+            flask.request.headers.get("Content-Encoding"),
+            flask.current_app.config.get("MAX_CONTENT_LENGTH") or MAX_INFLATED_BYTES,
+        )
         request = parse_infer_request(
             body, flask.request.headers.get(HEADER_LENGTH), batch_limit(serving)
         )

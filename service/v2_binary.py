@@ -9,13 +9,38 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from service.errors import BadRequest
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_LENGTH_PREFIX = struct.Struct("<I")
+#: zlib window bits per Content-Encoding: gzip framing; "deflate" is zlib framing (tritonclient)
+CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decompress_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before Content-Encoding, never inflating past ``limit`` bytes."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    if name not in CONTENT_ENCODINGS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none"
+        )
+    inflater = zlib.decompressobj(CONTENT_ENCODINGS[name])
+    try:
+        # max_length stops a decompression bomb after limit + 1 bytes, whatever it would become
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"the {name} body cannot be decompressed: {exc}") from exc
+    if len(plain) > limit:
+        raise PayloadTooLarge(f"the {name} body inflates to more than the limit of {limit} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise BadRequest(f"the {name} body is truncated or has bytes after its end")
+    return plain
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:

@@ -254,3 +254,19 @@ def test_wrong_method_and_unknown_route_keep_the_v2_error_shape(committed_server
     unknown = requests.get(base + "/v2/models/mnist/stats", timeout=30)
     assert unknown.status_code == 404
     assert "no Open Inference Protocol endpoint" in unknown.json()["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_understood(
+    client: InferenceServerClient,
+    digits: tuple[np.ndarray, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    algorithm: str,
+) -> None:
+    result = client.infer(
+        "mnist",
+        [fp32_input(digits[0])],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,  # the answer may come back uncompressed
+    )
+    np.testing.assert_array_equal(result.as_numpy("label"), reference[0])

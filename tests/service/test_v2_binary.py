@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
+from typing import Any
 
 import numpy as np
 import pytest
 from tritonclient.http import InferResult
 from tritonclient.utils import deserialize_bytes_tensor
 
-from service.errors import BadRequest
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.v2_binary import (
     BinarySection,
     binary_data_size,
+    decompress_body,
     encode_bytes_elements,
     join_body,
     parse_header_length,
@@ -154,3 +158,47 @@ def test_join_body_with_binary_decodes_in_the_triton_client() -> None:
     result = InferResult.from_response_body(body, header_length=header_length)
     np.testing.assert_array_equal(result.as_numpy("probabilities"), probabilities)
     np.testing.assert_array_equal(result.as_numpy("label"), labels)
+
+
+@pytest.mark.parametrize(
+    "encoding, compress",
+    [
+        ("gzip", gzip.compress),
+        (
+            "deflate",
+            zlib.compress,
+        ),  # "deflate" on the wire is zlib framing (tritonclient, RFC 9110)
+        (" GZIP ", gzip.compress),
+    ],
+)
+def test_compressed_bodies_are_inflated(encoding: str, compress: Any) -> None:
+    body = b'{"inputs": []}' + bytes(range(256)) * 10
+    assert decompress_body(compress(body), encoding, limit=len(body)) == body
+
+
+@pytest.mark.parametrize("encoding", [None, "identity"])
+def test_plain_bodies_pass_through(encoding: str | None) -> None:
+    assert decompress_body(b"{}", encoding, limit=1) == b"{}"
+
+
+def test_a_decompression_bomb_stops_at_the_limit() -> None:
+    bomb = gzip.compress(bytes(50 * 1024 * 1024))  # 50 MiB of zeros in about 50 KiB
+    assert len(bomb) < 100_000
+    with pytest.raises(PayloadTooLarge, match="more than the limit of 1048576"):
+        decompress_body(bomb, "gzip", limit=1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    "body, encoding, error, message",
+    [
+        (b"not gzip at all", "gzip", BadRequest, "cannot be decompressed"),
+        (gzip.compress(b"{}" * 1000)[:-12], "gzip", BadRequest, "truncated"),
+        (zlib.compress(b"{}") + b"tail", "deflate", BadRequest, "bytes after its end"),
+        (b"{}", "br", UnsupportedMediaType, "'br' is not supported"),
+    ],
+)
+def test_broken_or_unknown_encodings_are_rejected(
+    body: bytes, encoding: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        decompress_body(body, encoding, limit=1 << 20)

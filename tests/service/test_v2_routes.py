@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -345,3 +346,14 @@ def test_an_explicit_batch_limit_overrides_the_predictor_s(predictor: FakePredic
         response = post_raw(small, *body)
         assert response.status_code == 400
         assert "over the limit of 2" in response.get_json()["error"]
+
+
+def test_gzip_body_and_gzip_bomb(client: FlaskClient) -> None:
+    body, json_size = InferenceServerClient.generate_request_body([uint8_input(digits_images([4]))])
+    headers = {"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(json_size)}
+    response = client.post("/v2/models/mnist/infer", data=gzip.compress(body), headers=headers)
+    assert response.status_code == 200
+    bomb = gzip.compress(bytes(64 * 1024 * 1024))  # inflates past the 4 MiB body limit
+    response = client.post("/v2/models/mnist/infer", data=bomb, headers=headers)
+    assert response.status_code == 413
+    assert "inflates to more than" in response.get_json()["error"]
