@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from service.repository import ModelRepository
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
-
-pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -122,9 +121,28 @@ def _screenshot(page, name: str, record_property) -> Path:
     return path
 
 
-def test_drawn_digits_are_read(page, record_property) -> None:
+def test_page_and_assets_are_served_with_a_strict_policy(committed_server) -> None:
+    index = requests.get(f"{committed_server.url}/", timeout=10)
+    assert index.status_code == 200 and index.headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in index.headers["Content-Security-Policy"]
+    assert '<canvas id="pad"' in index.text
+    script = requests.get(f"{committed_server.url}/page/app.js", timeout=10)
+    assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
+    traversal = requests.get(f"{committed_server.url}/page/..%2Fpage.py", timeout=10)
+    assert traversal.status_code == 404
+    unknown = requests.get(f"{committed_server.url}/page/secret.txt", timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.browser
+def test_drawn_digits_are_read(page, committed_server, record_property) -> None:
     version = ModelRepository(COMMITTED_MODELS).latest()
     assert version is not None
+    # nothing is loaded from anywhere but the service itself
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.reload()
     for digit, strokes in DIGIT_STROKES.items():
         page.locator("#clear").click()
         assert page.locator("#digit").inner_text() == EMPTY_ANSWER
@@ -144,8 +162,11 @@ def test_drawn_digits_are_read(page, record_property) -> None:
             _screenshot(page, "drawing-page-7", record_property)
     assert page.locator("#model-version").inner_text() == f"mnist version {version.version}"
     assert page.locator("#error").is_hidden()
+    foreign = [url for url in requested if not url.startswith((committed_server.url, "data:"))]
+    assert requested and not foreign, f"requests outside the service: {foreign}"
 
 
+@pytest.mark.browser
 def test_clear_resets_the_answer(page) -> None:
     _draw_with_mouse(page, DIGIT_STROKES[1])
     assert _answer(page) == 1
@@ -155,6 +176,7 @@ def test_clear_resets_the_answer(page) -> None:
     assert page.locator("body").get_attribute("data-state") == "empty"
 
 
+@pytest.mark.browser
 def test_a_refused_request_shows_the_services_message(page) -> None:
     # the browser sends garbage instead of the PNG; the real service refuses it, the page says why
     page.route(
@@ -168,6 +190,7 @@ def test_a_refused_request_shows_the_services_message(page) -> None:
     assert "PNG or JPEG" in error.inner_text()
 
 
+@pytest.mark.browser
 def test_touch_drawing_at_phone_width(browser, committed_server, record_property) -> None:
     context = browser.new_context(
         viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
