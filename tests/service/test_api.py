@@ -1,0 +1,181 @@
+"""service.api: turning every accepted form of input into the model's float32 [N, 784]."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from PIL import Image
+from werkzeug.datastructures import MultiDict
+
+from service.api import images_from_json, parse_options, predictions_json
+from service.app import create_app
+from service.config import ServiceConfig
+from service.errors import BadRequest, InvalidImage, InvalidInput, PayloadTooLarge
+from service.images import ImageLimits
+from tests.service.test_predictor import committed_parts, publish_copy
+
+LIMITS = ImageLimits()
+DIGITS = np.asarray(committed_parts()[2]["images"], dtype=np.uint8)
+
+
+def as_body(payload: Any) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - pixels.reshape(28, 28)).resize((56, 56)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_flat_and_row_images_give_the_same_scaled_batch() -> None:
+    flat = images_from_json(as_body({"images": DIGITS[:3].tolist()}), 8, LIMITS)
+    rows = images_from_json(as_body({"images": DIGITS[:3].reshape(3, 28, 28).tolist()}), 8, LIMITS)
+    assert flat.dtype == np.float32 and flat.shape == (3, 784)
+    np.testing.assert_array_equal(flat, rows)
+    np.testing.assert_array_equal(flat, DIGITS[:3].astype(np.float32) / np.float32(255))
+
+
+def test_float_pixels_and_the_range_ends_are_accepted() -> None:
+    image = [0.0] * 782 + [127.5, 255]
+    (scaled,) = images_from_json(as_body({"images": [image]}), 8, LIMITS)
+    assert scaled[0] == 0.0 and scaled[-1] == 1.0
+    assert scaled[-2] == pytest.approx(0.5)
+
+
+def test_a_mixed_batch_of_flat_rows_and_base64_is_converted_per_image() -> None:
+    encoded = base64.b64encode(png_bytes(DIGITS[4])).decode()
+    body = as_body({"images": [DIGITS[0].tolist(), DIGITS[1].reshape(28, 28).tolist(), encoded]})
+    batch = images_from_json(body, 8, LIMITS)
+    assert batch.shape == (3, 784) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[1], DIGITS[1] / np.float32(255))
+    assert batch[2].min() >= 0.0 and batch[2].max() <= 1.0 and batch[2].sum() > 10
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "words"),
+    [
+        (b"{", BadRequest, "malformed JSON"),
+        (b"   ", BadRequest, "empty"),
+        (b"[" * 100_000, BadRequest, "malformed JSON"),  # deeper than the parser's recursion
+        (b'{"images": [[NaN]]}', InvalidInput, "NaN"),
+        (b'{"images": [[-Infinity]]}', InvalidInput, "-Infinity"),
+        (as_body({"images": [[0] * 783 + [True]]}), InvalidInput, "pixel 783: a boolean"),
+        (as_body({"images": [[1] * 784, [1] * 783 + [False]]}), InvalidInput, "image 1"),
+        (as_body({"images": [[0] * 784] * 9}), PayloadTooLarge, "limit of 8"),
+        (as_body({"images": [[0] * 783 + [2**70]]}), InvalidInput, "outside 0..255"),
+        (as_body({"images": [[0] * 783 + [-0.5]]}), InvalidInput, "pixel 783: -0.5"),
+        (as_body({"images": [[0] * 784, [0] * 700]}), InvalidInput, "image 1 has 700 values"),
+        (as_body({"images": ["data:image/png,abc"]}), InvalidImage, "data URL"),
+        (as_body({"images": ["!!!"]}), InvalidImage, "not base64"),
+        (as_body({"images": [""]}), InvalidImage, "empty"),
+        (as_body({"images": [None]}), InvalidInput, "null"),
+    ],
+)
+def test_invalid_json_input_is_refused_with_a_precise_message(
+    body: bytes, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(".", r"\.")):
+        images_from_json(body, 8, LIMITS)
+
+
+def test_an_image_of_only_booleans_is_refused() -> None:
+    # numpy would read it as a bool array, or as 0/1 next to numbers: both must be refused
+    with pytest.raises(InvalidInput, match="pixel 0: a boolean"):
+        images_from_json(as_body({"images": [[True] * 784]}), 8, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("query", "top_k", "return_input"),
+    [
+        ({}, None, False),
+        ({"top_k": "1"}, 1, False),
+        ({"top_k": "10", "return_input": "true"}, 10, True),
+        ({"return_input": "0"}, None, False),
+        ({"return_input": "YES"}, None, True),
+    ],
+)
+def test_query_options(query: dict[str, str], top_k: int | None, return_input: bool) -> None:
+    options = parse_options(MultiDict(query))
+    assert (options.top_k, options.return_input) == (top_k, return_input)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"top_k": "11"},
+        {"top_k": "-1"},
+        {"top_k": "\uff12"},  # a fullwidth two: isdigit() but not ASCII
+        {"top_k": ""},
+        {"return_input": "perhaps"},
+        {"colour": "red"},
+        [("top_k", "2"), ("top_k", "3")],
+    ],
+)
+def test_bad_query_options(query: Any) -> None:
+    with pytest.raises(BadRequest):
+        parse_options(MultiDict(query))
+
+
+def test_predictions_json_ranks_and_reports_confidence() -> None:
+    probabilities = np.array([[0.1, 0.6, 0.3] + [0.0] * 7], dtype=np.float32)
+    images = np.zeros((1, 784), np.float32)
+    options = parse_options(MultiDict({"top_k": "2", "return_input": "1"}))
+    (answer,) = predictions_json(np.array([1]), probabilities, images, options)
+    assert answer["digit"] == 1
+    assert answer["confidence"] == pytest.approx(0.6)
+    assert [entry["digit"] for entry in answer["top_k"]] == [1, 2]
+    assert len(answer["probabilities"]) == 10
+    assert Image.open(io.BytesIO(base64.b64decode(answer["input_png"]))).size == (28, 28)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Any:
+    publish_copy(tmp_path)
+    app: Flask = create_app(ServiceConfig(model_dir=tmp_path, max_batch=4))
+    return app.test_client()
+
+
+def test_raw_png_and_jpeg_bodies(client: Any) -> None:
+    png = png_bytes(DIGITS[3])
+    response = client.post("/predict", data=png, content_type="image/png")
+    assert response.status_code == 200 and response.json["predictions"][0]["digit"] == 3
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buffer, format="JPEG", quality=95)
+    response = client.post("/predict", data=buffer.getvalue(), content_type="image/jpeg")
+    assert response.status_code == 200 and response.json["predictions"][0]["digit"] == 3
+
+
+def test_multipart_batches_obey_the_batch_limit(client: Any) -> None:
+    parts = [(io.BytesIO(png_bytes(DIGITS[i])), f"{i}.png") for i in range(5)]
+    response = client.post("/predict", data={"image": parts}, content_type="multipart/form-data")
+    assert response.status_code == 413
+    assert "limit of 4" in response.json["error"]["message"]
+    parts = [(io.BytesIO(png_bytes(DIGITS[i])), f"{i}.png") for i in range(4)]
+    response = client.post("/predict", data={"image": parts}, content_type="multipart/form-data")
+    assert response.status_code == 200
+    assert [p["digit"] for p in response.json["predictions"]] == [0, 1, 2, 3]
+
+
+def test_an_undecodable_upload_names_the_image(client: Any) -> None:
+    parts = [(io.BytesIO(png_bytes(DIGITS[0])), "a.png"), (io.BytesIO(b"GIF89a..."), "b.gif")]
+    response = client.post("/predict", data={"image": parts}, content_type="multipart/form-data")
+    assert response.status_code == 422
+    assert response.json["error"]["code"] == "invalid_image"
+    assert response.json["error"]["message"].startswith("image 1")
+
+
+def test_json_content_type_with_charset_is_accepted(client: Any) -> None:
+    response = client.post(
+        "/predict",
+        data=as_body({"images": [DIGITS[9].tolist()]}),
+        content_type="application/json; charset=utf-8",
+    )
+    assert response.status_code == 200 and response.json["predictions"][0]["digit"] == 9

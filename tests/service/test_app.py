@@ -1,0 +1,185 @@
+"""create_app: factory, routes, JSON for every error; mnist-serve and the gunicorn config."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+
+from service import serve
+from service.app import create_app, current_predictor_of
+from service.config import ServiceConfig
+from service.errors import InvalidInput, ModelUnavailable
+from service.predictor import LoadedModel, Prediction, Predictor
+from tests.service.test_predictor import RecordingMetrics, committed_parts, publish_copy
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Flask:
+    publish_copy(tmp_path)
+    return create_app(ServiceConfig(model_dir=tmp_path, max_body_bytes=50_000))
+
+
+def one_digit() -> list[int]:
+    return list(committed_parts()[2]["images"][5])
+
+
+def test_the_app_serves_predict_v2_and_metrics(app: Flask) -> None:
+    client = app.test_client()
+    response = client.post("/predict", json={"images": [one_digit()]})
+    assert response.status_code == 200
+    assert response.json["predictions"][0]["digit"] == 5
+    assert response.json["model"] == {"name": "mnist", "version": 1}
+    assert client.get("/v2/health/ready").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert b"mnist_inference_duration_seconds" in metrics.data
+
+
+def test_create_app_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    publish_copy(tmp_path)
+    publish_copy(tmp_path)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("MODEL_VERSION", "1")
+    app = create_app()
+    assert current_predictor_of(app).loaded.version == 1
+
+
+def test_create_app_refuses_an_empty_repository(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match=str(tmp_path)):
+        create_app(ServiceConfig(model_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("get", "/nowhere", 404, "not_found"),
+        ("get", "/predict", 405, "method_not_allowed"),
+        ("delete", "/predict", 405, "method_not_allowed"),
+    ],
+)
+def test_routing_errors_are_json(
+    app: Flask, method: str, path: str, status: int, code: str
+) -> None:
+    response = getattr(app.test_client(), method)(path)
+    assert response.status_code == status
+    assert response.is_json
+    assert response.json["error"]["code"] == code
+    assert response.json["error"]["message"]
+
+
+def test_a_body_over_the_limit_is_413_json(app: Flask) -> None:
+    response = app.test_client().post(
+        "/predict", data=b"[" * 60_000, content_type="application/json"
+    )
+    assert response.status_code == 413
+    assert response.json["error"]["code"] == "payload_too_large"
+
+
+class ExplodingPredictor:
+    """A fake Predictor whose model fails in a way nobody planned for."""
+
+    config = ServiceConfig()
+    loaded = LoadedModel(name="mnist", version=9, card={}, path=Path("."))
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        raise RuntimeError("secret internals /etc/passwd")
+
+    def start_watching(self, *, handle_sighup: bool = True) -> None:
+        return None
+
+
+def test_an_unexpected_error_is_a_500_json_with_the_request_id_and_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(ServiceConfig(), predictor=ExplodingPredictor())  # type: ignore[arg-type]
+    response = app.test_client().post(
+        "/predict", json={"images": [one_digit()]}, headers={"X-Request-ID": "req-7"}
+    )
+    assert response.status_code == 500
+    assert response.json["error"]["code"] == "internal_error"
+    assert "req-7" in response.json["error"]["message"]
+    body = response.get_data(as_text=True)
+    assert "secret" not in body and "Traceback" not in body
+    assert any("req-7" in record.getMessage() for record in caplog.records)
+    assert any(record.exc_info for record in caplog.records)
+
+
+def test_a_service_error_from_the_predictor_keeps_its_status() -> None:
+    class Refusing(ExplodingPredictor):
+        def predict(self, images: np.ndarray) -> Prediction:
+            raise InvalidInput("too dark")
+
+    app = create_app(ServiceConfig(), predictor=Refusing())  # type: ignore[arg-type]
+    response = app.test_client().post("/predict", json={"images": [one_digit()]})
+    assert response.status_code == 422
+    assert response.json == {"error": {"code": "invalid_input", "message": "too dark"}}
+
+
+def test_the_watcher_starts_lazily_on_the_first_request(tmp_path: Path) -> None:
+    publish_copy(tmp_path)
+    config = ServiceConfig(model_dir=tmp_path, poll_seconds=0.05)
+    predictor = Predictor(config, metrics=RecordingMetrics())
+    predictor.load()
+    app = create_app(config, predictor=predictor)
+    try:
+        assert predictor._watcher is None  # importing and creating start nothing
+        app.test_client().get("/v2/health/live")
+        assert predictor._watcher is not None and predictor._watcher.is_alive()
+    finally:
+        predictor.stop_watching()
+
+
+def test_mnist_serve_builds_the_gunicorn_command(tmp_path: Path) -> None:
+    args = serve.build_parser().parse_args(
+        ["--host", "0.0.0.0", "--port", "9001", "--workers", "3", "--models-dir", str(tmp_path)]
+    )
+    argv, env = serve.gunicorn_command(args, {"PATH": "/bin"})
+    assert argv[1:3] == ["-m", "gunicorn"]
+    assert argv[argv.index("--config") + 1] == str(REPO_ROOT / "service" / "gunicorn.conf.py")
+    assert argv[argv.index("--bind") + 1] == "0.0.0.0:9001"
+    assert argv[argv.index("--workers") + 1] == "3"
+    assert argv[-1] == "service.app:create_app()"
+    assert env == {"PATH": "/bin", "MODEL_DIR": str(tmp_path.resolve())}
+
+
+@pytest.mark.parametrize("flags", [["--port", "0"], ["--port", "70000"], ["--workers", "0"]])
+def test_mnist_serve_refuses_bad_flags(flags: list[str]) -> None:
+    args = serve.build_parser().parse_args(flags)
+    with pytest.raises(SystemExit):
+        serve.gunicorn_command(args, {})
+
+
+def _gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    for name in ("BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(REPO_ROOT / "service" / "gunicorn.conf.py"))
+
+
+def test_the_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _gunicorn_settings(monkeypatch)
+    assert settings["bind"] == ["127.0.0.1:8000"]
+    assert settings["workers"] == 2
+    assert settings["worker_class"] == "gthread"
+    assert settings["threads"] >= 2
+    assert settings["preload_app"] is False
+    assert settings["accesslog"] is None
+    assert settings["limit_request_line"] > 0 and settings["limit_request_fields"] > 0
+    for hook in ("on_starting", "post_worker_init", "child_exit", "on_exit"):
+        assert callable(settings[hook])
+
+
+def test_the_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _gunicorn_settings(monkeypatch, BIND="0.0.0.0:9000", WEB_CONCURRENCY="4")
+    assert settings["bind"] == ["0.0.0.0:9000"]
+    assert settings["workers"] == 4
+    with pytest.raises(SystemExit, match="WEB_CONCURRENCY"):
+        _gunicorn_settings(monkeypatch, WEB_CONCURRENCY="lots")
