@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 from http import HTTPStatus
-from types import ModuleType
 from typing import Any
 
 from flask import Flask, current_app
@@ -58,32 +56,15 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
         # a thread per worker, started after the fork: gunicorn loads the app in each worker
         predictor.start_watching(handle_sighup=False)
 
-    from service import api, v2
+    from service import api, metrics, openapi, page, request_log, v2
 
     app.register_blueprint(api.create_blueprint())
     app.register_blueprint(v2.create_blueprint())
-    page = _optional_module("service.page")
-    if page is not None:
-        app.register_blueprint(page.create_blueprint())
-    openapi = _optional_module("service.openapi")
-    if openapi is not None:
-        app.register_blueprint(openapi.create_blueprint())
-
-    from service import metrics, request_log
-
+    app.register_blueprint(page.create_blueprint())
+    app.register_blueprint(openapi.create_blueprint())
     metrics.init_app(app)
     request_log.init_app(app)
     return app
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    # TEMPORARY until PAGE's and OBS's modules land; then they are imported like the others
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None
 
 
 def watch_models(app: Flask) -> None:
