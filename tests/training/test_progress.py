@@ -1,0 +1,92 @@
+"""Progress output: the tqdm bar on stderr, JSON lines on stdout, silence, and the CLI's streams."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from training.cli import main
+from training.config import TrainConfig
+from training.fit import EpochRecord, fit
+from training.progress import (
+    BarReporter,
+    JsonLinesReporter,
+    SilentReporter,
+    epoch_json,
+    make_reporter,
+)
+
+
+@pytest.fixture(scope="module")
+def small_train(mnist_data):
+    return mnist_data.train.head(1000)
+
+
+def test_json_reporter_writes_one_parseable_line_per_epoch(small_train):
+    out, err = io.StringIO(), io.StringIO()
+    result = fit(
+        small_train, TrainConfig(hidden_layer_sizes=(8,), max_iter=3), JsonLinesReporter(out, err)
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record, kept in zip(records, result.history, strict=True):
+        assert record["event"] == "epoch"
+        assert record["train_loss"] == kept.train_loss
+        assert record["val_accuracy"] == kept.val_accuracy
+        assert record["val_loss"] == kept.val_loss
+        assert record["seconds"] > 0
+    assert "3 epochs" in err.getvalue()
+
+
+def test_bar_reporter_shows_losses_accuracy_and_seconds_per_epoch(small_train):
+    err = io.StringIO()
+    fit(small_train, TrainConfig(hidden_layer_sizes=(8,), max_iter=2), BarReporter(err))
+    shown = err.getvalue()
+    for field in ("loss=", "val_loss=", "val_acc=", "s/epoch=", "2/2"):
+        assert field in shown
+
+
+def test_non_finite_numbers_become_null_so_the_line_stays_json():
+    record = EpochRecord(
+        epoch=1, train_loss=float("nan"), val_loss=float("inf"), val_accuracy=None, seconds=0.1
+    )
+    line = json.dumps(epoch_json(record), allow_nan=False)
+    assert json.loads(line)["train_loss"] is None
+
+
+def test_make_reporter_picks_by_name():
+    assert isinstance(make_reporter("json"), JsonLinesReporter)
+    assert isinstance(make_reporter("bar"), BarReporter)
+    assert isinstance(make_reporter("none"), SilentReporter)
+
+
+def _argv(mnist_data_dir, models_dir, progress):
+    return [
+        "--hidden-layers",
+        "8",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "1000",
+        "--data-dir",
+        str(mnist_data_dir),
+        "--models-dir",
+        str(models_dir),
+        "--progress",
+        progress,
+    ]
+
+
+def test_cli_json_mode_prints_only_epoch_lines_on_stdout(mnist_data_dir, tmp_path, capsys):
+    assert main(_argv(mnist_data_dir, tmp_path, "json")) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    # the long steps say what they are doing, on stderr
+    for step in ("loading MNIST", "exporting to ONNX", "verifying ONNX", "published"):
+        assert step in captured.err
