@@ -31,11 +31,10 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from service.contract import MAX_BATCH_SIZE, N_CLASSES
+from service.request_log import route_label
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NAMESPACE = "mnist"
-#: the route label of a request that matched no route (404, 405): one series, not one per path
-UNMATCHED_ROUTE = "<unmatched>"
 
 ReloadOutcome = Literal["success", "failure"]
 
@@ -233,12 +232,6 @@ def mark_worker_dead(pid: int) -> None:
     path = multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid, path)
-
-
-def route_label() -> str:
-    """The url rule that matched this request (e.g. /v2/models/<name>), never the raw path."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else UNMATCHED_ROUTE
 
 
 def exposition(accept_header: str | None) -> tuple[bytes, str]:

@@ -24,6 +24,7 @@ MAX_REQUEST_ID_LENGTH = 128
 #: visible ASCII only: safe to echo in a header and to grep in logs, no spaces or control bytes
 REQUEST_ID_PATTERN = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 LOGGER_NAME = "mnist.requests"
+#: the route of a request that matched no route (404, 405): one value, not one per path
 UNMATCHED_ROUTE = "<unmatched>"
 MAX_LOGGED_PATH = 256
 
@@ -94,13 +95,18 @@ def request_logger() -> logging.Logger:
     return logger
 
 
+def route_label() -> str:
+    """The url rule that matched this request (e.g. /v2/models/<model>), never the raw path."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
+
+
 def request_fields(response: Response, latency_ms: float | None) -> dict[str, Any]:
     """What the log line says about one finished request: ids, route, outcome, sizes, timing."""
-    rule = request.url_rule
     return {
         "request_id": current_request_id(),
         "method": request.method,
-        "route": rule.rule if rule is not None else UNMATCHED_ROUTE,
+        "route": route_label(),
         "path": request.path[:MAX_LOGGED_PATH],
         "status": response.status_code,
         "latency_ms": None if latency_ms is None else round(latency_ms, 3),

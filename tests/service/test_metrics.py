@@ -110,7 +110,7 @@ def test_unmatched_paths_share_one_series(client):
     for n in range(4):
         assert client.get(f"/no/such/path/{n}").status_code == 404
     after = scrape(client)
-    labels = {"route": metrics.UNMATCHED_ROUTE, "status": "404", "version": ""}
+    labels = {"route": request_log.UNMATCHED_ROUTE, "status": "404", "version": ""}
     assert value(after, "mnist_http_requests_total", **labels) == (
         value(before, "mnist_http_requests_total", **labels) + 4
     )
