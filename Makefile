@@ -44,7 +44,7 @@ serve: $(SERVE_STAMP) ## serve the committed model with gunicorn on HOST:PORT (1
 	$(BIN)/mnist-serve --host $(HOST) --port $(PORT) --models-dir $(MODELS_DIR)
 
 train: $(DEV_STAMP) ## train and publish a new version into MODELS_DIR (flags in TRAIN_ARGS)
-	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/mnist-train --models-dir $(MODELS_DIR) $(TRAIN_ARGS)
+	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/mnist-train --models-dir $(abspath $(MODELS_DIR)) $(TRAIN_ARGS)
 
 system-packages: ## apt-get install chromium and wrk when missing (needs root or sudo)
 	@missing=""; \

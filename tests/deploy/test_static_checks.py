@@ -26,7 +26,7 @@ def test_compose_publishes_on_loopback_and_mounts_models_read_only(
     result = run_tool(
         [*docker_compose, "--profile", "train", "config", "--format", "json"],
         timeout=60,
-        extra_env={"MNIST_PORT": "18123"},
+        extra_env={"MNIST_PORT": "18123", "MNIST_MODELS_DIR": ""},
     )
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
