@@ -1,0 +1,124 @@
+"""The model repository as training uses it: atomic publish, concurrent publishers, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.contract import TRITON_CONFIG_FILE, triton_config
+from service.repository import STAGING_PREFIX, ModelRepository, RepositoryError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ONNX = b"not really onnx, the repository only stores bytes"
+
+
+def _publish(root: Path, payload: bytes = ONNX):
+    return ModelRepository(root).publish(
+        payload, {"metrics": {"test_accuracy": 0.5}}, {"report/summary.md": b"# hi\n"}
+    )
+
+
+def test_publish_writes_a_complete_version_and_the_triton_config(tmp_path):
+    version = _publish(tmp_path)
+    assert version.version == 1 and version.path == tmp_path / "mnist" / "1"
+    onnx_bytes, card = version.read_verified()
+    assert onnx_bytes == ONNX
+    assert card["name"] == "mnist" and card["version"] == 1 and card["size"] == len(ONNX)
+    assert (version.path / "report" / "summary.md").read_bytes() == b"# hi\n"
+    config = (tmp_path / "mnist" / TRITON_CONFIG_FILE).read_text()
+    assert config == triton_config()
+    assert not [p for p in (tmp_path / "mnist").iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_stale_staging_from_a_crash_is_cleaned_and_never_listed(tmp_path):
+    _publish(tmp_path)
+    stale = tmp_path / "mnist" / f"{STAGING_PREFIX}crashed"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    assert [v.version for v in ModelRepository(tmp_path).versions()] == [1]
+    assert _publish(tmp_path).version == 2
+    assert not stale.exists()
+
+
+def test_a_publish_that_fails_midway_leaves_nothing_visible(tmp_path):
+    _publish(tmp_path)
+    with pytest.raises(RepositoryError, match="outside the version"):
+        ModelRepository(tmp_path).publish(ONNX, {}, {"../escape.txt": b"x"})
+    assert [v.version for v in ModelRepository(tmp_path).versions()] == [1]
+    assert not [p for p in (tmp_path / "mnist").iterdir() if p.name.startswith(STAGING_PREFIX)]
+    assert not (tmp_path / "mnist" / "escape.txt").exists()
+
+
+def test_concurrent_publishers_in_separate_processes_get_distinct_numbers(tmp_path):
+    script = (
+        "import sys\n"
+        "from service.repository import ModelRepository\n"
+        "repo = ModelRepository(sys.argv[1])\n"
+        "print(' '.join(str(repo.publish(sys.argv[2].encode() * 1000, {}).version)"
+        " for _ in range(3)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), f"worker{i}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(4)
+    ]
+    numbers = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0
+        numbers += [int(n) for n in out.split()]
+    assert sorted(numbers) == list(range(1, 13))
+    repository = ModelRepository(tmp_path)
+    assert [v.version for v in repository.versions()] == list(range(1, 13))
+    for version in repository.versions():
+        onnx_bytes, card = version.read_verified()  # every version whole and matching its card
+        assert onnx_bytes.startswith(b"worker") and card["version"] == version.version
+
+
+def test_read_verified_rejects_a_changed_model_file(tmp_path):
+    version = _publish(tmp_path)
+    version.model_path.write_bytes(ONNX[:-1] + b"X")
+    with pytest.raises(RepositoryError, match="sha256"):
+        version.read_verified()
+
+
+def test_read_verified_rejects_a_wrong_size_or_version_in_the_card(tmp_path):
+    version = _publish(tmp_path)
+    card = json.loads(version.card_path.read_text())
+    version.card_path.write_text(json.dumps({**card, "size": 1}))
+    with pytest.raises(RepositoryError, match="bytes"):
+        version.read_verified()
+    version.card_path.write_text(json.dumps({**card, "version": 9}))
+    with pytest.raises(RepositoryError, match="names version 9"):
+        version.read_verified()
+
+
+def test_missing_or_unreadable_files_are_not_served(tmp_path):
+    first = _publish(tmp_path)
+    second = _publish(tmp_path)
+    second.card_path.write_text("{not json")
+    with pytest.raises(RepositoryError, match=r"unreadable card\.json"):
+        second.read_verified()
+    first.model_path.unlink()
+    repository = ModelRepository(tmp_path)
+    assert [v.version for v in repository.versions()] == [2]  # an incomplete folder is no version
+    with pytest.raises(RepositoryError, match="no complete version 1"):
+        repository.get(1)
+
+
+def test_a_published_tiny_model_verifies(tiny_model_repo):
+    version = ModelRepository(tiny_model_repo).latest()
+    assert version is not None
+    _, card = version.read_verified()
+    assert (version.path / card["selftest"]["file"]).is_file()
+    assert card["metrics"]["test_accuracy"] > 0.5
