@@ -1,0 +1,66 @@
+"""The committed model holds up against its own card: sha256, signature, accuracy, self-test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from service.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES, SELFTEST_FILE
+from service.repository import ModelRepository
+from training.data import scale_pixels
+from training.verify import run_onnx
+
+from ..conftest import COMMITTED_MODELS
+
+VERSIONS = ModelRepository(COMMITTED_MODELS).versions()
+
+
+def test_the_repository_has_a_committed_model():
+    assert VERSIONS, f"no complete version under {COMMITTED_MODELS}"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"v{v.version}")
+def test_card_matches_the_onnx_file(version, mnist_data):
+    import onnxruntime as ort
+
+    onnx_bytes, card = version.read_verified()  # sha256, size and version against the card
+    assert card["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [card["input"]["name"]] == [INPUT_NAME]
+    assert (
+        [o.name for o in session.get_outputs()]
+        == [o["name"] for o in card["outputs"]]
+        == [
+            OUTPUT_LABEL,
+            OUTPUT_PROBABILITIES,
+        ]
+    )
+
+    labels, probabilities = run_onnx(onnx_bytes, scale_pixels(mnist_data.test.images))
+    accuracy = float(np.mean(labels == mnist_data.test.labels))
+    # cards written by the pipeline carry the exact figure; older ones rounded to 4 places
+    assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=5e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    if "confusion_matrix" in card["metrics"]:
+        confusion = np.zeros((10, 10), dtype=int)
+        np.add.at(confusion, (mnist_data.test.labels, labels), 1)
+        assert confusion.tolist() == card["metrics"]["confusion_matrix"]
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"v{v.version}")
+def test_selftest_matches_its_card_entry_and_the_model(version):
+    onnx_bytes, card = version.read_verified()
+    entry = card["selftest"]
+    assert entry["file"] == SELFTEST_FILE
+    data = (version.path / entry["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    selftest = json.loads(data)
+    images = np.array(selftest["images"], dtype=np.uint8)
+    assert images.shape == (entry["count"], 784)
+    labels, probabilities = run_onnx(onnx_bytes, scale_pixels(images))
+    assert labels.tolist() == selftest["expected_labels"]
+    np.testing.assert_allclose(probabilities, selftest["expected_probabilities"], atol=1e-5)
