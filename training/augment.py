@@ -70,7 +70,7 @@ def _distort_chunk(
 
     angle = np.deg2rad(rng.uniform(-distortion.max_rotation, distortion.max_rotation, size=n))
     scale = rng.uniform(1 - distortion.max_scale, 1 + distortion.max_scale, size=n)
-    shear = rng.uniform(-distortion.max_shear, distortion.max_shear, size=n)
+    shear = np.asarray(rng.uniform(-distortion.max_shear, distortion.max_shear, size=n))
     shift = rng.uniform(-distortion.max_shift, distortion.max_shift, size=(2, n))
     # float32 draws are several times cheaper than float64 ones and precise enough for a field
     field = rng.random((2, n, side, side), dtype=np.float32)
