@@ -26,6 +26,7 @@ DIGIT_BOX = 20
 WORKING_SIDE = 512
 #: an image whose ink and background differ by less than this (of 255) shows no digit
 MIN_CONTRAST = 32.0
+EXIF_ORIENTATION = 0x0112
 
 # Magic numbers of formats people commonly send by mistake, for a message that names them.
 _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -114,8 +115,11 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
             # let libjpeg decode at 1/2..1/8 scale: a phone photo then costs a fraction
             image.draft(image.mode, (min(width, WORKING_SIDE), min(height, WORKING_SIDE)))
         image.load()
-        # photos carry their rotation in EXIF; apply it so the digit stands upright
-        oriented = ImageOps.exif_transpose(image)
+        # photos carry their rotation in EXIF; apply it so the digit stands upright (only then:
+        # exif_transpose copies the whole image even when there is nothing to turn)
+        oriented: Image.Image = image
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            oriented = ImageOps.exif_transpose(image)
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"the image cannot be decoded ({_reason(exc)})") from exc
     if max(oriented.size) > WORKING_SIDE:
@@ -131,7 +135,8 @@ def _reduced(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     scale = WORKING_SIDE / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BOX)
+    # reducing_gap: shrink by whole factors first (fast), then resample the rest exactly
+    return image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
