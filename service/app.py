@@ -67,9 +67,17 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
     return app
 
 
-def watch_models(app: Flask) -> None:
-    """Start this process's hot reload and its SIGHUP handler (call in a worker's main thread)."""
+def watch_models(app: object) -> bool:
+    """Start this process's hot reload and its SIGHUP handler (call in a worker's main thread).
+
+    False when ``app`` is not this service's Flask app (e.g. wrapped in WSGI middleware): then
+    polling starts with the first request and SIGHUP is left alone.
+    """
+    if not (isinstance(app, Flask) and PREDICTOR_KEY in app.extensions):
+        log.warning("the WSGI app is not the service's Flask app; SIGHUP will not reload models")
+        return False
     current_predictor_of(app).start_watching(handle_sighup=True)
+    return True
 
 
 def current_predictor_of(app: Flask) -> Predictor:

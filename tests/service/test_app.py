@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,22 @@ def test_the_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPat
     assert settings["workers"] == 4
     with pytest.raises(SystemExit, match="WEB_CONCURRENCY"):
         _gunicorn_settings(monkeypatch, WEB_CONCURRENCY="lots")
+
+
+def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path) -> None:
+    from service.app import watch_models
+
+    publish_copy(tmp_path)
+    config = ServiceConfig(model_dir=tmp_path, poll_seconds=60)
+    predictor = Predictor(config, metrics=RecordingMetrics())
+    predictor.load()
+    app = create_app(config, predictor=predictor)
+    assert watch_models(lambda environ, start_response: []) is False
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        assert watch_models(app) is True
+        assert predictor._watcher is not None and predictor._watcher.is_alive()
+        assert signal.getsignal(signal.SIGHUP) != previous
+    finally:
+        predictor.stop_watching()
+        signal.signal(signal.SIGHUP, previous)
