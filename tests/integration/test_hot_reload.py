@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import threading
 import time
 import uuid
@@ -215,3 +217,22 @@ def test_no_valid_model_means_gunicorn_exits_non_zero_and_says_why(
     log = server.log()
     assert "no valid model in" in log
     assert "unreadable card.json" in log
+
+
+def test_sighup_to_a_worker_reloads_before_the_next_poll(
+    tmp_path: Path, gunicorn_server: Any
+) -> None:
+    publish_copy(tmp_path)
+    server = gunicorn_server({"MODEL_DIR": str(tmp_path), "MODEL_POLL_SECONDS": "3600"}, workers=2)
+    pids = [int(pid) for pid in re.findall(r"worker (\d+) serving mnist version 1", server.log())]
+    assert len(pids) == 2
+    publish_copy(tmp_path)
+    time.sleep(0.5)
+    assert worker_versions(server) == [1.0, 1.0]  # the hour-long poll has not come round
+    for pid in pids:
+        os.kill(pid, signal.SIGHUP)
+    assert wait_until(lambda: worker_versions(server) == [2.0, 2.0], 10), worker_versions(server)
+    assert server.alive()
+    assert sorted(int(p) for p in re.findall(r"worker (\d+) swapped in", server.log())) == sorted(
+        pids
+    )
