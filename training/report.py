@@ -199,6 +199,8 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], l
 
 
 def _render_loss(history: Sequence[Mapping[str, Any]]) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
     figure = _new_figure(LOSS_FIGSIZE)
     axes = figure.add_subplot(1, 1, 1)
     train_x, train_y = _series(history, "train_loss")
@@ -209,6 +211,7 @@ def _render_loss(history: Sequence[Mapping[str, Any]]) -> bytes:
         lines += axes.plot(train_x, train_y, marker="o", markersize=3, label="train loss")
     if val_x:
         lines += axes.plot(val_x, val_y, marker="o", markersize=3, label="validation loss")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("log-loss")
     axes.grid(True, alpha=0.3)

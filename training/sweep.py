@@ -1,0 +1,504 @@
+"""``mnist-train sweep``: the activation x solver study, run in parallel with joblib.
+
+Every combination of ``--activations`` x ``--solvers`` x ``--seeds`` is one ordinary pipeline run
+(``training.pipeline.train_run``) on the same flags as a single run. Workers return plain data
+(metrics, history, seconds; the ONNX bytes, card and report only when ``--publish-best`` needs
+them), never pickled models. The sweep writes ``results.csv`` / ``results.md`` (per combination:
+test accuracy mean and spread over seeds, epochs, seconds), ``runs.csv`` (every run) and
+``loss_curves.png``. ``--dask-scheduler ADDRESS`` runs the same jobs on a Dask cluster through
+joblib's ``dask`` backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import io
+import itertools
+import math
+import os
+import shlex
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, get_args
+
+from training.config import Activation, ConfigError, Solver, TrainConfig, validate
+
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+RUNS_CSV = "runs.csv"
+LOSS_CURVES_PNG = "loss_curves.png"
+#: loss_curves.png is LOSS_FIGSIZE * DPI pixels (1000 x 600)
+DPI = 100
+LOSS_FIGSIZE = (10.0, 6.0)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_NOT_PUBLISHED = 4
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What to sweep: the base run and the lists crossed over it."""
+
+    base: TrainConfig
+    activations: tuple[str, ...] = get_args(Activation)
+    solvers: tuple[str, ...] = get_args(Solver)
+    seeds: tuple[int, ...] = (0,)
+
+    def configs(self) -> list[TrainConfig]:
+        """One checked TrainConfig per activation x solver x seed, in that order."""
+        return [
+            validate(
+                self.base.replace(
+                    activation=activation, solver=solver, random_state=seed, progress="none"
+                )
+            )
+            for activation, solver, seed in itertools.product(
+                self.activations, self.solvers, self.seeds
+            )
+        ]
+
+
+@dataclass
+class RunResult:
+    """One finished run as plain data; ``artifacts`` only when the run may be published."""
+
+    activation: str
+    solver: str
+    seed: int
+    test_accuracy: float
+    log_loss: float
+    validation_accuracy: float | None
+    epochs: int
+    epoch_unit: str
+    train_seconds: float
+    seconds: float
+    loss_curve: list[float]
+    stop_reason: str
+    parity_passed: bool
+    worker: str  # host:pid that trained it (a Dask cluster spreads runs over machines)
+    artifacts: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def combination(self) -> tuple[str, str]:
+        return (self.activation, self.solver)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_data(data_dir: Path | None) -> Any:
+    # once per worker process (loky and dask reuse their workers); the loader checks the MD5s
+    from training.data import load_mnist
+
+    return load_mnist(data_dir, log=io.StringIO())
+
+
+def run_one(config: TrainConfig, keep_artifacts: bool = False) -> RunResult:
+    """Train, evaluate, export and verify one configuration (a joblib task; no publish)."""
+    from threadpoolctl import threadpool_limits
+
+    from training.pipeline import train_run
+
+    data = _load_data(config.data_dir)
+    started = time.perf_counter()
+    # runs are the parallel unit: one BLAS thread each, so N jobs do not fight over the cores
+    with threadpool_limits(limits=1):
+        trained = train_run(config, data)
+    metrics = trained.card["metrics"]
+    artifacts = None
+    if keep_artifacts:
+        artifacts = {
+            "onnx_bytes": trained.onnx_bytes,
+            "card": trained.card,
+            "report_files": trained.report_files,
+            "selftest_bytes": trained.selftest_bytes,
+            "history": trained.history,
+            "metrics": trained.metrics,
+            "seconds": trained.seconds,
+        }
+    return RunResult(
+        activation=config.activation,
+        solver=config.solver,
+        seed=config.random_state,
+        test_accuracy=float(metrics["test_accuracy"]),
+        log_loss=float(metrics["log_loss"]),
+        validation_accuracy=metrics.get("validation_accuracy"),
+        epochs=int(metrics["epochs"]),
+        epoch_unit=str(metrics.get("epoch_unit", "epoch")),
+        train_seconds=float(metrics["train_seconds"]),
+        seconds=time.perf_counter() - started,
+        loss_curve=[float(v) for v in trained.card.get("loss_curve", [])],
+        stop_reason=str(trained.card.get("training", {}).get("stop_reason", "")),
+        parity_passed=bool(trained.card["parity"]["passed"]),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        artifacts=artifacts,
+    )
+
+
+def run_sweep(
+    configs: Sequence[TrainConfig],
+    *,
+    jobs: int = 1,
+    backend: str | None = None,
+    keep_artifacts: bool = False,
+    log: TextIO | None = None,
+) -> list[RunResult]:
+    """Run every config with joblib (``backend`` None = loky); results in the configs' order."""
+    from joblib import Parallel, delayed, parallel_config
+
+    log = log or sys.stderr
+    order: dict[tuple[str, str, int], int] = {
+        (c.activation, c.solver, c.random_state): i for i, c in enumerate(configs)
+    }
+    results: list[RunResult] = []
+    with parallel_config(backend=backend) if backend else contextlib.nullcontext():
+        tasks = (delayed(run_one)(config, keep_artifacts) for config in configs)
+        for result in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+            results.append(result)
+            print(
+                f"[{len(results)}/{len(configs)}] {result.activation}/{result.solver} seed "
+                f"{result.seed}: test accuracy {result.test_accuracy:.4f}, {result.epochs} "
+                f"{result.epoch_unit}s, {result.train_seconds:.1f}s",
+                file=log,
+                flush=True,
+            )
+    return sorted(results, key=lambda r: order[(r.activation, r.solver, r.seed)])
+
+
+def summarise(results: Iterable[RunResult]) -> list[dict[str, Any]]:
+    """Per activation x solver: runs, test accuracy mean/std/min/max, mean epochs and seconds."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for result in results:
+        groups.setdefault(result.combination, []).append(result)
+    rows = []
+    for (activation, solver), runs in groups.items():
+        accuracies = [r.test_accuracy for r in runs]
+        rows.append(
+            {
+                "activation": activation,
+                "solver": solver,
+                "runs": len(runs),
+                "seeds": " ".join(str(r.seed) for r in runs),
+                "accuracy_mean": statistics.fmean(accuracies),
+                # sample standard deviation over seeds; one seed has no spread
+                "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
+                "accuracy_min": min(accuracies),
+                "accuracy_max": max(accuracies),
+                "log_loss_mean": statistics.fmean(r.log_loss for r in runs),
+                "epochs_mean": statistics.fmean(r.epochs for r in runs),
+                "epoch_unit": runs[0].epoch_unit,
+                "train_seconds_mean": statistics.fmean(r.train_seconds for r in runs),
+            }
+        )
+    return sorted(rows, key=lambda row: (-row["accuracy_mean"], row["activation"], row["solver"]))
+
+
+def choose_best(results: Sequence[RunResult]) -> tuple[RunResult, str]:
+    """The run to publish: best validation accuracy when every run has one, else best test."""
+    if all(r.validation_accuracy is not None for r in results):
+        # choosing on the test set would make its accuracy an optimistic estimate
+        best = max(results, key=lambda r: float(r.validation_accuracy or 0.0))
+        return best, "validation accuracy"
+    return max(results, key=lambda r: r.test_accuracy), "test accuracy"
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _run_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "activation": r.activation,
+            "solver": r.solver,
+            "seed": r.seed,
+            "test_accuracy": r.test_accuracy,
+            "log_loss": r.log_loss,
+            "validation_accuracy": "" if r.validation_accuracy is None else r.validation_accuracy,
+            "epochs": r.epochs,
+            "epoch_unit": r.epoch_unit,
+            "train_seconds": round(r.train_seconds, 3),
+            "parity_passed": r.parity_passed,
+            "stop_reason": r.stop_reason,
+            "worker": r.worker,
+        }
+        for r in results
+    ]
+
+
+def results_markdown(
+    summary: Sequence[dict[str, Any]], results: Sequence[RunResult], base: TrainConfig, command: str
+) -> str:
+    """The comparison table (best first) and every run, as Markdown."""
+    layers = ",".join(str(n) for n in base.hidden_layer_sizes)
+    lines = [
+        "# Activation x solver sweep",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Hidden layers {layers}, max {base.max_iter} epochs, batch size {base.batch_size}, "
+        f"alpha {base.alpha}, train limit {base.train_limit or 'all'}, augment {base.augment}; "
+        f"{len(results)} runs. Test accuracy on the 10,000 MNIST test images; spread is the sample "
+        "standard deviation over seeds. lbfgs counts iterations, not epochs.",
+        "",
+        "| activation | solver | runs | test accuracy mean | spread (std) | min | max | "
+        "epochs | train seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary:
+        lines.append(
+            f"| {row['activation']} | {row['solver']} | {row['runs']} | "
+            f"{row['accuracy_mean']:.4f} | {row['accuracy_std']:.4f} | {row['accuracy_min']:.4f} | "
+            f"{row['accuracy_max']:.4f} | {row['epochs_mean']:.1f} | "
+            f"{row['train_seconds_mean']:.1f} |"
+        )
+    lines += [
+        "",
+        "![training loss curves](loss_curves.png)",
+        "",
+        "## Every run",
+        "",
+        "| activation | solver | seed | test accuracy | log-loss | epochs | train seconds | "
+        "stopped because |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.activation} | {r.solver} | {r.seed} | {r.test_accuracy:.4f} | "
+            f"{r.log_loss:.4f} | {r.epochs} | {r.train_seconds:.1f} | {r.stop_reason} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def loss_curves_png(results: Sequence[RunResult]) -> bytes:
+    """One plot overlaying every run's training loss (colour per combination, style per seed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=LOSS_FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    colours: dict[tuple[str, str], Any] = {}
+    styles = ("-", "--", ":", "-.")
+    seeds = sorted({r.seed for r in results})
+    palette = [f"C{i}" for i in range(10)]
+    plotted = False
+    for r in results:
+        curve = [v for v in r.loss_curve if math.isfinite(v) and v > 0]
+        if not curve:
+            continue
+        first = r.combination not in colours
+        colour = colours.setdefault(r.combination, palette[len(colours) % len(palette)])
+        axes.plot(
+            range(1, len(curve) + 1),
+            curve,
+            color=colour,
+            linestyle=styles[seeds.index(r.seed) % len(styles)],
+            label=f"{r.activation}/{r.solver}" if first else None,
+        )
+        plotted = True
+    if plotted:
+        axes.set_yscale("log")  # losses of good and bad combinations differ by decades
+        axes.legend(title="activation/solver", fontsize=8, ncol=2)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch (lbfgs: iteration)")
+    axes.set_ylabel("training loss (log scale)")
+    axes.grid(True, which="both", alpha=0.3)
+    title = "Training loss per run"
+    if len(seeds) > 1:
+        title += f" (line style = seed: {', '.join(map(str, seeds))})"
+    axes.set_title(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def write_outputs(
+    out: Path, results: Sequence[RunResult], base: TrainConfig, command: str
+) -> dict[str, Path]:
+    """Write results.csv, results.md, runs.csv and loss_curves.png into ``out`` (atomically)."""
+    from service.repository import write_atomically
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results)
+    files = {
+        RESULTS_CSV: _csv_text(summary).encode(),
+        RUNS_CSV: _csv_text(_run_rows(results)).encode(),
+        RESULTS_MD: results_markdown(summary, results, base, command).encode(),
+        LOSS_CURVES_PNG: loss_curves_png(results),
+    }
+    written = {}
+    for name, data in files.items():
+        write_atomically(out / name, data)
+        written[name] = out / name
+    return written
+
+
+def _list_of(kind: str, choices: Sequence[str]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(part.strip() for part in text.split(",") if part.strip())
+        bad = [item for item in items if item not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"{kind}: expected a comma-separated subset of {','.join(choices)}, got {text!r}"
+            )
+        return tuple(dict.fromkeys(items))  # keep order, drop repeats
+
+    parse.__name__ = kind
+    return parse
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds: expected comma-separated integers like 0,1, got {text!r}"
+        ) from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return tuple(dict.fromkeys(seeds))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mnist-train sweep``: the sweep's own flags plus every single-run flag."""
+    from training.cli import add_train_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="mnist-train sweep",
+        description="Train every activation x solver x seed combination in parallel and compare "
+        "them: results.csv/.md, runs.csv and loss_curves.png in --out. Publishes nothing unless "
+        "--publish-best.",
+    )
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument(
+        "--activations",
+        type=_list_of("activations", get_args(Activation)),
+        default=get_args(Activation),
+        help="comma-separated activations (default all: identity,logistic,tanh,relu)",
+    )
+    sweep.add_argument(
+        "--solvers",
+        type=_list_of("solvers", get_args(Solver)),
+        default=get_args(Solver),
+        help="comma-separated solvers (default all: lbfgs,sgd,adam)",
+    )
+    sweep.add_argument(
+        "--seeds", type=_seeds, default=(0,), help="comma-separated seeds (default 0)"
+    )
+    sweep.add_argument(
+        "--out", type=Path, required=True, help="folder for the table, run list and plot"
+    )
+    sweep.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs in parallel (joblib n_jobs; -1 = one per core or Dask worker thread; default 1)",
+    )
+    sweep.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's dask backend; "
+        "workers need this package and the MNIST files (--data-dir on a shared path, or online)",
+    )
+    sweep.add_argument(
+        "--publish-best",
+        action="store_true",
+        help="publish the best run (by validation accuracy, else test accuracy) into "
+        "--models-dir, through the same quality gate as a single run",
+    )
+    add_train_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mnist-train sweep``; returns the exit code."""
+    from training.cli import config_from_args
+    from training.data import DataError
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    for single, plural in (
+        ("activation", "activations"),
+        ("solver", "solvers"),
+        ("random_state", "seeds"),
+    ):
+        if getattr(args, single, None) is not None:
+            parser.error(f"a sweep takes --{plural}, not the single-run --{single.split('_')[0]}")
+    if args.jobs == 0:
+        parser.error("--jobs must not be 0")
+    try:
+        base = config_from_args(args)
+        plan = SweepPlan(
+            base=base, activations=args.activations, solvers=args.solvers, seeds=args.seeds
+        )
+        configs = plan.configs()
+    except ConfigError as exc:
+        print(f"mnist-train sweep: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    command = shlex.join(["mnist-train", "sweep", *args_list])
+    print(
+        f"sweep: {len(configs)} runs ({len(plan.activations)} activations x {len(plan.solvers)} "
+        f"solvers x {len(plan.seeds)} seeds), {args.jobs} at a time"
+        + (f" on the Dask cluster {args.dask_scheduler}" if args.dask_scheduler else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        results = _run(configs, args)
+    except DataError as exc:
+        print(f"mnist-train sweep: data error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    written = write_outputs(args.out, results, base, command)
+    print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    print((args.out / RESULTS_MD).read_text(encoding="utf-8").split("\n![")[0])
+    if args.publish_best:
+        return _publish_best(results, base)
+    return EXIT_OK
+
+
+def _run(configs: Sequence[TrainConfig], args: argparse.Namespace) -> list[RunResult]:
+    if not args.dask_scheduler:
+        return run_sweep(configs, jobs=args.jobs, keep_artifacts=args.publish_best)
+    from distributed import Client
+
+    # the Client registers itself as the default, which joblib's dask backend then uses
+    with Client(args.dask_scheduler):
+        return run_sweep(configs, jobs=args.jobs, backend="dask", keep_artifacts=args.publish_best)
+
+
+def _publish_best(results: Sequence[RunResult], base: TrainConfig) -> int:
+    from training.pipeline import QualityGateError, TrainedRun, publish_run
+    from training.verify import ParityError
+
+    best, criterion = choose_best(results)
+    if best.artifacts is None:
+        raise RuntimeError("the sweep ran without keeping artifacts; cannot publish")
+    trained = TrainedRun(**best.artifacts)
+    try:
+        version = publish_run(trained, base.models_dir, base.min_accuracy)
+    except (QualityGateError, ParityError) as exc:
+        print(f"mnist-train sweep: best run not published: {exc}", file=sys.stderr)
+        return EXIT_NOT_PUBLISHED
+    print(
+        f"published the best run by {criterion} ({best.activation}/{best.solver} seed "
+        f"{best.seed}, test accuracy {best.test_accuracy:.4f}) as {version.path}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
