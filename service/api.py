@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import math
+import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from flask import Blueprint, Request, Response, g, request
+from PIL import Image
 from werkzeug.datastructures import MultiDict
 
 from service import contract, metrics
 from service.app import current_config, current_predictor
-from service.config import ServiceConfig
+from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -39,6 +43,8 @@ PIXELS = contract.N_PIXELS
 DECIMALS = 6
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+#: what claimed_pixels reports for an image Pillow itself calls a decompression bomb
+UNREASONABLE_PIXELS = 2**62
 SHAPE_HINT = f"expected {PIXELS} numbers, {SIDE} rows of {SIDE} numbers, or a base64 PNG/JPEG"
 
 
@@ -92,7 +98,12 @@ def _parse_slowly(body: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
-def images_from_json(body: bytes, max_batch: int, limits: ImageLimits) -> np.ndarray:
+def images_from_json(
+    body: bytes,
+    max_batch: int,
+    limits: ImageLimits,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+) -> np.ndarray:
     """float32 [N, 784] in [0, 1] from a JSON body {"images": [...]}; a 4xx error otherwise."""
     if not body.strip():
         raise BadRequest('the body is empty; expected JSON {"images": [...]}')
@@ -120,7 +131,17 @@ def images_from_json(body: bytes, max_batch: int, limits: ImageLimits) -> np.nda
         batch = _pixel_batch(images, body)
         if batch is not None:
             return batch
-    return np.stack([_one_image(index, item, limits) for index, item in enumerate(images)])
+    rows: dict[int, np.ndarray] = {}
+    encoded: dict[int, bytes] = {}
+    for index, item in enumerate(images):
+        if type(item) is list:
+            rows[index] = _pixel_image(index, item)
+        elif isinstance(item, str):
+            encoded[index] = _base64_bytes(index, item)
+        else:
+            raise InvalidInput(f"image {index} is {_json_type(item)}: {SHAPE_HINT}")
+    rows.update(decode_images(encoded, limits, max_request_pixels))
+    return np.stack([rows[index] for index in range(len(images))])
 
 
 def _pixel_batch(images: list[Any], body: bytes) -> np.ndarray | None:
@@ -142,14 +163,6 @@ def _pixel_batch(images: list[Any], body: bytes) -> np.ndarray | None:
         return None  # the per-image path finds the first bad pixel and names it
     array /= np.float32(contract.PIXEL_MAX)
     return array
-
-
-def _one_image(index: int, item: Any, limits: ImageLimits) -> np.ndarray:
-    if type(item) is list:
-        return _pixel_image(index, item)
-    if isinstance(item, str):
-        return _base64_image(index, item, limits)
-    raise InvalidInput(f"image {index} is {_json_type(item)}: {SHAPE_HINT}")
 
 
 def _pixel_image(index: int, item: list[Any]) -> np.ndarray:
@@ -177,7 +190,7 @@ def _pixel_image(index: int, item: list[Any]) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32) / np.float32(contract.PIXEL_MAX)
 
 
-def _base64_image(index: int, text: str, limits: ImageLimits) -> np.ndarray:
+def _base64_bytes(index: int, text: str) -> bytes:
     data = text.strip()
     if data.startswith("data:"):
         header, comma, data = data.partition(",")
@@ -187,7 +200,33 @@ def _base64_image(index: int, text: str, limits: ImageLimits) -> np.ndarray:
         raw = base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidImage(f"image {index} is a string but not base64: {SHAPE_HINT}") from None
-    return _decoded(index, raw, limits)
+    return raw
+
+
+def claimed_pixels(data: bytes, formats: tuple[str, ...]) -> int:
+    """Width x height from the image's header, decoding nothing; 0 when it is no such image."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as image:
+            width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return UNREASONABLE_PIXELS  # Pillow's own bomb guard fired: far beyond any budget
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return 0  # not an image: preprocess_image refuses it with the precise reason
+    return int(width) * int(height)
+
+
+def decode_images(
+    encoded: Mapping[int, bytes], limits: ImageLimits, max_request_pixels: int
+) -> dict[int, np.ndarray]:
+    """Each encoded image made MNIST-like, after checking the pixels they claim in total."""
+    # every image may be within its own limit while many of them together cost seconds of CPU
+    claimed = sum(claimed_pixels(raw, limits.formats) for raw in encoded.values())
+    if claimed > max_request_pixels:
+        raise PayloadTooLarge(
+            f"the {len(encoded)} image(s) of this request hold {claimed} pixels; the limit per "
+            f"request is {max_request_pixels}"
+        )
+    return {index: _decoded(index, raw, limits) for index, raw in encoded.items()}
 
 
 def _decoded(index: int, raw: bytes, limits: ImageLimits) -> np.ndarray:
@@ -216,7 +255,9 @@ def _json_type(value: Any) -> str:
 # -- uploads --------------------------------------------------------------------------------------
 
 
-def images_from_upload(req: Request, max_batch: int, limits: ImageLimits) -> np.ndarray:
+def images_from_upload(
+    req: Request, max_batch: int, limits: ImageLimits, max_request_pixels: int
+) -> np.ndarray:
     """float32 [N, 784] from multipart parts named "image"; a 4xx error otherwise."""
     try:
         parts = req.files.getlist(MULTIPART_FIELD)
@@ -228,18 +269,21 @@ def images_from_upload(req: Request, max_batch: int, limits: ImageLimits) -> np.
         raise InvalidInput(f'send one or more multipart file parts named "image"{named}')
     if len(parts) > max_batch:
         raise PayloadTooLarge(f"a batch of {len(parts)} images is over the limit of {max_batch}")
-    return np.stack([_decoded(index, part.read(), limits) for index, part in enumerate(parts)])
+    encoded = {index: part.read() for index, part in enumerate(parts)}
+    decoded = decode_images(encoded, limits, max_request_pixels)
+    return np.stack([decoded[index] for index in range(len(parts))])
 
 
 def images_from_request(req: Request, config: ServiceConfig, limits: ImageLimits) -> np.ndarray:
     """The request's images as float32 [N, 784] in [0, 1], whatever form they came in."""
     kind = req.mimetype
+    budget = config.max_request_pixels
     if kind == JSON_TYPE:
-        return images_from_json(req.get_data(cache=False), config.max_batch, limits)
+        return images_from_json(req.get_data(cache=False), config.max_batch, limits, budget)
     if kind in IMAGE_TYPES:
-        return _decoded(0, req.get_data(cache=False), limits)[np.newaxis]
+        return decode_images({0: req.get_data(cache=False)}, limits, budget)[0][np.newaxis]
     if kind == MULTIPART_TYPE:
-        return images_from_upload(req, config.max_batch, limits)
+        return images_from_upload(req, config.max_batch, limits, budget)
     shown = kind or "no Content-Type"
     raise UnsupportedMediaType(f"{shown} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}")
 

@@ -17,6 +17,8 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 #: a 25 Mpx photo is the largest decoded; a decompression bomb is refused before decoding
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+#: all images of one request together: about a second of PNG decoding on this machine
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,7 @@ class ServiceConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
 
     def __post_init__(self) -> None:
         if self.model_version is not None and self.model_version < 1:
@@ -54,6 +57,7 @@ class ServiceConfig:
             ("MAX_BODY_BYTES", self.max_body_bytes),
             ("MAX_IMAGE_BYTES", self.max_image_bytes),
             ("MAX_IMAGE_PIXELS", self.max_image_pixels),
+            ("MAX_REQUEST_PIXELS", self.max_request_pixels),
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value}")
@@ -77,6 +81,9 @@ class ServiceConfig:
             ),
             max_image_pixels=_read(
                 environ, "MAX_IMAGE_PIXELS", _positive_int, defaults.max_image_pixels
+            ),
+            max_request_pixels=_read(
+                environ, "MAX_REQUEST_PIXELS", _positive_int, defaults.max_request_pixels
             ),
         )
 

@@ -14,7 +14,8 @@ from flask import Flask
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 
-from service.api import images_from_json, parse_options, predictions_json
+from service import api as api_module
+from service.api import claimed_pixels, images_from_json, parse_options, predictions_json
 from service.app import create_app
 from service.config import ServiceConfig
 from service.errors import BadRequest, InvalidImage, InvalidInput, PayloadTooLarge
@@ -179,3 +180,54 @@ def test_json_content_type_with_charset_is_accepted(client: Any) -> None:
         content_type="application/json; charset=utf-8",
     )
     assert response.status_code == 200 and response.json["predictions"][0]["digit"] == 9
+
+
+def big_png(side: int) -> bytes:
+    """A large, highly compressible PNG: tiny on the wire, side x side pixels to decode."""
+    image = Image.new("L", (side, side), 255)
+    image.paste(0, (side // 3, side // 4, side // 2, 3 * side // 4))  # a block of ink
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_pixels_of_all_images_of_a_request_are_budgeted_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[int] = []
+    real = api_module.preprocess_image
+
+    def counting(data: bytes, limits: ImageLimits = LIMITS) -> np.ndarray:
+        decoded.append(len(data))
+        return real(data, limits)
+
+    monkeypatch.setattr(api_module, "preprocess_image", counting)
+    png = base64.b64encode(big_png(1000)).decode()  # 1 Mpx each, a few kB
+    body = as_body({"images": [png] * 5})
+    with pytest.raises(PayloadTooLarge, match="5000000 pixels; the limit per request is 4000000"):
+        images_from_json(body, 8, LIMITS, max_request_pixels=4_000_000)
+    assert decoded == []  # refused from the headers alone
+    batch = images_from_json(body, 8, LIMITS, max_request_pixels=5_000_000)
+    assert batch.shape == (5, 784) and len(decoded) == 5
+
+
+def test_claimed_pixels_reads_only_the_header() -> None:
+    assert claimed_pixels(big_png(300), ("PNG", "JPEG")) == 90_000
+    assert claimed_pixels(b"not an image", ("PNG", "JPEG")) == 0
+    jpeg = io.BytesIO()
+    Image.new("L", (200, 100), 255).save(jpeg, format="JPEG")
+    assert claimed_pixels(jpeg.getvalue(), ("PNG", "JPEG")) == 20_000
+    assert claimed_pixels(jpeg.getvalue(), ("PNG",)) == 0  # a format the service does not take
+
+
+def test_uploads_share_the_request_budget(tmp_path: Path) -> None:
+    publish_copy(tmp_path)
+    app = create_app(ServiceConfig(model_dir=tmp_path, max_request_pixels=2_500_000))
+    parts = [(io.BytesIO(big_png(1000)), f"{i}.png") for i in range(3)]
+    response = app.test_client().post(
+        "/predict", data={"image": parts}, content_type="multipart/form-data"
+    )
+    assert response.status_code == 413
+    assert response.json["error"]["code"] == "payload_too_large"
+    raw = app.test_client().post("/predict", data=big_png(1000), content_type="image/png")
+    assert raw.status_code == 200  # one 1 Mpx image is within the budget

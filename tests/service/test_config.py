@@ -68,6 +68,7 @@ def test_blank_values_mean_the_default() -> None:
         ("MAX_BODY_BYTES", "16MB"),
         ("MAX_IMAGE_BYTES", "-1"),
         ("MAX_IMAGE_PIXELS", "many"),
+        ("MAX_REQUEST_PIXELS", "0"),
     ],
 )
 def test_an_invalid_value_names_the_variable(name: str, value: str) -> None:
