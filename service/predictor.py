@@ -251,6 +251,8 @@ class Predictor:
         self._serving: _Serving | None = None
         self._rejected: dict[int, tuple[tuple[str, int, int], ...]] = {}
         self._reload_lock = threading.Lock()
+        # a lock of its own: a slow validation must not hold up the first request of a worker
+        self._watch_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -400,7 +402,7 @@ class Predictor:
         pid = os.getpid()
         if self._watcher_pid == pid:
             return
-        with self._reload_lock:
+        with self._watch_lock:
             if self._watcher_pid == pid:
                 return
             self._stop.clear()
