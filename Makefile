@@ -81,11 +81,16 @@ bench: $(DEV_STAMP) system-packages ## serving benchmarks with wrk (a few minute
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_bench.py --models-dir $(MODELS_DIR)
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_images_bench.py --models-dir $(MODELS_DIR)
 
+# With no engine answering, the docker targets start the shared docker-engine tool's engine (it
+# stays up for the stack; `../shared/tools/docker-engine down` stops it) and use its socket.
+WITH_ENGINE = if ! docker info >/dev/null 2>&1 && [ -x "$(DOCKER_ENGINE)" ]; then \
+	  engine_env="$$($(DOCKER_ENGINE) up)" || exit 1; eval "$$engine_env"; fi;
+
 docker-build: ## build the serving and trainer images with compose
-	$(COMPOSE) --profile train build
+	@$(WITH_ENGINE) set -x; $(COMPOSE) --profile train build
 
 up: ## start the service in Docker on 127.0.0.1:MNIST_PORT (8000) and wait until healthy
-	$(COMPOSE) up --detach --wait
+	@$(WITH_ENGINE) set -x; $(COMPOSE) up --detach --wait
 
-down: ## stop the Docker stack
-	$(COMPOSE) --profile train down
+down: ## stop the Docker stack (the engine keeps running)
+	@$(WITH_ENGINE) set -x; $(COMPOSE) --profile train down
