@@ -173,6 +173,24 @@ def test_runs_as_non_root_without_scikit_learn(stack: Stack) -> None:
 
 
 @pytest.mark.docker
+def test_image_declares_user_healthcheck_and_exec_form_command(stack: Stack) -> None:
+    container = stack.run("ps", "--quiet", "mnist").strip()
+    docker = stack.compose[0]
+    image = run_tool([docker, "inspect", "--format", "{{.Image}}", container], timeout=30)
+    inspect = run_tool(
+        [docker, "image", "inspect", "--format", "{{json .Config}}", image.stdout.strip()],
+        timeout=30,
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    config = json.loads(inspect.stdout)
+    assert config["User"] == "10001:10001"
+    assert config["Healthcheck"]["Test"][0] == "CMD"
+    assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
+    assert config["Cmd"][0] == "gunicorn" and "--config" in config["Cmd"]
+    assert "MODEL_DIR=/models" in config["Env"]
+
+
+@pytest.mark.docker
 def test_serves_the_committed_model_from_the_read_only_mount(stack: Stack) -> None:
     with urllib.request.urlopen(f"{stack.url}/v2/models/mnist", timeout=HTTP_SECONDS) as response:
         metadata = json.load(response)
