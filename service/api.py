@@ -274,14 +274,23 @@ def images_from_upload(
     return np.stack([decoded[index] for index in range(len(parts))])
 
 
+def request_body(req: Request, config: ServiceConfig) -> bytes:
+    """The whole body; PayloadTooLarge when it is over the limit, chunked bodies included."""
+    body = req.get_data(cache=False)  # a Content-Length over the limit raises 413 here
+    if req.content_length is None and len(body) >= config.max_body_bytes:
+        # werkzeug cuts a chunked body at the limit without a word: never parse a cut body
+        raise PayloadTooLarge(f"the body is over the limit of {config.max_body_bytes} bytes")
+    return body
+
+
 def images_from_request(req: Request, config: ServiceConfig, limits: ImageLimits) -> np.ndarray:
     """The request's images as float32 [N, 784] in [0, 1], whatever form they came in."""
     kind = req.mimetype
     budget = config.max_request_pixels
     if kind == JSON_TYPE:
-        return images_from_json(req.get_data(cache=False), config.max_batch, limits, budget)
+        return images_from_json(request_body(req, config), config.max_batch, limits, budget)
     if kind in IMAGE_TYPES:
-        return decode_images({0: req.get_data(cache=False)}, limits, budget)[0][np.newaxis]
+        return decode_images({0: request_body(req, config)}, limits, budget)[0][np.newaxis]
     if kind == MULTIPART_TYPE:
         return images_from_upload(req, config.max_batch, limits, budget)
     shown = kind or "no Content-Type"

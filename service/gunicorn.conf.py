@@ -4,6 +4,7 @@ Settings come from the environment (BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUN
 flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -81,6 +82,27 @@ def on_starting(server):
     """In the master, before any worker: metrics folder and log handlers, inherited at fork."""
     _prepare_multiproc_dir()
     _configure_service_logging()
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own error answers (request line or headers too large, bad HTTP) as our JSON."""
+    from gunicorn import util
+
+    code = reason.lower().replace(" ", "_")
+    body = json.dumps({"error": {"code": code, "message": str(mesg)}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def post_fork(server, worker):
+    """In each new worker: gunicorn answers malformed HTTP itself, in HTML unless told otherwise."""
+    from gunicorn import util
+
+    # the one function gunicorn's Worker.handle_error writes with; every other path is Flask's
+    util.write_error = _write_json_error
 
 
 def post_worker_init(worker):

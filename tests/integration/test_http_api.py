@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 from typing import Any
 
 import numpy as np
@@ -209,6 +210,16 @@ def test_bad_input_gets_4xx_json_and_the_next_request_succeeds(
     else:
         response = post_json(committed_server, body, **params)
     assert_error(response, status, code, words)
+    host, port = committed_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "bad_request"
     after = post_json(committed_server, {"images": [GOOD]})
     assert after.status_code == 200
     assert after.json()["predictions"][0]["digit"] == LABELS[0]
@@ -235,3 +246,21 @@ def test_body_over_the_limit_is_413(gunicorn_server: Any) -> None:
     big = {"images": [GOOD] * 10}  # about 30 kB of JSON
     assert_error(post_json(server, big), 413, "payload_too_large", "")
     assert post_json(server, {"images": [GOOD]}).status_code == 200
+
+
+def test_http_level_errors_from_gunicorn_are_json_too(committed_server: RunningServer) -> None:
+    long_url = requests.get(committed_server.url + "/" + "a" * 5000, timeout=30)
+    assert_error(long_url, 414, "uri_too_long", "request line")
+    big_header = requests.get(
+        committed_server.url + "/v2/health/ready", headers={"X-Big": "a" * 9000}, timeout=30
+    )
+    assert_error(big_header, 431, "request_header_fields_too_large", "")
+    many = {f"X-H{i}": "a" for i in range(100)}
+    assert_error(
+        requests.get(committed_server.url + "/v2/health/ready", headers=many, timeout=30),
+        431,
+        "request_header_fields_too_large",
+        "",
+    )
+    after = post_json(committed_server, {"images": [GOOD]})
+    assert after.status_code == 200

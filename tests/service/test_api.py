@@ -231,3 +231,25 @@ def test_uploads_share_the_request_budget(tmp_path: Path) -> None:
     assert response.json["error"]["code"] == "payload_too_large"
     raw = app.test_client().post("/predict", data=big_png(1000), content_type="image/png")
     assert raw.status_code == 200  # one 1 Mpx image is within the budget
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_a_cut_body(tmp_path: Path) -> None:
+    publish_copy(tmp_path)
+    app = create_app(ServiceConfig(model_dir=tmp_path, max_body_bytes=10_000))
+    body = as_body({"images": [DIGITS[0].tolist()] * 10})  # about 30 kB
+    response = app.test_client().post(
+        "/predict",
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_base={"wsgi.input_terminated": True},  # as gunicorn sets it for chunked bodies
+    )
+    assert response.status_code == 413
+    assert response.json["error"]["code"] == "payload_too_large"
+    small = as_body({"images": [DIGITS[0].tolist()]})
+    response = app.test_client().post(
+        "/predict",
+        input_stream=io.BytesIO(small),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_base={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 200

@@ -174,7 +174,7 @@ def test_the_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings["preload_app"] is False
     assert settings["accesslog"] is None
     assert settings["limit_request_line"] > 0 and settings["limit_request_fields"] > 0
-    for hook in ("on_starting", "post_worker_init", "child_exit", "on_exit"):
+    for hook in ("on_starting", "post_fork", "post_worker_init", "child_exit", "on_exit"):
         assert callable(settings[hook])
 
 
