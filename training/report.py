@@ -308,13 +308,23 @@ def _format_number(value: Any, spec: str) -> str:
 
 def _summary_markdown(card: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     card_metrics = card.get("metrics", {}) or {}
-    params = card.get("params", {}) or {}
+    # the run's whole configuration when the card has it (augmentation is not an MLP parameter)
+    settings = {**(card.get("params", {}) or {}), **(card.get("config", {}) or {})}
+    title = card.get("description") or card.get("name") or "MNIST model"
     lines = [
-        f"# Training report: {card.get('name', 'model')}",
+        f"# Training report: {title}",
         "",
         f"- test accuracy: **{metrics['test_accuracy']:.2%}** "
         f"({metrics['errors']} errors in {metrics['test_count']} test images)",
     ]
+    baselines = card.get("baselines", {}) or {}
+    references = [
+        f"{label} {baselines[key]['test_accuracy']:.2%}"
+        for key, label in (("most_frequent", "most frequent class"), ("linear", "linear model"))
+        if isinstance(baselines.get(key), Mapping) and "test_accuracy" in baselines[key]
+    ]
+    if references:
+        lines.append(f"- reference points on the same split: {', '.join(references)}")
     for key, label, spec in (
         ("log_loss", "test log-loss", ".4f"),
         ("epochs", "epochs", "d"),
@@ -322,25 +332,33 @@ def _summary_markdown(card: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
     ):
         if key in card_metrics:
             lines.append(f"- {label}: {_format_number(card_metrics[key], spec)}")
-    if params:
-        shown = ", ".join(
-            f"{key}={params[key]}"
-            for key in (
-                "hidden_layer_sizes",
-                "activation",
-                "solver",
-                "alpha",
-                "batch_size",
-                "learning_rate_init",
-                "max_iter",
-                "random_state",
-                "augment",
-            )
-            if key in params
+    shown = ", ".join(
+        f"{key}={settings[key]}"
+        for key in (
+            "hidden_layer_sizes",
+            "activation",
+            "solver",
+            "alpha",
+            "batch_size",
+            "learning_rate_init",
+            "max_iter",
+            "random_state",
+            "train_limit",
+            "augment",
+            "augment_copies",
         )
-        lines.append(f"- parameters: {shown}")
+        if key in settings
+    )
+    if shown:
+        lines.append(f"- settings: {shown}")
     if card.get("command"):
         lines.append(f"- command: `{card['command']}`")
+    if settings.get("augment"):
+        lines += [
+            "",
+            "The training loss is measured on the augmented epoch (originals plus distorted "
+            "copies) and includes the L2 term, so it sits above the validation loss.",
+        ]
     lines += [
         "",
         "Full figures: [metrics.json](metrics.json).",

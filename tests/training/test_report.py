@@ -44,6 +44,11 @@ def inputs() -> dict:
         "params": {"hidden_layer_sizes": [32], "activation": "relu", "solver": "adam"},
         "metrics": {"test_accuracy": 0.9, "log_loss": 0.31, "epochs": 5, "train_seconds": 2.5},
         "command": "mnist-train --hidden-layers 32",
+        "config": {"augment": True, "augment_copies": 2},
+        "baselines": {
+            "most_frequent": {"test_accuracy": 0.1135},
+            "linear": {"test_accuracy": 0.915},
+        },
     }
     return {
         "card": card,
@@ -103,6 +108,9 @@ def test_summary_links_every_file_relatively(files: dict[str, bytes]) -> None:
     assert set(links) == expected
     assert "90.00%" in summary
     assert "`mnist-train --hidden-layers 32`" in summary
+    assert "most frequent class 11.35%, linear model 91.50%" in summary
+    assert "augment=True, augment_copies=2" in summary
+    assert "distorted copies" in summary  # why the training loss sits above validation
 
 
 def test_report_is_reproducible(inputs: dict, files: dict[str, bytes]) -> None:
