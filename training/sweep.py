@@ -423,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir, through the same quality gate as a single run",
     )
     add_train_arguments(parser)
+    for action in parser._actions:
+        # the sweep crosses these itself (--activations, --solvers, --seeds) and runs silently
+        if action.dest in ("activation", "solver", "random_state", "progress"):
+            action.help = argparse.SUPPRESS
     return parser
 
 
