@@ -251,21 +251,51 @@ def run_wrk(
     )
 
 
-def measure(
-    url: str,
-    body: PostBody,
-    connections: int,
+@dataclass(frozen=True)
+class LoadCase:
+    """One thing to measure: a body sent to a server at a concurrency."""
+
+    name: str
+    url: str
+    body: PostBody
+    connections: int
+
+
+def measure_rounds(
+    cases: Sequence[LoadCase],
     seconds: float,
+    rounds: int,
     workdir: Path,
     wrk: str,
     warmup_seconds: float = 2.0,
-) -> LoadResult:
-    """A short warm-up run (discarded), then the measured run; exits if any request failed."""
-    run_wrk(url, body, connections, warmup_seconds, workdir, wrk)
-    result = run_wrk(url, body, connections, seconds, workdir, wrk)
-    if result.errors:
-        raise SystemExit(f"{body.path}: {result.errors} failed requests under load")
-    return result
+) -> dict[str, LoadResult]:
+    """Warm every case up, then run all cases once per round, interleaved, ``seconds`` in total.
+
+    Interleaving spreads a change in background load over every case instead of one; req/s is
+    total requests over total time, p50/p99 the medians of the rounds' percentiles. Exits if any
+    request failed.
+    """
+    for case in cases:
+        run_wrk(case.url, case.body, case.connections, warmup_seconds, workdir, wrk)
+    per_round = max(1.0, seconds / rounds)
+    runs: dict[str, list[LoadResult]] = {case.name: [] for case in cases}
+    for _ in range(rounds):
+        for case in cases:
+            result = run_wrk(case.url, case.body, case.connections, per_round, workdir, wrk)
+            if result.errors:
+                raise SystemExit(f"{case.name}: {result.errors} failed requests under load")
+            runs[case.name].append(result)
+    return {
+        name: LoadResult(
+            requests=sum(r.requests for r in results),
+            seconds=sum(r.seconds for r in results),
+            errors=0,
+            p50_ms=statistics.median(r.p50_ms for r in results),
+            p99_ms=statistics.median(r.p99_ms for r in results),
+            images_per_request=results[0].images_per_request,
+        )
+        for name, results in runs.items()
+    }
 
 
 def post(url: str, body: PostBody) -> tuple[dict[str, str], bytes]:

@@ -2,7 +2,9 @@
 
 Prints req/s and p50/p99 at concurrency 1 and 8 for both, the ratio service/reference (target:
 >= 0.80 at concurrency 8), and in-process onnxruntime latency for batch 1. Bounded in time:
-about 4 x (duration + 2 s) plus start-up. Usage: python bench/serve_bench.py [--duration 10]
+about 4 x (duration + 2 s) plus start-up.
+The rows are measured in interleaved rounds, so a change in background load hits all of them.
+Usage: python bench/serve_bench.py [--duration 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=loadgen.REPO_ROOT / "models")
     parser.add_argument("--data-dir", type=Path, default=loadgen.default_data_dir())
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per row")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
     return parser.parse_args(argv)
 
@@ -55,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         digit = json.loads(answer)["predictions"][0]["digit"]
         if digit != labels[0]:
             raise SystemExit(f"the service answered {digit} for a {labels[0]}")
-        # Alternate the two apps at each concurrency so a change in background load hits both.
+        # Both apps at every concurrency, interleaved: a change in background load hits all.
+        cases = [
+            loadgen.LoadCase(f"{name} {connections}", server.url, body, connections)
+            for connections in concurrencies
+            for name, server in (("service", service), ("reference", reference))
+        ]
+        measured = loadgen.measure_rounds(cases, args.duration, args.rounds, scratch, wrk)
         for connections in concurrencies:
-            for name, server in (("service", service), ("reference", reference)):
-                results[name, connections] = loadgen.measure(
-                    server.url, body, connections, args.duration, scratch, wrk
-                )
+            for name in ("service", "reference"):
+                results[name, connections] = measured[f"{name} {connections}"]
 
     rows = []
     for connections in concurrencies:
@@ -79,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = ours.requests_per_second / ref.requests_per_second
         rows.append(["ratio service / reference", str(connections), f"{ratio:.2f}", "", "", ""])
     loadgen.print_table(
-        f"Single-image JSON predictions, {args.duration:g} s per run (wrk)",
+        f"Single-image JSON predictions, wrk, {args.duration:g} s per row in {args.rounds} "
+        "interleaved rounds",
         ["app", "concurrency", "req/s", "p50 ms", "p99 ms", "requests"],
         rows,
     )

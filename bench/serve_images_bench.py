@@ -4,7 +4,8 @@ Rows: JSON single image, PNG upload (raw body), V2 binary single image (concurre
 batch of 256 and V2 binary batch of 256 (concurrency 2). Each row shows images/s and p50/p99
 beside in-process onnxruntime for the same batch, timed in the same run. Targets: V2 binary
 batch-256 >= 30,000 images/s at concurrency 2; V2 binary single req/s >= JSON single req/s.
-Usage: python bench/serve_images_bench.py [--duration 10]
+The rows are measured in interleaved rounds, so a change in background load hits all of them.
+Usage: python bench/serve_images_bench.py [--duration 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=loadgen.REPO_ROOT / "models")
     parser.add_argument("--data-dir", type=Path, default=loadgen.default_data_dir())
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per row")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
     parser.add_argument("--single-concurrency", type=int, default=8)
     parser.add_argument("--batch-concurrency", type=int, default=2)
     return parser.parse_args(argv)
@@ -133,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     in_process[BATCH] = loadgen.time_onnxruntime(model, scaled)
     print(f"machine: {loadgen.machine_note()}; model {model.relative_to(models_dir)}")
 
-    results: dict[str, loadgen.LoadResult] = {}
     with (
         loadgen.scratch_dir() as scratch,
         loadgen.gunicorn_server(
@@ -145,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             accuracy = float((digits == case.labels).mean())
             if accuracy < 0.9:
                 raise SystemExit(f"{case.name}: only {accuracy:.0%} right digits; not measuring")
-            results[case.name] = loadgen.measure(
-                service.url, case.body, case.connections, args.duration, scratch, wrk
-            )
+        load_cases = [
+            loadgen.LoadCase(case.name, service.url, case.body, case.connections) for case in cases
+        ]
+        results = loadgen.measure_rounds(load_cases, args.duration, args.rounds, scratch, wrk)
 
     rows = []
     for case in cases:
@@ -166,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     loadgen.print_table(
-        f"Service over HTTP (wrk, {args.duration:g} s per row) beside in-process onnxruntime "
-        "(same batch, one thread)",
+        f"Service over HTTP (wrk, {args.duration:g} s per row in {args.rounds} interleaved rounds)"
+        " beside in-process onnxruntime (same batch, one thread)",
         ["request", "conc.", "req/s", "images/s", "p50 ms", "p99 ms",
          "ORT images/s", "ORT p50 ms", "ORT p99 ms"],
         rows,
