@@ -144,7 +144,7 @@ def _answers(url: str) -> bool:
         response = requests.get(url + READY_PATH, timeout=2)
     except requests.RequestException:
         return False
-    return response.status_code in (200, 404)  # 404: a tree without the V2 routes yet
+    return response.status_code == 200
 
 
 StartServer = Callable[..., RunningServer]
