@@ -83,6 +83,7 @@ class RunResult:
     train_seconds: float
     seconds: float
     loss_curve: list[float]
+    final_loss: float | None  # lbfgs has no per-epoch curve, only this
     stop_reason: str
     parity_passed: bool
     worker: str  # host:pid that trained it (a Dask cluster spreads runs over machines)
@@ -136,6 +137,7 @@ def run_one(config: TrainConfig, keep_artifacts: bool = False) -> RunResult:
         train_seconds=float(metrics["train_seconds"]),
         seconds=time.perf_counter() - started,
         loss_curve=[float(v) for v in trained.card.get("loss_curve", [])],
+        final_loss=None if metrics.get("final_loss") is None else float(metrics["final_loss"]),
         stop_reason=str(trained.card.get("training", {}).get("stop_reason", "")),
         parity_passed=bool(trained.card["parity"]["passed"]),
         worker=f"{socket.gethostname()}:{os.getpid()}",
@@ -299,16 +301,25 @@ def loss_curves_png(results: Sequence[RunResult]) -> bytes:
     plotted = False
     for r in results:
         curve = [v for v in r.loss_curve if math.isfinite(v) and v > 0]
-        if not curve:
+        if curve:
+            xs, marker = list(range(1, len(curve) + 1)), None
+        elif r.final_loss is not None and math.isfinite(r.final_loss) and r.final_loss > 0:
+            # lbfgs reports no curve, only where it ended: one marker at its last iteration
+            xs, curve, marker = [r.epochs], [r.final_loss], "x"
+        else:
             continue
         first = r.combination not in colours
         colour = colours.setdefault(r.combination, palette[len(colours) % len(palette)])
         axes.plot(
-            range(1, len(curve) + 1),
+            xs,
             curve,
             color=colour,
+            marker=marker,
+            markersize=9,
             linestyle=styles[seeds.index(r.seed) % len(styles)],
-            label=f"{r.activation}/{r.solver}" if first else None,
+            label=(f"{r.activation}/{r.solver}" + (" (final loss)" if marker else ""))
+            if first
+            else None,
         )
         plotted = True
     if plotted:

@@ -181,7 +181,8 @@ def _result(activation: str, solver: str, seed: int, test: float, val: float | N
     return sweep.RunResult(
         activation=activation, solver=solver, seed=seed, test_accuracy=test, log_loss=0.1,
         validation_accuracy=val, epochs=3, epoch_unit="epoch", train_seconds=1.0, seconds=2.0,
-        loss_curve=[1.0, 0.5], stop_reason="max_iter reached", parity_passed=True, worker="h:1",
+        loss_curve=[1.0, 0.5], final_loss=0.5, stop_reason="max_iter reached",
+        parity_passed=True, worker="h:1",
     )  # fmt: skip
 
 
@@ -217,9 +218,14 @@ def test_plan_crosses_every_combination() -> None:
     assert all(c.progress == "none" for c in configs)
 
 
-def test_loss_plot_without_curves_still_renders() -> None:
-    empty = _result("relu", "adam", 0, 0.5, None)
-    empty.loss_curve = []
-    png = sweep.loss_curves_png([empty])
-    assert Image.open(io.BytesIO(png)).size == (1000, 600)
-    assert json.dumps(sweep._run_rows([empty]))  # plain data all the way down
+def test_loss_plot_marks_lbfgs_final_loss_and_survives_no_curves() -> None:
+    lbfgs = _result("relu", "lbfgs", 0, 0.5, None)
+    lbfgs.loss_curve = []  # lbfgs reports only its final loss
+    nothing = _result("relu", "lbfgs", 0, 0.5, None)
+    nothing.loss_curve, nothing.final_loss = [], None
+    with_marker, empty = sweep.loss_curves_png([lbfgs]), sweep.loss_curves_png([nothing])
+    for png in (with_marker, empty):
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.size == (1000, 600)
+    assert with_marker != empty
+    assert json.dumps(sweep._run_rows([lbfgs]))  # plain data all the way down
