@@ -297,7 +297,10 @@ def loss_curves_png(results: Sequence[RunResult]) -> bytes:
     colours: dict[tuple[str, str], Any] = {}
     styles = ("-", "--", ":", "-.")
     seeds = sorted({r.seed for r in results})
-    palette = [f"C{i}" for i in range(10)]
+    from matplotlib import colormaps
+
+    # 4 activations x 3 solvers need 12 distinct colours; the default cycle has 10
+    palette = [colormaps["tab20"](i) for i in range(20)]
     plotted = False
     for r in results:
         curve = [v for v in r.loss_curve if math.isfinite(v) and v > 0]
