@@ -43,6 +43,13 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_NOT_PUBLISHED = 4
+EXIT_CLUSTER = 5
+#: how long to wait for a Dask scheduler before giving up (--dask-timeout)
+CONNECT_SECONDS = 10.0
+
+
+class ClusterError(Exception):
+    """The Dask cluster named by --dask-scheduler cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -431,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
         "workers need this package and the MNIST files (--data-dir on a shared path, or online)",
     )
     sweep.add_argument(
+        "--dask-timeout",
+        type=float,
+        default=CONNECT_SECONDS,
+        metavar="SECONDS",
+        help=f"seconds to wait for the Dask scheduler (default {CONNECT_SECONDS:g})",
+    )
+    sweep.add_argument(
         "--publish-best",
         action="store_true",
         help="publish the best run (by validation accuracy, else test accuracy) into "
@@ -483,6 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:
         print(f"mnist-train sweep: data error: {exc}", file=sys.stderr)
         return EXIT_DATA
+    except ClusterError as exc:
+        print(f"mnist-train sweep: {exc}", file=sys.stderr)
+        return EXIT_CLUSTER
     written = write_outputs(args.out, results, base, command)
     print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     print((args.out / RESULTS_MD).read_text(encoding="utf-8").split("\n![")[0])
@@ -494,10 +511,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(configs: Sequence[TrainConfig], args: argparse.Namespace) -> list[RunResult]:
     if not args.dask_scheduler:
         return run_sweep(configs, jobs=args.jobs, keep_artifacts=args.publish_best)
-    from distributed import Client
-
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise ClusterError(
+            "--dask-scheduler needs dask.distributed: pip install 'dask[distributed]'"
+        ) from exc
+    try:
+        client = Client(args.dask_scheduler, timeout=args.dask_timeout)
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler {args.dask_scheduler}: {exc}") from exc
     # the Client registers itself as the default, which joblib's dask backend then uses
-    with Client(args.dask_scheduler):
+    with client:
         return run_sweep(configs, jobs=args.jobs, backend="dask", keep_artifacts=args.publish_best)
 
 

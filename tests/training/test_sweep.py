@@ -150,6 +150,23 @@ def test_the_same_sweep_runs_on_a_dask_cluster(tmp_path: Path, mnist_data_dir: P
     assert (tmp_path / sweep.LOSS_CURVES_PNG).is_file()
 
 
+def test_unreachable_dask_scheduler_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: bind, then close
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [
+        "--activations", "relu", "--solvers", "adam", "--out", str(tmp_path / "out"),
+        "--dask-scheduler", f"tcp://127.0.0.1:{port}", "--dask-timeout", "1",
+    ]  # fmt: skip
+    assert sweep.main(argv) == sweep.EXIT_CLUSTER
+    assert f"cannot reach the Dask scheduler tcp://127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
