@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from flask import Flask, Response, g, request
@@ -87,6 +87,16 @@ class ServiceMetrics:
     model_version: Gauge
     reloads: Counter
     info_labels: tuple[str, str, str] | None = field(default=None)
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: label sets are few (routes, statuses, versions),
+        and prometheus_client's own lookup costs microseconds on every request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     @classmethod
     def create(cls, multiprocess_mode: bool) -> ServiceMetrics:
@@ -176,6 +186,9 @@ _metrics: ServiceMetrics | None = None
 def service_metrics() -> ServiceMetrics:
     """The process's metrics, created on first use in the mode the environment asks for."""
     global _metrics
+    created = _metrics
+    if created is not None:  # the per-request path: no lock once the metrics exist
+        return created
     with _lock:
         if _metrics is None:
             multiprocess_mode = multiprocess_dir() is not None
@@ -194,12 +207,12 @@ def observe_inference(
     """Record one onnxruntime run: its latency, its batch size and the digits it predicted."""
     metrics = service_metrics()
     version = str(model_version)
-    metrics.inference_latency.labels(version).observe(seconds)
+    metrics.child(metrics.inference_latency, version).observe(seconds)
     metrics.batch_size.observe(batch_size)
     counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=N_CLASSES)
     for digit, count in enumerate(counts.tolist()):
         if count:
-            metrics.predictions.labels(str(digit), version).inc(count)
+            metrics.child(metrics.predictions, str(digit), version).inc(count)
 
 
 def observe_preprocessing(seconds: float) -> None:
@@ -263,9 +276,9 @@ def _observe_request(response: Response) -> Response:
     status = str(response.status_code)
     version = g.get("model_version")
     metrics = service_metrics()
-    metrics.requests.labels(route, status, "" if version is None else str(version)).inc()
+    metrics.child(metrics.requests, route, status, "" if version is None else str(version)).inc()
     if started is not None:
-        metrics.request_latency.labels(route, status).observe(time.perf_counter() - started)
+        metrics.child(metrics.request_latency, route, status).observe(time.perf_counter() - started)
     return response
 
 

@@ -767,7 +767,7 @@ def build_document(limits: ApiLimits, version: str | None = None) -> dict[str, A
             },
             "headers": {
                 "RequestId": {
-                    "description": "The request's id: yours when valid, else a UUID4 in hex.",
+                    "description": "The request's id: yours when valid, else 32 fresh hex digits.",
                     "schema": {"type": "string", "maxLength": MAX_REQUEST_ID_LENGTH},
                 }
             },

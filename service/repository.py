@@ -99,7 +99,9 @@ class ModelVersion:
         try:
             onnx_bytes = self.model_path.read_bytes()
         except OSError as exc:
-            raise RepositoryError(f"version {self.version}: unreadable {MODEL_FILE}: {exc}") from exc
+            raise RepositoryError(
+                f"version {self.version}: unreadable {MODEL_FILE}: {exc}"
+            ) from exc
         expected = card.get("sha256")
         actual = sha256_bytes(onnx_bytes)
         if expected != actual:
@@ -157,7 +159,9 @@ class ModelRepository:
         for candidate in self.versions():
             if candidate.version == version:
                 return candidate
-        raise RepositoryError(f"model {self.name!r} has no complete version {version} in {self.root}")
+        raise RepositoryError(
+            f"model {self.name!r} has no complete version {version} in {self.root}"
+        )
 
     def latest(self) -> ModelVersion | None:
         """The highest complete version, or None."""
