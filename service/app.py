@@ -41,7 +41,7 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
     if predictor is None:
         predictor = Predictor(config)
         predictor.load()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the page blueprint serves its own files
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     # a multipart batch holds at most max_batch images; a few parts more are harmless form fields
     app.config["MAX_FORM_PARTS"] = config.max_batch + 16

@@ -203,3 +203,17 @@ def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path
     finally:
         predictor.stop_watching()
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_no_default_static_route(tmp_path):
+    """The page blueprint serves its own files; Flask's /static would expose the whole folder."""
+    from service.app import create_app
+    from service.config import ServiceConfig
+    from tests.conftest import COMMITTED_MODELS
+
+    app = create_app(ServiceConfig(model_dir=COMMITTED_MODELS))
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    assert not any(rule.startswith("/static") for rule in rules)
+    response = app.test_client().get("/static/app.js")
+    assert response.status_code == 404
+    assert response.is_json

@@ -22,8 +22,6 @@ from tests.conftest import COMMITTED_MODELS
 
 #: url rules deliberately left out of the document, each with its reason
 UNDOCUMENTED_RULES = {
-    # Flask's default static route of the app object; the page serves its files at /page/<name>
-    "/static/<path:filename>",
     # V2's catch-all that answers unknown /v2 paths with a 404 in the protocol's error shape
     "/v2/<path:rest>",
 }
