@@ -205,10 +205,8 @@ def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_no_default_static_route(tmp_path):
+def test_no_default_static_route():
     """The page blueprint serves its own files; Flask's /static would expose the whole folder."""
-    from service.app import create_app
-    from service.config import ServiceConfig
     from tests.conftest import COMMITTED_MODELS
 
     app = create_app(ServiceConfig(model_dir=COMMITTED_MODELS))
