@@ -248,7 +248,10 @@ def _to_model_scale(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
             if low < 0 or high > PIXEL_MAX:
                 raise BadRequest(f"{where}: UINT8 values must be in 0..255, got {low}..{high}")
         return array.astype(np.float32) / np.float32(PIXEL_MAX)
-    images = array.astype(np.float32, copy=False)
+    # The binary section starts wherever the JSON header ends, so the view is usually misaligned
+    # for float32: numpy and onnxruntime then take slow paths (about 2x the model's time on one
+    # image). One aligned copy costs far less.
+    images = np.require(array, dtype=np.float32, requirements=["ALIGNED", "C_CONTIGUOUS"])
     low, high = images.min(), images.max()
     # written so that NaN fails the test: every comparison with NaN is false
     if not (low >= 0.0 and high <= 1.0):
