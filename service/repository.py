@@ -137,7 +137,8 @@ class ModelRepository:
     """A folder of versioned models, laid out as Triton expects."""
 
     def __init__(self, root: Path | str, name: str = MODEL_NAME) -> None:
-        self.root = Path(root)
+        # absolute: publish checks that every file lands inside the version by resolved paths
+        self.root = Path(root).absolute()
         self.name = name
         self.model_dir = self.root / name
 

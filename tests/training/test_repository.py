@@ -35,6 +35,15 @@ def test_publish_writes_a_complete_version_and_the_triton_config(tmp_path):
     assert not [p for p in (tmp_path / "mnist").iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
+def test_publish_into_a_relative_root(tmp_path, monkeypatch):
+    """mnist-train's default --models-dir is the relative "models"."""
+    monkeypatch.chdir(tmp_path)
+    version = _publish(Path("models"))
+    assert version.path == tmp_path / "models" / "mnist" / "1"
+    assert version.read_verified()[0] == ONNX
+    assert ModelRepository("models").latest() == version
+
+
 def test_stale_staging_from_a_crash_is_cleaned_and_never_listed(tmp_path):
     _publish(tmp_path)
     stale = tmp_path / "mnist" / f"{STAGING_PREFIX}crashed"
