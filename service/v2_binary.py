@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -60,11 +62,20 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
     return length
 
 
+def _parse_header(text: memoryview) -> Any:
+    try:
+        return orjson.loads(text)  # fast and strict: the common path
+    except orjson.JSONDecodeError:
+        # the standard parser, on this rare path, gives the precise message, and reads NaN so
+        # that the range check can name it ("values must be finite")
+        return json.loads(bytes(text))
+
+
 def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], BinarySection]:
     """The parsed JSON header and the binary section that follows it (empty when there is none)."""
     end = len(body) if header_length is None else header_length
     try:
-        header = json.loads(body[:end])
+        header = _parse_header(memoryview(body)[:end])
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad JSON and bad UTF-8; RecursionError a hostile nesting depth
         if header_length is None:
@@ -130,8 +141,8 @@ def encode_bytes_elements(elements: Iterable[bytes]) -> bytes:
 
 def join_body(header: Mapping[str, Any], chunks: Sequence[bytes]) -> tuple[bytes, int | None]:
     """The response body and the header length to announce (None when it is all JSON)."""
-    # NaN can never reach here (inputs are range-checked), so strict JSON is safe to demand
-    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    # NaN can never reach here (inputs are range-checked, softmax outputs are finite)
+    text = orjson.dumps(header)
     if not chunks:
         return text, None
     return b"".join([text, *chunks]), len(text)
