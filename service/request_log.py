@@ -8,7 +8,6 @@ routes put it in their JSON bodies through current_request_id().
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -60,6 +60,9 @@ def current_request_id() -> str:
     return request_id
 
 
+_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 class JsonLineFormatter(logging.Formatter):
     """Formats a record as one JSON object: time, level, message and the record's `fields`."""
 
@@ -73,9 +76,13 @@ class JsonLineFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        # default=str: a numpy integer or a Path in a field must not cost the log line; ASCII
-        # escapes keep U+2028 and friends from splitting the line for line-based readers
-        return json.dumps(line, separators=(",", ":"), default=str)
+        # default=str: a numpy integer or a Path in a field must not cost the log line
+        text = orjson.dumps(line, default=str).decode()
+        if not text.isascii():
+            # orjson escapes control characters but not these, which str.splitlines() and
+            # other line-based readers treat as line ends
+            text = text.translate(_LINE_BREAK_ESCAPES)
+        return text
 
 
 class StderrHandler(logging.StreamHandler):
