@@ -1,8 +1,8 @@
 """Request ids and one structured JSON log line per request (never pixels or bodies).
 
-The id comes from the client's X-Request-ID header when it is a sane token, otherwise it is a fresh
-UUID4; it is echoed in the X-Request-ID response header of every response, errors included, and
-routes put it in their JSON bodies through current_request_id().
+The id comes from the client's X-Request-ID header when it is a sane token, otherwise it is
+32 fresh hex digits; it is echoed in the X-Request-ID response header of every response, errors
+included, and routes put it in their JSON bodies through current_request_id().
 """
 
 from __future__ import annotations
