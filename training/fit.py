@@ -141,14 +141,26 @@ def fit(
     x_train, y_train, x_val, y_val = _validation_split(
         scale_pixels(train.images), train.labels, config
     )
-    model = _estimator(config, x_train.shape[0])
+    train_size = int(x_train.shape[0])
+    if config.augment and distort is None:
+        from training.augment import distort as default_distort
+
+        distort = default_distort
     if config.solver == "lbfgs":
+        if config.augment:
+            # lbfgs has no epochs to draw fresh copies for: it fits once on a fixed augmented set
+            reporter.step(f"lbfgs: adding {config.augment_copies} distorted copies, drawn once")
+            x_train, y_train = _epoch_data(
+                x_train,
+                y_train,
+                config.augment_copies,
+                distort,
+                np.random.default_rng(config.random_state),
+            )
+        model = _estimator(config, x_train.shape[0])
         result = _fit_lbfgs(model, config, x_train, y_train, x_val, y_val, reporter)
     else:
-        if config.augment and distort is None:
-            from training.augment import distort as default_distort
-
-            distort = default_distort
+        model = _estimator(config, x_train.shape[0])
         result = _fit_epochs(
             model,
             config,
@@ -159,7 +171,7 @@ def fit(
             reporter,
             distort if config.augment else None,
         )
-    result.train_size = int(x_train.shape[0])
+    result.train_size = train_size  # the training images, not counting distorted copies
     result.validation_size = 0 if x_val is None else int(x_val.shape[0])
     return result
 
@@ -173,8 +185,6 @@ def _fit_lbfgs(
     y_val: np.ndarray | None,
     reporter: Reporter,
 ) -> FitResult:
-    if config.augment:
-        reporter.step("note: augmentation applies per epoch; lbfgs has no epochs, so it is off")
     if config.early_stopping:
         reporter.step("note: lbfgs has no epochs, so early stopping does not apply")
     reporter.step(f"lbfgs: one fit of up to {config.max_iter} iterations (lbfgs has no epochs)")

@@ -152,6 +152,21 @@ def test_augmentation_trains_on_the_originals_plus_fresh_copies(small_train):
     assert result.model.t_ == result.train_size * 3 * 2
 
 
+def test_lbfgs_with_augmentation_fits_once_on_a_fixed_augmented_set(small_train):
+    calls: list[int] = []
+
+    def fake_distort(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        calls.append(images.shape[0])
+        return np.clip(images * 0.9, 0.0, 1.0).astype(np.float32)
+
+    config = TrainConfig(
+        hidden_layer_sizes=(8,), solver="lbfgs", max_iter=5, augment=True, augment_copies=2
+    )
+    result = fit(small_train, config, distort=fake_distort)
+    assert calls == [result.train_size] * 2  # drawn once, not per iteration
+    assert result.unit == "iteration" and result.epochs == result.model.n_iter_
+
+
 def test_catch_convergence_lets_other_warnings_through():
     from sklearn.exceptions import ConvergenceWarning
 
