@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     pixels, labels = loadgen.mnist_test_digits(args.data_dir, BATCH)
     single, batch = args.single_concurrency, args.batch_concurrency
     cases = [
+        # the two rows the target compares stand side by side in every round
         Case("JSON single image", json_body(pixels[:1]), single, labels[:1]),
-        Case("PNG upload 280x280 RGB", png_body(pixels[0]), single, labels[:1]),
         Case("V2 binary single image", v2_binary_body(pixels[:1]), single, labels[:1]),
+        Case("PNG upload 280x280 RGB", png_body(pixels[0]), single, labels[:1]),
         Case(f"JSON batch of {BATCH}", json_body(pixels), batch, labels),
         Case(f"V2 binary batch of {BATCH}", v2_binary_body(pixels), batch, labels),
     ]
