@@ -5,6 +5,7 @@ Run the scripts beside it (serve_bench.py, serve_images_bench.py); importing thi
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -108,6 +109,16 @@ def default_data_dir() -> Path:
     """MNIST_DATA_DIR, else ../shared/data/mnist beside the repository (as the tests do)."""
     configured = os.environ.get("MNIST_DATA_DIR")
     return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every benchmark script takes: model and data folders, duration and rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per row")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
+    return parser
 
 
 def require_wrk() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import loadgen
 import numpy as np
@@ -20,11 +19,7 @@ TARGET_RATIO = 0.80
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=loadgen.REPO_ROOT / "models")
-    parser.add_argument("--data-dir", type=Path, default=loadgen.default_data_dir())
-    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per row")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
+    parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
     return parser.parse_args(argv)
 

@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import loadgen
 import numpy as np
@@ -37,11 +36,7 @@ class Case:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=loadgen.REPO_ROOT / "models")
-    parser.add_argument("--data-dir", type=Path, default=loadgen.default_data_dir())
-    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per row")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
+    parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--single-concurrency", type=int, default=8)
     parser.add_argument("--batch-concurrency", type=int, default=2)
     return parser.parse_args(argv)

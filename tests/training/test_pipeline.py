@@ -51,7 +51,8 @@ CARD_KEYS = {
 }
 
 
-def _argv(data_dir, models_dir, *extra):
+def quick_run_argv(data_dir, models_dir, *extra):
+    """mnist-train flags for a run of a few seconds on 1,000 images; ``extra`` flags appended."""
     return [
         "--hidden-layers",
         "8",
@@ -68,12 +69,12 @@ def _argv(data_dir, models_dir, *extra):
 
 
 def test_cli_trains_and_publishes_versions_one_then_two(mnist_data_dir, tmp_path, capsys):
-    assert main(_argv(mnist_data_dir, tmp_path, "--activation", "tanh")) == 0
+    assert main(quick_run_argv(mnist_data_dir, tmp_path, "--activation", "tanh")) == 0
     first = capsys.readouterr()
     assert "val_acc=" in first.err and "2/2" in first.err  # the live bar, on stderr
     assert first.out.startswith(f"published {tmp_path / 'mnist' / '1'}")
 
-    assert main(_argv(mnist_data_dir, tmp_path, "--progress", "none")) == 0
+    assert main(quick_run_argv(mnist_data_dir, tmp_path, "--progress", "none")) == 0
     second = capsys.readouterr()
     assert second.err == ""  # --progress none: silent but for the result
     repository = ModelRepository(tmp_path)
@@ -93,7 +94,9 @@ def test_cli_trains_and_publishes_versions_one_then_two(mnist_data_dir, tmp_path
 
 
 def test_the_quality_gate_refuses_with_its_own_exit_code(mnist_data_dir, tmp_path, capsys):
-    code = main(_argv(mnist_data_dir, tmp_path, "--min-accuracy", "0.99", "--progress", "none"))
+    code = main(
+        quick_run_argv(mnist_data_dir, tmp_path, "--min-accuracy", "0.99", "--progress", "none")
+    )
     assert code == EXIT_BELOW_GATE
     assert "under the minimum 0.9900" in capsys.readouterr().err
     assert ModelRepository(tmp_path).versions() == []

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.training.test_pipeline import quick_run_argv
 from training.cli import main
 from training.config import TrainConfig
 from training.fit import EpochRecord, fit
@@ -64,25 +65,8 @@ def test_make_reporter_picks_by_name():
     assert isinstance(make_reporter("none"), SilentReporter)
 
 
-def _argv(mnist_data_dir, models_dir, progress):
-    return [
-        "--hidden-layers",
-        "8",
-        "--epochs",
-        "2",
-        "--train-limit",
-        "1000",
-        "--data-dir",
-        str(mnist_data_dir),
-        "--models-dir",
-        str(models_dir),
-        "--progress",
-        progress,
-    ]
-
-
 def test_cli_json_mode_prints_only_epoch_lines_on_stdout(mnist_data_dir, tmp_path, capsys):
-    assert main(_argv(mnist_data_dir, tmp_path, "json")) == 0
+    assert main(quick_run_argv(mnist_data_dir, tmp_path, "--progress", "json")) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 2
