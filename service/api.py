@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import math
@@ -30,8 +31,10 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.images import ImageLimits, encode_png_base64, preprocess_image
-from service.request_log import current_request_id
+from service.predictor import Predictor
+from service.request_log import RequestNotes, current_request_id
 
+PREDICT_ROUTE = "/predict"
 JSON_TYPE = "application/json"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART_TYPE = "multipart/form-data"
@@ -159,7 +162,8 @@ def _pixel_batch(images: list[Any], body: bytes) -> np.ndarray | None:
         array = array.reshape(count, PIXELS)
     elif array.shape[1:] != (PIXELS,):
         return None
-    if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= contract.PIXEL_MAX):
+    # NaN fails both comparisons and infinity the second: no separate isfinite pass
+    if not (array.min() >= 0 and array.max() <= contract.PIXEL_MAX):
         return None  # the per-image path finds the first bad pixel and names it
     array /= np.float32(contract.PIXEL_MAX)
     return array
@@ -326,35 +330,50 @@ def predictions_json(
     return answers
 
 
+def answer_images(
+    predictor: Predictor,
+    images: np.ndarray,
+    options: PredictOptions,
+    request_id: str,
+    notes: RequestNotes,
+) -> bytes:
+    """The JSON answer of /predict for ``images``; notes the batch size and model version."""
+    notes.batch_size = len(images)
+    prediction = predictor.predict(images)
+    notes.model_version = prediction.model_version
+    answer = {
+        "predictions": predictions_json(
+            prediction.labels, prediction.probabilities, images, options
+        ),
+        "model": {"name": prediction.model_name, "version": prediction.model_version},
+        "request_id": request_id,
+    }
+    # orjson directly: Flask's provider (stdlib json, sorted keys) costs more on every call
+    return orjson.dumps(answer)
+
+
+@functools.cache
+def image_limits(config: ServiceConfig) -> ImageLimits:
+    """The decoding limits of ``config`` (one object per configuration)."""
+    return ImageLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
+
+
 def create_blueprint(config: ServiceConfig | None = None) -> Blueprint:
     """POST /predict; ``config`` defaults to the app's ServiceConfig."""
     blueprint = Blueprint("api", __name__)
-    limits_by_config: dict[ServiceConfig, ImageLimits] = {}
 
-    @blueprint.post("/predict")
+    @blueprint.post(PREDICT_ROUTE)
     def predict() -> Response:
+        # the context proxies resolved once: each attribute read through them costs a lookup
+        req = request._get_current_object()  # type: ignore[attr-defined]
         settings = config or current_config()
-        limits = limits_by_config.get(settings)
-        if limits is None:
-            limits = ImageLimits(
-                max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-            )
-            limits_by_config[settings] = limits
-        options = parse_options(request.args) if request.query_string else PredictOptions()
+        options = parse_options(req.args) if req.query_string else PredictOptions()
         started = time.perf_counter()
-        images = images_from_request(request, settings, limits)
+        images = images_from_request(req, settings, image_limits(settings))
         metrics.observe_preprocessing(time.perf_counter() - started)
-        g.batch_size = len(images)
-        prediction = current_predictor().predict(images)
-        g.model_version = prediction.model_version
-        answer = {
-            "predictions": predictions_json(
-                prediction.labels, prediction.probabilities, images, options
-            ),
-            "model": {"name": prediction.model_name, "version": prediction.model_version},
-            "request_id": current_request_id(),
-        }
-        # orjson directly: Flask's provider (stdlib json, sorted keys) costs more on every call
-        return Response(orjson.dumps(answer), mimetype=JSON_TYPE)
+        body = answer_images(
+            current_predictor(), images, options, current_request_id(), g._get_current_object()
+        )
+        return Response(body, mimetype=JSON_TYPE)
 
     return blueprint

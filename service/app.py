@@ -56,7 +56,7 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
         # a thread per worker, started after the fork: gunicorn loads the app in each worker
         predictor.start_watching(handle_sighup=False)
 
-    from service import api, metrics, openapi, page, request_log, v2
+    from service import api, fastpath, metrics, openapi, page, request_log, v2
 
     app.register_blueprint(api.create_blueprint())
     app.register_blueprint(v2.create_blueprint())
@@ -64,6 +64,8 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
     app.register_blueprint(openapi.create_blueprint())
     metrics.init_app(app)
     request_log.init_app(app)
+    # well-formed inference requests are answered below Flask; everything else reaches it
+    app.wsgi_app = fastpath.InferenceFastPath(app.wsgi_app, predictor, config)  # type: ignore[method-assign]
     return app
 
 

@@ -209,7 +209,11 @@ def observe_inference(
     version = str(model_version)
     metrics.child(metrics.inference_latency, version).observe(seconds)
     metrics.batch_size.observe(batch_size)
-    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=N_CLASSES)
+    flat = np.asarray(labels, dtype=np.int64).ravel()
+    if flat.size == 1:  # the common case, without a bincount
+        metrics.child(metrics.predictions, str(int(flat[0])), version).inc()
+        return
+    counts = np.bincount(flat, minlength=N_CLASSES)
     for digit, count in enumerate(counts.tolist()):
         if count:
             metrics.child(metrics.predictions, str(digit), version).inc(count)
@@ -270,15 +274,19 @@ def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+def observe_request(route: str, status: int, version: int | None, seconds: float | None) -> None:
+    """Count one answered request by route template, status and model version, and time it."""
+    metrics = service_metrics()
+    code = str(status)
+    metrics.child(metrics.requests, route, code, "" if version is None else str(version)).inc()
+    if seconds is not None:
+        metrics.child(metrics.request_latency, route, code).observe(seconds)
+
+
 def _observe_request(response: Response) -> Response:
     started = g.pop("metrics_started", None)
-    route = route_label()
-    status = str(response.status_code)
-    version = g.get("model_version")
-    metrics = service_metrics()
-    metrics.child(metrics.requests, route, status, "" if version is None else str(version)).inc()
-    if started is not None:
-        metrics.child(metrics.request_latency, route, status).observe(time.perf_counter() - started)
+    seconds = None if started is None else time.perf_counter() - started
+    observe_request(route_label(), response.status_code, g.get("model_version"), seconds)
     return response
 
 

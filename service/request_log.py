@@ -15,7 +15,7 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from flask import Flask, Response, g, request
@@ -28,6 +28,13 @@ LOGGER_NAME = "mnist.requests"
 #: the route of a request that matched no route (404, 405): one value, not one per path
 UNMATCHED_ROUTE = "<unmatched>"
 MAX_LOGGED_PATH = 256
+
+
+class RequestNotes(Protocol):
+    """Where a route leaves what the log line reports of a prediction (flask.g in Flask views)."""
+
+    batch_size: int
+    model_version: int
 
 
 def valid_request_id(candidate: str | None) -> bool:
@@ -50,39 +57,50 @@ def new_request_id() -> str:
     return f"{source[1]}{next(source[2]):016x}"
 
 
+def request_id_from(sent: str | None) -> str:
+    """The id of a request whose X-Request-ID header is ``sent``: that one if valid, else new."""
+    return sent if sent is not None and valid_request_id(sent) else new_request_id()
+
+
 def current_request_id() -> str:
     """The id of the request being handled: the client's X-Request-ID if valid, else generated."""
     request_id = g.get("request_id")
     if request_id is None:
-        sent = request.headers.get(REQUEST_ID_HEADER)
-        request_id = sent if sent is not None and valid_request_id(sent) else new_request_id()
-        g.request_id = request_id
+        request_id = g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
     return request_id
 
 
 _LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
+def render_line(created: float, level: str, logger: str, event: str, fields: dict[str, Any]) -> str:
+    """One log line as JSON: time, level, logger and event first, then ``fields``."""
+    line: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "event": event,
+    }
+    line.update(fields)
+    # default=str: a numpy integer or a Path in a field must not cost the log line
+    text = orjson.dumps(line, default=str).decode()
+    if not text.isascii():
+        # orjson escapes control characters but not these, which str.splitlines() and
+        # other line-based readers treat as line ends
+        text = text.translate(_LINE_BREAK_ESCAPES)
+    return text
+
+
 class JsonLineFormatter(logging.Formatter):
     """Formats a record as one JSON object: time, level, message and the record's `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
+        fields: dict[str, Any] = dict(getattr(record, "fields", {}))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        # default=str: a numpy integer or a Path in a field must not cost the log line
-        text = orjson.dumps(line, default=str).decode()
-        if not text.isascii():
-            # orjson escapes control characters but not these, which str.splitlines() and
-            # other line-based readers treat as line ends
-            text = text.translate(_LINE_BREAK_ESCAPES)
-        return text
+            fields["exception"] = self.formatException(record.exc_info)
+        return render_line(
+            record.created, record.levelname.lower(), record.name, record.getMessage(), fields
+        )
 
 
 class StderrHandler(logging.StreamHandler):
@@ -114,30 +132,95 @@ def request_logger() -> logging.Logger:
     return logger
 
 
+def _shipped_handler(logger: logging.Logger) -> StderrHandler | None:
+    """The logger's one StderrHandler when the logger is configured as request_logger() left it."""
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.filters or logger.propagate:
+        return None
+    handler = handlers[0]
+    if type(handler) is not StderrHandler or handler.filters:
+        return None
+    if type(handler.formatter) is not JsonLineFormatter or handler.level > logging.INFO:
+        return None
+    return handler
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """Write the one log line of a finished request (``fields`` as request_fields() makes them).
+
+    With the logger as request_logger() sets it up, the line is rendered and written here: the
+    same line the logging module would write, without building a LogRecord on every request
+    (that cost ~30 us of a ~150 us request). Any other configuration (more handlers, filters,
+    another level) goes through ``logging`` as usual.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _shipped_handler(logger)
+    if handler is None:
+        logger.info("request", extra={"fields": fields})
+        return
+    text = render_line(time.time(), "info", LOGGER_NAME, "request", fields)
+    try:
+        with handler.lock:  # type: ignore[union-attr]  # StreamHandler always has its lock
+            stream = handler.stream
+            stream.write(text + "\n")
+            stream.flush()
+    except Exception:
+        # a closed or broken stderr must not fail the request: logging reports it its own way
+        logger.info("request", extra={"fields": fields})
+
+
 def route_label() -> str:
     """The url rule that matched this request (e.g. /v2/models/<model>), never the raw path."""
     rule = request.url_rule
     return rule.rule if rule is not None else UNMATCHED_ROUTE
 
 
-def request_fields(response: Response, latency_ms: float | None) -> dict[str, Any]:
+def line_fields(
+    *,
+    request_id: str,
+    method: str,
+    route: str,
+    path: str,
+    status: int,
+    latency_ms: float | None,
+    model_version: int | None,
+    batch_size: int | None,
+    request_bytes: int | None,
+) -> dict[str, Any]:
     """What the log line says about one finished request: ids, route, outcome, sizes, timing."""
+    return {
+        "request_id": request_id,
+        "method": method,
+        "route": route,
+        "path": path[:MAX_LOGGED_PATH],
+        "status": status,
+        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+        "model_version": model_version,
+        "batch_size": batch_size,
+        "request_bytes": request_bytes,
+        "pid": os.getpid(),  # which gunicorn worker answered
+    }
+
+
+def request_fields(response: Response, latency_ms: float | None) -> dict[str, Any]:
+    """line_fields() of the Flask request being finished with ``response``."""
     # resolve the context-local proxies once: each attribute through them costs a lookup
     req = request._get_current_object()  # type: ignore[attr-defined]
     ctx_g = g._get_current_object()
     rule = req.url_rule
-    return {
-        "request_id": current_request_id(),
-        "method": req.method,
-        "route": rule.rule if rule is not None else UNMATCHED_ROUTE,
-        "path": req.path[:MAX_LOGGED_PATH],
-        "status": response.status_code,
-        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
-        "model_version": ctx_g.get("model_version"),
-        "batch_size": ctx_g.get("batch_size"),
-        "request_bytes": req.content_length,
-        "pid": os.getpid(),  # which gunicorn worker answered
-    }
+    return line_fields(
+        request_id=current_request_id(),
+        method=req.method,
+        route=rule.rule if rule is not None else UNMATCHED_ROUTE,
+        path=req.path,
+        status=response.status_code,
+        latency_ms=latency_ms,
+        model_version=ctx_g.get("model_version"),
+        batch_size=ctx_g.get("batch_size"),
+        request_bytes=req.content_length,
+    )
 
 
 def _start_request() -> None:
@@ -149,9 +232,7 @@ def _finish_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = current_request_id()
     started = g.pop("request_log_started", None)
     latency_ms = None if started is None else (time.perf_counter() - started) * 1000.0
-    logging.getLogger(LOGGER_NAME).info(
-        "request", extra={"fields": request_fields(response, latency_ms)}
-    )
+    log_request(request_fields(response, latency_ms))
     return response
 
 

@@ -8,6 +8,7 @@ protocol's way, ``{"error": "..."}``, whatever the rest of the app does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from service.contract import (
     OUTPUT_PROBABILITIES,
 )
 from service.errors import ModelUnavailable, NotFound, ServiceError
+from service.request_log import RequestNotes
 from service.v2_binary import HEADER_LENGTH, decompress_body
 from service.v2_infer import encode_infer_response, parse_infer_request
 
@@ -94,16 +96,7 @@ def create_blueprint(
         return serving.config.max_batch if max_batch is None else max_batch
 
     def resolve(model: str, version: str | None) -> LoadedModelLike:
-        """The loaded model when it is the one named in the URL; NotFound otherwise."""
-        loaded = get_predictor().loaded
-        if model != loaded.name:
-            raise NotFound(f"unknown model {model!r}: this server serves {loaded.name!r}")
-        if version is not None and version != str(loaded.version):
-            raise NotFound(
-                f"model {model!r} has no version {version!r} loaded; version "
-                f"{loaded.version} is serving"
-            )
-        return loaded
+        return resolve_model(get_predictor(), model, version)
 
     @blueprint.get("")
     def server_metadata() -> Any:
@@ -155,32 +148,20 @@ def create_blueprint(
     @blueprint.post("/models/<model>/versions/<version>/infer")
     def infer(model: str, version: str | None = None) -> Any:
         serving = get_predictor()
+        req = flask.request._get_current_object()  # type: ignore[attr-defined]
         resolve(model, version)
         body = decompress_body(
-            flask.request.get_data(cache=False),
-            flask.request.headers.get("Content-Encoding"),
+            req.get_data(cache=False),
+            req.headers.get("Content-Encoding"),
             flask.current_app.config.get("MAX_CONTENT_LENGTH") or MAX_INFLATED_BYTES,
         )
-        request = parse_infer_request(
-            body, flask.request.headers.get(HEADER_LENGTH), batch_limit(serving)
-        )
-        flask.g.batch_size = len(request.images)
-        prediction = serving.predict(request.images)
-        flask.g.model_version = prediction.model_version
-        if version is not None and str(prediction.model_version) != version:
-            # a hot reload swapped versions between the check and the prediction
-            raise NotFound(f"model {model!r} version {version} was replaced while answering")
-        payload, header_length = encode_infer_response(
-            request,
-            prediction.labels,
-            prediction.probabilities,
-            prediction.model_name,
-            prediction.model_version,
-        )
-        if header_length is None:
-            return flask.Response(payload, content_type="application/json")
-        response = flask.Response(payload, content_type="application/octet-stream")
-        response.headers[HEADER_LENGTH] = str(header_length)
+        answer = answer_infer(
+            serving, model, version, body, req.headers.get(HEADER_LENGTH), batch_limit(serving),
+            flask.g._get_current_object(),  # the request log's batch_size and model_version
+        )  # fmt: skip
+        response = flask.Response(answer.payload, content_type=answer.content_type)
+        if answer.header_length is not None:
+            response.headers[HEADER_LENGTH] = str(answer.header_length)
         return response
 
     @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
@@ -203,6 +184,60 @@ def create_blueprint(
         return {"error": exc.description or exc.name}, exc.code or 500
 
     return blueprint
+
+
+def resolve_model(serving: PredictorLike, model: str, version: str | None) -> LoadedModelLike:
+    """The loaded model when it is the one named in the URL; NotFound otherwise."""
+    loaded = serving.loaded
+    if model != loaded.name:
+        raise NotFound(f"unknown model {model!r}: this server serves {loaded.name!r}")
+    if version is not None and version != str(loaded.version):
+        raise NotFound(
+            f"model {model!r} has no version {version!r} loaded; version "
+            f"{loaded.version} is serving"
+        )
+    return loaded
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    """The body of a successful infer response and what its headers need."""
+
+    payload: bytes
+    #: the Inference-Header-Content-Length of a binary answer; None for plain JSON
+    header_length: int | None
+
+    @property
+    def content_type(self) -> str:
+        return "application/json" if self.header_length is None else "application/octet-stream"
+
+
+def answer_infer(
+    serving: PredictorLike,
+    model: str,
+    version: str | None,
+    body: bytes,
+    header_length: str | None,
+    max_batch: int,
+    notes: RequestNotes,
+) -> InferAnswer:
+    """Answer an infer request whose body is already decompressed; a ServiceError otherwise."""
+    resolve_model(serving, model, version)
+    request = parse_infer_request(body, header_length, max_batch)
+    notes.batch_size = len(request.images)
+    prediction = serving.predict(request.images)
+    notes.model_version = prediction.model_version
+    if version is not None and str(prediction.model_version) != version:
+        # a hot reload swapped versions between the check and the prediction
+        raise NotFound(f"model {model!r} version {version} was replaced while answering")
+    payload, binary_header_length = encode_infer_response(
+        request,
+        prediction.labels,
+        prediction.probabilities,
+        prediction.model_name,
+        prediction.model_version,
+    )
+    return InferAnswer(payload, binary_header_length)
 
 
 def _methods_routed_elsewhere(path: str) -> list[str]:

@@ -177,3 +177,50 @@ def test_init_app_installs_one_handler_however_many_apps():
     build_app()
     handlers = logging.getLogger(request_log.LOGGER_NAME).handlers
     assert sum(isinstance(handler, request_log.StderrHandler) for handler in handlers) == 1
+
+
+@pytest.fixture
+def shipped_logger():
+    """The request logger with only its own handler, as in gunicorn (pytest adds capture ones)."""
+    logger = request_log.request_logger()
+    saved = list(logger.handlers)
+    logger.handlers = [h for h in saved if isinstance(h, request_log.StderrHandler)]
+    yield logger
+    logger.handlers = saved
+
+
+def test_log_request_writes_what_the_formatter_would(shipped_logger, capsys):
+    fields = request_log.line_fields(
+        request_id="r-1",
+        method="POST",
+        route="/predict",
+        path="/predict\u2028x",
+        status=200,
+        latency_ms=0.12345,
+        model_version=np.int64(2),  # type: ignore[arg-type]
+        batch_size=1,
+        request_bytes=3000,
+    )
+    capsys.readouterr()
+    request_log.log_request(fields)
+    written = capsys.readouterr().err
+    assert written.endswith("\n") and written.count("\n") == 1 and "\u2028" not in written
+    record = logging.LogRecord(
+        request_log.LOGGER_NAME, logging.INFO, __file__, 1, "request", None, None
+    )
+    record.fields = fields
+    formatted = json.loads(request_log.JsonLineFormatter().format(record))
+    shortcut = json.loads(written)
+    assert shortcut.pop("ts").endswith("+00:00") and formatted.pop("ts")
+    assert shortcut == formatted
+    assert shortcut["latency_ms"] == 0.123 and shortcut["model_version"] == "2"
+
+
+def test_log_request_goes_through_logging_when_the_level_is_raised(shipped_logger, capsys):
+    shipped_logger.setLevel(logging.WARNING)
+    try:
+        capsys.readouterr()
+        request_log.log_request({"route": "/predict"})
+        assert capsys.readouterr().err == ""
+    finally:
+        shipped_logger.setLevel(logging.INFO)
