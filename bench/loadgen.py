@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -35,8 +36,11 @@ REFERENCE_GUNICORN_CONF = BENCH_DIR / "reference.gunicorn.conf.py"
 LUA_SCRIPT = BENCH_DIR / "post_body.lua"
 SERVICE_APP = "service.app:create_app()"
 REFERENCE_APP = "reference_app:create_app()"
+T = TypeVar("T")
 START_SECONDS = 90.0
 STOP_SECONDS = 30.0
+#: a pause before each measured run, so the last run's requests in flight do not count in it
+SETTLE_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     images_per_request: int
+    #: req/s of each interleaved round, in order (measure_rounds fills it)
+    round_rates: tuple[float, ...] = ()
 
     @property
     def requests_per_second(self) -> float:
@@ -117,7 +123,7 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per row")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds per row")
     return parser
 
 
@@ -272,6 +278,14 @@ class LoadCase:
     connections: int
 
 
+def swap_neighbours(items: Sequence[T]) -> list[T]:
+    """``items`` with the 1st and 2nd swapped, the 3rd and 4th, ...; an odd last one stays."""
+    swapped = list(items)
+    for index in range(0, len(swapped) - 1, 2):
+        swapped[index], swapped[index + 1] = swapped[index + 1], swapped[index]
+    return swapped
+
+
 def measure_rounds(
     cases: Sequence[LoadCase],
     seconds: float,
@@ -282,16 +296,21 @@ def measure_rounds(
 ) -> dict[str, LoadResult]:
     """Warm every case up, then run all cases once per round, interleaved, ``seconds`` in total.
 
-    Interleaving spreads a change in background load over every case instead of one; req/s is
-    total requests over total time, p50/p99 the medians of the rounds' percentiles. Exits if any
-    request failed.
+    Odd rounds swap neighbouring cases. Interleaving spreads a change in background load
+    over every case instead of one; req/s is total requests over total time, p50/p99 the medians
+    of the rounds' percentiles. Exits if any request failed.
     """
     for case in cases:
         run_wrk(case.url, case.body, case.connections, warmup_seconds, workdir, wrk)
     per_round = max(1.0, seconds / rounds)
     runs: dict[str, list[LoadResult]] = {case.name: [] for case in cases}
-    for _ in range(rounds):
-        for case in cases:
+    swapped = swap_neighbours(cases)
+    for number in range(rounds):
+        # every other round swaps the neighbours (1st and 2nd, 3rd and 4th, ...): the two cases
+        # a target compares stay side by side, neither always goes first, and each follows the
+        # same case in both orders
+        for case in cases if number % 2 == 0 else swapped:
+            time.sleep(SETTLE_SECONDS)  # requests still in flight from the last run finish first
             result = run_wrk(case.url, case.body, case.connections, per_round, workdir, wrk)
             if result.errors:
                 raise SystemExit(f"{case.name}: {result.errors} failed requests under load")
@@ -304,9 +323,22 @@ def measure_rounds(
             p50_ms=statistics.median(r.p50_ms for r in results),
             p99_ms=statistics.median(r.p99_ms for r in results),
             images_per_request=results[0].images_per_request,
+            round_rates=tuple(r.requests_per_second for r in results),
         )
         for name, results in runs.items()
     }
+
+
+def paired_ratio(ours: LoadResult, baseline: LoadResult) -> tuple[float, list[float]]:
+    """The median over rounds of ours / baseline req/s, and the ratio of every round.
+
+    The two ran back to back in each round, so a round's ratio compares them under the same
+    background load. This VM's speed swings several-fold within seconds (the same server did
+    2,742 and 462 req/s two runs apart), which moves totals summed over rounds; the median of
+    the paired rounds is what such swings cannot move.
+    """
+    ratios = [a / b for a, b in zip(ours.round_rates, baseline.round_rates, strict=True)]
+    return statistics.median(ratios), ratios
 
 
 def post(url: str, body: PostBody) -> tuple[dict[str, str], bytes]:

@@ -42,19 +42,32 @@ def valid_request_id(candidate: str | None) -> bool:
     return candidate is not None and REQUEST_ID_PATTERN.fullmatch(candidate) is not None
 
 
-_id_source: tuple[int, str, itertools.count[int]] | None = None
+class _ProcessState:
+    """Per-process values, re-made in a forked child: its pid and its request id source."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        # one random 64-bit prefix per process, then a counter: as unique as a UUID4 for log
+        # correlation, without a getrandom() call on every request
+        self.id_prefix = secrets.token_hex(8)
+        self.id_counter = itertools.count()
+
+
+_process = _ProcessState()
+
+
+def _after_fork_in_child() -> None:
+    global _process
+    _process = _ProcessState()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def new_request_id() -> str:
     """A fresh id, unique across workers and restarts: 32 hex digits (random prefix + counter)."""
-    global _id_source
-    source = _id_source
-    pid = os.getpid()
-    if source is None or source[0] != pid:
-        # one random 64-bit prefix per process (re-drawn after a fork), then a counter: as unique
-        # as a UUID4 for log correlation, without a getrandom() call on every request
-        source = _id_source = (pid, secrets.token_hex(8), itertools.count())
-    return f"{source[1]}{next(source[2]):016x}"
+    state = _process
+    return f"{state.id_prefix}{next(state.id_counter):016x}"
 
 
 def request_id_from(sent: str | None) -> str:
@@ -73,10 +86,24 @@ def current_request_id() -> str:
 _LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
+_ISO_SECOND = "%Y-%m-%dT%H:%M:%S"
+_second_text: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def iso_time(created: float) -> str:
+    """``created`` (seconds since the epoch) as UTC ISO 8601 with milliseconds."""
+    global _second_text
+    second = int(created)
+    cached = _second_text
+    if cached[0] != second:  # formatted once per second, not once per line
+        cached = _second_text = (second, datetime.fromtimestamp(second, UTC).strftime(_ISO_SECOND))
+    return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
+
+
 def render_line(created: float, level: str, logger: str, event: str, fields: dict[str, Any]) -> str:
     """One log line as JSON: time, level, logger and event first, then ``fields``."""
     line: dict[str, Any] = {
-        "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "ts": iso_time(created),
         "level": level,
         "logger": logger,
         "event": event,
@@ -132,6 +159,9 @@ def request_logger() -> logging.Logger:
     return logger
 
 
+_request_logger = logging.getLogger(LOGGER_NAME)  # the same object for the process's lifetime
+
+
 def _shipped_handler(logger: logging.Logger) -> StderrHandler | None:
     """The logger's one StderrHandler when the logger is configured as request_logger() left it."""
     handlers = logger.handlers
@@ -153,7 +183,7 @@ def log_request(fields: dict[str, Any]) -> None:
     (that cost ~30 us of a ~150 us request). Any other configuration (more handlers, filters,
     another level) goes through ``logging`` as usual.
     """
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = _request_logger
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _shipped_handler(logger)
@@ -200,7 +230,7 @@ def line_fields(
         "model_version": model_version,
         "batch_size": batch_size,
         "request_bytes": request_bytes,
-        "pid": os.getpid(),  # which gunicorn worker answered
+        "pid": _process.pid,  # which gunicorn worker answered
     }
 
 

@@ -224,3 +224,41 @@ def test_log_request_goes_through_logging_when_the_level_is_raised(shipped_logge
         assert capsys.readouterr().err == ""
     finally:
         shipped_logger.setLevel(logging.INFO)
+
+
+@pytest.mark.parametrize("created", [0.0, 1_700_000_000.25, 1_795_000_000.999, 1_795_000_001.0005])
+def test_iso_time_matches_datetime(created):
+    from datetime import UTC, datetime
+
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert request_log.iso_time(created) == expected
+    assert request_log.iso_time(created + 60) != expected  # the cached second moves on
+
+
+def test_a_forked_child_draws_its_own_id_prefix_and_pid():
+    parent_id = request_log.new_request_id()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            fields = request_log.line_fields(
+                request_id=request_log.new_request_id(),
+                method="GET",
+                route="/",
+                path="/",
+                status=200,
+                latency_ms=None,
+                model_version=None,
+                batch_size=None,
+                request_bytes=None,
+            )
+            os.write(writer, json.dumps(fields).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        fields = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    assert fields["pid"] == child != os.getpid()
+    assert fields["request_id"][:16] != parent_id[:16]
+    assert request_log.new_request_id()[:16] == parent_id[:16]
