@@ -117,7 +117,7 @@ class ServiceMetrics:
             ),
             request_latency=Histogram(
                 "http_request_duration_seconds",
-                "Time from the request reaching Flask to the response leaving it.",
+                "Time from the request reaching the app to its answer.",
                 ["route", "status"],
                 namespace=NAMESPACE,
                 buckets=REQUEST_BUCKETS,
