@@ -256,3 +256,25 @@ def test_a_chunked_body_over_the_limit_is_413_not_a_cut_body(tmp_path: Path) -> 
         environ_base={"wsgi.input_terminated": True},
     )
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("pixels", "vectorised"),
+    [
+        ([0] * 783 + [255], True),
+        ([0.5e2] * 783 + [1e-3], True),
+        ([0] * 783 + ["5"], False),  # numpy would read the string as 5.0
+        ([0] * 783 + [True], False),  # and True as 1.0
+        ([0] * 783 + [None], False),
+        ([0] * 783 + [{"a": 1}], False),
+    ],
+)
+def test_only_bodies_of_plain_numbers_take_the_vectorised_path(
+    pixels: list[Any], vectorised: bool
+) -> None:
+    body = json.dumps({"images": [pixels]}, indent=1).encode()
+    images = json.loads(body)["images"]
+    batch = api_module._pixel_batch(images, body)
+    assert (batch is not None) is vectorised
+    if batch is not None:
+        np.testing.assert_allclose(batch[0], np.asarray(pixels, dtype=np.float32) / 255)
