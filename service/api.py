@@ -20,7 +20,6 @@ from flask import Blueprint, Request, Response, g, request
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 
-from service import contract, metrics
 from service.app import current_config, current_predictor
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
 from service.errors import (
@@ -31,8 +30,10 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.images import ImageLimits, encode_png_base64, preprocess_image
-from service.predictor import Predictor
-from service.request_log import RequestNotes, current_request_id
+from service.model import contract
+from service.model.predictor import Predictor
+from service.observability import metrics
+from service.observability.request_log import RequestNotes, current_request_id
 
 PREDICT_ROUTE = "/predict"
 JSON_TYPE = "application/json"

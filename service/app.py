@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.config import ServiceConfig
 from service.errors import ServiceError
-from service.predictor import Predictor
+from service.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
         # a thread per worker, started after the fork: gunicorn loads the app in each worker
         predictor.start_watching(handle_sighup=False)
 
-    from service import api, fastpath, metrics, openapi, page, request_log, v2
+    from service import api, fastpath, openapi, page
+    from service.observability import metrics, request_log
+    from service.v2 import views as v2
 
     app.register_blueprint(api.create_blueprint())
     app.register_blueprint(v2.create_blueprint())
@@ -100,7 +102,7 @@ def current_config() -> ServiceConfig:
 
 
 def _request_id() -> str | None:
-    from service.request_log import current_request_id
+    from service.observability.request_log import current_request_id
 
     return current_request_id()
 

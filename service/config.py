@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from service.contract import MAX_BATCH_SIZE
+from service.model.contract import MAX_BATCH_SIZE
 
 T = TypeVar("T")
 

@@ -23,17 +23,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from service import api, metrics, v2
+from service import api
 from service.config import ServiceConfig
 from service.errors import ServiceError
-from service.predictor import Predictor
-from service.request_log import (
+from service.model.predictor import Predictor
+from service.observability import metrics
+from service.observability.request_log import (
     REQUEST_ID_HEADER,
     line_fields,
     log_request,
     request_id_from,
 )
-from service.v2_binary import HEADER_LENGTH
+from service.v2 import views as v2
+from service.v2.binary import HEADER_LENGTH
 
 log = logging.getLogger(__name__)
 

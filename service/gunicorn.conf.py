@@ -38,7 +38,7 @@ preload_app = False
 limit_request_line = 4094
 limit_request_fields = 64
 limit_request_field_size = 8190
-# the app logs one JSON line per request itself (service.request_log)
+# the app logs one JSON line per request itself (service.observability.request_log)
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
@@ -70,7 +70,7 @@ def _configure_service_logging() -> None:
     handler.setFormatter(
         logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     )
-    for name in ("service.predictor", "service.app"):
+    for name in ("service.model.predictor", "service.app"):
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(handler)
@@ -114,7 +114,7 @@ def post_worker_init(worker):
 
 def child_exit(server, worker):
     """In the master: drop the dead worker's live gauges from /metrics."""
-    from service.metrics import mark_worker_dead
+    from service.observability.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.contract import IMAGE_SIDE, N_PIXELS
 from service.errors import InvalidImage
+from service.model.contract import IMAGE_SIDE, N_PIXELS
 
 #: the digit is scaled to fit this box inside the 28x28 field, as in MNIST
 DIGIT_BOX = 20

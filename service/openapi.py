@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of every route (GET /openapi.json) and a docs page for it (GET /docs).
 
-The sizes, ranges and limits in the schemas come from service.contract and the ServiceConfig the
-app runs with, so the document says what this server accepts. The page is Swagger UI, served from
-the swagger-ui-py wheel by this app: nothing is loaded from the internet.
+The sizes, ranges and limits in the schemas come from service.model.contract and the
+ServiceConfig the app runs with, so the document says what this server accepts. The page is
+Swagger UI, served from the swagger-ui-py wheel by this app: nothing is loaded from the internet.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_from_directory
 
 from service.config import ServiceConfig
-from service.contract import (
+from service.errors import NotFound
+from service.images import ImageLimits
+from service.model.contract import (
     IMAGE_SIDE,
     INPUT_NAME,
     MODEL_NAME,
@@ -26,9 +28,7 @@ from service.contract import (
     OUTPUT_PROBABILITIES,
     PIXEL_MAX,
 )
-from service.errors import NotFound
-from service.images import ImageLimits
-from service.request_log import MAX_REQUEST_ID_LENGTH, REQUEST_ID_HEADER
+from service.observability.request_log import MAX_REQUEST_ID_LENGTH, REQUEST_ID_HEADER
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"

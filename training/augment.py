@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.contract import IMAGE_SIDE, N_PIXELS
+from service.model.contract import IMAGE_SIDE, N_PIXELS
 
 #: images distorted per vectorised step: bounds the memory of the coordinate arrays (~60 MB)
 CHUNK = 4096

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import (
+from service.model.contract import (
     CLASS_LABELS,
     N_CLASSES,
     SELFTEST_FILE,
     input_contract,
     output_contract,
 )
-from service.repository import sha256_bytes
+from service.model.repository import sha256_bytes
 from training.config import TrainConfig
 from training.data import MnistData, Split
 from training.evaluate import Evaluation

@@ -21,8 +21,8 @@ from typing import TextIO
 
 import numpy as np
 
-from service.contract import IMAGE_SIDE, N_PIXELS, PIXEL_MAX
-from service.repository import write_atomically
+from service.model.contract import IMAGE_SIDE, N_PIXELS, PIXEL_MAX
+from service.model.repository import write_atomically
 
 #: file name -> MD5 of the decompressed bytes (the original distribution)
 MNIST_FILES: dict[str, str] = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import CLASS_LABELS
+from service.model.contract import CLASS_LABELS
 from training.data import Split, scale_pixels
 from training.fit import catch_convergence, log_loss
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.contract import INPUT_NAME, N_PIXELS, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from service.model.contract import INPUT_NAME, N_PIXELS, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
 #: pinned so the same model gives the same bytes with any onnx release, and older runtimes
 #: (Triton, KServe) still load it

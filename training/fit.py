@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.contract import CLASS_LABELS
+from service.model.contract import CLASS_LABELS
 from training.config import TrainConfig
 from training.data import Split, scale_pixels
 

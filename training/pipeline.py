@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.contract import SELFTEST_FILE
-from service.repository import ModelRepository, ModelVersion
+from service.model.contract import SELFTEST_FILE
+from service.model.repository import ModelRepository, ModelVersion
 from training.card import build_card, build_selftest
 from training.config import TrainConfig
 from training.data import DataError, MnistData, Split, load_mnist, scale_pixels

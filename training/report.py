@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import IMAGE_SIDE, N_CLASSES, N_PIXELS
+from service.model.contract import IMAGE_SIDE, N_CLASSES, N_PIXELS
 
 REPORT_DIR = "report"
 METRICS_FILE = f"{REPORT_DIR}/metrics.json"

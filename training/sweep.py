@@ -353,7 +353,7 @@ def write_outputs(
     out: Path, results: Sequence[RunResult], base: TrainConfig, command: str
 ) -> dict[str, Path]:
     """Write results.csv, results.md, runs.csv and loss_curves.png into ``out`` (atomically)."""
-    from service.repository import write_atomically
+    from service.model.repository import write_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)

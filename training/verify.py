@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
 #: largest acceptable |p_onnx - p_sklearn|; float32 graphs differ from sklearn by ~1e-7
 PROBABILITY_TOLERANCE = 1e-4

@@ -26,7 +26,7 @@ from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 GUNICORN_CONF = REPO_ROOT / "service" / "gunicorn.conf.py"
 APP = "service.app:create_app()"
 READY_PATH = "/v2/health/ready"
-#: the line a worker logs once its model passed validation (service.predictor)
+#: the line a worker logs once its model passed validation (service.model.predictor)
 WORKER_READY_MARK = " serving mnist version "
 START_TIMEOUT = 60.0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.repository import ModelRepository
+from service.model.repository import ModelRepository
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))

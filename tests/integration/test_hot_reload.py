@@ -18,7 +18,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.repository import ModelRepository, sha256_bytes
+from service.model.repository import ModelRepository, sha256_bytes
 from tests.integration.conftest import RunningServer
 from tests.service.test_predictor import committed_parts, publish_copy, renamed_input_model
 

@@ -13,9 +13,9 @@ import pytest
 import requests
 from PIL import Image
 
-from service.contract import INPUT_NAME, OUTPUT_LABEL, PIXEL_SCALE
 from service.images import preprocess_image
-from service.repository import ModelRepository
+from service.model.contract import INPUT_NAME, OUTPUT_LABEL, PIXEL_SCALE
+from service.model.repository import ModelRepository
 from tests.conftest import COMMITTED_MODELS
 from training.data import load_mnist
 

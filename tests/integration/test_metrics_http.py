@@ -16,7 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.contract import MODEL_NAME
+from service.model.contract import MODEL_NAME
 from tests.conftest import COMMITTED_MODELS
 
 WORKERS = 2

@@ -15,7 +15,7 @@ from service import serve
 from service.app import create_app, current_predictor_of
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
-from service.predictor import LoadedModel, Prediction, Predictor
+from service.model.predictor import LoadedModel, Prediction, Predictor
 from tests.service.test_predictor import RecordingMetrics, committed_parts, publish_copy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, ServiceConfig
-from service.contract import MAX_BATCH_SIZE
+from service.model.contract import MAX_BATCH_SIZE
 
 
 def test_defaults_with_an_empty_environment() -> None:

@@ -20,11 +20,12 @@ import pytest
 from flask import Flask
 from werkzeug.test import Client
 
-from service import api, fastpath, request_log
+from service import api, fastpath
 from service.app import create_app, current_predictor_of
 from service.config import ServiceConfig
 from service.fastpath import InferenceFastPath
-from service.v2_binary import HEADER_LENGTH
+from service.observability import request_log
+from service.v2.binary import HEADER_LENGTH
 from tests.service.test_api import DIGITS, EXPECTED, png_bytes
 from tests.service.test_predictor import publish_copy
 

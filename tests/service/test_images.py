@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from service.contract import IMAGE_SIDE, N_PIXELS
 from service.errors import InvalidImage
 from service.images import DIGIT_BOX, ImageLimits, encode_png_base64, preprocess_image
+from service.model.contract import IMAGE_SIDE, N_PIXELS
 
 # A seven: asymmetric, so a wrong rotation or mirror shows up in the comparison.
 SEVEN = [(0.22, 0.18), (0.78, 0.18), (0.42, 0.85)]

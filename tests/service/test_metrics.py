@@ -1,4 +1,4 @@
-"""Unit tests of service.metrics: /metrics over the Flask test client, and multiprocess merging."""
+"""Unit tests of service.observability.metrics: /metrics via the test client, multiprocess."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from flask import Flask, g, request
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import metrics, request_log
-from service.contract import MAX_BATCH_SIZE
 from service.errors import InvalidInput, ServiceError
+from service.model.contract import MAX_BATCH_SIZE
+from service.observability import metrics, request_log
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -224,7 +224,7 @@ def test_metrics_route_is_registered_for_get_only(client):
 
 WORKER = """
 import json, os, sys
-from service import metrics
+from service.observability import metrics
 metrics.set_model_info("mnist", int(sys.argv[1]), "c" * 64)
 metrics.observe_inference(0.001, 3, [5, 5, 2], int(sys.argv[1]))
 metrics.count_reload("success")

@@ -16,7 +16,7 @@ from referencing.jsonschema import DRAFT202012
 
 from service.app import create_app
 from service.config import ServiceConfig
-from service.contract import IMAGE_SIDE, MODEL_NAME, N_CLASSES, N_PIXELS, PIXEL_MAX
+from service.model.contract import IMAGE_SIDE, MODEL_NAME, N_CLASSES, N_PIXELS, PIXEL_MAX
 from service.openapi import ApiLimits, build_document
 from tests.conftest import COMMITTED_MODELS
 

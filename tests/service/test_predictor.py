@@ -17,8 +17,8 @@ import pytest
 
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
-from service.predictor import ModelRejected, Predictor, check_card
-from service.repository import ModelRepository, ModelVersion, sha256_bytes
+from service.model.predictor import ModelRejected, Predictor, check_card
+from service.model.repository import ModelRepository, ModelVersion, sha256_bytes
 from tests.conftest import COMMITTED_MODELS
 
 SOURCE = COMMITTED_MODELS / "mnist" / "1"

@@ -1,4 +1,4 @@
-"""Unit tests of service.request_log: request ids and one JSON log line per request."""
+"""Unit tests of service.observability.request_log: request ids, one JSON line per request."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flask import Flask, g, request
 
-from service import request_log
 from service.errors import InvalidInput, ServiceError
-from service.request_log import REQUEST_ID_HEADER, current_request_id
+from service.observability import request_log
+from service.observability.request_log import REQUEST_ID_HEADER, current_request_id
 
 
 def build_app() -> Flask:

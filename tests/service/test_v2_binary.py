@@ -13,7 +13,7 @@ from tritonclient.http import InferResult
 from tritonclient.utils import deserialize_bytes_tensor
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.v2_binary import (
+from service.v2.binary import (
     BinarySection,
     binary_data_size,
     decompress_body,

@@ -10,7 +10,7 @@ import pytest
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput, InferResult
 
 from service.errors import BadRequest
-from service.v2_infer import (
+from service.v2.codec import (
     InferRequest,
     RequestedOutput,
     encode_infer_response,

@@ -14,9 +14,9 @@ import pytest
 from flask.testing import FlaskClient
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput, InferResult
 
-from service.contract import MAX_BATCH_SIZE, triton_config
 from service.errors import ModelUnavailable
-from service.v2 import create_blueprint
+from service.model.contract import MAX_BATCH_SIZE, triton_config
+from service.v2.views import create_blueprint
 
 VERSION = 3
 

@@ -7,7 +7,7 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from service.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 from training.config import Activation, Solver, TrainConfig, validate
 from training.data import scale_pixels
 from training.evaluate import evaluate

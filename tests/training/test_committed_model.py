@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from service.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES, SELFTEST_FILE
-from service.repository import ModelRepository
+from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES, SELFTEST_FILE
+from service.model.repository import ModelRepository
 from training.data import scale_pixels
 from training.verify import run_onnx
 

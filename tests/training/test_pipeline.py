@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from service.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
-from service.repository import ModelRepository
+from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from service.model.repository import ModelRepository
 from training.cli import main
 from training.config import TrainConfig
 from training.data import scale_pixels

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.contract import TRITON_CONFIG_FILE, triton_config
-from service.repository import STAGING_PREFIX, ModelRepository, RepositoryError
+from service.model.contract import TRITON_CONFIG_FILE, triton_config
+from service.model.repository import STAGING_PREFIX, ModelRepository, RepositoryError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ONNX = b"not really onnx, the repository only stores bytes"
@@ -66,7 +66,7 @@ def test_a_publish_that_fails_midway_leaves_nothing_visible(tmp_path):
 def test_concurrent_publishers_in_separate_processes_get_distinct_numbers(tmp_path):
     script = (
         "import sys\n"
-        "from service.repository import ModelRepository\n"
+        "from service.model.repository import ModelRepository\n"
         "repo = ModelRepository(sys.argv[1])\n"
         "print(' '.join(str(repo.publish(sys.argv[2].encode() * 1000, {}).version)"
         " for _ in range(3)))\n"

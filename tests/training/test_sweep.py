@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.repository import ModelRepository
+from service.model.repository import ModelRepository
 from training import sweep
 from training.config import TrainConfig
 

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.contract import CARD_FILE, MODEL_FILE, MODEL_NAME, TRITON_CONFIG_FILE, triton_config
+from service.model.contract import (
+    CARD_FILE,
+    MODEL_FILE,
+    MODEL_NAME,
+    TRITON_CONFIG_FILE,
+    triton_config,
+)
 
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".publish.lock"

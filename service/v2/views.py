@@ -16,17 +16,17 @@ import flask
 import numpy as np
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.contract import (
+from service.errors import ModelUnavailable, NotFound, ServiceError
+from service.model.contract import (
     INPUT_NAME,
     N_CLASSES,
     N_PIXELS,
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
 )
-from service.errors import ModelUnavailable, NotFound, ServiceError
-from service.request_log import RequestNotes
-from service.v2_binary import HEADER_LENGTH, decompress_body
-from service.v2_infer import encode_infer_response, parse_infer_request
+from service.observability.request_log import RequestNotes
+from service.v2.binary import HEADER_LENGTH, decompress_body
+from service.v2.codec import encode_infer_response, parse_infer_request
 
 SERVER_NAME = "mnist-service"
 PLATFORM = "onnxruntime_onnx"
@@ -36,7 +36,7 @@ EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
 
 
 class LoadedModelLike(Protocol):
-    """What V2 reads of the predictor's loaded model (service.predictor.LoadedModel)."""
+    """What V2 reads of the predictor's loaded model (service.model.predictor.LoadedModel)."""
 
     @property
     def name(self) -> str: ...
@@ -45,7 +45,7 @@ class LoadedModelLike(Protocol):
 
 
 class PredictionLike(Protocol):
-    """What V2 reads of a prediction (service.predictor.Prediction)."""
+    """What V2 reads of a prediction (service.model.predictor.Prediction)."""
 
     @property
     def labels(self) -> np.ndarray: ...
@@ -65,7 +65,7 @@ class LimitsLike(Protocol):
 
 
 class PredictorLike(Protocol):
-    """The slice of service.predictor.Predictor that V2 uses."""
+    """The slice of service.model.predictor.Predictor that V2 uses."""
 
     @property
     def config(self) -> LimitsLike: ...

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.contract import (
+from service.errors import BadRequest
+from service.model.contract import (
     IMAGE_SIDE,
     INPUT_NAME,
     N_CLASSES,
@@ -22,8 +23,7 @@ from service.contract import (
     OUTPUT_PROBABILITIES,
     PIXEL_MAX,
 )
-from service.errors import BadRequest
-from service.v2_binary import (
+from service.v2.binary import (
     BinarySection,
     binary_data_size,
     encode_bytes_elements,

@@ -30,8 +30,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from service.contract import MAX_BATCH_SIZE, N_CLASSES
-from service.request_log import route_label
+from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
+from service.observability.request_log import route_label
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NAMESPACE = "mnist"

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from service import contract
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
-from service.repository import ModelRepository, ModelVersion, RepositoryError, sha256_bytes
+from service.model import contract
+from service.model.repository import ModelRepository, ModelVersion, RepositoryError, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ModelRejected(Exception):
 
 
 class PredictorMetrics(Protocol):
-    """What the Predictor reports; service.metrics implements it."""
+    """What the Predictor reports; service.observability.metrics implements it."""
 
     def observe_inference(
         self, seconds: float, batch_size: int, labels: np.ndarray, model_version: int
@@ -60,8 +60,8 @@ class SilentMetrics:
 
 
 def default_metrics() -> PredictorMetrics:
-    """The process's Prometheus metrics (service.metrics)."""
-    from service import metrics
+    """The process's Prometheus metrics (service.observability.metrics)."""
+    from service.observability import metrics
 
     return metrics  # type: ignore[return-value]
 

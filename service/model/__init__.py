@@ -1,0 +1,1 @@
+"""The model repository and the model: contract, repository, predictor. No Flask here."""
