@@ -20,6 +20,7 @@ from flask import Blueprint, Request, Response, g, request
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 
+from service import json_arrays
 from service.app import current_config, current_predictor
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
 from service.errors import (
@@ -109,6 +110,26 @@ def images_from_json(
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
 ) -> np.ndarray:
     """float32 [N, 784] in [0, 1] from a JSON body {"images": [...]}; a 4xx error otherwise."""
+    pixels = json_arrays.pixel_rows(body, max_batch)
+    if pixels is not None and pixels.min() >= 0 and pixels.max() <= contract.PIXEL_MAX:
+        pixels /= np.float32(contract.PIXEL_MAX)
+        return pixels
+    # anything else, a pixel out of range included, is parsed as Python objects: slower, but it
+    # finds the first bad value and names it
+    return images_from_json_objects(body, max_batch, limits, max_request_pixels)
+
+
+def images_from_json_objects(
+    body: bytes,
+    max_batch: int,
+    limits: ImageLimits,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+) -> np.ndarray:
+    """images_from_json by way of Python objects: base64 images, and every malformed body.
+
+    float32 [N, 784] in [0, 1]; the same result as images_from_json for every body, and the 4xx
+    error that names the first thing wrong with a bad one.
+    """
     if not body.strip():
         raise BadRequest('the body is empty; expected JSON {"images": [...]}')
     try:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service import json_arrays
 from service.errors import BadRequest
 from service.model.contract import (
     IMAGE_SIDE,
@@ -59,7 +60,11 @@ class InferRequest:
 
 def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) -> InferRequest:
     """The request in ``body``; ``header_length`` is the Inference-Header-Content-Length value."""
-    header, binary = split_body(body, parse_header_length(header_length, len(body)))
+    plain = json_arrays.infer_request_with_data(body) if header_length is None else None
+    if plain is None:
+        header, binary = split_body(body, parse_header_length(header_length, len(body)))
+    else:  # all JSON, the input's numbers already an array (the common JSON request, read fast)
+        header, binary = plain, BinarySection(memoryview(b""))
     if header_length is None and header.get("inputs") and _uses_binary(header["inputs"]):
         raise BadRequest(
             "an input has parameters.binary_data_size but the request has no "
@@ -219,14 +224,12 @@ def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
 
 
 def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarray:
-    if not isinstance(data, list):
+    if isinstance(data, np.ndarray):
+        array = data  # read by json_arrays as np.array(data) would have made it
+    elif not isinstance(data, list):
         raise BadRequest(f"{where}: 'data' must be a JSON array of numbers")
-    try:
-        array = np.array(data)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise BadRequest(f"{where}: 'data' is not a regular array of numbers ({exc})") from exc
-    if array.dtype.kind not in "iuf":
-        raise BadRequest(f"{where}: 'data' must hold numbers only (no strings, booleans or null)")
+    else:
+        array = _array_of(data, where)
     if array.ndim != 1 and list(array.shape) != shape:
         raise BadRequest(
             f"{where}: nested 'data' has shape {list(array.shape)} but 'shape' says {shape}"
@@ -235,6 +238,16 @@ def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarra
         raise BadRequest(
             f"{where}: 'data' holds {array.size} values but shape {shape} needs {count}"
         )
+    return array
+
+
+def _array_of(data: list[Any], where: str) -> np.ndarray:
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise BadRequest(f"{where}: 'data' is not a regular array of numbers ({exc})") from exc
+    if array.dtype.kind not in "iuf":
+        raise BadRequest(f"{where}: 'data' must hold numbers only (no strings, booleans or null)")
     return array
 
 
