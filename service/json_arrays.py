@@ -131,12 +131,9 @@ def infer_request_with_data(body: bytes) -> dict[str, Any] | None:
         else:
             array = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
         # each key, then its value: items() would convert "data" to Python objects too
-        plain_tensor = {
-            key: array if key == "data" else _plain(tensor[key]) for key in tensor
-        }
+        plain_tensor = {key: array if key == "data" else _plain(tensor[key]) for key in tensor}
         return {
-            key: [plain_tensor] if key == "inputs" else _plain(document[key])
-            for key in document
+            key: [plain_tensor] if key == "inputs" else _plain(document[key]) for key in document
         }
     except _PARSE_ERRORS:
         return None
