@@ -1,6 +1,7 @@
 """The one gunicorn configuration: mnist-serve, make serve, the tests and the Docker image use it.
 
-Settings come from the environment (BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT);
+Settings come from the environment (BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT;
+the worker reads REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT and MAX_BODY_BYTES itself);
 flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
 """
 
@@ -27,8 +28,10 @@ def _env_int(name: str, default: int, lowest: int = 1) -> int:
 
 bind = [os.environ.get("BIND", "").strip() or "127.0.0.1:8000"]
 workers = _env_int("WEB_CONCURRENCY", 2)
-# threads let one worker overlap JSON parsing and I/O; onnxruntime runs are thread-safe
-worker_class = "gthread"
+# threads let one worker overlap JSON parsing and I/O; onnxruntime runs are thread-safe.
+# gthread that reads each request whole in the event loop, within REQUEST_HEAD_TIMEOUT and
+# REQUEST_BODY_TIMEOUT, before a thread sees it: slow or idle clients hold no thread.
+worker_class = "service.request_buffering.BufferingThreadWorker"
 threads = _env_int("GUNICORN_THREADS", 4)
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = 20

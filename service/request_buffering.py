@@ -1,0 +1,289 @@
+"""A gunicorn gthread worker that reads each request whole before a thread sees it.
+
+gunicorn's own gthread worker hands a connection to a worker thread as soon as its first bytes
+arrive, and the thread then blocks in ``recv`` until the request line, the headers and the body
+are complete, with no deadline: a few clients that send one byte a second hold every thread and
+nobody else is answered. ``BufferingThreadWorker`` reads in the worker's event loop instead
+(non-blocking ``recv`` into a per-connection buffer, as nginx does in front of an upstream) and
+submits the connection to the thread pool only when the request is complete, so a slow or idle
+client costs a file descriptor and its buffer, never a thread. Each request must arrive within a
+deadline (``ReadDeadlines``); past it the client gets a JSON 408 and the connection is closed.
+
+gunicorn offers no read deadline of its own; a proxy in front (deploy/nginx) does the same job
+for the compose stack and Kubernetes ingresses, but ``mnist-serve`` alone must survive too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import selectors
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+#: the request head ends at the first empty line (RFC 9112 section 2.1)
+_HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
+_EXPECT_CONTINUE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.I)
+_RECV_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ReadDeadlines:
+    """How long a client may take to send one request, and how much of it is buffered.
+
+    ``head_seconds``: from the connection becoming readable (a new connection, or a kept-alive
+    one receiving its next request) to the end of the headers. ``body_seconds``: from then to the
+    last body byte. ``max_body_bytes``: larger bodies are not buffered; the request goes to a
+    thread at once, where the app refuses it (413) without reading it.
+    """
+
+    head_seconds: float = 10.0
+    body_seconds: float = 60.0
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ReadDeadlines:
+        """REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT (seconds) and MAX_BODY_BYTES, or defaults."""
+        defaults = cls()
+
+        def number(name: str, default: float) -> float:
+            text = environ.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                raise SystemExit(f"{name}={text!r} is not a number") from None
+            if not value > 0:
+                raise SystemExit(f"{name}={text} must be above 0")
+            return value
+
+        return cls(
+            head_seconds=number("REQUEST_HEAD_TIMEOUT", defaults.head_seconds),
+            body_seconds=number("REQUEST_BODY_TIMEOUT", defaults.body_seconds),
+            max_body_bytes=int(number("MAX_BODY_BYTES", defaults.max_body_bytes)),
+        )
+
+
+class RequestReading:
+    """The bytes one client sent so far for its next request, and whether they make a whole one.
+
+    Scans only the bytes that arrived since the last call, so a large body read in many pieces
+    costs linear time.
+    """
+
+    def __init__(self, max_head_bytes: int, max_body_bytes: int) -> None:
+        self.buffer = bytearray()
+        self.max_head_bytes = max_head_bytes
+        self.max_body_bytes = max_body_bytes
+        self.body_start: int | None = None  # offset of the body once the head is complete
+        self.expected_end: int | None = None  # offset past the body when its length is known
+        self.chunk_cursor = 0  # where the next chunk-size line starts (chunked bodies)
+        self.chunked = False
+        self.continue_sent = False
+
+    def add(self, data: bytes) -> bool | None:
+        """Append ``data``; True when the request is complete (or gunicorn's parser must see it
+        now: a malformed or oversized head, a body over the limit), False when more bytes are due,
+        None when the client waits for ``100 Continue`` before it sends the body."""
+        previous = len(self.buffer)
+        self.buffer += data
+        if self.body_start is None:
+            head_end = self.buffer.find(_HEAD_END, max(0, previous - len(_HEAD_END) + 1))
+            if head_end < 0:
+                return len(self.buffer) > self.max_head_bytes
+            verdict = self._read_head(head_end)
+            if verdict is not False:
+                return verdict
+        if self.chunked:
+            return self._chunked_body_complete()
+        assert self.expected_end is not None
+        return len(self.buffer) >= self.expected_end
+
+    def _read_head(self, head_end: int) -> bool | None:
+        # search from the request line's CRLF on, so every field starts with CRLF
+        head = bytes(self.buffer[: head_end + 2])
+        self.body_start = head_end + len(_HEAD_END)
+        if _CHUNKED.search(head):
+            self.chunked = True
+            self.chunk_cursor = self.body_start
+            return False
+        lengths = set(_CONTENT_LENGTH.findall(head))
+        if not lengths:
+            self.expected_end = self.body_start
+            return True
+        if len(lengths) > 1:
+            return True  # ambiguous: gunicorn's parser answers 400
+        length = int(lengths.pop())
+        if length > self.max_body_bytes:
+            return True  # the app refuses it (413) without reading it
+        self.expected_end = self.body_start + length
+        if len(self.buffer) >= self.expected_end:
+            return True
+        if len(self.buffer) == self.body_start and _EXPECT_CONTINUE.search(head):
+            return None
+        return False
+
+    def _chunked_body_complete(self) -> bool:
+        assert self.body_start is not None
+        buffer = self.buffer
+        while True:
+            if self.chunk_cursor - self.body_start > self.max_body_bytes:
+                return True
+            line_end = buffer.find(b"\r\n", self.chunk_cursor)
+            if line_end < 0:
+                return len(buffer) - self.chunk_cursor > self.max_head_bytes
+            size_text = bytes(buffer[self.chunk_cursor : line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                return True  # malformed: gunicorn's parser answers 400
+            if size == 0:
+                # optional trailer fields, then an empty line
+                return buffer.startswith(b"\r\n", line_end + 2) or (
+                    buffer.find(_HEAD_END, line_end) >= 0
+                )
+            following = line_end + 2 + size + 2
+            if following > len(buffer):
+                return False
+            self.chunk_cursor = following
+
+
+def _timeout_answer() -> bytes:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "request_timeout",
+                "message": "the request did not arrive in time; send it faster or in one go",
+            }
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class BufferingThreadWorker(ThreadWorker):
+    """gthread, but a request is read whole in the event loop before a thread handles it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadlines = ReadDeadlines.from_env(os.environ)
+        cfg = self.cfg
+        if cfg.limit_request_line and cfg.limit_request_fields and cfg.limit_request_field_size:
+            self.max_head_bytes = (
+                cfg.limit_request_line
+                + cfg.limit_request_fields * (cfg.limit_request_field_size + 2)
+                + 4
+            )
+        else:
+            self.max_head_bytes = 1024 * 1024
+        # connections still sending a request, with what they sent so far
+        self.reading: dict[TConn, RequestReading] = {}
+
+    # --- connections enter reading from accept() and from keep-alive ---------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        """Accept a connection and start reading its request in the event loop."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        self._start_reading(conn)
+
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        """A kept-alive connection has bytes of its next request: read them in the loop."""
+        self.keepalived_conns.remove(conn)
+        self.poller.unregister(client)
+        self._start_reading(conn)
+
+    def _start_reading(self, conn: TConn) -> None:
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + self.deadlines.head_seconds
+        self.reading[conn] = RequestReading(self.max_head_bytes, self.deadlines.max_body_bytes)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+
+    # --- the loop's part: receive, check completeness, hand over -------------------------------
+
+    def _on_bytes(self, conn: TConn, client: socket.socket) -> None:
+        reading = self.reading[conn]
+        try:
+            data = client.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        had_head = reading.body_start is not None
+        state = reading.add(data)
+        if state:
+            self.poller.unregister(client)
+            del self.reading[conn]
+            conn.buffered = bytes(reading.buffer)
+            conn.data_ready = True
+            self.enqueue_req(conn)
+            return
+        if not had_head and reading.body_start is not None:
+            conn.timeout = time.monotonic() + self.deadlines.body_seconds
+        if state is None and not reading.continue_sent:
+            reading.continue_sent = True
+            try:
+                client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                self._drop(conn)
+
+    def handle(self, conn: TConn) -> Any:
+        """In a worker thread: give the buffered request to gunicorn's parser, then serve it."""
+        buffered = getattr(conn, "buffered", b"")
+        if buffered:
+            conn.buffered = b""
+            conn.sock.setblocking(True)
+            conn.init()
+            unreader = conn.parser.unreader
+            unreader.unread(unreader.take_buffered() + buffered)
+        return super().handle(conn)
+
+    # --- deadlines: called by ThreadWorker.run() once per loop turn ----------------------------
+
+    def murder_pending(self) -> None:
+        """Close connections past their read deadline (408 when they sent anything)."""
+        super().murder_pending()
+        now = time.monotonic()
+        expired = [
+            conn
+            for conn, reading in self.reading.items()
+            # a stopping worker does not wait for requests nobody has started to send
+            if conn.timeout <= now or (not self.alive and not reading.buffer)
+        ]
+        for conn in expired:
+            if self.reading[conn].buffer:
+                with contextlib.suppress(OSError):
+                    conn.sock.send(_timeout_answer())
+            self._drop(conn)
+
+    def _drop(self, conn: TConn) -> None:
+        self.reading.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
