@@ -5,16 +5,23 @@ samples to mmap files in that folder and /metrics merges all of them, so any wor
 whole server. Without it (a Flask test client, one process) the metrics live in this process only.
 The metric objects are created on first use, never at import time, because prometheus_client picks
 its storage when a metric is created.
+
+Metrics never take a request down: a sample that cannot be written (a full or vanished folder,
+a failed mmap) is dropped, counted in ``mnist_metrics_write_failures_total`` and logged once per
+process, and the caller carries on (``never_fails``); the files themselves are grown so that a
+full disk is an error, not a SIGBUS (service.observability.metric_files).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
 from flask import Flask, Response, g, request
@@ -28,13 +35,19 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
+from service.observability import metric_files
 from service.observability.request_log import route_label
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NAMESPACE = "mnist"
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ReloadOutcome = Literal["success", "failure"]
 
@@ -179,6 +192,54 @@ class ServiceMetrics:
         )
 
 
+@dataclass(eq=False)  # a collector is registered by identity
+class WriteFailures:
+    """Samples this process could not record, and whether that was logged yet."""
+
+    count: int = 0
+    logged: bool = False
+
+    def record(self, exc: BaseException) -> None:
+        """Count one failure; the first one in a process is logged with its reason."""
+        self.count += 1
+        if not self.logged:
+            self.logged = True
+            log.error(
+                "writing metrics failed (%s: %s); requests are still answered, samples are "
+                "dropped and counted in mnist_metrics_write_failures_total (logged once per "
+                "process)",
+                type(exc).__name__,
+                exc,
+            )
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        """The count as a Prometheus counter of this process (prometheus_client collector)."""
+        family = CounterMetricFamily(
+            f"{NAMESPACE}_metrics_write_failures",
+            "Samples the answering worker could not record (full or missing metrics folder).",
+            labels=["pid"],
+        )
+        family.add_metric([str(os.getpid())], self.count)
+        yield family
+
+
+write_failures = WriteFailures()
+
+
+def never_fails(func: Callable[P, R]) -> Callable[P, R | None]:
+    """Run ``func``; any error it raises is counted and logged once, and None returned."""
+
+    @functools.wraps(func)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # metrics must never fail a request, whatever broke
+            write_failures.record(exc)
+            return None
+
+    return guarded
+
+
 _lock = threading.Lock()
 _metrics: ServiceMetrics | None = None
 
@@ -192,15 +253,26 @@ def service_metrics() -> ServiceMetrics:
     with _lock:
         if _metrics is None:
             multiprocess_mode = multiprocess_dir() is not None
-            if multiprocess_mode and not getattr(values.ValueClass, "_multiprocess", False):
-                # prometheus_client chose in-memory values when it was imported, before the
-                # variable was set (e.g. a test imported it first); every metric created from
-                # now on must write to the shared files instead, or other workers never see it.
-                values.ValueClass = values.get_value_class()
-            _metrics = ServiceMetrics.create(multiprocess_mode)
+            if multiprocess_mode:
+                metric_files.install()
+                if not getattr(values.ValueClass, "_multiprocess", False):
+                    # prometheus_client chose in-memory values when it was imported, before the
+                    # variable was set (e.g. a test imported it first); every metric created from
+                    # now on must write to the shared files instead, or other workers never see it.
+                    values.ValueClass = values.get_value_class()
+            try:
+                _metrics = ServiceMetrics.create(multiprocess_mode)
+            except Exception as exc:
+                if not multiprocess_mode:
+                    raise
+                # the folder is missing or full: this process keeps its figures in memory
+                write_failures.record(exc)
+                values.ValueClass = values.MutexValue
+                _metrics = ServiceMetrics.create(multiprocess_mode=False)
         return _metrics
 
 
+@never_fails
 def observe_inference(
     seconds: float, batch_size: int, labels: Iterable[int] | np.ndarray, model_version: int
 ) -> None:
@@ -219,11 +291,13 @@ def observe_inference(
             metrics.child(metrics.predictions, str(digit), version).inc(count)
 
 
+@never_fails
 def observe_preprocessing(seconds: float) -> None:
     """Record the time spent decoding and preparing the images of one request."""
     service_metrics().preprocessing_latency.observe(seconds)
 
 
+@never_fails
 def set_model_info(name: str, version: int, sha256: str) -> None:
     """Mark the model this worker now serves (and the one it served before as 0)."""
     metrics = service_metrics()
@@ -238,12 +312,18 @@ def set_model_info(name: str, version: int, sha256: str) -> None:
 
 
 def count_reload(outcome: ReloadOutcome) -> None:
-    """Count one attempt to load a new model version."""
+    """Count one attempt to load a new model version; ValueError for an unknown outcome."""
     if outcome not in ("success", "failure"):
         raise ValueError(f"reload outcome must be 'success' or 'failure', not {outcome!r}")
+    _count_reload(outcome)
+
+
+@never_fails
+def _count_reload(outcome: ReloadOutcome) -> None:
     service_metrics().reloads.labels(outcome).inc()
 
 
+@never_fails
 def mark_worker_dead(pid: int) -> None:
     """Drop a dead worker's per-process gauges (gunicorn's child_exit hook calls this)."""
     path = multiprocess_dir()
@@ -255,25 +335,44 @@ def exposition(accept_header: str | None) -> tuple[bytes, str]:
     """The metrics of every worker in the format the scraper asked for, and its content type."""
     metrics = service_metrics()
     path = multiprocess_dir()
-    if path is None:
-        registry = metrics.registry
-    else:
-        # A fresh registry per scrape: the collector reads every worker's files as they are now.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=path)
     try:
         encoder, content_type = choose_encoder(accept_header or "")
     except (TypeError, ValueError):
         # prometheus_client fails on a malformed version parameter (e.g. "version=abc");
         # a scraper that sends one still gets the classic text format rather than a 500.
         encoder, content_type = choose_encoder("")
-    return encoder(registry), content_type
+    registry = CollectorRegistry()
+    try:
+        if path is None or not getattr(values.ValueClass, "_multiprocess", False):
+            # in-process figures (no folder, or the folder failed when the metrics were created)
+            registry.register(_RegistryCollector(metrics.registry))
+        else:
+            # A fresh registry per scrape: the collector reads every worker's files as they are.
+            multiprocess.MultiProcessCollector(registry, path=path)
+        registry.register(write_failures)
+        return encoder(registry), content_type
+    except Exception as exc:  # an unreadable folder: the scrape still gets the failure count
+        write_failures.record(exc)
+        only_failures = CollectorRegistry()
+        only_failures.register(write_failures)
+        return encoder(only_failures), content_type
+
+
+@dataclass(frozen=True)
+class _RegistryCollector:
+    """Another registry's metrics, collected as one collector (prometheus_client protocol)."""
+
+    registry: CollectorRegistry
+
+    def collect(self) -> Iterable[Any]:
+        return self.registry.collect()
 
 
 def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+@never_fails
 def observe_request(route: str, status: int, version: int | None, seconds: float | None) -> None:
     """Count one answered request by route template, status and model version, and time it."""
     metrics = service_metrics()

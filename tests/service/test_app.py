@@ -169,7 +169,7 @@ def test_the_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _gunicorn_settings(monkeypatch)
     assert settings["bind"] == ["127.0.0.1:8000"]
     assert settings["workers"] == 2
-    assert settings["worker_class"] == "gthread"
+    assert settings["worker_class"] == "service.request_buffering.BufferingThreadWorker"
     assert settings["threads"] >= 2
     assert settings["preload_app"] is False
     assert settings["accesslog"] is None
