@@ -72,10 +72,11 @@ test: $(DEV_STAMP) system-packages ## run the WHOLE test suite (starts/stops a D
 	MNIST_DATA_DIR="$(MNIST_DATA_DIR)" $(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	exit $$status
 
-lint: $(DEV_STAMP) ## ruff check, ruff format --check, mypy
+lint: $(DEV_STAMP) ## ruff check, ruff format --check, mypy, the import rules (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(DEV_STAMP) system-packages ## serving benchmarks with wrk (a few minutes; prints tables)
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_bench.py --models-dir $(MODELS_DIR)

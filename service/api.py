@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from flask import Blueprint, Request, Response, g, request
+from flask import Blueprint
 from PIL import Image
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wrappers import Request
 
 from service import json_arrays
-from service.app import current_config, current_predictor
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
+from service.dispatch import Answer, InferenceRequest
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -34,7 +36,7 @@ from service.images import ImageLimits, encode_png_base64, preprocess_image
 from service.model import contract
 from service.model.predictor import Predictor
 from service.observability import metrics
-from service.observability.request_log import RequestNotes, current_request_id
+from service.observability.wsgi import RequestFacts
 
 PREDICT_ROUTE = "/predict"
 JSON_TYPE = "application/json"
@@ -288,6 +290,16 @@ def _json_type(value: Any) -> str:
 # -- uploads --------------------------------------------------------------------------------------
 
 
+def upload_request(req: InferenceRequest, config: ServiceConfig) -> Request:
+    """werkzeug's view of a multipart request, with the service's body and form limits."""
+    upload = Request(req.environ)
+    upload.max_content_length = config.max_body_bytes
+    # a multipart batch holds at most max_batch images; a few parts more are harmless form fields
+    upload.max_form_parts = config.max_batch + 16
+    upload.max_form_memory_size = config.max_body_bytes
+    return upload
+
+
 def images_from_upload(
     req: Request, max_batch: int, limits: ImageLimits, max_request_pixels: int
 ) -> np.ndarray:
@@ -307,16 +319,21 @@ def images_from_upload(
     return np.stack([decoded[index] for index in range(len(parts))])
 
 
-def request_body(req: Request, config: ServiceConfig) -> bytes:
+def request_body(req: InferenceRequest, config: ServiceConfig) -> bytes:
     """The whole body; PayloadTooLarge when it is over the limit, chunked bodies included."""
-    body = req.get_data(cache=False)  # a Content-Length over the limit raises 413 here
-    if req.content_length is None and len(body) >= config.max_body_bytes:
+    body = req.body(config.max_body_bytes)  # a Content-Length over the limit raises 413 here
+    length = req.content_length
+    if length is not None and len(body) < length:
+        raise ClientDisconnected()  # the client went away mid-body: never parse a cut body
+    if length is None and len(body) >= config.max_body_bytes:
         # werkzeug cuts a chunked body at the limit without a word: never parse a cut body
         raise PayloadTooLarge(f"the body is over the limit of {config.max_body_bytes} bytes")
     return body
 
 
-def images_from_request(req: Request, config: ServiceConfig, limits: ImageLimits) -> np.ndarray:
+def images_from_request(
+    req: InferenceRequest, config: ServiceConfig, limits: ImageLimits
+) -> np.ndarray:
     """The request's images as float32 [N, 784] in [0, 1], whatever form they came in."""
     kind = req.mimetype
     budget = config.max_request_pixels
@@ -325,7 +342,11 @@ def images_from_request(req: Request, config: ServiceConfig, limits: ImageLimits
     if kind in IMAGE_TYPES:
         return decode_images({0: request_body(req, config)}, limits, budget)[0][np.newaxis]
     if kind == MULTIPART_TYPE:
-        return images_from_upload(req, config.max_batch, limits, budget)
+        upload = upload_request(req, config)
+        try:
+            return images_from_upload(upload, config.max_batch, limits, budget)
+        finally:
+            upload.close()  # the parts' temporary files
     shown = kind or "no Content-Type"
     raise UnsupportedMediaType(f"{shown} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}")
 
@@ -360,22 +381,18 @@ def predictions_json(
 
 
 def answer_images(
-    predictor: Predictor,
-    images: np.ndarray,
-    options: PredictOptions,
-    request_id: str,
-    notes: RequestNotes,
+    predictor: Predictor, images: np.ndarray, options: PredictOptions, facts: RequestFacts
 ) -> bytes:
     """The JSON answer of /predict for ``images``; notes the batch size and model version."""
-    notes.batch_size = len(images)
+    facts.batch_size = len(images)
     prediction = predictor.predict(images)
-    notes.model_version = prediction.model_version
+    facts.model_version = prediction.model_version
     answer = {
         "predictions": predictions_json(
             prediction.labels, prediction.probabilities, images, options
         ),
         "model": {"name": prediction.model_name, "version": prediction.model_version},
-        "request_id": request_id,
+        "request_id": facts.request_id,
     }
     # orjson directly: Flask's provider (stdlib json, sorted keys) costs more on every call
     return orjson.dumps(answer)
@@ -387,22 +404,28 @@ def image_limits(config: ServiceConfig) -> ImageLimits:
     return ImageLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
 
 
-def create_blueprint(config: ServiceConfig | None = None) -> Blueprint:
-    """POST /predict; ``config`` defaults to the app's ServiceConfig."""
-    blueprint = Blueprint("api", __name__)
+class PredictEndpoint:
+    """POST /predict, answered by the inference dispatcher (service.dispatch), below Flask."""
 
-    @blueprint.post(PREDICT_ROUTE)
-    def predict() -> Response:
-        # the context proxies resolved once: each attribute read through them costs a lookup
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        settings = config or current_config()
-        options = parse_options(req.args) if req.query_string else PredictOptions()
+    endpoint = "api.predict"
+    rules = (PREDICT_ROUTE,)
+
+    def __init__(self, predictor: Predictor, config: ServiceConfig) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.limits = image_limits(config)
+
+    def answer(self, request: InferenceRequest) -> Answer:
+        """The predictions for the request's images; a ServiceError says what was wrong."""
+        query = request.query_string
+        options = parse_options(request.query()) if query else PredictOptions()
         started = time.perf_counter()
-        images = images_from_request(req, settings, image_limits(settings))
+        images = images_from_request(request, self.config, self.limits)
         metrics.observe_preprocessing(time.perf_counter() - started)
-        body = answer_images(
-            current_predictor(), images, options, current_request_id(), g._get_current_object()
-        )
-        return Response(body, mimetype=JSON_TYPE)
+        body = answer_images(self.predictor, images, options, request.facts)
+        return Answer(body, [("Content-Type", JSON_TYPE)])
 
-    return blueprint
+
+def create_blueprint(predictor: Predictor, config: ServiceConfig) -> Blueprint:
+    """The simple API's Flask routes (POST /predict itself is PredictEndpoint's)."""
+    return Blueprint("api", __name__)

@@ -1,7 +1,11 @@
-"""Errors that know their HTTP meaning; one handler in the app renders them all as JSON."""
+"""Errors that know their HTTP meaning; service.error_render renders them all as JSON.
+
+No web framework here: service.model raises these too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 
 
@@ -11,12 +15,11 @@ class ServiceError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.message = message
-
-    def to_json(self) -> dict[str, object]:
-        return {"error": {"code": self.code, "message": self.message}}
+        #: response headers the error needs (e.g. Allow on a 405)
+        self.headers = tuple(headers)
 
 
 class BadRequest(ServiceError):
@@ -58,6 +61,16 @@ class NotFound(ServiceError):
 
     status = HTTPStatus.NOT_FOUND
     code = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists but not for this method; ``allowed`` goes in the Allow header."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: Sequence[str]) -> None:
+        super().__init__(message, headers=[("Allow", ", ".join(allowed))])
 
 
 class ModelUnavailable(ServiceError):

@@ -5,7 +5,6 @@ the worker reads REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT and MAX_BODY_BYTES i
 flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -91,8 +90,9 @@ def _write_json_error(sock, status_int, reason, mesg):
     """gunicorn's own error answers (request line or headers too large, bad HTTP) as our JSON."""
     from gunicorn import util
 
-    code = reason.lower().replace(" ", "_")
-    body = json.dumps({"error": {"code": code, "message": str(mesg)}}).encode()
+    from service.error_render import render_server_error
+
+    body = render_server_error(status_int, reason, str(mesg))
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -820,24 +820,15 @@ def swagger_ui_dir() -> os.PathLike[str]:
     return importlib.resources.files("swagger_ui").joinpath("static")  # type: ignore[return-value]
 
 
-def _app_limits() -> ApiLimits:
-    from service.app import current_config  # the app imports this module: resolve late
-
-    return ApiLimits.from_config(current_config())
-
-
-def create_blueprint(limits: ApiLimits | None = None) -> Blueprint:
-    """GET /openapi.json, GET /docs and the page's assets; limits default to the app's config."""
+def create_blueprint(config: ServiceConfig) -> Blueprint:
+    """GET /openapi.json, GET /docs and the page's assets; the limits are ``config``'s."""
     blueprint = Blueprint("openapi", __name__)
     assets = swagger_ui_dir()
-    documents: dict[ApiLimits, dict[str, Any]] = {}
+    document = build_document(ApiLimits.from_config(config))
 
     @blueprint.get("/openapi.json")
     def openapi_document() -> Response:
-        served = limits or _app_limits()
-        if served not in documents:
-            documents[served] = build_document(served)
-        return jsonify(documents[served])
+        return jsonify(document)
 
     @blueprint.get("/docs")
     def docs_page() -> Response:

@@ -1,4 +1,4 @@
-"""Prometheus metrics for the service, correct across gunicorn workers, and the /metrics route.
+"""Prometheus metrics for the service, correct across gunicorn workers (no web framework here).
 
 With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it for every worker) each worker writes its
 samples to mmap files in that folder and /metrics merges all of them, so any worker answers for the
@@ -18,13 +18,11 @@ import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
-from flask import Flask, Response, g, request
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -40,7 +38,6 @@ from prometheus_client.exposition import choose_encoder
 
 from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
 from service.observability import metric_files
-from service.observability.request_log import route_label
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NAMESPACE = "mnist"
@@ -368,10 +365,6 @@ class _RegistryCollector:
         return self.registry.collect()
 
 
-def _start_timer() -> None:
-    g.metrics_started = time.perf_counter()
-
-
 @never_fails
 def observe_request(route: str, status: int, version: int | None, seconds: float | None) -> None:
     """Count one answered request by route template, status and model version, and time it."""
@@ -380,24 +373,3 @@ def observe_request(route: str, status: int, version: int | None, seconds: float
     metrics.child(metrics.requests, route, code, "" if version is None else str(version)).inc()
     if seconds is not None:
         metrics.child(metrics.request_latency, route, code).observe(seconds)
-
-
-def _observe_request(response: Response) -> Response:
-    started = g.pop("metrics_started", None)
-    seconds = None if started is None else time.perf_counter() - started
-    observe_request(route_label(), response.status_code, g.get("model_version"), seconds)
-    return response
-
-
-def _metrics_view() -> Response:
-    body, content_type = exposition(request.headers.get("Accept"))
-    return Response(body, content_type=content_type)
-
-
-def init_app(app: Flask) -> None:
-    """Serve GET /metrics and time every request of the app by route and status."""
-    service_metrics()
-    # First in line, so the time includes the app's other before_request hooks.
-    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
-    app.after_request(_observe_request)
-    app.add_url_rule("/metrics", endpoint="metrics", view_func=_metrics_view, methods=["GET"])

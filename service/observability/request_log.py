@@ -1,8 +1,8 @@
 """Request ids and one structured JSON log line per request (never pixels or bodies).
 
 The id comes from the client's X-Request-ID header when it is a sane token, otherwise it is
-32 fresh hex digits; it is echoed in the X-Request-ID response header of every response, errors
-included, and routes put it in their JSON bodies through current_request_id().
+32 fresh hex digits; service.observability.wsgi echoes it in the X-Request-ID response header of
+every response, errors included, and writes the line.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from flask import Flask, Response, g, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 128
@@ -28,13 +27,6 @@ LOGGER_NAME = "mnist.requests"
 #: the route of a request that matched no route (404, 405): one value, not one per path
 UNMATCHED_ROUTE = "<unmatched>"
 MAX_LOGGED_PATH = 256
-
-
-class RequestNotes(Protocol):
-    """Where a route leaves what the log line reports of a prediction (flask.g in Flask views)."""
-
-    batch_size: int
-    model_version: int
 
 
 def valid_request_id(candidate: str | None) -> bool:
@@ -73,14 +65,6 @@ def new_request_id() -> str:
 def request_id_from(sent: str | None) -> str:
     """The id of a request whose X-Request-ID header is ``sent``: that one if valid, else new."""
     return sent if sent is not None and valid_request_id(sent) else new_request_id()
-
-
-def current_request_id() -> str:
-    """The id of the request being handled: the client's X-Request-ID if valid, else generated."""
-    request_id = g.get("request_id")
-    if request_id is None:
-        request_id = g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-    return request_id
 
 
 _LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -201,12 +185,6 @@ def log_request(fields: dict[str, Any]) -> None:
         logger.info("request", extra={"fields": fields})
 
 
-def route_label() -> str:
-    """The url rule that matched this request (e.g. /v2/models/<model>), never the raw path."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else UNMATCHED_ROUTE
-
-
 def line_fields(
     *,
     request_id: str,
@@ -232,43 +210,3 @@ def line_fields(
         "request_bytes": request_bytes,
         "pid": _process.pid,  # which gunicorn worker answered
     }
-
-
-def request_fields(response: Response, latency_ms: float | None) -> dict[str, Any]:
-    """line_fields() of the Flask request being finished with ``response``."""
-    # resolve the context-local proxies once: each attribute through them costs a lookup
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    ctx_g = g._get_current_object()
-    rule = req.url_rule
-    return line_fields(
-        request_id=current_request_id(),
-        method=req.method,
-        route=rule.rule if rule is not None else UNMATCHED_ROUTE,
-        path=req.path,
-        status=response.status_code,
-        latency_ms=latency_ms,
-        model_version=ctx_g.get("model_version"),
-        batch_size=ctx_g.get("batch_size"),
-        request_bytes=req.content_length,
-    )
-
-
-def _start_request() -> None:
-    g.request_log_started = time.perf_counter()
-    current_request_id()
-
-
-def _finish_request(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = current_request_id()
-    started = g.pop("request_log_started", None)
-    latency_ms = None if started is None else (time.perf_counter() - started) * 1000.0
-    log_request(request_fields(response, latency_ms))
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Give every request an id, echo it in the response, and log one JSON line per request."""
-    request_logger()
-    # First in line, so the id exists and the clock runs before any other hook can fail.
-    app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
-    app.after_request(_finish_request)

@@ -1,13 +1,14 @@
 """The Open Inference Protocol (KServe V2) for the one served model, as a Flask blueprint.
 
 Health, server and model metadata, Triton's model configuration, and inference with JSON tensors,
-the binary tensor data extension and the classification extension. Errors are answered the
-protocol's way, ``{"error": "..."}``, whatever the rest of the app does.
+the binary tensor data extension and the classification extension. Inference itself is
+:class:`InferEndpoint`, answered by the inference dispatcher below Flask; the rest is the Flask
+blueprint. Errors are rendered by service.error_render in the protocol's shape,
+``{"error": "..."}``, chosen by the /v2 prefix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol
@@ -16,7 +17,8 @@ import flask
 import numpy as np
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.errors import ModelUnavailable, NotFound, ServiceError
+from service.dispatch import Answer, InferenceRequest
+from service.errors import MethodNotAllowed, ModelUnavailable, NotFound, PayloadTooLarge
 from service.model.contract import (
     INPUT_NAME,
     N_CLASSES,
@@ -24,14 +26,14 @@ from service.model.contract import (
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
 )
-from service.observability.request_log import RequestNotes
+from service.observability.wsgi import RequestFacts
 from service.v2.binary import HEADER_LENGTH, decompress_body
 from service.v2.codec import encode_infer_response, parse_infer_request
 
 SERVER_NAME = "mnist-service"
 PLATFORM = "onnxruntime_onnx"
-#: what a compressed request may inflate to when the app sets no MAX_CONTENT_LENGTH
-MAX_INFLATED_BYTES = 64 * 1024 * 1024
+V2_INFER_ROUTE = "/v2/models/<model>/infer"
+V2_INFER_VERSION_ROUTE = "/v2/models/<model>/versions/<version>/infer"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
 
 
@@ -58,45 +60,64 @@ class PredictionLike(Protocol):
 
 
 class LimitsLike(Protocol):
-    """What V2 reads of the predictor's configuration (service.config.ServiceConfig)."""
+    """What V2 reads of the configuration (service.config.ServiceConfig)."""
 
     @property
     def max_batch(self) -> int: ...
+    @property
+    def max_body_bytes(self) -> int: ...
 
 
 class PredictorLike(Protocol):
     """The slice of service.model.predictor.Predictor that V2 uses."""
 
     @property
-    def config(self) -> LimitsLike: ...
-    @property
     def loaded(self) -> LoadedModelLike: ...
     def predict(self, images: np.ndarray) -> PredictionLike: ...
 
 
-def _app_predictor() -> PredictorLike:
-    from service.app import current_predictor  # the app imports this module: resolve late
+class InferEndpoint:
+    """POST /v2/models/<model>[/versions/<version>]/infer, answered below Flask.
 
-    return current_predictor()
-
-
-def create_blueprint(
-    predictor: Callable[[], PredictorLike] | None = None, max_batch: int | None = None
-) -> flask.Blueprint:
-    """The /v2 routes; ``predictor`` returns the serving Predictor (default: the app's).
-
-    ``max_batch`` defaults to the predictor's own limit (config.max_batch), so V2 refuses with a
-    400 exactly what the predictor would refuse.
+    ``config.max_batch`` is the largest batch accepted (a 400 above it, as the protocol says);
+    ``config.max_body_bytes`` bounds the body, before and after decompression.
     """
-    get_predictor = predictor or _app_predictor
+
+    endpoint = "v2.infer"
+    rules = (V2_INFER_ROUTE, V2_INFER_VERSION_ROUTE)
+
+    def __init__(self, predictor: PredictorLike, config: LimitsLike) -> None:
+        self.predictor = predictor
+        self.config = config
+
+    def answer(self, request: InferenceRequest) -> Answer:
+        """The inference response; a ServiceError says what was wrong with the request."""
+        model, version = request.args["model"], request.args.get("version")
+        resolve_model(self.predictor, model, version)
+        limit = self.config.max_body_bytes
+        try:
+            raw = request.body(limit)
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes") from None
+        body = decompress_body(raw, request.header("Content-Encoding"), limit)
+        answer = answer_infer(
+            self.predictor, model, version, body, request.header(HEADER_LENGTH),
+            self.config.max_batch, request.facts,
+        )  # fmt: skip
+        headers = [("Content-Type", answer.content_type)]
+        if answer.header_length is not None:
+            headers.append((HEADER_LENGTH, str(answer.header_length)))
+        return Answer(answer.payload, headers)
+
+
+def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blueprint:
+    """The /v2 routes other than inference (InferEndpoint); ``config.max_batch`` is reported
+    as Triton's max_batch_size, so V2 says exactly what the predictor would refuse."""
     server = {"name": SERVER_NAME, "version": _server_version(), "extensions": list(EXTENSIONS)}
     blueprint = flask.Blueprint("v2", __name__, url_prefix="/v2")
 
-    def batch_limit(serving: PredictorLike) -> int:
-        return serving.config.max_batch if max_batch is None else max_batch
-
     def resolve(model: str, version: str | None) -> LoadedModelLike:
-        return resolve_model(get_predictor(), model, version)
+        return resolve_model(predictor, model, version)
 
     @blueprint.get("")
     def server_metadata() -> Any:
@@ -109,7 +130,7 @@ def create_blueprint(
     @blueprint.get("/health/ready")
     def ready() -> Any:
         try:
-            _ = get_predictor().loaded  # raises ModelUnavailable until a version is serving
+            _ = predictor.loaded  # raises ModelUnavailable until a version is serving
         except ModelUnavailable:
             return "", 503
         return "", 200
@@ -142,46 +163,15 @@ def create_blueprint(
     @blueprint.get("/models/<model>/versions/<version>/config")
     def model_config(model: str, version: str | None = None) -> Any:
         loaded = resolve(model, version)
-        return triton_model_config(loaded.name, batch_limit(get_predictor()))
-
-    @blueprint.post("/models/<model>/infer")
-    @blueprint.post("/models/<model>/versions/<version>/infer")
-    def infer(model: str, version: str | None = None) -> Any:
-        serving = get_predictor()
-        req = flask.request._get_current_object()  # type: ignore[attr-defined]
-        resolve(model, version)
-        body = decompress_body(
-            req.get_data(cache=False),
-            req.headers.get("Content-Encoding"),
-            flask.current_app.config.get("MAX_CONTENT_LENGTH") or MAX_INFLATED_BYTES,
-        )
-        answer = answer_infer(
-            serving, model, version, body, req.headers.get(HEADER_LENGTH), batch_limit(serving),
-            flask.g._get_current_object(),  # the request log's batch_size and model_version
-        )  # fmt: skip
-        response = flask.Response(answer.payload, content_type=answer.content_type)
-        if answer.header_length is not None:
-            response.headers[HEADER_LENGTH] = str(answer.header_length)
-        return response
+        return triton_model_config(loaded.name, config.max_batch)
 
     @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def unknown_route(rest: str) -> Any:
         allowed = _methods_routed_elsewhere(flask.request.path)
         if allowed:
             message = f"{flask.request.method} /v2/{rest} is not allowed; use {', '.join(allowed)}"
-            return {"error": message}, 405, {"Allow": ", ".join(allowed)}
+            raise MethodNotAllowed(message, allowed)
         raise NotFound(f"no Open Inference Protocol endpoint {flask.request.method} /v2/{rest}")
-
-    @blueprint.errorhandler(ServiceError)
-    def service_error(exc: ServiceError) -> Any:
-        return {"error": exc.message}, exc.status
-
-    @blueprint.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
-        if isinstance(exc, RequestEntityTooLarge):
-            limit = flask.current_app.config.get("MAX_CONTENT_LENGTH")
-            return {"error": f"the request body is over the limit of {limit} bytes"}, 413
-        return {"error": exc.description or exc.name}, exc.code or 500
 
     return blueprint
 
@@ -219,14 +209,14 @@ def answer_infer(
     body: bytes,
     header_length: str | None,
     max_batch: int,
-    notes: RequestNotes,
+    facts: RequestFacts,
 ) -> InferAnswer:
     """Answer an infer request whose body is already decompressed; a ServiceError otherwise."""
     resolve_model(serving, model, version)
     request = parse_infer_request(body, header_length, max_batch)
-    notes.batch_size = len(request.images)
+    facts.batch_size = len(request.images)
     prediction = serving.predict(request.images)
-    notes.model_version = prediction.model_version
+    facts.model_version = prediction.model_version
     if version is not None and str(prediction.model_version) != version:
         # a hot reload swapped versions between the check and the prediction
         raise NotFound(f"model {model!r} version {version} was replaced while answering")
@@ -249,7 +239,7 @@ def _methods_routed_elsewhere(path: str) -> list[str]:
             endpoint, _ = adapter.match(path, method=method)
         except HTTPException:  # NotFound, MethodNotAllowed or a redirect: not routed there
             continue
-        if endpoint != "v2.unknown_route":
+        if endpoint != "v2.unknown_route":  # the inference routes are in the map too
             allowed.append(method)
     return allowed
 

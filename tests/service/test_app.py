@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from service import serve
-from service.app import create_app, current_predictor_of
+from service.app import PREDICTOR_KEY, create_app
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
 from service.model.predictor import LoadedModel, Prediction, Predictor
@@ -49,7 +49,7 @@ def test_create_app_reads_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("MODEL_VERSION", "1")
     app = create_app()
-    assert current_predictor_of(app).loaded.version == 1
+    assert app.extensions[PREDICTOR_KEY].loaded.version == 1
 
 
 def test_create_app_refuses_an_empty_repository(tmp_path: Path) -> None:

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flask import Flask, g, request
+from flask import Flask, request
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.errors import InvalidInput, ServiceError
+from service.app import serve_with_layers
+from service.config import ServiceConfig
+from service.errors import InvalidInput
 from service.model.contract import MAX_BATCH_SIZE
-from service.observability import metrics, request_log
+from service.observability import metrics, metrics_route, request_log
+from service.observability.wsgi import facts_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,14 +51,15 @@ def value(text: str, metric: str, **labels: str) -> float:
 
 
 def build_app() -> Flask:
-    """A small app wired like the service: routes set g.model_version and g.batch_size."""
+    """A small app wired like the service: routes note model_version and batch_size."""
     app = Flask("metrics_test")
 
     @app.post("/predict")
     def predict() -> dict[str, object]:
         images = request.get_json()["images"]
-        g.model_version = 7
-        g.batch_size = len(images)
+        facts = facts_of(request.environ)
+        facts.model_version = 7
+        facts.batch_size = len(images)
         if not images:
             raise InvalidInput("empty batch")
         metrics.observe_inference(0.002, len(images), np.array(images, dtype=np.int64), 7)
@@ -65,12 +69,8 @@ def build_app() -> Flask:
     def item(item: int) -> dict[str, int]:
         return {"item": item}
 
-    @app.errorhandler(ServiceError)
-    def service_error(error: ServiceError) -> tuple[dict[str, object], int]:
-        return error.to_json(), int(error.status)
-
-    request_log.init_app(app)
-    metrics.init_app(app)
+    app.register_blueprint(metrics_route.create_blueprint())
+    serve_with_layers(app, ServiceConfig(), [])
     return app
 
 
@@ -224,7 +224,7 @@ def test_metrics_route_is_registered_for_get_only(client):
 
 WORKER = """
 import json, os, sys
-from service.observability import metrics
+from service.observability import metrics, metrics_route
 metrics.set_model_info("mnist", int(sys.argv[1]), "c" * 64)
 metrics.observe_inference(0.001, 3, [5, 5, 2], int(sys.argv[1]))
 metrics.count_reload("success")

@@ -8,37 +8,35 @@ import os
 
 import numpy as np
 import pytest
-from flask import Flask, g, request
+from flask import Flask, request
 
-from service.errors import InvalidInput, ServiceError
+from service.app import serve_with_layers
+from service.config import ServiceConfig
+from service.errors import InvalidInput
 from service.observability import request_log
-from service.observability.request_log import REQUEST_ID_HEADER, current_request_id
+from service.observability.request_log import REQUEST_ID_HEADER
+from service.observability.wsgi import facts_of
 
 
 def build_app() -> Flask:
-    """A small app wired like the service: routes set g.batch_size and g.model_version."""
+    """A small app wired like the service: routes note batch_size and model_version."""
     app = Flask("request_log_test")
-    # A route that fails unexpectedly must still get its header and log line, as in production.
-    app.config["PROPAGATE_EXCEPTIONS"] = False
 
     @app.post("/predict")
     def predict() -> dict[str, object]:
         images = request.get_json()["images"]
-        g.batch_size = len(images)
-        g.model_version = 3
+        facts = facts_of(request.environ)
+        facts.batch_size = len(images)
+        facts.model_version = 3
         if len(images) > 2:
             raise InvalidInput("at most 2 images")
-        return {"request_id": current_request_id(), "again": current_request_id()}
+        return {"request_id": facts.request_id, "again": facts_of(request.environ).request_id}
 
     @app.get("/boom")
     def boom() -> str:
         raise RuntimeError("a bug")
 
-    @app.errorhandler(ServiceError)
-    def service_error(error: ServiceError) -> tuple[dict[str, object], int]:
-        return error.to_json(), int(error.status)
-
-    request_log.init_app(app)
+    serve_with_layers(app, ServiceConfig(), [])
     return app
 
 

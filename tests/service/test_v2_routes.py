@@ -14,9 +14,11 @@ import pytest
 from flask.testing import FlaskClient
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput, InferResult
 
+from service.app import serve_with_layers
+from service.config import ServiceConfig
 from service.errors import ModelUnavailable
 from service.model.contract import MAX_BATCH_SIZE, triton_config
-from service.v2.views import create_blueprint
+from service.v2.views import InferEndpoint, create_blueprint
 
 VERSION = 3
 
@@ -74,12 +76,18 @@ def predictor() -> FakePredictor:
     return FakePredictor()
 
 
+def v2_app(predictor: FakePredictor, config: ServiceConfig) -> flask.Flask:
+    """The V2 routes alone, in the service's layers (dispatcher, renderer, observability)."""
+    app = flask.Flask(__name__)
+    app.register_blueprint(create_blueprint(predictor, config))
+    serve_with_layers(app, config, [InferEndpoint(predictor, config)])
+    return app
+
+
 @pytest.fixture
 def client(predictor: FakePredictor) -> Iterator[FlaskClient]:
-    app = flask.Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
-    app.register_blueprint(create_blueprint(predictor=lambda: predictor))
-    with app.test_client() as test_client:
+    config = ServiceConfig(max_batch=8, max_body_bytes=4 * 1024 * 1024)
+    with v2_app(predictor, config).test_client() as test_client:
         yield test_client
 
 
@@ -337,10 +345,10 @@ def test_oversized_body_is_413_in_v2_shape(client: FlaskClient) -> None:
     }
 
 
-def test_an_explicit_batch_limit_overrides_the_predictor_s(predictor: FakePredictor) -> None:
-    app = flask.Flask(__name__)
-    app.register_blueprint(create_blueprint(predictor=lambda: predictor, max_batch=2))
-    with app.test_client() as small:
+def test_the_configured_batch_limit_is_the_one_v2_states_and_enforces(
+    predictor: FakePredictor,
+) -> None:
+    with v2_app(predictor, ServiceConfig(max_batch=2)).test_client() as small:
         assert small.get("/v2/models/mnist/config").get_json()["max_batch_size"] == 2
         body = InferenceServerClient.generate_request_body([uint8_input(digits_images([1] * 3))])
         response = post_raw(small, *body)

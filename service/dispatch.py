@@ -1,0 +1,218 @@
+"""The inference dispatcher: the one entrance of the inference routes, in front of Flask.
+
+``POST /predict`` and ``POST /v2/models/<model>[/versions/<version>]/infer`` are what a busy
+service answers over and over, and for them Flask's per-request machinery (request and app
+contexts, hooks, the Response object) costs more than the model. So this WSGI layer chooses
+them by method and path before any other work, and an :class:`InferenceEndpoint` answers them
+completely: it parses the request once (query string, compression and body limits included)
+and answers it, or fails, and :func:`service.error_render.render_error` renders the failure.
+Nothing of such a request ever reaches Flask.
+
+Every other request goes to the Flask app unchanged. The endpoints' url rules are also in
+Flask's url map (without a view), so a GET on an inference route is Flask's 405 with an Allow
+header, and the OpenAPI tests see every route in one table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
+from werkzeug.datastructures import MultiDict
+from werkzeug.wsgi import get_content_length, get_input_stream
+
+from service.error_render import render_error, status_line
+from service.observability.wsgi import (
+    Environ,
+    RequestFacts,
+    StartResponse,
+    WsgiApp,
+    facts_of,
+)
+
+#: werkzeug's default converter: one path segment
+_SEGMENT = "[^/]+"
+_VARIABLE = re.compile(r"<(\w+)>")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful answer: status, headers (Content-Type included) and the whole body."""
+
+    body: bytes
+    headers: list[tuple[str, str]]
+    status: int = 200
+
+
+class InferenceRequest:
+    """One request to an inference route: what the endpoint reads of it, read lazily, once.
+
+    ``args`` are the url rule's variables; ``facts`` the RequestFacts the routes note the
+    model version and batch size in.
+    """
+
+    __slots__ = ("args", "environ", "facts", "rule")
+
+    def __init__(
+        self, environ: Environ, rule: str, args: dict[str, str], facts: RequestFacts
+    ) -> None:
+        self.environ = environ
+        self.rule = rule
+        self.args = args
+        self.facts = facts
+
+    @property
+    def path(self) -> str:
+        path: str = self.environ.get("PATH_INFO", "")
+        return path
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header as sent ('' when absent)."""
+        value: str = self.environ.get("CONTENT_TYPE", "")
+        return value
+
+    @property
+    def mimetype(self) -> str:
+        """The media type of the body, lower case and without parameters."""
+        return self.content_type.partition(";")[0].strip().lower()
+
+    @property
+    def query_string(self) -> str:
+        value: str = self.environ.get("QUERY_STRING", "")
+        return value
+
+    def query(self) -> MultiDict[str, str]:
+        """The query string's parameters, as werkzeug parses them for Flask."""
+        text = self.query_string.encode("latin-1").decode(errors="replace")
+        return MultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
+
+    def header(self, name: str) -> str | None:
+        """A request header by its HTTP name (e.g. ``Content-Encoding``), or None."""
+        value: str | None = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return value
+
+    @property
+    def content_length(self) -> int | None:
+        """The Content-Length header; None when absent, invalid, or the body is chunked."""
+        return get_content_length(self.environ)
+
+    def body(self, max_bytes: int) -> bytes:
+        """The whole body as sent (still compressed, if it is).
+
+        Raises werkzeug's RequestEntityTooLarge when Content-Length is over ``max_bytes``;
+        a body without Content-Length (chunked) is cut at ``max_bytes``, as werkzeug does:
+        the caller says whether a cut body is too large.
+        """
+        length = self.content_length
+        stream = self.environ["wsgi.input"]
+        if (
+            length is not None
+            and 0 < length <= max_bytes
+            and "HTTP_TRANSFER_ENCODING" not in (self.environ)
+        ):
+            data: bytes = stream.read(length)  # the common case: no wrapper stream
+            return data
+        data = get_input_stream(self.environ, max_content_length=max_bytes).read()
+        return data
+
+
+class InferenceEndpoint(Protocol):
+    """An inference route answered below Flask: its url rules and how it answers a request."""
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint's name in Flask's url map (e.g. ``"api.predict"``)."""
+        ...
+
+    @property
+    def rules(self) -> Sequence[str]:
+        """werkzeug-style url rules, e.g. ``"/v2/models/<model>/infer"``."""
+        ...
+
+    def answer(self, request: InferenceRequest) -> Answer:
+        """The answer to a well-formed request; raises ServiceError/HTTPException otherwise."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Route:
+    rule: str
+    pattern: re.Pattern[str] | None  # None: a rule without variables, matched by equality
+    endpoint: InferenceEndpoint
+
+
+def _compile(rule: str) -> re.Pattern[str] | None:
+    if "<" not in rule:
+        return None
+    parts = _VARIABLE.split(rule)
+    regex = "".join(
+        re.escape(part) if index % 2 == 0 else f"(?P<{part}>{_SEGMENT})"
+        for index, part in enumerate(parts)
+    )
+    return re.compile(regex)
+
+
+class InferenceDispatcher:
+    """WSGI: answers the inference endpoints' POST requests itself, passes the rest to ``app``.
+
+    ``on_request`` runs first for every request (the model watcher's start after a fork).
+    """
+
+    def __init__(
+        self,
+        app: WsgiApp,
+        endpoints: Sequence[InferenceEndpoint],
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.on_request = on_request
+        self._exact: dict[str, _Route] = {}
+        self._patterns: list[_Route] = []
+        for endpoint in endpoints:
+            for rule in endpoint.rules:
+                pattern = _compile(rule)
+                route = _Route(rule, pattern, endpoint)
+                if pattern is None:
+                    self._exact[rule] = route
+                else:
+                    self._patterns.append(route)
+
+    def match(self, method: str, path: str) -> tuple[_Route, dict[str, str]] | None:
+        """The inference route and its variables for ``method path``; None for any other."""
+        if method != "POST":
+            return None
+        route = self._exact.get(path)
+        if route is not None:
+            return route, {}
+        for route in self._patterns:
+            assert route.pattern is not None
+            found = route.pattern.fullmatch(path)
+            if found is not None:
+                return route, found.groupdict()
+        return None
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.on_request is not None:
+            self.on_request()
+        path: str = environ.get("PATH_INFO", "")
+        matched = self.match(environ.get("REQUEST_METHOD", ""), path)
+        if matched is None:
+            return self.app(environ, start_response)
+        route, args = matched
+        facts = facts_of(environ)
+        facts.route = route.rule
+        request = InferenceRequest(environ, route.rule, args, facts)
+        try:
+            answer = route.endpoint.answer(request)
+            status, headers, body = answer.status, answer.headers, answer.body
+        except Exception as exc:  # every failure, expected or a bug, is rendered the one way
+            error = render_error(exc, path, facts.request_id)
+            status, headers, body = error.status, error.headers, error.body
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status_line(status), headers)
+        return [body]

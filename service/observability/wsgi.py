@@ -1,0 +1,105 @@
+"""The outer WSGI layer: request id, timing, the JSON log line and the metrics of EVERY request.
+
+It wraps the whole service (the inference dispatcher and the Flask app behind it), so each
+request gets the same observability whichever part answers it. Per-request facts travel in the
+WSGI environ under :data:`FACTS_KEY`, the way werkzeug's middleware passes things on: the layer
+puts a :class:`RequestFacts` there before calling the app, the parts below fill in what they
+learn (the route template, the model version, the batch size), and the layer reads it back when
+the app has answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from service.observability import metrics
+from service.observability.request_log import (
+    REQUEST_ID_HEADER,
+    UNMATCHED_ROUTE,
+    line_fields,
+    log_request,
+    request_id_from,
+)
+
+#: the environ key of the request's RequestFacts
+FACTS_KEY = "mnist.request"
+_REQUEST_ID_KEY = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class RequestFacts:
+    """What is known about one request: its id, and what the routes note for the log line.
+
+    ``route`` is the url rule that matched (e.g. ``/v2/models/<model>/infer``), never the raw
+    path, so metrics have few label values; it stays ``<unmatched>`` for a 404 or 405.
+    """
+
+    __slots__ = ("batch_size", "model_version", "request_id", "route")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.route = UNMATCHED_ROUTE
+        self.model_version: int | None = None
+        self.batch_size: int | None = None
+
+
+def facts_of(environ: Environ) -> RequestFacts:
+    """The RequestFacts of the request ``environ`` belongs to (made by RequestObservability)."""
+    facts: RequestFacts = environ[FACTS_KEY]
+    return facts
+
+
+class RequestObservability:
+    """WSGI middleware: id, timing, one log line and the request metrics, for every request.
+
+    The client's X-Request-ID is kept when it is a sane token (else a fresh id is made) and
+    echoed on every response, errors included. Latency runs from entering this layer until the
+    app returns its body.
+    """
+
+    def __init__(self, app: WsgiApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        facts = RequestFacts(request_id_from(environ.get(_REQUEST_ID_KEY)))
+        environ[FACTS_KEY] = facts
+        statuses: list[str] = []
+
+        def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.append((REQUEST_ID_HEADER, facts.request_id))
+            statuses.append(status)
+            if exc_info is None:
+                return start_response(status, headers)
+            return start_response(status, headers, exc_info)
+
+        body = self.app(environ, respond)
+        seconds = time.perf_counter() - started
+        status = int(statuses[-1][:3]) if statuses else 500
+        metrics.observe_request(facts.route, status, facts.model_version, seconds)
+        log_request(
+            line_fields(
+                request_id=facts.request_id,
+                method=environ.get("REQUEST_METHOD", ""),
+                route=facts.route,
+                path=environ.get("PATH_INFO", ""),
+                status=status,
+                latency_ms=seconds * 1000.0,
+                model_version=facts.model_version,
+                batch_size=facts.batch_size,
+                request_bytes=_content_length(environ),
+            )
+        )
+        return body
+
+
+def _content_length(environ: Environ) -> int | None:
+    text = environ.get("CONTENT_LENGTH", "")
+    return int(text) if text and text.isascii() and text.isdigit() else None
