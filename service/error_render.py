@@ -93,8 +93,15 @@ def render_error(error: BaseException, path: str, request_id: str) -> ErrorAnswe
 
 
 def render_server_error(status: int, reason: str, message: str) -> bytes:
-    """The body of an answer gunicorn gives itself (bad request line, headers too large)."""
-    return _encode({"error": {"code": _code_of(reason), "message": message}}, machinery=True)
+    """The whole HTTP/1.1 answer (head and body) the server gives itself, outside the app: a
+    malformed request line or headers too large (gunicorn), a request too slow to arrive (the
+    buffering worker). The connection is closed after it."""
+    body = _encode({"error": {"code": _code_of(reason), "message": message}}, machinery=True)
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: {JSON_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def _code_of(reason: str) -> str:

@@ -92,12 +92,7 @@ def _write_json_error(sock, status_int, reason, mesg):
 
     from service.error_render import render_server_error
 
-    body = render_server_error(status_int, reason, str(mesg))
-    head = (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    util.write_nonblock(sock, head.encode("latin-1") + body)
+    util.write_nonblock(sock, render_server_error(status_int, reason, str(mesg)))
 
 
 def post_fork(server, worker):

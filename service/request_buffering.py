@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import selectors
@@ -29,6 +28,8 @@ from functools import partial
 from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from service.error_render import render_server_error
 
 #: the request head ends at the first empty line (RFC 9112 section 2.1)
 _HEAD_END = b"\r\n\r\n"
@@ -161,19 +162,8 @@ class RequestReading:
 
 
 def _timeout_answer() -> bytes:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "request_timeout",
-                "message": "the request did not arrive in time; send it faster or in one go",
-            }
-        }
-    ).encode()
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+    message = "the request did not arrive in time; send it faster or in one go"
+    return render_server_error(408, "Request Timeout", message)
 
 
 class BufferingThreadWorker(ThreadWorker):
