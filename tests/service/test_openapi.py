@@ -72,6 +72,14 @@ def openapi_path(rule: str) -> str:
 def test_document_is_valid_openapi_3_1(document):
     assert document["openapi"].startswith("3.1")
     validate(document)
+    assert "${" not in json.dumps(document)  # every placeholder of openapi.yaml filled
+
+
+def test_an_unknown_placeholder_is_an_error(monkeypatch):
+    template = {"openapi": "3.1.0", "info": {"title": "x", "version": "${no_such_limit}"}}
+    monkeypatch.setattr("service.openapi.document_template", lambda: template)
+    with pytest.raises(ValueError, match="no_such_limit"):
+        build_document(ApiLimits(max_batch=3, max_body_bytes=1000), version="1")
 
 
 def test_every_route_is_documented_and_nothing_else(app, document):
