@@ -19,7 +19,7 @@ COMPOSE ?= docker compose
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install serve train test lint bench docker-build up down system-packages
+.PHONY: help install serve train test lint bench docker-build up down system-packages browser-deps
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,10 +46,11 @@ serve: $(SERVE_STAMP) ## serve the committed model with gunicorn on HOST:PORT (1
 train: $(DEV_STAMP) ## train and publish a new version into MODELS_DIR (flags in TRAIN_ARGS)
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/mnist-train --models-dir $(abspath $(MODELS_DIR)) $(TRAIN_ARGS)
 
-system-packages: ## apt-get install chromium and wrk when missing (needs root or sudo)
+system-packages: ## apt-get install chromium, wrk and npm when missing (needs root or sudo)
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
 	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
@@ -57,9 +58,17 @@ system-packages: ## apt-get install chromium and wrk when missing (needs root or
 	echo "apt-get install$$missing"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
 
+# JavaScript the browser tests inject (axe-core), pinned by tests/browser/package-lock.json.
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+$(AXE): tests/browser/package-lock.json | system-packages
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+	@touch $@
+
+browser-deps: $(AXE) ## npm ci the browser tests' JavaScript (axe-core) into tests/browser
+
 # The Docker test needs an engine. When none answers and the shared docker-engine tool exists,
 # start it, and stop it again however pytest ends (trap), keeping pytest's exit code.
-test: $(DEV_STAMP) system-packages ## run the WHOLE test suite (starts/stops a Docker engine when needed)
+test: $(DEV_STAMP) system-packages $(AXE) ## run the WHOLE test suite (starts/stops a Docker engine when needed)
 	@started=""; \
 	stop_engine() { if [ -n "$$started" ]; then $(DOCKER_ENGINE) down || echo "make: docker-engine down failed" >&2; fi; }; \
 	trap stop_engine EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \

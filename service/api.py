@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from flask import Blueprint
+from flask import Blueprint, Response
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import ClientDisconnected
@@ -29,16 +29,20 @@ from service.errors import (
     BadRequest,
     InvalidImage,
     InvalidInput,
+    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
 from service.images import ImageLimits, encode_png_base64, preprocess_image
 from service.model import contract
+from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
 from service.observability import metrics
 from service.observability.wsgi import RequestFacts
 
 PREDICT_ROUTE = "/predict"
+EXPLAIN_ROUTE = "/v2/models/<model>/explain"
+WEIGHTS_ROUTE = "/v2/models/<model>/explain/weights"
 JSON_TYPE = "application/json"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART_TYPE = "multipart/form-data"
@@ -398,6 +402,51 @@ def answer_images(
     return orjson.dumps(answer)
 
 
+def explanations_json(
+    explanation: Explanation, images: np.ndarray, options: PredictOptions
+) -> list[dict[str, Any]]:
+    """One answer per image: digit, runner-up, probabilities, hidden activations, saliency."""
+    answers = predictions_json(explanation.digits, explanation.probabilities, images, options)
+    hidden = [layer.tolist() for layer in explanation.hidden]
+    for index, (answer, runner_up, saliency) in enumerate(
+        zip(answers, explanation.runners_up.tolist(), explanation.saliency.tolist(), strict=True)
+    ):
+        answer["runner_up"] = runner_up
+        answer["hidden"] = [layer[index] for layer in hidden]
+        answer["saliency"] = saliency
+    return answers
+
+
+def served_json(served: ServedMlp) -> dict[str, Any]:
+    """The served version and its shape: name, version, activation, hidden layer sizes."""
+    return {
+        "name": served.name,
+        "version": served.version,
+        "activation": served.mlp.activation,
+        "hidden_layers": list(served.mlp.hidden_sizes),
+    }
+
+
+def first_layer_json(served: ServedMlp) -> dict[str, Any]:
+    """The first layer's weights, one 28x28 image per hidden unit, as int8 with a scale per unit.
+
+    ``weights`` is base64 of int8 [units, 784] (unit-major, row-major 28x28 pixels); a weight is
+    ``q * scales[unit]``, within half a scale step of the model's float32 weight.
+    """
+    weights = served.mlp.layers[0].weights.T  # [units, 784]
+    largest = np.abs(weights).max(axis=1)
+    scales = np.where(largest > 0, largest / 127.0, 1.0)
+    quantized = np.rint(weights / scales[:, None]).astype(np.int8)
+    return {
+        "model": served_json(served),
+        "units": int(weights.shape[0]),
+        "pixels": int(weights.shape[1]),
+        "scales": scales.tolist(),
+        "biases": served.mlp.layers[0].biases.tolist(),
+        "weights": base64.b64encode(quantized.tobytes()).decode("ascii"),
+    }
+
+
 @functools.cache
 def image_limits(config: ServiceConfig) -> ImageLimits:
     """The decoding limits of ``config`` (one object per configuration)."""
@@ -426,6 +475,52 @@ class PredictEndpoint:
         return Answer(body, [("Content-Type", JSON_TYPE)])
 
 
-def create_blueprint(predictor: Predictor, config: ServiceConfig) -> Blueprint:
-    """The simple API's Flask routes (POST /predict itself is PredictEndpoint's)."""
-    return Blueprint("api", __name__)
+class ExplainEndpoint:
+    """POST /v2/models/<model>/explain: /predict's inputs and options, explained (dispatcher)."""
+
+    endpoint = "api.explain"
+    rules = (EXPLAIN_ROUTE,)
+
+    def __init__(self, explainer: Explainer, config: ServiceConfig) -> None:
+        self.explainer = explainer
+        self.config = config
+        self.limits = image_limits(config)
+
+    def answer(self, request: InferenceRequest) -> Answer:
+        """The explanations of the request's images; a ServiceError says what was wrong."""
+        check_model(request.args["model"])
+        query = request.query_string
+        options = parse_options(request.query()) if query else PredictOptions()
+        images = images_from_request(request, self.config, self.limits)
+        request.facts.batch_size = len(images)
+        served, explanation = self.explainer.explain(images)
+        request.facts.model_version = served.version
+        answer = {
+            "explanations": explanations_json(explanation, images, options),
+            "model": served_json(served),
+            "request_id": request.facts.request_id,
+        }
+        return Answer(orjson.dumps(answer), [("Content-Type", JSON_TYPE)])
+
+
+def check_model(model: str) -> None:
+    """NotFound unless ``model`` is the name this service serves."""
+    if model != contract.MODEL_NAME:
+        raise NotFound(f"no model named {model!r}; this service serves {contract.MODEL_NAME!r}")
+
+
+def create_blueprint(
+    predictor: Predictor, config: ServiceConfig, explainer: Explainer | None = None
+) -> Blueprint:
+    """The simple API's Flask routes: GET /v2/models/<model>/explain/weights (POST /predict and
+    POST .../explain are PredictEndpoint's and ExplainEndpoint's)."""
+    blueprint = Blueprint("api", __name__)
+    weights_of = explainer or Explainer(lambda: predictor.loaded)
+
+    @blueprint.get(WEIGHTS_ROUTE)
+    def first_layer(model: str) -> Response:
+        check_model(model)
+        body = orjson.dumps(first_layer_json(weights_of.current()))
+        return Response(body, mimetype=JSON_TYPE)
+
+    return blueprint

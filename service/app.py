@@ -3,7 +3,7 @@
 The WSGI stack of a request, outermost first::
 
     RequestObservability    id, timing, log line, metrics      (service.observability.wsgi)
-    InferenceDispatcher     POST /predict, POST /v2/.../infer  (service.dispatch)
+    InferenceDispatcher     POST /predict, /v2/.../infer and /v2/.../explain (service.dispatch)
     Flask                   every other route, by blueprint    (api, v2, page, openapi, metrics)
 
 Every error, in any layer, is rendered by service.error_render.render_error. Only the entry
@@ -23,6 +23,7 @@ from service import api, openapi, page
 from service.config import ServiceConfig
 from service.dispatch import InferenceDispatcher, InferenceEndpoint
 from service.error_render import render_error
+from service.model.explain import Explainer
 from service.model.predictor import Predictor
 from service.observability import metrics, metrics_route
 from service.observability.request_log import request_logger
@@ -47,13 +48,15 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
         predictor.load()
     app = Flask(__name__, static_folder=None)  # the page blueprint serves its own files
     app.extensions[PREDICTOR_KEY] = predictor
-    app.register_blueprint(api.create_blueprint(predictor, config))
+    explainer = Explainer(lambda: predictor.loaded)  # the served MLP's weights, once per version
+    app.register_blueprint(api.create_blueprint(predictor, config, explainer))
     app.register_blueprint(v2.create_blueprint(predictor, config))
     app.register_blueprint(page.create_blueprint())
     app.register_blueprint(openapi.create_blueprint(config))
     app.register_blueprint(metrics_route.create_blueprint())
     endpoints: list[InferenceEndpoint] = [
         api.PredictEndpoint(predictor, config),
+        api.ExplainEndpoint(explainer, config),
         v2.InferEndpoint(predictor, config),
     ]
     # a thread per worker, started after the fork: gunicorn loads the app in each worker

@@ -1,4 +1,5 @@
-"""The drawing page at ``/``: a canvas whose PNG goes to POST /predict; files in service/static."""
+"""The drawing page at ``/`` (a canvas whose PNG goes to POST /predict) and the lesson at
+``/learn``; their files are in service/static."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from service.errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: the page's own files; nothing else in static/ is served by this blueprint
-PAGE_ASSETS = frozenset({"app.js", "style.css"})
+PAGE_ASSETS = frozenset({"app.js", "style.css", "learn.js", "learn-math.js", "learn.css"})
 
 # Everything the page needs comes from this server; the CSP makes "nothing from the internet" hold
 # even if someone later adds a link to a CDN.
@@ -21,15 +22,22 @@ CONTENT_SECURITY_POLICY = (
 
 
 def create_blueprint() -> Blueprint:
-    """The blueprint serving the page at / and its assets at /page/<file>."""
+    """The blueprint serving the pages at / and /learn and their assets at /page/<file>."""
     blueprint = Blueprint("page", __name__)
 
-    @blueprint.get("/")
-    def index() -> Response:
-        response = send_from_directory(STATIC_DIR, "index.html", mimetype="text/html")
+    def html(name: str) -> Response:
+        response = send_from_directory(STATIC_DIR, name, mimetype="text/html")
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    @blueprint.get("/")
+    def index() -> Response:
+        return html("index.html")
+
+    @blueprint.get("/learn")
+    def learn() -> Response:
+        return html("learn.html")
 
     @blueprint.get("/page/<name>")
     def asset(name: str) -> Response:

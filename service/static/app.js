@@ -6,6 +6,8 @@
   const THROTTLE_MS = 150;
   const PREDICT_URL = "predict?return_input=true&top_k=10";
   const MODEL_URL = "v2/models/mnist";
+  // the saliency map shown over the model's image: which pixels pushed the answer
+  const EXPLAIN_URL = "v2/models/mnist/explain";
 
   const canvas = document.getElementById("pad");
   const context = canvas.getContext("2d");
@@ -17,6 +19,10 @@
   const barsList = document.getElementById("bars");
   const modelText = document.getElementById("model-version");
   const errorText = document.getElementById("error");
+  const saliencyCanvas = document.getElementById("saliency");
+  const saliencyToggle = document.getElementById("show-saliency");
+  const runnerUpText = document.getElementById("runner-up");
+  let saliencyShown = false; // a map for the current answer is drawn
 
   let drawing = false;
   let lastPoint = null;
@@ -168,12 +174,65 @@
     showError(null);
     showResult(body.predictions[0]);
     if (body.model) showModel(body.model.name, body.model.version);
+    explain(blob, seq);
     // strokes drawn since this request went out will bring another answer
     document.body.dataset.state = pendingTimer === null ? "ready" : "busy";
   }
 
+  // The saliency map comes from a second request; the prediction never waits for it.
+  async function explain(blob, seq) {
+    let body = null;
+    try {
+      const response = await fetch(EXPLAIN_URL, {
+        method: "POST",
+        headers: { "Content-Type": "image/png", Accept: "application/json" },
+        body: blob,
+      });
+      if (!response.ok) return; // e.g. 501 for a model that is not an MLP: no map, no error
+      body = await response.json();
+    } catch (error) {
+      return;
+    }
+    if (seq !== requestSeq || !body || !Array.isArray(body.explanations)) return;
+    const answer = body.explanations[0];
+    drawSaliency(answer.saliency);
+    runnerUpText.textContent = String(answer.runner_up);
+    saliencyShown = true;
+    saliencyCanvas.hidden = !saliencyToggle.checked;
+    document.body.dataset.saliency = "ready";
+  }
+
+  // Red where ink pushed towards the answer, blue towards the runner-up; transparent elsewhere,
+  // so the model's image shows through. Square root: small contributions stay visible.
+  function drawSaliency(values) {
+    const small = document.createElement("canvas");
+    small.width = 28;
+    small.height = 28;
+    const smallContext = small.getContext("2d");
+    const image = smallContext.createImageData(28, 28);
+    const scale = Math.max(...values.map(Math.abs)) || 1;
+    values.forEach((value, k) => {
+      const strength = Math.sqrt(Math.abs(value) / scale);
+      const rgb = value >= 0 ? [239, 68, 68] : [59, 130, 246];
+      image.data.set([...rgb, Math.round(235 * strength)], k * 4);
+    });
+    smallContext.putImageData(image, 0, 0);
+    const target = saliencyCanvas.getContext("2d");
+    target.imageSmoothingEnabled = false;
+    target.clearRect(0, 0, saliencyCanvas.width, saliencyCanvas.height);
+    target.drawImage(small, 0, 0, saliencyCanvas.width, saliencyCanvas.height);
+  }
+
+  saliencyToggle.addEventListener("change", () => {
+    saliencyCanvas.hidden = !(saliencyToggle.checked && saliencyShown);
+  });
+
   function showResult(prediction) {
     if (prediction === null) {
+      saliencyShown = false;
+      saliencyCanvas.hidden = true;
+      runnerUpText.textContent = "the runner-up";
+      delete document.body.dataset.saliency;
       digitOutput.textContent = "–";
       digitOutput.removeAttribute("data-digit");
       confidenceText.textContent = "";
