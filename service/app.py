@@ -26,7 +26,7 @@ from service.error_render import render_error
 from service.model.explain import Explainer
 from service.model.predictor import Predictor
 from service.observability import metrics, metrics_route
-from service.observability.request_log import request_logger
+from service.observability.request_log import configure_logging
 from service.observability.wsgi import RequestObservability, facts_of
 from service.v2 import views as v2
 
@@ -76,7 +76,7 @@ def serve_with_layers(
     # a multipart form holds at most max_batch images; a few parts more are harmless fields
     app.config["MAX_FORM_PARTS"] = config.max_batch + 16
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_body_bytes
-    request_logger()
+    configure_logging()
     metrics.service_metrics()
     for endpoint in endpoints:
         for rule in endpoint.rules:

@@ -5,11 +5,11 @@ the worker reads REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT and MAX_BODY_BYTES i
 flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
 """
 
-import logging
 import os
 import shutil
-import sys
 import tempfile
+
+from service.observability.request_log import logging_config
 
 
 def _env_int(name: str, default: int, lowest: int = 1) -> int:
@@ -44,6 +44,9 @@ limit_request_field_size = 8190
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# every line in one JSON format: gunicorn's own error (and, if switched on, access) lines and
+# every logger of the service and its libraries, as the request lines are written
+logconfig_dict = logging_config(loglevel, access=accesslog is not None)
 proc_name = "mnist-serve"
 # gunicorn's control socket has one default path per user: two servers would fight over it
 control_socket_disable = True
@@ -67,23 +70,9 @@ def _prepare_multiproc_dir() -> None:
             os.unlink(os.path.join(path, name))
 
 
-def _configure_service_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    )
-    for name in ("service.model.predictor", "service.app"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
-
-
 def on_starting(server):
-    """In the master, before any worker: metrics folder and log handlers, inherited at fork."""
+    """In the master, before any worker: the metrics folder, inherited at fork."""
     _prepare_multiproc_dir()
-    _configure_service_logging()
 
 
 def _write_json_error(sock, status_int, reason, mesg):

@@ -266,3 +266,24 @@ def test_http_level_errors_from_gunicorn_are_json_too(committed_server: RunningS
     )
     after = post_json(committed_server, {"images": [GOOD]})
     assert after.status_code == 200
+
+
+def test_every_line_the_server_writes_is_one_json_object(gunicorn_server: Any) -> None:
+    server = gunicorn_server(workers=1)
+    requests.get(server.url + "/" + "a" * 5000, timeout=30)  # gunicorn's own 414
+    requests.get(server.url + "/nope", timeout=30)  # a Flask route's 404
+    post_json(server, {"images": [GOOD]})  # the dispatcher's 200
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    for line in lines:
+        assert list(line)[:4] == ["ts", "level", "logger", "event"], line
+    loggers = {line["logger"] for line in lines}
+    assert {"gunicorn.error", "service.model.predictor", "mnist.requests"} <= loggers
+    # the request line is the access log: gunicorn writes none of its own
+    assert "gunicorn.access" not in loggers
+    requests_logged = [line for line in lines if line["logger"] == "mnist.requests"]
+    assert [(line["path"], line["status"]) for line in requests_logged][-2:] == [
+        ("/nope", 404),
+        ("/predict", 200),
+    ]
+    assert any("Booting worker" in line["event"] for line in lines)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from service.errors import InvalidInput
 from service.observability import request_log
 from service.observability.request_log import REQUEST_ID_HEADER
 from service.observability.wsgi import facts_of
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_app() -> Flask:
@@ -132,7 +138,7 @@ def test_one_json_line_per_request_with_its_fields(client, capsys):
     assert isinstance(first["latency_ms"], float)
     assert first["latency_ms"] >= 0
     assert first["request_bytes"] > 784
-    assert first["ts"].endswith("+00:00")
+    assert datetime.fromisoformat(first["ts"]).utcoffset() == timedelta(0)
     assert first["pid"] == os.getpid()
     assert second["route"] == request_log.UNMATCHED_ROUTE
     assert second["path"] == "/missing/42"
@@ -160,77 +166,77 @@ def test_hostile_path_is_escaped_and_truncated(client, capsys):
     assert len(line["path"]) == request_log.MAX_LOGGED_PATH
 
 
-def test_formatter_writes_one_line_even_for_odd_values():
-    record = logging.LogRecord("mnist.requests", logging.INFO, __file__, 1, "request", None, None)
-    record.fields = {"batch_size": np.int64(4), "note": "two\nlines"}
-    line = request_log.JsonLineFormatter().format(record)
-    assert "\n" not in line
-    parsed = json.loads(line)
-    assert parsed["batch_size"] == "4"
-    assert parsed["note"] == "two\nlines"
-
-
-def test_init_app_installs_one_handler_however_many_apps():
-    build_app()
-    build_app()
-    handlers = logging.getLogger(request_log.LOGGER_NAME).handlers
-    assert sum(isinstance(handler, request_log.StderrHandler) for handler in handlers) == 1
-
-
-@pytest.fixture
-def shipped_logger():
-    """The request logger with only its own handler, as in gunicorn (pytest adds capture ones)."""
-    logger = request_log.request_logger()
-    saved = list(logger.handlers)
-    logger.handlers = [h for h in saved if isinstance(h, request_log.StderrHandler)]
-    yield logger
-    logger.handlers = saved
-
-
-def test_log_request_writes_what_the_formatter_would(shipped_logger, capsys):
+def test_a_line_is_one_json_line_even_for_odd_values(capsys):
     fields = request_log.line_fields(
         request_id="r-1",
         method="POST",
         route="/predict",
-        path="/predict\u2028x",
+        path="/predict\u2028x\u0085y",
         status=200,
         latency_ms=0.12345,
         model_version=np.int64(2),  # type: ignore[arg-type]
         batch_size=1,
         request_bytes=3000,
     )
+    request_log.configure_logging()
     capsys.readouterr()
     request_log.log_request(fields)
     written = capsys.readouterr().err
-    assert written.endswith("\n") and written.count("\n") == 1 and "\u2028" not in written
-    record = logging.LogRecord(
-        request_log.LOGGER_NAME, logging.INFO, __file__, 1, "request", None, None
-    )
-    record.fields = fields
-    formatted = json.loads(request_log.JsonLineFormatter().format(record))
-    shortcut = json.loads(written)
-    assert shortcut.pop("ts").endswith("+00:00") and formatted.pop("ts")
-    assert shortcut == formatted
-    assert shortcut["latency_ms"] == 0.123 and shortcut["model_version"] == "2"
+    assert written.endswith("\n") and written.count("\n") == 1
+    assert len(written.splitlines()) == 1  # U+2028 and U+0085 escaped: no reader splits the line
+    line = json.loads(written)
+    assert line["path"] == "/predict\u2028x\u0085y"
+    assert line["latency_ms"] == 0.123 and line["model_version"] == "2"
+    assert (line["level"], line["logger"], line["event"]) == ("info", "mnist.requests", "request")
+    stamp = datetime.fromisoformat(line["ts"])
+    assert stamp.utcoffset() == timedelta(0)
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
 
 
-def test_log_request_goes_through_logging_when_the_level_is_raised(shipped_logger, capsys):
-    shipped_logger.setLevel(logging.WARNING)
+def test_standard_library_records_are_the_same_json():
     try:
-        capsys.readouterr()
-        request_log.log_request({"route": "/predict"})
-        assert capsys.readouterr().err == ""
-    finally:
-        shipped_logger.setLevel(logging.INFO)
+        raise ValueError("broken")
+    except ValueError:
+        record = logging.LogRecord(
+            "gunicorn.error", logging.ERROR, __file__, 1, "worker %s failed", (7,), sys.exc_info()
+        )
+    line = json.loads(request_log.json_formatter().format(record))
+    assert (line["level"], line["logger"], line["event"]) == (
+        "error",
+        "gunicorn.error",
+        "worker 7 failed",
+    )
+    assert line["pid"] == os.getpid()
+    assert "ValueError: broken" in line["exception"]
+    assert datetime.fromisoformat(line["ts"]).utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize("created", [0.0, 1_700_000_000.25, 1_795_000_000.999, 1_795_000_001.0005])
-def test_iso_time_matches_datetime(created):
-    from datetime import UTC, datetime
-
-    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    assert request_log.iso_time(created) == expected
-    assert request_log.iso_time(created + 60) != expected  # the cached second moves on
+def test_gunicorn_and_library_loggers_write_json_lines_with_the_logging_config():
+    code = (
+        "import logging, logging.config\n"
+        "from service.observability.request_log import logging_config\n"
+        "logging.config.dictConfig(logging_config('info', access=True))\n"
+        "logging.getLogger('gunicorn.error').info('Booting worker with pid: %s', 42)\n"
+        "logging.getLogger('gunicorn.access').info('GET / 200')\n"
+        "logging.getLogger('service.model.predictor').warning('version %d rejected', 3)\n"
+        "logging.getLogger('gunicorn.error').debug('not at info')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.stdout == ""
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert all(list(line)[:4] == ["ts", "level", "logger", "event"] for line in lines)
+    assert [(line["logger"], line["event"]) for line in lines] == [
+        ("gunicorn.error", "Booting worker with pid: 42"),
+        ("gunicorn.access", "GET / 200"),
+        ("service.model.predictor", "version 3 rejected"),
+    ]
 
 
 def test_a_forked_child_draws_its_own_id_prefix_and_pid():
