@@ -560,7 +560,7 @@
       const { context: c, width, height } = prepareCanvas(canvas);
       const px = (x) => ((x - x0) / (x1 - x0)) * width;
       const py = (y) => ((y1 - y) / (y1 - y0)) * height;
-      c.drawImage(surfaceImage(descent.surface, 160), 0, 0, width, height);
+      c.drawImage(surfaceImage(descent.surface, 320), 0, 0, width, height);
       // the minimum
       c.strokeStyle = "#1b1f24";
       c.lineWidth = 1.5;
@@ -740,6 +740,9 @@
           return;
         }
         inside.explanation = body;
+        // show the unit that fires most for this digit
+        const hidden = body.explanations[0].hidden[0];
+        inside.selected = hidden.indexOf(Math.max(...hidden));
         showExplanation();
         document.body.dataset.explain = inside.timer === null ? "ready" : "busy";
       } catch (error) {
@@ -911,11 +914,15 @@
     const w = inside.weights;
     if (!w) return;
     const unit = inside.selected;
+    const weights = Array.from({ length: 784 }, (_, k) => w.q[unit * 784 + k]);
+    drawMap(byId("unit-map"), weights);
     let text = `Unit ${unit}: bias ${fmt(w.biases[unit], 3)}, largest weight ${fmt(127 * w.scales[unit], 3)}`;
     if (inside.explanation) {
-      text += `, activation ${fmt(inside.explanation.explanations[0].hidden[0][unit], 3)} for the drawn digit`;
+      const hidden = inside.explanation.explanations[0].hidden[0];
+      const rank = hidden.filter((a) => a > hidden[unit]).length + 1;
+      text += `; activation ${fmt(hidden[unit], 3)} for the drawn digit (rank ${rank} of ${hidden.length})`;
     }
-    byId("unit-info").textContent = `${text}. Click a tile or use the arrow keys to pick another.`;
+    byId("unit-info").textContent = `${text}. Click a tile or use the arrow keys on the grid to pick another.`;
   }
 
   // ---- what the tests read ----------------------------------------------------------------------
