@@ -409,7 +409,8 @@
       node.querySelector(".dot").style.background = OPTIMIZER_COLORS[name];
       box.append(node);
       panels[name] = { canvas, status, node };
-      canvas.addEventListener("pointerdown", (event) => {
+      // a click or a tap sets the start; a finger dragging over the maps still scrolls the page
+      canvas.addEventListener("click", (event) => {
         const box = canvas.getBoundingClientRect();
         const [x0, x1, y0, y1] = M.SURFACES[descent.surface].view;
         const x = x0 + ((event.clientX - box.left) / box.width) * (x1 - x0);

@@ -149,3 +149,19 @@ def test_a_model_that_is_not_an_mlp_answers_501_and_still_predicts(tmp_path: Pat
     predicted = client.post("/predict", json={"images": DIGITS[:1].tolist()})
     assert predicted.status_code == 200
     assert json.loads(predicted.data)["predictions"][0]["digit"] == SELFTEST["expected_labels"][0]
+
+
+def test_explanations_follow_a_hot_reload(tmp_path: Path) -> None:
+    from service.app import PREDICTOR_KEY
+
+    publish_copy(tmp_path)
+    app = create_app(ServiceConfig(model_dir=tmp_path))
+    client = app.test_client()
+    body = {"images": DIGITS[:1].tolist()}
+    assert client.post(ROUTE, json=body).get_json()["model"]["version"] == 1
+    publish_copy(tmp_path)
+    swapped = app.extensions[PREDICTOR_KEY].check_for_update()
+    assert swapped is not None and swapped.version == 2
+    answer = client.post(ROUTE, json=body).get_json()
+    assert answer["model"]["version"] == 2
+    assert client.get(f"{ROUTE}/weights").get_json()["model"]["version"] == 2
