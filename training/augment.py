@@ -7,7 +7,6 @@ depends only on the input and the generator's state.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,14 +125,3 @@ def _blur_matrix(side: int, sigma: float) -> np.ndarray:
     identity = np.eye(side, dtype=np.float64)
     blur = ndimage.gaussian_filter1d(identity, sigma, axis=0, mode="constant", truncate=3.0)
     return blur.astype(np.float32)
-
-
-def elastic_magnitude(distortion: Distortion = Distortion(), samples: int = 256) -> float:
-    """The RMS elastic displacement in pixels for ``distortion`` (a figure for tuning notes)."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(0)
-    field = rng.uniform(-1.0, 1.0, (samples, IMAGE_SIDE, IMAGE_SIDE))
-    sigma = (0, distortion.elastic_sigma, distortion.elastic_sigma)
-    smooth = ndimage.gaussian_filter(field, sigma=sigma, mode="constant", truncate=3.0)
-    return float(math.sqrt(np.mean((smooth * distortion.elastic_alpha) ** 2)))

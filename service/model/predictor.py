@@ -44,21 +44,6 @@ class PredictorMetrics(Protocol):
     def set_model_info(self, name: str, version: int, sha256: str) -> None: ...
 
 
-class SilentMetrics:
-    """Metrics that record nothing (for tools and tests that do not scrape)."""
-
-    def observe_inference(
-        self, seconds: float, batch_size: int, labels: np.ndarray, model_version: int
-    ) -> None:
-        return None
-
-    def count_reload(self, outcome: str) -> None:
-        return None
-
-    def set_model_info(self, name: str, version: int, sha256: str) -> None:
-        return None
-
-
 def default_metrics() -> PredictorMetrics:
     """The process's Prometheus metrics (service.observability.metrics)."""
     from service.observability import metrics
@@ -415,10 +400,6 @@ class Predictor:
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self._wake.set()  # a signal handler only wakes the thread; the work happens there
-
-    def request_reload(self) -> None:
-        """Ask the reload thread to look at the repository now."""
-        self._wake.set()
 
     def stop_watching(self, timeout: float = 5.0) -> None:
         """Stop the reload thread (tests; gunicorn just exits)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +33,6 @@ from service.v2.binary import (
     split_body,
 )
 
-Datatype = Literal["FP32", "UINT8"]
 #: the wire types accepted for the input; FP32 is the model's own scale, UINT8 raw MNIST pixels
 INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_PROBABILITIES)

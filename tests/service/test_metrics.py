@@ -281,8 +281,3 @@ def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(tmp_path, monkey
     # counters keep what the dead worker counted
     key = ("mnist_predictions_total", frozenset({"digit": "5", "version": "3"}.items()))
     assert after_death[key] == 2
-
-
-def test_mark_worker_dead_without_multiprocess_dir_is_harmless(monkeypatch):
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
-    metrics.mark_worker_dead(os.getpid())

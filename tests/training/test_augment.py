@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from training.augment import Distortion, distort, elastic_magnitude
+from training.augment import Distortion, distort
 
 NO_MOVE = Distortion(
     max_shift=0, max_rotation=0, max_scale=0, max_shear=0, elastic_alpha=0, elastic_sigma=4
@@ -100,12 +102,15 @@ def test_shift_only_moves_the_centre_of_mass_within_bounds(digits: np.ndarray) -
     assert moved.mean() > 0.5  # uniform in [-2, 2]: mean |shift| is 1
 
 
-def test_elastic_field_magnitude_follows_alpha() -> None:
-    base = elastic_magnitude(Distortion(elastic_alpha=34, elastic_sigma=4))
-    assert 0.5 < base < 3.0  # pixels: a gentle local wobble, as in Simard et al.
-    assert elastic_magnitude(Distortion(elastic_alpha=68, elastic_sigma=4)) == pytest.approx(
-        2 * base
-    )
+def test_the_elastic_field_moves_the_ink_more_the_larger_alpha(digits: np.ndarray) -> None:
+    def change(alpha: float) -> float:
+        only_elastic = dataclasses.replace(NO_MOVE, elastic_alpha=alpha)
+        out = distort(digits, np.random.default_rng(5), only_elastic)
+        return float(np.mean(np.abs(out - digits)))
+
+    still, gentle, strong = change(0), change(17), change(68)
+    assert still < 1e-6  # no field, no affine move: the digits come back as they were
+    assert 0.005 < gentle < strong
 
 
 def test_distorted_digits_keep_their_labels(mnist_data) -> None:
