@@ -68,7 +68,7 @@ browser-deps: $(AXE) ## npm ci the browser tests' JavaScript (axe-core) into tes
 
 # The Docker test needs an engine. When none answers and the shared docker-engine tool exists,
 # start it, and stop it again however pytest ends (trap), keeping pytest's exit code.
-test: $(DEV_STAMP) system-packages $(AXE) ## run the WHOLE test suite (starts/stops a Docker engine when needed)
+test: $(DEV_STAMP) system-packages $(AXE) lint ## make lint, then the WHOLE test suite (starts/stops a Docker engine when needed)
 	@started=""; \
 	stop_engine() { if [ -n "$$started" ]; then $(DOCKER_ENGINE) down || echo "make: docker-engine down failed" >&2; fi; }; \
 	trap stop_engine EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
@@ -81,7 +81,7 @@ test: $(DEV_STAMP) system-packages $(AXE) ## run the WHOLE test suite (starts/st
 	MNIST_DATA_DIR="$(MNIST_DATA_DIR)" $(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	exit $$status
 
-lint: $(DEV_STAMP) ## ruff check, ruff format --check, mypy, the import rules (lint-imports)
+lint: $(DEV_STAMP) ## ruff check, ruff format --check, mypy (strict), the import rules (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
