@@ -8,6 +8,7 @@ flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override t
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from service.observability.request_log import logging_config
 
@@ -70,12 +71,12 @@ def _prepare_multiproc_dir() -> None:
             os.unlink(os.path.join(path, name))
 
 
-def on_starting(server):
+def on_starting(server: Any) -> None:
     """In the master, before any worker: the metrics folder, inherited at fork."""
     _prepare_multiproc_dir()
 
 
-def _write_json_error(sock, status_int, reason, mesg):
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: object) -> None:
     """gunicorn's own error answers (request line or headers too large, bad HTTP) as our JSON."""
     from gunicorn import util
 
@@ -84,7 +85,7 @@ def _write_json_error(sock, status_int, reason, mesg):
     util.write_nonblock(sock, render_server_error(status_int, reason, str(mesg)))
 
 
-def post_fork(server, worker):
+def post_fork(server: Any, worker: Any) -> None:
     """In each new worker: gunicorn answers malformed HTTP itself, in HTML unless told otherwise."""
     from gunicorn import util
 
@@ -92,21 +93,21 @@ def post_fork(server, worker):
     util.write_error = _write_json_error
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Any) -> None:
     """In each worker's main thread: start hot reload and its SIGHUP handler."""
     from service.app import watch_models
 
     watch_models(worker.wsgi)
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     """In the master: drop the dead worker's live gauges from /metrics."""
     from service.observability.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
 
 
-def on_exit(server):
+def on_exit(server: Any) -> None:
     """In the master, last: remove the metrics folder if this run created it."""
     for path in _created_multiproc_dir:
         shutil.rmtree(path, ignore_errors=True)

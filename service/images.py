@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage
 from service.model.contract import IMAGE_SIDE, N_PIXELS
@@ -93,7 +93,7 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         # formats= keeps every other decoder (and its attack surface) out of reach
         image = Image.open(io.BytesIO(data), formats=list(limits.formats))
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise InvalidImage(f"{_describe_unaccepted(data)}; send {accepted}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own header check fired first (far beyond our limit)
@@ -213,7 +213,8 @@ def _remove_background(ink: np.ndarray) -> np.ndarray:
         raise InvalidImage("the image shows no digit: the ink is too faint")
     # keep the antialiased rim just outside the strokes; shading far from strokes is paper
     scaled = np.clip((ink - background) / (foreground - background), 0.0, 1.0)
-    return scaled * _dilated(strokes, radius=max(1, min(ink.shape) // 64))
+    weighted: np.ndarray = scaled * _dilated(strokes, radius=max(1, min(ink.shape) // 64))
+    return weighted
 
 
 def _dilated(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -166,7 +166,7 @@ def _timeout_answer() -> bytes:
     return render_server_error(408, "Request Timeout", message)
 
 
-class BufferingThreadWorker(ThreadWorker):
+class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gthread, but a request is read whole in the event loop before a thread handles it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

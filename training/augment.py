@@ -115,7 +115,7 @@ def _distort_chunk(
         output=np.float32,
     )
     np.clip(moved, 0.0, 1.0, out=moved)
-    return moved.reshape(n, N_PIXELS)
+    return np.asarray(moved.reshape(n, N_PIXELS))
 
 
 def _blur_matrix(side: int, sigma: float) -> np.ndarray:
@@ -124,4 +124,4 @@ def _blur_matrix(side: int, sigma: float) -> np.ndarray:
 
     identity = np.eye(side, dtype=np.float64)
     blur = ndimage.gaussian_filter1d(identity, sigma, axis=0, mode="constant", truncate=3.0)
-    return blur.astype(np.float32)
+    return np.asarray(blur, dtype=np.float32)

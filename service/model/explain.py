@@ -162,12 +162,12 @@ def _constant(constants: dict[str, np.ndarray], names: list[str], op: str) -> np
 
 def _activate(activation: Activation, z: np.ndarray) -> np.ndarray:
     if activation == "relu":
-        return np.maximum(z, 0.0)
+        return np.asarray(np.maximum(z, 0.0))
     if activation == "tanh":
-        return np.tanh(z)
+        return np.asarray(np.tanh(z))
     if activation == "logistic":
         # 1 / (1 + exp(-z)) without overflow warnings for large negative z
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
     return z
 
 
@@ -176,9 +176,9 @@ def _derivative(activation: Activation, z: np.ndarray, a: np.ndarray) -> np.ndar
     if activation == "relu":
         return (z > 0).astype(np.float64)
     if activation == "tanh":
-        return 1.0 - a * a
+        return np.asarray(1.0 - a * a)
     if activation == "logistic":
-        return a * (1.0 - a)
+        return np.asarray(a * (1.0 - a))
     return 1.0
 
 

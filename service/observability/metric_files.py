@@ -31,7 +31,7 @@ class PreallocatingMmapedDict(mmap_dict.MmapedDict):
 
     def __init__(self, filename: str, read_mode: bool = False) -> None:
         if read_mode:
-            super().__init__(filename, read_mode=True)
+            super().__init__(filename, read_mode=True)  # type: ignore[no-untyped-call]
             return
         self._f = open(filename, "a+b")  # noqa: SIM115 - kept open for the map, as upstream does
         self._fname = filename
@@ -53,7 +53,7 @@ class PreallocatingMmapedDict(mmap_dict.MmapedDict):
             self._used = _HEADER_BYTES
             mmap_dict._pack_integer(self._m, 0, self._used)
         else:
-            for key, _, _, pos in self._read_all_values():
+            for key, _, _, pos in self._read_all_values():  # type: ignore[no-untyped-call]
                 self._positions[key] = pos
 
     def _init_value(self, key: str) -> None:
@@ -75,4 +75,4 @@ class PreallocatingMmapedDict(mmap_dict.MmapedDict):
 
 def install() -> None:
     """Make prometheus_client create its multiprocess files with PreallocatingMmapedDict."""
-    values.MmapedDict = PreallocatingMmapedDict  # type: ignore[misc]
+    values.MmapedDict = PreallocatingMmapedDict  # type: ignore[attr-defined]
