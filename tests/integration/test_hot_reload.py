@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.model.repository import ModelRepository, sha256_bytes
 from tests.integration.conftest import RunningServer
-from tests.service.test_predictor import committed_parts, publish_copy, renamed_input_model
+from tests.service.conftest import committed_parts, publish_copy, renamed_input_model
 
 WORKERS = 2
 LOAD_THREADS = 3

@@ -20,21 +20,13 @@ from service.app import create_app
 from service.config import ServiceConfig
 from service.errors import BadRequest, InvalidImage, InvalidInput, PayloadTooLarge
 from service.images import ImageLimits
-from tests.service.test_predictor import committed_parts, publish_copy
+from tests.service.conftest import DIGITS, EXPECTED, png_bytes
 
 LIMITS = ImageLimits()
-DIGITS = np.asarray(committed_parts()[2]["images"], dtype=np.uint8)
-EXPECTED = committed_parts()[2]["expected_labels"]  # the committed model's answers
 
 
 def as_body(payload: Any) -> bytes:
     return json.dumps(payload).encode()
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(255 - pixels.reshape(28, 28)).resize((56, 56)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_flat_and_row_images_give_the_same_scaled_batch() -> None:
@@ -139,9 +131,8 @@ def test_predictions_json_ranks_and_reports_confidence() -> None:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Any:
-    publish_copy(tmp_path)
-    app: Flask = create_app(ServiceConfig(model_dir=tmp_path, max_batch=4))
+def client(model_repo: Path) -> Any:
+    app: Flask = create_app(ServiceConfig(model_dir=model_repo, max_batch=4))
     return app.test_client()
 
 
@@ -223,9 +214,8 @@ def test_claimed_pixels_reads_only_the_header() -> None:
     assert claimed_pixels(jpeg.getvalue(), ("PNG",)) == 0  # a format the service does not take
 
 
-def test_uploads_share_the_request_budget(tmp_path: Path) -> None:
-    publish_copy(tmp_path)
-    app = create_app(ServiceConfig(model_dir=tmp_path, max_request_pixels=2_500_000))
+def test_uploads_share_the_request_budget(model_repo: Path) -> None:
+    app = create_app(ServiceConfig(model_dir=model_repo, max_request_pixels=2_500_000))
     parts = [(io.BytesIO(big_png(1000)), f"{i}.png") for i in range(3)]
     response = app.test_client().post(
         "/predict", data={"image": parts}, content_type="multipart/form-data"
@@ -236,9 +226,8 @@ def test_uploads_share_the_request_budget(tmp_path: Path) -> None:
     assert raw.status_code == 200  # one 1 Mpx image is within the budget
 
 
-def test_a_chunked_body_over_the_limit_is_413_not_a_cut_body(tmp_path: Path) -> None:
-    publish_copy(tmp_path)
-    app = create_app(ServiceConfig(model_dir=tmp_path, max_body_bytes=10_000))
+def test_a_chunked_body_over_the_limit_is_413_not_a_cut_body(model_repo: Path) -> None:
+    app = create_app(ServiceConfig(model_dir=model_repo, max_body_bytes=10_000))
     body = as_body({"images": [DIGITS[0].tolist()] * 10})  # about 30 kB
     response = app.test_client().post(
         "/predict",

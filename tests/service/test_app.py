@@ -16,15 +16,14 @@ from service.app import PREDICTOR_KEY, create_app
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
 from service.model.predictor import LoadedModel, Prediction, Predictor
-from tests.service.test_predictor import RecordingMetrics, committed_parts, publish_copy
+from tests.service.conftest import RecordingMetrics, committed_parts, publish_copy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Flask:
-    publish_copy(tmp_path)
-    return create_app(ServiceConfig(model_dir=tmp_path, max_body_bytes=50_000))
+def app(model_repo: Path) -> Flask:
+    return create_app(ServiceConfig(model_dir=model_repo, max_body_bytes=50_000))
 
 
 def one_digit() -> list[int]:
@@ -123,9 +122,8 @@ def test_a_service_error_from_the_predictor_keeps_its_status() -> None:
     assert response.json == {"error": {"code": "invalid_input", "message": "too dark"}}
 
 
-def test_the_watcher_starts_lazily_on_the_first_request(tmp_path: Path) -> None:
-    publish_copy(tmp_path)
-    config = ServiceConfig(model_dir=tmp_path, poll_seconds=0.05)
+def test_the_watcher_starts_lazily_on_the_first_request(model_repo: Path) -> None:
+    config = ServiceConfig(model_dir=model_repo, poll_seconds=0.05)
     predictor = Predictor(config, metrics=RecordingMetrics())
     predictor.load()
     app = create_app(config, predictor=predictor)

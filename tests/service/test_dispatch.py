@@ -26,8 +26,7 @@ from service.observability import request_log
 from service.observability.wsgi import RequestObservability
 from service.v2 import views as v2
 from service.v2.binary import HEADER_LENGTH
-from tests.service.test_api import DIGITS, EXPECTED, png_bytes
-from tests.service.test_predictor import publish_copy
+from tests.service.conftest import DIGITS, EXPECTED, png_bytes, publish_copy
 
 REQUEST_ID = "one-entrance-1"
 PASSED_ON = "599 PASSED ON"

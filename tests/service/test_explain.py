@@ -17,7 +17,7 @@ from onnx import TensorProto, numpy_helper
 from service.errors import ModelUnavailable
 from service.model import contract
 from service.model.explain import Explainer, NotExplainable, explain, read_mlp
-from tests.service.test_predictor import committed_parts, renamed_input_model
+from tests.service.conftest import committed_parts, renamed_input_model
 
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 #: the acceptance bound on saliency against finite differences

@@ -18,8 +18,7 @@ from service.app import create_app
 from service.config import ServiceConfig
 from service.model.explain import explain, read_mlp
 from tests.conftest import COMMITTED_MODELS
-from tests.service.test_openapi import schema_validator
-from tests.service.test_predictor import committed_parts, publish_copy
+from tests.service.conftest import committed_parts, publish_copy, schema_validator
 
 ROUTE = "/v2/models/mnist/explain"
 ONNX_BYTES, _, SELFTEST = committed_parts()

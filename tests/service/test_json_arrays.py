@@ -19,7 +19,7 @@ from service.api import images_from_json, images_from_json_objects
 from service.errors import ServiceError
 from service.images import ImageLimits
 from service.v2.codec import parse_infer_request
-from tests.service.test_api import DIGITS
+from tests.service.conftest import DIGITS
 
 LIMITS = ImageLimits()
 MAX_BATCH = 8

@@ -9,16 +9,14 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from service.app import create_app
 from service.config import ServiceConfig
 from service.model.contract import IMAGE_SIDE, MODEL_NAME, N_CLASSES, N_PIXELS, PIXEL_MAX
 from service.openapi import ApiLimits, build_document
 from tests.conftest import COMMITTED_MODELS
+from tests.service.conftest import schema_validator
 
 #: url rules deliberately left out of the document, each with its reason
 UNDOCUMENTED_RULES = {
@@ -53,15 +51,6 @@ def document(app) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def selftest() -> dict[str, Any]:
     return json.loads((COMMITTED_MODELS / MODEL_NAME / "1" / "selftest.json").read_text())
-
-
-def schema_validator(document: dict[str, Any], name: str) -> Draft202012Validator:
-    """A JSON Schema validator for components/schemas/<name>, resolving refs inside the document."""
-    resource = Resource.from_contents(document, default_specification=DRAFT202012)
-    registry = Registry().with_resource("urn:openapi", resource)
-    return Draft202012Validator(
-        {"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=registry
-    )
 
 
 def openapi_path(rule: str) -> str:

@@ -3,113 +3,31 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
 from service.model.predictor import ModelRejected, Predictor, check_card
-from service.model.repository import ModelRepository, ModelVersion, sha256_bytes
-from tests.conftest import COMMITTED_MODELS
-
-SOURCE = COMMITTED_MODELS / "mnist" / "1"
-FILLED_BY_PUBLISH = ("name", "version", "sha256", "size")
-
-
-def committed_parts() -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-    """The committed model's ONNX bytes, card (without publish's fields) and self-test."""
-    card = json.loads((SOURCE / "card.json").read_text())
-    for key in FILLED_BY_PUBLISH:
-        card.pop(key, None)
-    selftest = json.loads((SOURCE / "selftest.json").read_text())
-    return (SOURCE / "model.onnx").read_bytes(), card, selftest
-
-
-def publish_copy(
-    root: Path,
-    *,
-    onnx_bytes: bytes | None = None,
-    card_changes: dict[str, Any] | None = None,
-    selftest: dict[str, Any] | None = None,
-) -> ModelVersion:
-    """Publish the committed model (or a variant of it) into the repository at ``root``."""
-    model, card, default_selftest = committed_parts()
-    selftest_bytes = json.dumps(selftest or default_selftest).encode()
-    card["selftest"] = {
-        "file": "selftest.json",
-        "sha256": sha256_bytes(selftest_bytes),
-        "count": len((selftest or default_selftest)["images"]),
-    }
-    card.update(card_changes or {})
-    return ModelRepository(root).publish(
-        model if onnx_bytes is None else onnx_bytes, card, {"selftest.json": selftest_bytes}
-    )
-
-
-def renamed_input_model(new_name: str = "pixels") -> bytes:
-    """The committed model with its input renamed: a valid ONNX file that breaks the contract."""
-    model = onnx.load_from_string((SOURCE / "model.onnx").read_bytes())
-    old = model.graph.input[0].name
-    model.graph.input[0].name = new_name
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new_name
-    return model.SerializeToString()
+from tests.service.conftest import (
+    MakePredictor,
+    RecordingMetrics,
+    committed_parts,
+    publish_copy,
+    renamed_input_model,
+)
 
 
 def selftest_digits() -> tuple[np.ndarray, list[int]]:
     _, _, selftest = committed_parts()
     images = np.asarray(selftest["images"], dtype=np.float32) / np.float32(255.0)
     return images, selftest["expected_labels"]  # what the model answered at training time
-
-
-class RecordingMetrics:
-    """A fake metrics collaborator that remembers every call."""
-
-    def __init__(self) -> None:
-        self.inferences: list[tuple[float, int, list[int], int]] = []
-        self.reloads: list[str] = []
-        self.model_info: list[tuple[str, int, str]] = []
-
-    def observe_inference(
-        self, seconds: float, batch_size: int, labels: np.ndarray, model_version: int
-    ) -> None:
-        self.inferences.append((seconds, batch_size, list(labels), model_version))
-
-    def count_reload(self, outcome: str) -> None:
-        self.reloads.append(outcome)
-
-    def set_model_info(self, name: str, version: int, sha256: str) -> None:
-        self.model_info.append((name, version, sha256))
-
-
-MakePredictor = Callable[..., Predictor]
-
-
-@pytest.fixture
-def make_predictor(tmp_path: Path) -> Any:
-    """Build Predictors on tmp_path with recording metrics; stops their watcher threads after."""
-    made: list[Predictor] = []
-
-    def make(**config: Any) -> Predictor:
-        settings = ServiceConfig(model_dir=tmp_path, **config)
-        predictor = Predictor(settings, metrics=RecordingMetrics())
-        made.append(predictor)
-        return predictor
-
-    yield make
-    for predictor in made:
-        predictor.stop_watching()
 
 
 def metrics_of(predictor: Predictor) -> RecordingMetrics:
