@@ -1,18 +1,70 @@
-"""Static checks of the deployment files: hadolint on the Dockerfile, compose's own validation."""
+"""Static checks of the deployment files: hadolint on every Dockerfile, compose's own validation."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.deploy.conftest import run_tool
 
+DOCKERFILES = [
+    REPO_ROOT / "Dockerfile",
+    REPO_ROOT / "deploy" / "haproxy" / "Dockerfile",
+    REPO_ROOT / "deploy" / "prometheus" / "Dockerfile",
+]
 
-def test_dockerfile_is_hadolint_clean(require_tool: Callable[[str], str]) -> None:
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_dockerfile_is_hadolint_clean(dockerfile: Path, require_tool: Callable[[str], str]) -> None:
     hadolint = require_tool("hadolint")
-    result = run_tool([hadolint, "--no-color", str(REPO_ROOT / "Dockerfile")], timeout=60)
+    result = run_tool([hadolint, "--no-color", str(dockerfile)], timeout=60)
     assert result.returncode == 0, f"hadolint findings:\n{result.stdout}{result.stderr}"
+
+
+def _resolved(docker_compose: list[str], *args: str) -> dict[str, Any]:
+    result = run_tool(
+        [*docker_compose, *args, "config", "--format", "json"],
+        timeout=60,
+        extra_env={"MNIST_PORT": "18123", "MNIST_MODELS_DIR": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def _assert_hardened(name: str, service: dict[str, Any]) -> None:
+    assert service["cap_drop"] == ["ALL"] and "cap_add" not in service, name
+    assert service["security_opt"] == ["no-new-privileges:true"], name
+    assert service["read_only"] is True, name
+    limits = service["deploy"]["resources"]["limits"]
+    assert int(limits["memory"]) > 0 and int(limits["pids"]) > 0, name
+    assert all(p["host_ip"] == "127.0.0.1" for p in service.get("ports", [])), name
+
+
+def test_default_stack_is_one_hardened_replica(docker_compose: list[str]) -> None:
+    mnist = _resolved(docker_compose)["mnist"]
+    _assert_hardened("mnist", mnist)
+    assert "replicas" not in mnist["deploy"]
+    assert [t.split(":")[0] for t in mnist["tmpfs"]] == ["/tmp"]
+
+
+def test_scale_stack_resolves(docker_compose: list[str]) -> None:
+    services = _resolved(docker_compose, "--file", "compose.scale.yml")
+    assert set(services) == {"mnist", "edge", "prometheus"}
+    for name, service in services.items():
+        _assert_hardened(name, service)
+    mnist = services["mnist"]
+    assert mnist["deploy"]["replicas"] == 3 and "ports" not in mnist
+    assert mnist["image"] == _resolved(docker_compose)["mnist"]["image"]  # one image, one build
+    assert [(p["host_ip"], str(p["published"])) for p in services["edge"]["ports"]] == [
+        ("127.0.0.1", "18123")
+    ]
+    assert services["edge"]["depends_on"]["mnist"]["condition"] == "service_healthy"
 
 
 def test_compose_file_is_valid(docker_compose: list[str]) -> None:
