@@ -43,10 +43,10 @@ def mnist_data_dir() -> Path:
 
 #: the tiny model every test shares: a few seconds to build, about 85% test accuracy
 TINY_CONFIG_VALUES = {
-    "hidden_layer_sizes": (32,),
-    "max_iter": 5,
+    "hidden_layers": (32,),
+    "epochs": 5,
     "train_limit": 3000,
-    "random_state": 0,
+    "seed": 0,
     "progress": "none",
 }
 

@@ -1,6 +1,6 @@
 """The model card (card.json) and the self-test digits (selftest.json) written beside every model.
 
-The repository fills in ``name``, ``version``, ``sha256`` and ``size`` when it publishes.
+The card is ``service.model.contract.ModelCard``; the repository numbers it when it publishes.
 """
 
 from __future__ import annotations
@@ -16,13 +16,25 @@ import numpy as np
 
 from service.model.contract import (
     CLASS_LABELS,
+    INPUT,
+    MODEL_NAME,
     N_CLASSES,
+    OUTPUTS,
     SELFTEST_FILE,
-    input_contract,
-    output_contract,
+    Baselines,
+    DataInfo,
+    EpochFigures,
+    Metrics,
+    ModelCard,
+    ParityInfo,
+    SelftestRef,
+    ThreadInfo,
+    TrainingInfo,
+    ValidationCurve,
+    load_section,
 )
 from service.model.repository import sha256_bytes
-from training.config import TrainConfig
+from training.config import SETTINGS, TrainConfig
 from training.data import MnistData, Split
 from training.evaluate import Evaluation
 from training.fit import FitResult
@@ -30,36 +42,6 @@ from training.verify import Parity
 
 #: the packages whose versions decide what a run produces
 LIBRARIES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "scipy")
-
-#: flags of the reproducing command, in order (the knobs only: paths belong to the machine)
-_FLAGS: tuple[tuple[str, str], ...] = (
-    ("hidden_layer_sizes", "--hidden-layers"),
-    ("activation", "--activation"),
-    ("solver", "--solver"),
-    ("alpha", "--alpha"),
-    ("batch_size", "--batch-size"),
-    ("learning_rate", "--learning-rate"),
-    ("learning_rate_init", "--learning-rate-init"),
-    ("power_t", "--power-t"),
-    ("momentum", "--momentum"),
-    ("beta_1", "--beta-1"),
-    ("beta_2", "--beta-2"),
-    ("epsilon", "--epsilon"),
-    ("validation_fraction", "--validation-fraction"),
-    ("n_iter_no_change", "--patience"),
-    ("tol", "--tol"),
-    ("max_iter", "--epochs"),
-    ("random_state", "--seed"),
-    ("train_limit", "--train-limit"),
-    ("augment_copies", "--augment-copies"),
-    ("min_accuracy", "--min-accuracy"),
-)
-_SWITCHES: tuple[tuple[str, str, str], ...] = (
-    ("nesterovs_momentum", "--nesterov", "--no-nesterov"),
-    ("shuffle", "--shuffle", "--no-shuffle"),
-    ("early_stopping", "--early-stopping", "--no-early-stopping"),
-    ("augment", "--augment", "--no-augment"),
-)
 
 
 def library_versions() -> dict[str, str]:
@@ -74,17 +56,19 @@ def library_versions() -> dict[str, str]:
 
 
 def reproducing_command(config: TrainConfig) -> str:
-    """A ``mnist-train`` command line that sets every knob of ``config`` explicitly."""
+    """A ``mnist-train`` command that sets every knob the solver uses (paths stay out: they
+    belong to the machine), in the order of the settings table."""
     words = ["mnist-train"]
-    for name, flag in _FLAGS:
-        value = getattr(config, name)
-        if value is None:
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        if not setting.in_command or value is None or config.solver not in setting.solvers:
             continue
-        if name == "hidden_layer_sizes":
+        if setting.is_switch:
+            words.append(setting.flag if value else "--no-" + setting.flag[2:])
+            continue
+        if isinstance(value, tuple):
             value = ",".join(str(n) for n in value)
-        words += [flag, str(value)]
-    for name, on, off in _SWITCHES:
-        words.append(on if getattr(config, name) else off)
+        words += [setting.flag, str(value)]
     return shlex.join(words)
 
 
@@ -95,7 +79,7 @@ def select_selftest(test: Split) -> np.ndarray:
 
 def build_selftest(
     test: Split, onnx_labels: np.ndarray, onnx_probabilities: np.ndarray
-) -> tuple[bytes, dict[str, Any]]:
+) -> tuple[bytes, SelftestRef]:
     """selftest.json (one raw test digit per class and what the ONNX graph answers for it) and
     the card's ``selftest`` entry."""
     chosen = select_selftest(test)
@@ -108,7 +92,7 @@ def build_selftest(
         ],
     }
     data = (json.dumps(document) + "\n").encode()
-    return data, {"file": SELFTEST_FILE, "sha256": sha256_bytes(data), "count": len(chosen)}
+    return data, SelftestRef(file=SELFTEST_FILE, sha256=sha256_bytes(data), count=len(chosen))
 
 
 def build_card(
@@ -119,68 +103,82 @@ def build_card(
     evaluation: Evaluation,
     parity: Parity,
     baselines: dict[str, Any],
-    selftest: dict[str, Any],
+    selftest: SelftestRef,
+    onnx_bytes: bytes,
+    threads: ThreadInfo | None = None,
     invocation: list[str] | None = None,
     created: datetime | None = None,
-) -> dict[str, Any]:
-    """Everything a reader needs to trust and reproduce the model (DESIGN.md section 2)."""
+) -> ModelCard:
+    """Everything a reader needs to trust and reproduce the model (DESIGN.md section 2).
+
+    The card says version 0 until the repository publishes it and numbers it.
+    """
     created = created or datetime.now(UTC)
-    params = config.mlp_params()
-    params["hidden_layer_sizes"] = list(config.hidden_layer_sizes)
     train_used = min(len(data.train), config.train_limit or len(data.train))
     metrics = evaluation.metrics()
-    metrics.update(
-        train_seconds=fitted.seconds,
-        epochs=fitted.epochs,
-        epoch_unit=fitted.unit,
-        best_epoch=fitted.best_epoch,
-        final_loss=fitted.final_loss,
-        validation_accuracy=fitted.val_accuracy,
-        validation_loss=fitted.val_loss,
-        converged=fitted.converged,
-    )
-    return {
-        "description": f"MLPClassifier {list(config.hidden_layer_sizes)} {config.activation}/"
+    return ModelCard(
+        name=MODEL_NAME,
+        version=0,
+        sha256=sha256_bytes(onnx_bytes),
+        size=len(onnx_bytes),
+        description=f"MLPClassifier {list(config.hidden_layers)} {config.activation}/"
         f"{config.solver}, trained with mnist-train",
-        "input": input_contract(),
-        "outputs": output_contract(),
-        "class_labels": list(CLASS_LABELS),
-        "num_classes": N_CLASSES,
-        "framework": "scikit-learn MLPClassifier exported with skl2onnx",
-        "params": params,
-        "config": config.to_dict(),
-        "data": {
-            "source": "MNIST (LeCun, Cortes, Burges), CC BY-SA 3.0",
-            "md5": dict(data.checksums),
-            "train_available": len(data.train),
-            "train_used": train_used,
-            "train_size": fitted.train_size,
-            "validation_size": fitted.validation_size,
-            "test_size": len(data.test),
-            "pixel_scale": "raw / 255",
-        },
-        "metrics": metrics,
-        "training": {
-            "converged": fitted.converged,
-            "stop_reason": fitted.stop_reason,
-            "restored_best_weights": fitted.restored_best,
-            "epochs": fitted.epochs,
-            "epoch_unit": fitted.unit,
-            "seconds": fitted.seconds,
-        },
-        "converged": fitted.converged,
-        "loss_curve": fitted.loss_curve,
-        "validation_curve": {
-            "val_accuracy": [r.val_accuracy for r in fitted.history],
-            "val_loss": [r.val_loss for r in fitted.history],
-        },
-        "history": [r.to_dict() for r in fitted.history],
-        "baselines": baselines,
-        "parity": parity.to_dict(),
-        "libraries": library_versions(),
-        "command": reproducing_command(config),
-        "invocation": shlex.join(["mnist-train", *invocation]) if invocation is not None else None,
-        "created": created.isoformat(timespec="seconds"),
-        "selftest": selftest,
-        "host": {"machine": platform.machine(), "system": platform.system()},
-    }
+        input=INPUT,
+        outputs=OUTPUTS,
+        class_labels=CLASS_LABELS,
+        num_classes=N_CLASSES,
+        framework="scikit-learn MLPClassifier exported with skl2onnx",
+        params=config.mlp_params(),
+        config=config.to_dict(),
+        data=DataInfo(
+            source="MNIST (LeCun, Cortes, Burges), CC BY-SA 3.0",
+            md5=dict(data.checksums),
+            train_available=len(data.train),
+            train_used=train_used,
+            train_size=fitted.train_size,
+            validation_size=fitted.validation_size,
+            test_size=len(data.test),
+            pixel_scale="raw / 255",
+        ),
+        metrics=Metrics(
+            test_accuracy=metrics["test_accuracy"],
+            test_error=metrics["test_error"],
+            test_count=metrics["test_count"],
+            per_class_precision=tuple(metrics["per_class_precision"]),
+            per_class_recall=tuple(metrics["per_class_recall"]),
+            confusion_matrix=tuple(tuple(row) for row in metrics["confusion_matrix"]),
+            log_loss=metrics["log_loss"],
+            train_seconds=fitted.seconds,
+            epochs=fitted.epochs,
+            epoch_unit=fitted.unit,
+            best_epoch=fitted.best_epoch,
+            final_loss=fitted.final_loss,
+            validation_accuracy=fitted.val_accuracy,
+            validation_loss=fitted.val_loss,
+            converged=fitted.converged,
+        ),
+        training=TrainingInfo(
+            converged=fitted.converged,
+            stop_reason=fitted.stop_reason,
+            restored_best_weights=fitted.restored_best,
+            epochs=fitted.epochs,
+            epoch_unit=fitted.unit,
+            seconds=fitted.seconds,
+            threads=threads,
+        ),
+        converged=fitted.converged,
+        loss_curve=tuple(fitted.loss_curve),
+        validation_curve=ValidationCurve(
+            val_accuracy=tuple(r.val_accuracy for r in fitted.history),
+            val_loss=tuple(r.val_loss for r in fitted.history),
+        ),
+        history=tuple(EpochFigures(**r.to_dict()) for r in fitted.history),
+        baselines=load_section(Baselines, baselines),
+        parity=load_section(ParityInfo, parity.to_dict()),
+        libraries=library_versions(),
+        command=reproducing_command(config),
+        invocation=shlex.join(["mnist-train", *invocation]) if invocation is not None else None,
+        created=created.isoformat(timespec="seconds"),
+        selftest=selftest,
+        host={"machine": platform.machine(), "system": platform.system()},
+    )

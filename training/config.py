@@ -1,201 +1,479 @@
-"""One frozen TrainConfig: the MLPClassifier knobs under scikit-learn's names, plus the run's own.
+"""Every training setting, declared once: the table behind flags, TOML keys, checks and the card.
 
-It can be read from a TOML file whose top-level keys are the field names; unknown keys and wrong
-types fail at once with a message naming the key. ``validate`` also runs scikit-learn's own
-parameter validation, so an impossible value fails before any data is loaded.
+Each field of :class:`TrainConfig` is one row of the table: its name (the TOML key; the flag is
+the same name with dashes: ``batch_size`` -> ``--batch-size``), its type (the annotation), its
+default, its range, its help text, the solvers that use it and the scikit-learn ``MLPClassifier``
+parameter it maps to. :data:`SETTINGS` reads the rows back; ``training.cli`` builds the parser and
+``--help`` from them, :func:`from_mapping` reads a TOML file with them, :func:`check_setting`
+checks a value against its row, and :meth:`TrainConfig.mlp_params` gives the card's ``params``.
+
+TOML keys that used scikit-learn's names (``max_iter``, ``random_state``, ``n_iter_no_change``,
+``hidden_layer_sizes``, ``nesterovs_momentum``) fail with a message naming the new key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 Activation = Literal["identity", "logistic", "tanh", "relu"]
 Solver = Literal["lbfgs", "sgd", "adam"]
 LearningRate = Literal["constant", "invscaling", "adaptive"]
 Progress = Literal["bar", "json", "none"]
 
-#: the fields that are MLPClassifier parameters, under their scikit-learn names
-MLP_FIELDS: tuple[str, ...] = (
-    "hidden_layer_sizes",
-    "activation",
-    "solver",
-    "alpha",
-    "batch_size",
-    "learning_rate",
-    "learning_rate_init",
-    "power_t",
-    "max_iter",
-    "shuffle",
-    "random_state",
-    "tol",
-    "momentum",
-    "nesterovs_momentum",
-    "early_stopping",
-    "validation_fraction",
-    "beta_1",
-    "beta_2",
-    "epsilon",
-    "n_iter_no_change",
-)
-
-_LITERALS: dict[str, tuple[str, ...]] = {
-    "activation": get_args(Activation),
-    "solver": get_args(Solver),
-    "learning_rate": get_args(LearningRate),
-    "progress": get_args(Progress),
-}
-_INTS = ("max_iter", "random_state", "n_iter_no_change", "augment_copies")
-_FLOATS = (
-    "alpha",
-    "learning_rate_init",
-    "power_t",
-    "tol",
-    "momentum",
-    "validation_fraction",
-    "beta_1",
-    "beta_2",
-    "epsilon",
-    "min_accuracy",
-)
-_BOOLS = ("shuffle", "nesterovs_momentum", "early_stopping", "augment")
+SOLVERS: tuple[Solver, ...] = get_args(Solver)
+#: the solvers that train in epochs through our loop (lbfgs is one scikit-learn call)
+EPOCH_SOLVERS: tuple[Solver, ...] = ("sgd", "adam")
 
 
 class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
+    """A configuration value or key is invalid; the message names it and says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed or half-open numeric interval; ``None`` is unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            if self.low is None:
+                return "any number"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        low = "-inf" if self.low is None else _number(self.low)
+        return f"{left}{low}, {_number(self.high)}{right}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """The parts of a setting written beside its field (the rest comes from the field itself)."""
+
+    help: str
+    group: str
+    sklearn: str | None = None
+    range: Range | None = None
+    solvers: tuple[Solver, ...] = SOLVERS
+    metavar: str | None = None
+    in_command: bool = True  # False for the paths and output mode: they belong to the machine
+
+
+def _row(help: str, group: str, **row: Any) -> dict[str, _Row]:
+    """The metadata of one TrainConfig field: the rest of its row of the table."""
+    return {"setting": _Row(help=help, group=group, **row)}
+
+
+_POSITIVE = Range(0, None, low_open=True)
+_NON_NEGATIVE = Range(0, None)
+_AT_LEAST_1 = Range(1, None)
+_FRACTION = Range(0, 1)
+_OPEN_FRACTION = Range(0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; CLI flags and a TOML file map onto it."""
+    """Everything a training run depends on; one field per setting (the table of the module)."""
 
-    hidden_layer_sizes: tuple[int, ...] = (100,)
-    activation: Activation = "relu"
-    solver: Solver = "adam"
-    alpha: float = 1e-4
-    batch_size: int | Literal["auto"] = "auto"
-    learning_rate: LearningRate = "constant"
-    learning_rate_init: float = 1e-3
-    power_t: float = 0.5
-    max_iter: int = 20  # epochs for sgd/adam, iterations for lbfgs
-    shuffle: bool = True
-    random_state: int = 0  # the seed: a run is reproducible by default
-    tol: float = 1e-4
-    momentum: float = 0.9
-    nesterovs_momentum: bool = True
-    early_stopping: bool = False
-    validation_fraction: float = 0.1
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-8
-    n_iter_no_change: int = 10  # patience, in epochs
-    train_limit: int | None = None
-    augment: bool = False
-    augment_copies: int = 1
-    min_accuracy: float = 0.0
-    data_dir: Path | None = None
-    models_dir: Path = field(default=Path("models"))
-    progress: Progress = "bar"
+    # -- model
+    hidden_layers: tuple[int, ...] = field(
+        default=(100,),
+        metadata=_row(
+            "hidden layer sizes, e.g. 512,256",
+            "model",
+            sklearn="hidden_layer_sizes",
+            metavar="N[,N...]",
+        ),
+    )
+    activation: Activation = field(
+        default="relu", metadata=_row("hidden-layer activation", "model", sklearn="activation")
+    )
+    alpha: float = field(
+        default=1e-4, metadata=_row("L2 penalty", "model", sklearn="alpha", range=_NON_NEGATIVE)
+    )
+    # -- solver
+    solver: Solver = field(
+        default="adam", metadata=_row("weight optimiser", "solver", sklearn="solver")
+    )
+    batch_size: int | Literal["auto"] = field(
+        default="auto",
+        metadata=_row(
+            "minibatch size, or 'auto' (min(200, images))",
+            "solver",
+            sklearn="batch_size",
+            range=_AT_LEAST_1,
+            solvers=EPOCH_SOLVERS,
+        ),
+    )
+    learning_rate: LearningRate = field(
+        default="constant",
+        metadata=_row(
+            "learning-rate schedule", "solver", sklearn="learning_rate", solvers=("sgd",)
+        ),
+    )
+    learning_rate_init: float = field(
+        default=1e-3,
+        metadata=_row(
+            "initial learning rate",
+            "solver",
+            sklearn="learning_rate_init",
+            range=_POSITIVE,
+            solvers=EPOCH_SOLVERS,
+        ),
+    )
+    power_t: float = field(
+        default=0.5,
+        metadata=_row(
+            "exponent of the invscaling schedule",
+            "solver",
+            sklearn="power_t",
+            range=_NON_NEGATIVE,
+            solvers=("sgd",),
+        ),
+    )
+    momentum: float = field(
+        default=0.9,
+        metadata=_row("momentum", "solver", sklearn="momentum", range=_FRACTION, solvers=("sgd",)),
+    )
+    nesterov: bool = field(
+        default=True,
+        metadata=_row(
+            "Nesterov momentum", "solver", sklearn="nesterovs_momentum", solvers=("sgd",)
+        ),
+    )
+    beta_1: float = field(
+        default=0.9,
+        metadata=_row(
+            "first-moment decay",
+            "solver",
+            sklearn="beta_1",
+            range=_OPEN_FRACTION,
+            solvers=("adam",),
+        ),
+    )
+    beta_2: float = field(
+        default=0.999,
+        metadata=_row(
+            "second-moment decay",
+            "solver",
+            sklearn="beta_2",
+            range=_OPEN_FRACTION,
+            solvers=("adam",),
+        ),
+    )
+    epsilon: float = field(
+        default=1e-8,
+        metadata=_row(
+            "numerical stability term",
+            "solver",
+            sklearn="epsilon",
+            range=_POSITIVE,
+            solvers=("adam",),
+        ),
+    )
+    epochs: int = field(
+        default=20,
+        metadata=_row(
+            "most epochs (sgd, adam) or iterations (lbfgs)",
+            "solver",
+            sklearn="max_iter",
+            range=_AT_LEAST_1,
+        ),
+    )
+    tol: float = field(
+        default=1e-4,
+        metadata=_row("improvement tolerance", "solver", sklearn="tol", range=_NON_NEGATIVE),
+    )
+    shuffle: bool = field(
+        default=True,
+        metadata=_row(
+            "shuffle the images every epoch", "solver", sklearn="shuffle", solvers=EPOCH_SOLVERS
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_row(
+            "random seed: weights, shuffling, split, distortions",
+            "solver",
+            sklearn="random_state",
+            range=Range(0, 2**32 - 1),
+        ),
+    )
+    # -- validation and early stopping
+    early_stopping: bool = field(
+        default=False,
+        metadata=_row(
+            "stop when validation accuracy stalls; restore the best weights",
+            "validation and early stopping",
+            sklearn="early_stopping",
+            solvers=EPOCH_SOLVERS,
+        ),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_row(
+            "share of the training images held out for validation (0 = none)",
+            "validation and early stopping",
+            sklearn="validation_fraction",
+            range=_OPEN_FRACTION,
+        ),
+    )
+    patience: int = field(
+        default=10,
+        metadata=_row(
+            "epochs without improvement before stopping",
+            "validation and early stopping",
+            sklearn="n_iter_no_change",
+            range=_AT_LEAST_1,
+            solvers=EPOCH_SOLVERS,
+        ),
+    )
+    # -- data and augmentation
+    train_limit: int | None = field(
+        default=None,
+        metadata=_row(
+            "train on the first N training images only (default all 60,000)",
+            "data",
+            range=_AT_LEAST_1,
+            metavar="N",
+        ),
+    )
+    augment: bool = field(
+        default=False,
+        metadata=_row(
+            "train on distorted copies of the images too (fresh ones every epoch)", "data"
+        ),
+    )
+    augment_copies: int = field(
+        default=1,
+        metadata=_row("distorted copies per image per epoch", "data", range=_NON_NEGATIVE),
+    )
+    # -- run
+    threads: int = field(
+        default=1,
+        metadata=_row(
+            "BLAS threads while training (threadpoolctl); one is fastest on a shared machine",
+            "run",
+            range=_AT_LEAST_1,
+        ),
+    )
+    min_accuracy: float = field(
+        default=0.0,
+        metadata=_row(
+            "quality gate: refuse to publish below this test accuracy", "run", range=_FRACTION
+        ),
+    )
+    data_dir: Path | None = field(
+        default=None,
+        metadata=_row(
+            "folder with the four MNIST IDX .gz files (default $MNIST_DATA_DIR, else the download "
+            "cache)",
+            "run",
+            in_command=False,
+        ),
+    )
+    models_dir: Path = field(
+        default=Path("models"),
+        metadata=_row("model repository to publish into", "run", in_command=False),
+    )
+    progress: Progress = field(
+        default="bar",
+        metadata=_row(
+            "live bar, one JSON line per epoch on stdout, or nothing", "run", in_command=False
+        ),
+    )
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        for setting in SETTINGS:
+            check_setting(setting, getattr(self, setting.name))
+        if self.early_stopping and self.validation_fraction <= 0:
+            raise ConfigError(
+                "--early-stopping needs a validation split: set --validation-fraction above 0"
+            )
 
     def mlp_params(self) -> dict[str, Any]:
-        """The keyword arguments for ``MLPClassifier`` (early stopping is the fit loop's own)."""
-        return {name: getattr(self, name) for name in MLP_FIELDS}
+        """The keyword arguments for ``MLPClassifier``, under scikit-learn's names (JSON-ready).
+
+        These are the card's ``params``; early stopping is the fit loop's own (fit.py).
+        """
+        return {
+            s.sklearn: _json_value(getattr(self, s.name)) for s in SETTINGS if s.sklearn is not None
+        }
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (and checked)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values, as written into the card."""
-        out: dict[str, Any] = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, Path):
-                value = str(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[item.name] = value
-        return out
+        """Every setting under its own name, JSON-ready (the card's ``config``)."""
+        return {s.name: _json_value(getattr(self, s.name)) for s in SETTINGS}
 
 
-FIELD_NAMES: tuple[str, ...] = tuple(item.name for item in dataclasses.fields(TrainConfig))
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: a TrainConfig field and everything said about it."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    group: str
+    sklearn: str | None
+    range: Range | None
+    solvers: tuple[Solver, ...]
+    metavar: str | None
+    in_command: bool
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--`` and the name with dashes."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def is_switch(self) -> bool:
+        return self.type is bool
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The allowed words of a Literal setting."""
+        return get_args(self.type) if get_origin(self.type) is Literal else None
+
+    def describe(self) -> str:
+        """The help text with the default, the range and the solvers that use it."""
+        default = self.default
+        if isinstance(default, tuple):
+            default = ",".join(str(n) for n in default)
+        elif isinstance(default, bool):
+            default = "on" if default else "off"
+        parts = [self.help]
+        if default is not None:
+            parts.append(f"default {default}")
+        if self.range is not None and not (self.range.low == 1 and self.range.high is None):
+            parts.append(f"range {self.range}")
+        if self.solvers != SOLVERS:
+            parts.append(f"{'/'.join(self.solvers)} only")
+        return f"{parts[0]} ({'; '.join(parts[1:])})" if len(parts) > 1 else parts[0]
+
+
+def _settings() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    rows = []
+    for item in dataclasses.fields(TrainConfig):
+        row: _Row = item.metadata["setting"]
+        rows.append(
+            Setting(
+                name=item.name,
+                type=hints[item.name],
+                default=item.default,
+                help=row.help,
+                group=row.group,
+                sklearn=row.sklearn,
+                range=row.range,
+                solvers=row.solvers,
+                metavar=row.metavar,
+                in_command=row.in_command,
+            )
+        )
+    return tuple(rows)
+
+
+#: the table, in declaration order (the order of ``--help``)
+SETTINGS: tuple[Setting, ...] = _settings()
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+#: scikit-learn's parameter names that were TOML keys once -> the key to use now
+RENAMED: dict[str, str] = {
+    s.sklearn: s.name for s in SETTINGS if s.sklearn is not None and s.sklearn != s.name
+}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_types(config: TrainConfig) -> None:
-    for name, choices in _LITERALS.items():
-        if getattr(config, name) not in choices:
-            raise ConfigError(f"{name}: {getattr(config, name)!r} is not one of {list(choices)}")
-    for name in _INTS:
-        if not _is_int(getattr(config, name)):
-            raise ConfigError(f"{name}: expected an integer, got {getattr(config, name)!r}")
-    for name in _FLOATS:
-        value = getattr(config, name)
-        if not (_is_int(value) or isinstance(value, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-    for name in _BOOLS:
-        if not isinstance(getattr(config, name), bool):
-            raise ConfigError(f"{name}: expected true or false, got {getattr(config, name)!r}")
-    layers = config.hidden_layer_sizes
-    if not (isinstance(layers, tuple) and layers and all(_is_int(n) and n > 0 for n in layers)):
-        raise ConfigError(f"hidden_layer_sizes: expected positive integers, got {layers!r}")
-    if config.batch_size != "auto" and not (_is_int(config.batch_size) and config.batch_size > 0):
-        raise ConfigError(
-            f"batch_size: expected a positive integer or 'auto', got {config.batch_size!r}"
-        )
-    if config.train_limit is not None and not (
-        _is_int(config.train_limit) and config.train_limit > 0
-    ):
-        raise ConfigError(f"train_limit: expected a positive integer, got {config.train_limit!r}")
-    if config.augment_copies < 0:
-        raise ConfigError(f"augment_copies: expected 0 or more, got {config.augment_copies}")
-    if not 0.0 <= config.min_accuracy <= 1.0:
-        raise ConfigError(f"min_accuracy: expected a fraction in [0, 1], got {config.min_accuracy}")
-    if config.early_stopping and config.validation_fraction <= 0:
-        raise ConfigError("early_stopping needs a validation split: validation_fraction > 0")
+def _is_number(value: object) -> bool:
+    return _is_int(value) or isinstance(value, float)
 
 
-def validate(config: TrainConfig) -> TrainConfig:
-    """Run scikit-learn's own parameter validation on the config; ConfigError names the key."""
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.utils._param_validation import InvalidParameterError
+def _expected(setting: Setting) -> str:
+    """What a value of the setting looks like, for messages."""
+    kind = setting.type
+    choices = setting.choices
+    if choices is not None:
+        return f"one of {', '.join(choices)}"
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    if setting.name == "hidden_layers":
+        return "positive layer sizes like 512,256"
+    if setting.name == "batch_size":
+        return "a positive integer or 'auto'"
+    if kind == int | None:
+        return "a positive integer"
+    return "a path"
 
-    estimator = MLPClassifier(**config.mlp_params())
-    try:
-        # the same check fit() runs first; calling it here fails before any data is loaded
-        estimator._validate_params()
-    except InvalidParameterError as exc:
-        raise ConfigError(str(exc)) from exc
-    return config
 
-
-def _coerce(name: str, value: Any) -> Any:
-    """TOML values -> field values (lists become tuples, paths become Path)."""
-    if name == "hidden_layer_sizes":
-        if isinstance(value, str):
-            return parse_layers(value)
-        if isinstance(value, list):
-            return tuple(value)
-        if _is_int(value):
-            return (value,)
-    if name in ("data_dir", "models_dir"):
-        if value is None and name == "data_dir":
-            return None
-        if not isinstance(value, str | Path):
-            raise ConfigError(f"{name}: expected a path string, got {value!r}")
-        return Path(value)
-    return value
+def check_setting(setting: Setting, value: Any) -> None:
+    """ConfigError (naming the flag) unless ``value`` has the setting's type and is in range."""
+    kind = setting.type
+    choices = setting.choices
+    ok: bool
+    if choices is not None:
+        ok = value in choices
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = _is_int(value)
+    elif kind is float:
+        ok = _is_number(value)
+    elif setting.name == "hidden_layers":
+        ok = isinstance(value, tuple) and bool(value) and all(_is_int(n) and n > 0 for n in value)
+    elif setting.name == "batch_size":
+        ok = value == "auto" or _is_int(value)
+    elif kind == int | None:
+        ok = value is None or _is_int(value)
+    elif kind in (Path, Path | None):
+        ok = isinstance(value, Path) or (value is None and kind != Path)
+    else:  # pragma: no cover - a new kind of setting needs a branch here
+        raise TypeError(f"no check for the type of {setting.name}: {kind}")
+    if not ok:
+        raise ConfigError(f"{setting.flag}: expected {_expected(setting)}, got {value!r}")
+    if setting.range is not None and _is_number(value) and value not in setting.range:
+        raise ConfigError(f"{setting.flag}: {value!r} is out of range {setting.range}")
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -204,30 +482,109 @@ def parse_layers(text: str) -> tuple[int, ...]:
         layers = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise ConfigError(
-            f"hidden_layer_sizes: expected comma-separated positive integers like 512,256, got "
+            f"--hidden-layers: expected comma-separated positive integers like 512,256, got "
             f"{text!r}"
         ) from None
     if not layers or any(n <= 0 for n in layers):
-        raise ConfigError(f"hidden_layer_sizes: layer sizes must be positive, got {text!r}")
+        raise ConfigError(f"--hidden-layers: layer sizes must be positive, got {text!r}")
     return layers
 
 
-def from_mapping(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: the defaults) with ``values`` applied; unknown keys raise ConfigError."""
-    unknown = [key for key in values if key not in FIELD_NAMES]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(
-            f"unknown configuration key {', '.join(hints)}; known keys: {', '.join(FIELD_NAMES)}"
-        )
-    changes = {key: _coerce(key, value) for key, value in values.items()}
+def parse_text(setting: Setting, text: str) -> Any:
+    """A command-line word -> the setting's value (checked); ConfigError names the flag."""
+    kind = setting.type
     try:
-        return dataclasses.replace(base or TrainConfig(), **changes)
-    except TypeError as exc:  # e.g. a comparison inside the checks on a value of the wrong type
-        raise ConfigError(str(exc)) from exc
+        if setting.name == "hidden_layers":
+            value: Any = parse_layers(text)
+        elif setting.name == "batch_size":
+            value = text if text == "auto" else int(text)
+        elif kind is int or kind == int | None:
+            value = int(text)
+        elif kind is float:
+            value = float(text)
+        elif kind in (Path, Path | None):
+            value = Path(text)
+        else:
+            value = text
+    except ValueError:
+        raise ConfigError(f"{setting.flag}: expected {_expected(setting)}, got {text!r}") from None
+    check_setting(setting, value)
+    return value
+
+
+def _from_toml(setting: Setting, value: Any) -> Any:
+    """A TOML value -> the setting's value: lists become tuples, strings become paths."""
+    if setting.name == "hidden_layers":
+        if isinstance(value, str):
+            return parse_layers(value)
+        if isinstance(value, list):
+            return tuple(value)
+        if _is_int(value):
+            return (value,)
+    if setting.type in (Path, Path | None) and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def _key_error(key: str) -> str:
+    if key in RENAMED:
+        new = BY_NAME[RENAMED[key]]
+        return (
+            f"configuration key {key!r} is scikit-learn's name; the key is now {new.name!r} "
+            f"(the same name as the flag {new.flag})"
+        )
+    close = difflib.get_close_matches(key, list(BY_NAME), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown configuration key {key!r}{hint}; known keys: {', '.join(BY_NAME)}"
+
+
+def from_mapping(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: the defaults) with ``values`` applied; keys may use - or _.
+
+    Raises ConfigError for an unknown or renamed key, or a value of the wrong type or range.
+    """
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in BY_NAME:
+            raise ConfigError(_key_error(key))
+        setting = BY_NAME[name]
+        changes[name] = _from_toml(setting, value)
+        check_setting(setting, changes[name])
+    return dataclasses.replace(base or TrainConfig(), **changes)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Run scikit-learn's own parameter validation on the config; ConfigError names the flag."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    estimator = MLPClassifier(**config.mlp_params())
+    try:
+        # the same check fit() runs first; calling it here fails before any data is loaded
+        estimator._validate_params()
+    except InvalidParameterError as exc:
+        message = str(exc)
+        for setting in SETTINGS:
+            if setting.sklearn and f"'{setting.sklearn}'" in message:
+                message = f"{setting.flag}: {message}"
+                break
+        raise ConfigError(message) from exc
+    return config
+
+
+def ignored_settings(config: TrainConfig, given: set[str]) -> list[Setting]:
+    """The settings in ``given`` (names set by a flag or the file) that ``config.solver`` ignores.
+
+    scikit-learn would accept them and do nothing (``--momentum`` with adam, ``--early-stopping``
+    with lbfgs): the run would silently differ from what was asked.
+    """
+    return [
+        BY_NAME[name]
+        for name in sorted(given, key=list(BY_NAME).index)
+        if config.solver not in BY_NAME[name].solvers
+        and getattr(config, name) != BY_NAME[name].default
+    ]
 
 
 def load_toml(path: Path | str) -> dict[str, Any]:

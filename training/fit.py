@@ -98,7 +98,7 @@ def _validation_split(
     from sklearn.model_selection import train_test_split
 
     x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=config.validation_fraction, random_state=config.random_state, stratify=y
+        x, y, test_size=config.validation_fraction, random_state=config.seed, stratify=y
     )
     return x_train, y_train, x_val, y_val
 
@@ -111,7 +111,7 @@ def _estimator(config: TrainConfig, n_train: int) -> MLPClassifier:
     params["early_stopping"] = False
     # a RandomState instance, not the int: partial_fit re-seeds from an int on every call, which
     # would replay the same shuffle order each epoch; the instance advances and stays reproducible
-    params["random_state"] = np.random.RandomState(config.random_state)
+    params["random_state"] = np.random.RandomState(config.seed)
     if params["batch_size"] != "auto":
         params["batch_size"] = min(params["batch_size"], n_train)  # sklearn warns and clips
     return MLPClassifier(**params)
@@ -155,7 +155,7 @@ def fit(
                 y_train,
                 config.augment_copies,
                 distort,
-                np.random.default_rng(config.random_state),
+                np.random.default_rng(config.seed),
             )
         model = _estimator(config, x_train.shape[0])
         result = _fit_lbfgs(model, config, x_train, y_train, x_val, y_val, reporter)
@@ -187,7 +187,7 @@ def _fit_lbfgs(
 ) -> FitResult:
     if config.early_stopping:
         reporter.step("note: lbfgs has no epochs, so early stopping does not apply")
-    reporter.step(f"lbfgs: one fit of up to {config.max_iter} iterations (lbfgs has no epochs)")
+    reporter.step(f"lbfgs: one fit of up to {config.epochs} iterations (lbfgs has no epochs)")
     started = time.perf_counter()
     with catch_convergence() as convergence:
         model.fit(x_train, y_train)
@@ -236,7 +236,7 @@ def _fit_epochs(
     distort: Distort | None,
 ) -> FitResult:
     classes = np.asarray(CLASS_LABELS)
-    rng = np.random.default_rng(config.random_state)
+    rng = np.random.default_rng(config.seed)
     history: list[EpochRecord] = []
     best_score = -np.inf
     best_epoch: int | None = None
@@ -244,10 +244,10 @@ def _fit_epochs(
     stale = 0
     stop_reason = "max_iter reached"
     converged = False
-    description = f"{config.solver}/{config.activation} {list(config.hidden_layer_sizes)}"
-    reporter.start(config.max_iter, description)
+    description = f"{config.solver}/{config.activation} {list(config.hidden_layers)}"
+    reporter.start(config.epochs, description)
     started = time.perf_counter()
-    for epoch in range(1, config.max_iter + 1):
+    for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         x_epoch, y_epoch = _epoch_data(x_train, y_train, config.augment_copies, distort, rng)
         if epoch == 1:
@@ -274,10 +274,10 @@ def _fit_epochs(
             else:
                 stale += 1
         if config.early_stopping:
-            if stale >= config.n_iter_no_change:
+            if stale >= config.patience:
                 stop_reason = (
                     f"early stopping: validation accuracy did not improve by more than "
-                    f"tol={config.tol} for {config.n_iter_no_change} epochs"
+                    f"tol={config.tol} for {config.patience} epochs"
                 )
                 converged = True
                 break
@@ -286,7 +286,7 @@ def _fit_epochs(
         elif model._no_improvement_count > model.n_iter_no_change:
             stop_reason = (
                 f"training loss did not improve by more than tol={config.tol} for "
-                f"{config.n_iter_no_change} epochs"
+                f"{config.patience} epochs"
             )
             converged = True
             break

@@ -1,21 +1,34 @@
 """The training pipeline composed in one place, in the order of the design's diagram:
 
-load_mnist -> fit -> evaluate -> export_onnx -> verify_onnx -> report + card -> (gate) publish
+load_mnist -> (checks) -> fit -> evaluate -> export_onnx -> verify_onnx -> report + card -> (gate)
+publish
+
+``run`` maps every way a run can end to one line and a documented exit code (``EXIT_*``); no
+traceback reaches the user.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import io
+import json
+import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
-from service.model.contract import SELFTEST_FILE
+from service.model.contract import SELFTEST_FILE, ModelCard, ThreadInfo, ThreadPool
 from service.model.repository import ModelRepository, ModelVersion
 from training.card import build_card, build_selftest
-from training.config import TrainConfig
+from training.checks import check_trainable
+from training.config import ConfigError, TrainConfig
 from training.data import DataError, MnistData, Split, load_mnist, scale_pixels
 from training.evaluate import Evaluation, baselines, evaluate
 from training.export import export_onnx
@@ -30,10 +43,35 @@ EXIT_USAGE = 2  # bad flag, config file or value (argparse uses 2 as well)
 EXIT_DATA = 3  # MNIST files missing, corrupt or not downloadable
 EXIT_BELOW_GATE = 4  # test accuracy under --min-accuracy: nothing published
 EXIT_PARITY = 5  # ONNX does not match scikit-learn: nothing published
+EXIT_WRITE = 6  # the model repository cannot be written (permissions, disk full): nothing published
+EXIT_BUG = 1  # an unexpected error: a bug to report (one line, the traceback only on request)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): nothing published
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM): nothing published
+
+#: every exit code mnist-train documents, with what it means
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "published",
+    EXIT_BUG: "unexpected error (a bug; MNIST_TRAIN_TRACEBACK=1 shows the traceback)",
+    EXIT_USAGE: "bad configuration, or settings the data cannot support",
+    EXIT_DATA: "MNIST files missing or corrupt",
+    EXIT_BELOW_GATE: "test accuracy under --min-accuracy",
+    EXIT_PARITY: "ONNX parity failure",
+    EXIT_WRITE: "the model repository cannot be written",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "terminated (SIGTERM)",
+}
 
 
 class QualityGateError(Exception):
     """The model is below the minimum accuracy; it is not published."""
+
+
+class RepositoryWriteError(Exception):
+    """The model repository cannot be written (permissions, disk full); nothing is published."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived; the run stops as after Ctrl-C."""
 
 
 @dataclass
@@ -41,12 +79,28 @@ class TrainedRun:
     """Everything one run produced, ready to publish (nothing is on disk yet)."""
 
     onnx_bytes: bytes
-    card: dict[str, Any]
+    card: ModelCard
     report_files: dict[str, bytes]  # paths relative to the version folder
     selftest_bytes: bytes
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     seconds: float
+
+
+def thread_info(limit: int) -> ThreadInfo:
+    """The native thread pools as threadpoolctl sees them now (inside the limit)."""
+    from threadpoolctl import threadpool_info
+
+    pools = tuple(
+        ThreadPool(
+            user_api=str(pool.get("user_api")),
+            internal_api=str(pool.get("internal_api")),
+            num_threads=int(pool.get("num_threads", 0)),
+            version=pool.get("version"),
+        )
+        for pool in threadpool_info()
+    )
+    return ThreadInfo(limit=limit, pools=pools)
 
 
 def _build_report(
@@ -73,16 +127,33 @@ def train_run(
 ) -> TrainedRun:
     """Fit, evaluate, export, verify, and build the card, report and self-test (no publish).
 
-    Raises ParityError when the ONNX graph does not reproduce scikit-learn's predictions.
+    BLAS and OpenMP run on ``config.threads`` threads (threadpoolctl), recorded in the card.
+    Raises ConfigError when the data cannot support the settings (training.checks), ParityError
+    when the ONNX graph does not reproduce scikit-learn's predictions.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=config.threads):
+        return _train_run(config, data, reporter, invocation, distort, thread_info(config.threads))
+
+
+def _train_run(
+    config: TrainConfig,
+    data: MnistData,
+    reporter: Reporter | None,
+    invocation: list[str] | None,
+    distort: Distort | None,
+    threads: ThreadInfo,
+) -> TrainedRun:
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
+    check_trainable(config, data.train)
     train = data.train.head(config.train_limit)
     fitted = fit(train, config, reporter, distort=distort)
     reporter.step(f"evaluating on {len(data.test)} test images")
     evaluation = evaluate(fitted.model, data.test)
     reporter.step("reference points: most-frequent-class and linear baselines")
-    references = baselines(train, data.test, config.random_state)
+    references = baselines(train, data.test, config.seed)
     reporter.step("exporting to ONNX")
     onnx_bytes = export_onnx(fitted.model)
     reporter.step(f"verifying ONNX against scikit-learn on {len(data.test)} test images")
@@ -103,34 +174,94 @@ def train_run(
         parity=parity,
         baselines=references,
         selftest=selftest_entry,
+        onnx_bytes=onnx_bytes,
+        threads=threads,
         invocation=invocation,
     )
     reporter.step("rendering the report")
-    report_files = _build_report(card, fitted, evaluation, data.test)
-    card["report"] = {Path(path).stem: path for path in sorted(report_files)}
+    report_files = _build_report(card.to_json(), fitted, evaluation, data.test)
+    card = dataclasses.replace(
+        card, report={Path(path).stem: path for path in sorted(report_files)}
+    )
     return TrainedRun(
         onnx_bytes=onnx_bytes,
         card=card,
         report_files=report_files,
         selftest_bytes=selftest_bytes,
         history=[r.to_dict() for r in fitted.history],
-        metrics=card["metrics"],
+        metrics=card.to_json()["metrics"],
         seconds=time.perf_counter() - started,
     )
 
 
 def publish_run(run: TrainedRun, models_dir: Path | str, min_accuracy: float) -> ModelVersion:
-    """Apply the quality gate, then publish the model, card, report and self-test atomically."""
-    accuracy = float(run.metrics["test_accuracy"])
+    """Apply the quality gate, then publish the model, card, report and self-test atomically.
+
+    Raises QualityGateError, ParityError, or RepositoryWriteError (nothing is left half-written).
+    """
+    accuracy = run.card.metrics.test_accuracy
     if accuracy < min_accuracy:
         raise QualityGateError(
             f"test accuracy {accuracy:.4f} is under the minimum {min_accuracy:.4f}; not published"
         )
-    if not run.card["parity"]["passed"]:
+    if not run.card.parity.passed:
         raise ParityError("ONNX parity failed; not published")
     extra_files = dict(run.report_files)
     extra_files[SELFTEST_FILE] = run.selftest_bytes
-    return ModelRepository(models_dir).publish(run.onnx_bytes, run.card, extra_files)
+    try:
+        return ModelRepository(models_dir).publish(run.onnx_bytes, run.card.to_json(), extra_files)
+    except OSError as exc:
+        raise RepositoryWriteError(_write_problem(Path(models_dir), exc)) from exc
+
+
+def _write_problem(models_dir: Path, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space or choose another --models-dir"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a folder you can write with --models-dir"
+    else:
+        fix = "check the folder or choose another --models-dir"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"cannot write the model repository {models_dir}: {reason}{where}; {fix}"
+
+
+def check_writable(models_dir: Path) -> None:
+    """RepositoryWriteError unless ``models_dir`` exists or can be made, and can be written.
+
+    Checked before training, so a run of minutes does not end in a folder it cannot use.
+    """
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryWriteError(_write_problem(models_dir, exc)) from exc
+    if not models_dir.is_dir():
+        raise RepositoryWriteError(
+            f"cannot write the model repository {models_dir}: it is not a folder; "
+            f"choose a folder with --models-dir"
+        )
+    if not os.access(models_dir, os.W_OK | os.X_OK):
+        raise RepositoryWriteError(
+            _write_problem(models_dir, PermissionError(errno.EACCES, "Permission denied"))
+        )
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread (the run stops as after Ctrl-C)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(
@@ -142,32 +273,74 @@ def run(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """The whole diagram for the CLI: load, train, gate, publish; returns the exit code."""
+    """The whole diagram for the CLI: load, train, gate, publish; returns the exit code.
+
+    Every ending is one line on ``err`` and an exit code of ``EXIT_CODES``; with ``--progress
+    json`` stdout ends with one ``{"event": "end", ...}`` record (version, path, test accuracy,
+    seconds, exit code).
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    reporter = reporter or make_reporter(config.progress)
+    started = time.perf_counter()
+    version: ModelVersion | None = None
+    trained: TrainedRun | None = None
+    code, message = EXIT_OK, ""
     try:
-        if data is None:
-            # --progress none means silence, the loader's messages included
-            log = io.StringIO() if config.progress == "none" else err
-            data = load_mnist(config.data_dir, log=log)
-        trained = train_run(config, data, reporter, invocation=invocation)
-        version = publish_run(trained, config.models_dir, config.min_accuracy)
+        with _sigterm_raises():
+            reporter = reporter or make_reporter(config.progress)
+            check_writable(config.models_dir)
+            if data is None:
+                # --progress none means silence, the loader's messages included
+                log = io.StringIO() if config.progress == "none" else err
+                data = load_mnist(config.data_dir, log=log)
+            trained = train_run(config, data, reporter, invocation=invocation)
+            version = publish_run(trained, config.models_dir, config.min_accuracy)
+    except ConfigError as exc:
+        code, message = EXIT_USAGE, f"configuration error: {exc}"
     except DataError as exc:
-        print(f"mnist-train: data error: {exc}", file=err)
-        return EXIT_DATA
+        code, message = EXIT_DATA, f"data error: {exc}"
     except ParityError as exc:
-        print(f"mnist-train: {exc}; nothing was published", file=err)
-        return EXIT_PARITY
+        code, message = EXIT_PARITY, f"{exc}; nothing was published"
     except QualityGateError as exc:
-        print(f"mnist-train: quality gate: {exc}", file=err)
-        return EXIT_BELOW_GATE
-    metrics = trained.metrics
-    message = (
-        f"published {version.path} (version {version.version}): test accuracy "
-        f"{metrics['test_accuracy']:.4f}, {metrics['epochs']} {metrics['epoch_unit']}s, "
-        f"trained in {metrics['train_seconds']:.1f}s, whole run {trained.seconds:.1f}s"
-    )
-    # in JSON mode stdout carries only the epoch lines
-    print(message, file=err if config.progress == "json" else out, flush=True)
-    return EXIT_OK
+        code, message = EXIT_BELOW_GATE, f"quality gate: {exc}"
+    except RepositoryWriteError as exc:
+        code, message = EXIT_WRITE, f"{exc}; nothing was published"
+    except KeyboardInterrupt:
+        code, message = EXIT_INTERRUPTED, "interrupted; nothing was published"
+    except Terminated:
+        code, message = EXIT_TERMINATED, "terminated; nothing was published"
+    except MemoryError:
+        code, message = EXIT_BUG, "out of memory; try --train-limit or fewer --augment-copies"
+    except Exception as exc:  # the promise is one line, never a traceback: a bug says so
+        if os.environ.get("MNIST_TRAIN_TRACEBACK"):
+            raise
+        code = EXIT_BUG
+        message = (
+            f"unexpected error, please report it: {type(exc).__name__}: {exc} "
+            f"(MNIST_TRAIN_TRACEBACK=1 shows the traceback)"
+        )
+    seconds = time.perf_counter() - started
+    if code == EXIT_OK and trained is not None and version is not None:
+        card = trained.card
+        message = (
+            f"published {version.path} (version {version.version}): test accuracy "
+            f"{card.metrics.test_accuracy:.4f}, {card.metrics.epochs} {card.metrics.epoch_unit}s, "
+            f"trained in {card.metrics.train_seconds:.1f}s, whole run {trained.seconds:.1f}s"
+        )
+        # in JSON mode stdout carries only the JSON records
+        print(message, file=err if config.progress == "json" else out, flush=True)
+    else:
+        print(f"mnist-train: {message}", file=err, flush=True)
+    if config.progress == "json":
+        record = {
+            "event": "end",
+            "exit_code": code,
+            "published": version is not None,
+            "version": version.version if version is not None else None,
+            "path": str(version.path) if version is not None else None,
+            "test_accuracy": trained.card.metrics.test_accuracy if trained is not None else None,
+            "seconds": seconds,
+            "error": message if code != EXIT_OK else None,
+        }
+        print(json.dumps(record), file=out, flush=True)
+    return code

@@ -335,14 +335,14 @@ def _summary_markdown(card: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
     shown = ", ".join(
         f"{key}={settings[key]}"
         for key in (
-            "hidden_layer_sizes",
+            "hidden_layers",
             "activation",
             "solver",
             "alpha",
             "batch_size",
             "learning_rate_init",
-            "max_iter",
-            "random_state",
+            "epochs",
+            "seed",
             "train_limit",
             "augment",
             "augment_copies",

@@ -65,9 +65,7 @@ class SweepPlan:
         """One checked TrainConfig per activation x solver x seed, in that order."""
         return [
             validate(
-                self.base.replace(
-                    activation=activation, solver=solver, random_state=seed, progress="none"
-                )
+                self.base.replace(activation=activation, solver=solver, seed=seed, progress="none")
             )
             for activation, solver, seed in itertools.product(
                 self.activations, self.solvers, self.seeds
@@ -111,16 +109,14 @@ def _load_data(data_dir: Path | None) -> Any:
 
 def run_one(config: TrainConfig, keep_artifacts: bool = False) -> RunResult:
     """Train, evaluate, export and verify one configuration (a joblib task; no publish)."""
-    from threadpoolctl import threadpool_limits
-
     from training.pipeline import train_run
 
     data = _load_data(config.data_dir)
     started = time.perf_counter()
     # runs are the parallel unit: one BLAS thread each, so N jobs do not fight over the cores
-    with threadpool_limits(limits=1):
-        trained = train_run(config, data)
-    metrics = trained.card["metrics"]
+    trained = train_run(config.replace(threads=1), data)
+    card = trained.card
+    metrics = card.metrics
     artifacts = None
     if keep_artifacts:
         artifacts = {
@@ -135,18 +131,18 @@ def run_one(config: TrainConfig, keep_artifacts: bool = False) -> RunResult:
     return RunResult(
         activation=config.activation,
         solver=config.solver,
-        seed=config.random_state,
-        test_accuracy=float(metrics["test_accuracy"]),
-        log_loss=float(metrics["log_loss"]),
-        validation_accuracy=metrics.get("validation_accuracy"),
-        epochs=int(metrics["epochs"]),
-        epoch_unit=str(metrics.get("epoch_unit", "epoch")),
-        train_seconds=float(metrics["train_seconds"]),
+        seed=config.seed,
+        test_accuracy=metrics.test_accuracy,
+        log_loss=metrics.log_loss,
+        validation_accuracy=metrics.validation_accuracy,
+        epochs=metrics.epochs,
+        epoch_unit=metrics.epoch_unit,
+        train_seconds=metrics.train_seconds,
         seconds=time.perf_counter() - started,
-        loss_curve=[float(v) for v in trained.card.get("loss_curve", [])],
-        final_loss=None if metrics.get("final_loss") is None else float(metrics["final_loss"]),
-        stop_reason=str(trained.card.get("training", {}).get("stop_reason", "")),
-        parity_passed=bool(trained.card["parity"]["passed"]),
+        loss_curve=list(card.loss_curve),
+        final_loss=metrics.final_loss,
+        stop_reason=card.training.stop_reason,
+        parity_passed=card.parity.passed,
         worker=f"{socket.gethostname()}:{os.getpid()}",
         artifacts=artifacts,
     )
@@ -165,7 +161,7 @@ def run_sweep(
 
     log = log or sys.stderr
     order: dict[tuple[str, str, int], int] = {
-        (c.activation, c.solver, c.random_state): i for i, c in enumerate(configs)
+        (c.activation, c.solver, c.seed): i for i, c in enumerate(configs)
     }
     results: list[RunResult] = []
     with parallel_config(backend=backend) if backend else contextlib.nullcontext():
@@ -252,13 +248,13 @@ def results_markdown(
     summary: Sequence[dict[str, Any]], results: Sequence[RunResult], base: TrainConfig, command: str
 ) -> str:
     """The comparison table (best first) and every run, as Markdown."""
-    layers = ",".join(str(n) for n in base.hidden_layer_sizes)
+    layers = ",".join(str(n) for n in base.hidden_layers)
     lines = [
         "# Activation x solver sweep",
         "",
         f"Command: `{command}`",
         "",
-        f"Hidden layers {layers}, max {base.max_iter} epochs, batch size {base.batch_size}, "
+        f"Hidden layers {layers}, max {base.epochs} epochs, batch size {base.batch_size}, "
         f"alpha {base.alpha}, train limit {base.train_limit or 'all'}, augment {base.augment}; "
         f"{len(results)} runs. Test accuracy on the 10,000 MNIST test images; spread is the sample "
         "standard deviation over seeds. lbfgs counts iterations, not epochs.",
@@ -453,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(parser)
     for action in parser._actions:
         # the sweep crosses these itself (--activations, --solvers, --seeds) and runs silently
-        if action.dest in ("activation", "solver", "random_state", "progress"):
+        if action.dest in ("activation", "solver", "seed", "progress"):
             action.help = argparse.SUPPRESS
     return parser
 
@@ -469,14 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for single, plural in (
         ("activation", "activations"),
         ("solver", "solvers"),
-        ("random_state", "seeds"),
+        ("seed", "seeds"),
     ):
         if getattr(args, single, None) is not None:
             parser.error(f"a sweep takes --{plural}, not the single-run --{single.split('_')[0]}")
     if args.jobs == 0:
         parser.error("--jobs must not be 0")
     try:
-        base = config_from_args(args)
+        base = config_from_args(args, strict_solver=False)
         plan = SweepPlan(
             base=base, activations=args.activations, solvers=args.solvers, seeds=args.seeds
         )

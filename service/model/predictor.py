@@ -57,12 +57,12 @@ class LoadedModel:
 
     name: str
     version: int
-    card: Mapping[str, Any] = field(repr=False)
+    card: contract.ModelCard = field(repr=False)
     path: Path
 
     @property
     def sha256(self) -> str:
-        return str(self.card.get("sha256", ""))
+        return self.card.sha256
 
 
 @dataclass(frozen=True)
@@ -97,34 +97,28 @@ def create_session(onnx_bytes: bytes, config: ServiceConfig) -> ort.InferenceSes
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def check_card(card: Mapping[str, Any]) -> None:
+def check_card(card: contract.ModelCard) -> None:
     """ModelRejected unless the card declares the contract's input, outputs and classes."""
-    declared = card.get("input")
-    expected_input = contract.input_contract()
-    if not isinstance(declared, Mapping):
-        raise ModelRejected("the card has no input description")
+    declared, expected_input = card.input.to_json(), contract.INPUT.to_json()
     for key in ("name", "dtype", "shape", "pixel_scale"):
-        if declared.get(key) != expected_input[key]:
+        if declared[key] != expected_input[key]:
             raise ModelRejected(
-                f"the card's input {key} is {declared.get(key)!r}, the service expects "
+                f"the card's input {key} is {declared[key]!r}, the service expects "
                 f"{expected_input[key]!r}"
             )
-    outputs = card.get("outputs")
-    if not isinstance(outputs, list):
-        raise ModelRejected("the card has no output list")
-    by_name = {o.get("name"): o for o in outputs if isinstance(o, Mapping)}
+    by_name = {o.name: o.to_json() for o in card.outputs}
     for expected in contract.output_contract():
         found = by_name.get(expected["name"])
         if found is None:
             raise ModelRejected(f"the card lists no output {expected['name']!r}")
         for key in ("dtype", "shape"):
-            if found.get(key) != expected[key]:
+            if found[key] != expected[key]:
                 raise ModelRejected(
-                    f"the card's output {expected['name']!r} has {key} {found.get(key)!r}, "
+                    f"the card's output {expected['name']!r} has {key} {found[key]!r}, "
                     f"the service expects {expected[key]!r}"
                 )
-    if list(card.get("class_labels", [])) != list(contract.CLASS_LABELS):
-        raise ModelRejected(f"the card's class_labels {card.get('class_labels')!r} are not 0..9")
+    if card.class_labels != contract.CLASS_LABELS:
+        raise ModelRejected(f"the card's class_labels {list(card.class_labels)!r} are not 0..9")
 
 
 def _dynamic(dim: object) -> bool:
@@ -163,19 +157,17 @@ def check_signature(session: ort.InferenceSession) -> None:
             raise ModelRejected(f"the model's output {name!r} has shape {found.shape}")
 
 
-def read_selftest(version: ModelVersion, card: Mapping[str, Any]) -> dict[str, Any]:
+def read_selftest(version: ModelVersion, card: contract.ModelCard) -> dict[str, Any]:
     """The self-test digits beside the model, checked against the sha256 in the card."""
-    entry = card.get("selftest")
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
-        raise ModelRejected("the card names no selftest file")
-    name = entry["file"]
+    entry = card.selftest
+    name = entry.file
     if "/" in name or "\\" in name or name.startswith("."):
         raise ModelRejected(f"the selftest file {name!r} is not a plain file name")
     try:
         data = (version.path / name).read_bytes()
     except OSError as exc:
         raise ModelRejected(f"cannot read the selftest file {name}: {exc}") from exc
-    if sha256_bytes(data) != entry.get("sha256"):
+    if sha256_bytes(data) != entry.sha256:
         raise ModelRejected(f"the selftest file {name} does not match its sha256 in the card")
     try:
         selftest = json.loads(data)
@@ -248,11 +240,15 @@ class Predictor:
     def validate(self, version: ModelVersion) -> _Serving:
         """A ready session for ``version`` after every check; ModelRejected says which failed."""
         try:
-            onnx_bytes, card = version.read_verified()
+            onnx_bytes, document = version.read_verified()
         except RepositoryError as exc:
             raise ModelRejected(str(exc)) from exc
-        if card.get("name") != self.repository.name:
-            raise ModelRejected(f"the card names model {card.get('name')!r}")
+        try:
+            card = contract.ModelCard.from_json(document)
+        except contract.CardError as exc:
+            raise ModelRejected(f"{contract.CARD_FILE}: {exc}") from exc
+        if card.name != self.repository.name:
+            raise ModelRejected(f"the card names model {card.name!r}")
         check_card(card)
         selftest = read_selftest(version, card)
         try:

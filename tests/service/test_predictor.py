@@ -14,6 +14,7 @@ import pytest
 
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
+from service.model.contract import ModelCard
 from service.model.predictor import ModelRejected, Predictor, check_card
 from tests.service.conftest import (
     MakePredictor,
@@ -52,7 +53,7 @@ def test_loads_the_highest_version_and_predicts_the_selftest_digits(
     assert prediction.probabilities.dtype == np.float32
     assert (prediction.model_name, prediction.model_version) == ("mnist", 2)
     recorded = metrics_of(predictor)
-    assert recorded.model_info == [("mnist", 2, loaded.card["sha256"])]
+    assert recorded.model_info == [("mnist", 2, loaded.card.sha256)]
     (seconds, batch, predicted, version) = recorded.inferences[0]
     assert seconds > 0 and batch == 10 and predicted == labels and version == 2
 
@@ -112,7 +113,10 @@ REJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
     "not an onnx file": ({"onnx_bytes": b"garbage bytes"}, "onnxruntime cannot load"),
     "card input shape": ({"card_changes": "image-shaped input"}, "input shape"),
     "card class labels": ({"card_changes": {"class_labels": list("abcdefghij")}}, "class_labels"),
-    "card without selftest": ({"card_changes": {"selftest": None}}, "names no selftest"),
+    "card without selftest": (
+        {"card_changes": {"selftest": None}},
+        "card.json: selftest: expected an object, got null",
+    ),
     "selftest labels differ": ({"selftest": "shifted"}, "self-test labels"),
     "selftest probabilities differ": ({"selftest": "blurred"}, "self-test probabilities"),
 }
@@ -145,15 +149,23 @@ def test_a_version_that_breaks_the_contract_is_rejected(kind: str, tmp_path: Pat
         predictor.validate(version)
 
 
+def _typed(card: dict[str, Any]) -> ModelCard:
+    """The typed card of ``card`` (committed_parts leaves out what publishing fills in)."""
+    return ModelCard.from_json({**card, "name": "mnist", "version": 1, "sha256": "", "size": 0})
+
+
 def test_check_card_names_the_field() -> None:
     _, card, _ = committed_parts()
-    card["input"] = {**card["input"], "pixel_scale": {"raw_max": 1}}
+    card["input"] = {
+        **card["input"],
+        "pixel_scale": {"raw_min": 0, "raw_max": 1, "model_min": 0.0, "model_max": 1.0},
+    }
     with pytest.raises(ModelRejected, match="pixel_scale"):
-        check_card(card)
+        check_card(_typed(card))
     _, card, _ = committed_parts()
     card["outputs"] = [o for o in card["outputs"] if o["name"] != "probabilities"]
     with pytest.raises(ModelRejected, match="'probabilities'"):
-        check_card(card)
+        check_card(_typed(card))
 
 
 def test_a_newer_valid_version_is_swapped_in(tmp_path: Path, make_predictor: MakePredictor) -> None:

@@ -28,10 +28,10 @@ def test_trains_exports_and_matches_onnx(mnist_data, test_images, activation, so
 
     config = validate(
         TrainConfig(
-            hidden_layer_sizes=(8,),
+            hidden_layers=(8,),
             activation=activation,
             solver=solver,
-            max_iter=6 if solver == "lbfgs" else 2,
+            epochs=6 if solver == "lbfgs" else 2,
             validation_fraction=0.0,
             learning_rate_init=0.3 if solver == "sgd" else 0.01,
         )

@@ -24,7 +24,7 @@ def _validation_part(train: Split, config: TrainConfig) -> tuple[np.ndarray, np.
         scale_pixels(train.images),
         train.labels,
         test_size=config.validation_fraction,
-        random_state=config.random_state,
+        random_state=config.seed,
         stratify=train.labels,
     )
     return x_val, y_val
@@ -35,7 +35,7 @@ def _validation_part(train: Split, config: TrainConfig) -> tuple[np.ndarray, np.
     [
         {"solver": "adam"},
         {"solver": "sgd", "learning_rate": "invscaling", "learning_rate_init": 0.1},
-        {"solver": "sgd", "learning_rate": "constant", "nesterovs_momentum": False},
+        {"solver": "sgd", "learning_rate": "constant", "nesterov": False},
     ],
     ids=["adam", "sgd-invscaling", "sgd-momentum"],
 )
@@ -48,10 +48,10 @@ def test_the_epoch_loop_matches_scikit_learns_own_fit(small_train, changes):
     from sklearn.neural_network import MLPClassifier
 
     config = TrainConfig(
-        hidden_layer_sizes=(16,),
-        max_iter=3,
+        hidden_layers=(16,),
+        epochs=3,
         validation_fraction=0.0,
-        random_state=5,
+        seed=5,
         shuffle=False,
         **changes,
     )
@@ -70,11 +70,11 @@ def test_the_epoch_loop_matches_scikit_learns_own_fit(small_train, changes):
 
 def test_the_invscaling_schedule_lowers_the_rate_every_epoch(small_train):
     config = TrainConfig(
-        hidden_layer_sizes=(8,),
+        hidden_layers=(8,),
         solver="sgd",
         learning_rate="invscaling",
         learning_rate_init=0.1,
-        max_iter=2,
+        epochs=2,
     )
     result = fit(small_train, config)
     # invscaling: rate = init / (t + 1) ** power_t with t the number of samples seen
@@ -83,7 +83,7 @@ def test_the_invscaling_schedule_lowers_the_rate_every_epoch(small_train):
 
 
 def test_history_records_validation_figures_per_epoch(small_train):
-    config = TrainConfig(hidden_layer_sizes=(16,), max_iter=4)
+    config = TrainConfig(hidden_layers=(16,), epochs=4)
     result = fit(small_train, config)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]
     assert result.validation_size == 150 and result.train_size == 1350
@@ -99,10 +99,10 @@ def test_history_records_validation_figures_per_epoch(small_train):
 def test_early_stopping_stops_and_restores_the_best_weights(small_train):
     # an improvement must beat tol=0.2 in accuracy, so the second epoch never counts as better
     config = TrainConfig(
-        hidden_layer_sizes=(16,),
-        max_iter=20,
+        hidden_layers=(16,),
+        epochs=20,
         early_stopping=True,
-        n_iter_no_change=2,
+        patience=2,
         tol=0.2,
     )
     result = fit(small_train, config)
@@ -119,13 +119,13 @@ def test_early_stopping_stops_and_restores_the_best_weights(small_train):
 
 
 def test_without_early_stopping_the_final_weights_stay(small_train):
-    config = TrainConfig(hidden_layer_sizes=(16,), max_iter=3, tol=0.2)
+    config = TrainConfig(hidden_layers=(16,), epochs=3, tol=0.2)
     result = fit(small_train, config)
     assert result.epochs == 3 and result.restored_best is False
 
 
 def test_lbfgs_reports_its_iterations_honestly(small_train):
-    config = TrainConfig(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=15)
+    config = TrainConfig(hidden_layers=(8,), solver="lbfgs", epochs=15)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the ConvergenceWarning is caught inside, not leaked
         result = fit(small_train, config)
@@ -144,7 +144,7 @@ def test_augmentation_trains_on_the_originals_plus_fresh_copies(small_train):
         calls.append((images.shape[0], float(rng.random())))
         return np.clip(images * 0.9, 0.0, 1.0).astype(np.float32)
 
-    config = TrainConfig(hidden_layer_sizes=(8,), max_iter=2, augment=True, augment_copies=2)
+    config = TrainConfig(hidden_layers=(8,), epochs=2, augment=True, augment_copies=2)
     result = fit(small_train, config, distort=fake_distort)
     assert [n for n, _ in calls] == [result.train_size] * 4  # 2 copies x 2 epochs
     assert len({draw for _, draw in calls}) == 4  # one generator, advancing: fresh copies
@@ -160,7 +160,7 @@ def test_lbfgs_with_augmentation_fits_once_on_a_fixed_augmented_set(small_train)
         return np.clip(images * 0.9, 0.0, 1.0).astype(np.float32)
 
     config = TrainConfig(
-        hidden_layer_sizes=(8,), solver="lbfgs", max_iter=5, augment=True, augment_copies=2
+        hidden_layers=(8,), solver="lbfgs", epochs=5, augment=True, augment_copies=2
     )
     result = fit(small_train, config, distort=fake_distort)
     assert calls == [result.train_size] * 2  # drawn once, not per iteration

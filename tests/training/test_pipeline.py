@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES, ModelCard
 from service.model.repository import ModelRepository
 from training.cli import main
 from training.config import TrainConfig
@@ -105,10 +105,11 @@ def test_the_quality_gate_refuses_with_its_own_exit_code(mnist_data_dir, tmp_pat
 def test_publish_run_gate_and_parity_flag(tiny_trained_run, tmp_path):
     with pytest.raises(QualityGateError, match="under the minimum"):
         publish_run(tiny_trained_run, tmp_path, min_accuracy=0.999)
+    card = tiny_trained_run.card
     broken = dataclasses.replace(
-        tiny_trained_run, card=json.loads(json.dumps(tiny_trained_run.card))
+        tiny_trained_run,
+        card=dataclasses.replace(card, parity=dataclasses.replace(card.parity, passed=False)),
     )
-    broken.card["parity"]["passed"] = False
     with pytest.raises(ParityError):
         publish_run(broken, tmp_path, min_accuracy=0.0)
     assert ModelRepository(tmp_path).versions() == []
@@ -127,7 +128,11 @@ def test_verify_onnx_catches_a_graph_that_disagrees(tiny_trained_run, mnist_data
 
 
 def test_the_card_describes_the_run(tiny_trained_run, mnist_data):
-    card = tiny_trained_run.card
+    card = tiny_trained_run.card.to_json()
+    # what training writes, serving reads back as the same typed card
+    assert ModelCard.from_json(json.loads(json.dumps(card))) == tiny_trained_run.card
+    assert card["training"]["threads"]["limit"] == 1
+    assert card["config"]["epochs"] == 5 and card["params"]["max_iter"] == 5
     assert card["input"]["name"] == INPUT_NAME and card["input"]["shape"] == [-1, 784]
     assert [o["name"] for o in card["outputs"]] == [OUTPUT_LABEL, OUTPUT_PROBABILITIES]
     assert card["params"]["hidden_layer_sizes"] == [32]
@@ -164,12 +169,12 @@ def test_the_reproducing_command_rebuilds_the_same_config():
     from training.cli import build_parser, config_from_args
 
     config = TrainConfig(
-        hidden_layer_sizes=(64, 32),
+        hidden_layers=(64, 32),
         solver="sgd",
         early_stopping=True,
         shuffle=False,
         train_limit=500,
-        random_state=7,
+        seed=7,
         batch_size=50,
     )
     words = reproducing_command(config).split()[1:]
@@ -178,10 +183,10 @@ def test_the_reproducing_command_rebuilds_the_same_config():
 
 def test_the_selftest_matches_the_card_and_the_graph(tiny_trained_run, mnist_data):
     run = tiny_trained_run
-    entry = run.card["selftest"]
-    assert entry["sha256"] == hashlib.sha256(run.selftest_bytes).hexdigest()
+    entry = run.card.selftest
+    assert entry.sha256 == hashlib.sha256(run.selftest_bytes).hexdigest()
     selftest = json.loads(run.selftest_bytes)
-    assert selftest["labels"] == list(range(10)) and entry["count"] == 10
+    assert selftest["labels"] == list(range(10)) and entry.count == 10
     images = np.array(selftest["images"], dtype=np.uint8)
     assert images.shape == (10, 784)
     labels, probabilities = run_onnx(run.onnx_bytes, scale_pixels(images))
@@ -200,5 +205,5 @@ def test_same_config_seed_and_data_give_the_same_model(tiny_trained_run, mnist_d
         hashlib.sha256(again.onnx_bytes).hexdigest()
         == hashlib.sha256(tiny_trained_run.onnx_bytes).hexdigest()
     )
-    other_seed = train_run(TrainConfig(**{**TINY_CONFIG_VALUES, "random_state": 1}), mnist_data)
+    other_seed = train_run(TrainConfig(**{**TINY_CONFIG_VALUES, "seed": 1}), mnist_data)
     assert other_seed.onnx_bytes != again.onnx_bytes

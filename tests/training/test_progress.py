@@ -28,7 +28,7 @@ def small_train(mnist_data):
 def test_json_reporter_writes_one_parseable_line_per_epoch(small_train):
     out, err = io.StringIO(), io.StringIO()
     result = fit(
-        small_train, TrainConfig(hidden_layer_sizes=(8,), max_iter=3), JsonLinesReporter(out, err)
+        small_train, TrainConfig(hidden_layers=(8,), epochs=3), JsonLinesReporter(out, err)
     )
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
@@ -45,7 +45,7 @@ def test_json_reporter_writes_one_parseable_line_per_epoch(small_train):
 
 def test_bar_reporter_shows_losses_accuracy_and_seconds_per_epoch(small_train):
     err = io.StringIO()
-    fit(small_train, TrainConfig(hidden_layer_sizes=(8,), max_iter=2), BarReporter(err))
+    fit(small_train, TrainConfig(hidden_layers=(8,), epochs=2), BarReporter(err))
     shown = err.getvalue()
     for field in ("loss=", "val_loss=", "val_acc=", "s/epoch=", "2/2"):
         assert field in shown

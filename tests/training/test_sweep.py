@@ -229,7 +229,7 @@ def test_plan_crosses_every_combination() -> None:
     plan = sweep.SweepPlan(TrainConfig(), ("relu",), ("adam", "sgd"), (0, 1, 2))
     configs = plan.configs()
     assert len(configs) == 6
-    assert {(c.solver, c.random_state) for c in configs} == {
+    assert {(c.solver, c.seed) for c in configs} == {
         (s, seed) for s in ("adam", "sgd") for seed in (0, 1, 2)
     }
     assert all(c.progress == "none" for c in configs)
