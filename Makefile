@@ -57,7 +57,7 @@ system-packages: ## apt-get install chromium, wrk, npm and prometheus (promtool)
 	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
 	else echo "make: missing Debian packages:$$missing. Not root: run 'sudo apt-get install -y$$missing' once, then 'make test' again." >&2; exit 1; fi; \
 	echo "apt-get install$$missing"; \
-	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
+	$$sudo apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing
 
 # JavaScript the browser tests inject (axe-core), pinned by tests/browser/package-lock.json.
 AXE := tests/browser/node_modules/axe-core/axe.min.js
