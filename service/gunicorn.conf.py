@@ -26,6 +26,10 @@ def _env_int(name: str, default: int, lowest: int = 1) -> int:
     return value
 
 
+# onnxruntime (1.29 and later) starts a telemetry uploader that warns in the log when it cannot
+# write its device id (the image's user has no home); the service sends nothing anywhere
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 bind = [os.environ.get("BIND", "").strip() or "127.0.0.1:8000"]
 workers = _env_int("WEB_CONCURRENCY", 2)
 # threads let one worker overlap JSON parsing and I/O; onnxruntime runs are thread-safe.
@@ -98,6 +102,19 @@ def post_worker_init(worker: Any) -> None:
     from service.app import watch_models
 
     watch_models(worker.wsgi)
+
+
+def worker_int(worker: Any) -> None:
+    """In a worker, on SIGINT or SIGQUIT (Ctrl-C, the master's quick shutdown): leave at once.
+
+    gunicorn's own handler sleeps 0.1 s and then sys.exit()s, which waits for every thread; with
+    Ctrl-C both the terminal's SIGINT and the master's SIGQUIT arrive, and a thread still busy
+    kept the worker alive until graceful_timeout, when the master SIGKILLed it and logged
+    "Perhaps out of memory?". A quick shutdown has nothing to finish: exit now.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def child_exit(server: Any, worker: Any) -> None:

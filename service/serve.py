@@ -64,9 +64,56 @@ def gunicorn_command(
     return argv, env
 
 
+#: exit code when the model repository is missing or holds no version (before anything listens)
+EXIT_NO_MODELS = 3
+
+
+def check_models_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """Why the model repository cannot be served (one line), or None when it has a version.
+
+    Only the cheap checks: the folder exists and holds a complete version (the pinned one with
+    --model-version); the workers validate the version itself.
+    """
+    from service.model.contract import MODEL_NAME
+    from service.model.repository import ModelRepository
+
+    flag = args.models_dir is not None
+    root = args.models_dir if flag else Path(environ.get("MODEL_DIR") or "models")
+    named = (
+        f"--models-dir {root}"
+        if flag
+        else f"MODEL_DIR={root}"
+        if "MODEL_DIR" in environ
+        else f"the default model repository {root}"
+    )
+    if not root.exists():
+        return (
+            f"{named}: no such folder; point --models-dir at a model repository "
+            f"(it holds {MODEL_NAME}/<version>/)"
+        )
+    if not root.is_dir():
+        return f"{named}: not a folder; point --models-dir at a model repository"
+    repository = ModelRepository(root)
+    versions = repository.versions()
+    if not versions:
+        return (
+            f"{named}: no model version in {repository.model_dir} (a folder <N>/ holding "
+            f"model.onnx and card.json); train one with mnist-train --models-dir {root}"
+        )
+    numbers = [v.version for v in versions]
+    if args.model_version is not None and args.model_version not in numbers:
+        return f"--model-version {args.model_version}: {repository.model_dir} has {numbers}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the flags and replace this process with gunicorn (signals then reach it directly)."""
+    """Parse the flags, check the model repository, then replace this process with gunicorn
+    (signals then reach it directly). Exit 3 with one line when there is nothing to serve."""
     args = build_parser().parse_args(argv)
+    problem = check_models_dir(args, os.environ)
+    if problem is not None:
+        print(f"mnist-serve: {problem}", file=sys.stderr)
+        return EXIT_NO_MODELS
     command, env = gunicorn_command(args, os.environ)
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces the process

@@ -21,11 +21,15 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+
+if TYPE_CHECKING:
+    from training.augment import Distortion
 
 Activation = Literal["identity", "logistic", "tanh", "relu"]
 Solver = Literal["lbfgs", "sgd", "adam"]
 LearningRate = Literal["constant", "invscaling", "adaptive"]
+Schedule = Literal["constant", "cosine"]
 Progress = Literal["bar", "json", "none"]
 
 SOLVERS: tuple[Solver, ...] = get_args(Solver)
@@ -142,6 +146,15 @@ class TrainConfig:
             "solver",
             sklearn="learning_rate_init",
             range=_POSITIVE,
+            solvers=EPOCH_SOLVERS,
+        ),
+    )
+    lr_schedule: Schedule = field(
+        default="constant",
+        metadata=_row(
+            "learning rate over the epochs: constant, or cosine decay from --learning-rate-init "
+            "to a hundredth of it by the last epoch (sgd: with --learning-rate constant)",
+            "solver",
             solvers=EPOCH_SOLVERS,
         ),
     )
@@ -272,6 +285,44 @@ class TrainConfig:
         default=1,
         metadata=_row("distorted copies per image per epoch", "data", range=_NON_NEGATIVE),
     )
+    augment_shift: float = field(
+        default=2.0,
+        metadata=_row("largest shift of a distorted copy, pixels", "data", range=Range(0, 14)),
+    )
+    augment_rotation: float = field(
+        default=12.0,
+        metadata=_row("largest rotation of a distorted copy, degrees", "data", range=Range(0, 180)),
+    )
+    augment_scale: float = field(
+        default=0.12,
+        metadata=_row(
+            "largest relative scaling of a distorted copy",
+            "data",
+            range=Range(0, 1, high_open=True),
+        ),
+    )
+    augment_shear: float = field(
+        default=0.15,
+        metadata=_row(
+            "largest horizontal shear factor of a distorted copy", "data", range=Range(0, 1)
+        ),
+    )
+    elastic_alpha: float = field(
+        default=34.0,
+        metadata=_row(
+            "elastic distortion strength (Simard et al. 2003 alpha; 0 = none)",
+            "data",
+            range=_NON_NEGATIVE,
+        ),
+    )
+    elastic_sigma: float = field(
+        default=4.0,
+        metadata=_row(
+            "elastic distortion smoothness, pixels (Simard et al. 2003 sigma)",
+            "data",
+            range=_POSITIVE,
+        ),
+    )
     # -- run
     threads: int = field(
         default=1,
@@ -314,6 +365,35 @@ class TrainConfig:
             raise ConfigError(
                 "--early-stopping needs a validation split: set --validation-fraction above 0"
             )
+        if (
+            self.lr_schedule != "constant"
+            and self.solver == "sgd"
+            and self.learning_rate != "constant"
+        ):
+            raise ConfigError(
+                f"--lr-schedule {self.lr_schedule}: sgd already follows --learning-rate "
+                f"{self.learning_rate}; use --learning-rate constant or --lr-schedule constant"
+            )
+
+    def distortion(self) -> Distortion:
+        """The augmentation strengths (training.augment.Distortion)."""
+        from training.augment import Distortion
+
+        return Distortion(
+            max_shift=self.augment_shift,
+            max_rotation=self.augment_rotation,
+            max_scale=self.augment_scale,
+            max_shear=self.augment_shear,
+            elastic_alpha=self.elastic_alpha,
+            elastic_sigma=self.elastic_sigma,
+        )
+
+    def learning_rate_after(self, epoch: int) -> float:
+        """The learning rate for the epoch after ``epoch`` (1-based) under ``lr_schedule``."""
+        if self.lr_schedule == "constant":
+            return self.learning_rate_init
+        cosine = 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return max(self.learning_rate_init * cosine, self.learning_rate_init * 0.01)
 
     def mlp_params(self) -> dict[str, Any]:
         """The keyword arguments for ``MLPClassifier``, under scikit-learn's names (JSON-ready).

@@ -143,9 +143,13 @@ def fit(
     )
     train_size = int(x_train.shape[0])
     if config.augment and distort is None:
-        from training.augment import distort as default_distort
+        from training.augment import distort as distort_with
 
-        distort = default_distort
+        distortion = config.distortion()
+
+        def distort(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return distort_with(images, rng, distortion)
+
     if config.solver == "lbfgs":
         if config.augment:
             # lbfgs has no epochs to draw fresh copies for: it fits once on a fixed augmented set
@@ -225,6 +229,15 @@ def _epoch_data(
     return np.concatenate(parts).astype(np.float32, copy=False), np.tile(y, copies + 1)
 
 
+def _set_learning_rate(model: MLPClassifier, rate: float) -> None:
+    """The rate of the next partial_fit: adam derives its step from ``learning_rate_init``, sgd
+    (constant schedule) uses ``learning_rate``; both live on scikit-learn's optimizer object."""
+    optimizer = model._optimizer
+    optimizer.learning_rate_init = rate
+    if hasattr(optimizer, "learning_rate") and model.solver == "sgd":
+        optimizer.learning_rate = rate
+
+
 def _fit_epochs(
     model: MLPClassifier,
     config: TrainConfig,
@@ -264,6 +277,8 @@ def _fit_epochs(
         )
         history.append(record)
         reporter.epoch(record)
+        if config.lr_schedule != "constant":
+            _set_learning_rate(model, config.learning_rate_after(epoch))
         if val_accuracy is not None:
             if val_accuracy > best_score + config.tol:
                 best_score, best_epoch, stale = val_accuracy, epoch, 0

@@ -231,3 +231,23 @@ def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(capsys):
     with pytest.raises(SystemExit):
         main(["--beta-2", "1.0"])
     assert "--beta-2: 1.0 is out of range [0, 1)" in capsys.readouterr().err
+
+
+def test_the_cosine_schedule_falls_from_the_initial_rate_to_a_hundredth():
+    config = TrainConfig(lr_schedule="cosine", epochs=10, learning_rate_init=0.002)
+    rates = [config.learning_rate_after(epoch) for epoch in range(1, 11)]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[4] == pytest.approx(0.001)  # half way: half the rate
+    assert rates[-1] == pytest.approx(0.002 * 0.01)
+    assert TrainConfig(epochs=10).learning_rate_after(9) == 0.001  # constant
+    with pytest.raises(ConfigError, match="--lr-schedule cosine: sgd already follows"):
+        TrainConfig(solver="sgd", learning_rate="invscaling", lr_schedule="cosine")
+
+
+def test_the_augmentation_strengths_are_settings():
+    config = _config(["--augment", "--augment-rotation", "8", "--elastic-alpha", "0"])
+    distortion = config.distortion()
+    assert distortion.max_rotation == 8.0 and distortion.elastic_alpha == 0.0
+    assert distortion.max_shift == TrainConfig().augment_shift
+    with pytest.raises(SystemExit):
+        _config(["--elastic-sigma", "0"])  # range > 0

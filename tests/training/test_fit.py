@@ -124,6 +124,19 @@ def test_without_early_stopping_the_final_weights_stay(small_train):
     assert result.epochs == 3 and result.restored_best is False
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_the_cosine_schedule_sets_each_epochs_rate(small_train, solver):
+    config = TrainConfig(hidden_layers=(8,), epochs=3, solver=solver, lr_schedule="cosine")
+    result = fit(small_train, config)
+    optimizer = result.model._optimizer
+    # after the last epoch: the floor, a hundredth of the initial rate
+    assert optimizer.learning_rate_init == pytest.approx(config.learning_rate_init * 0.01)
+    if solver == "sgd":
+        assert optimizer.learning_rate == pytest.approx(config.learning_rate_init * 0.01)
+    constant = fit(small_train, config.replace(lr_schedule="constant"))
+    assert not np.allclose(constant.model.coefs_[0], result.model.coefs_[0])
+
+
 def test_lbfgs_reports_its_iterations_honestly(small_train):
     config = TrainConfig(hidden_layers=(8,), solver="lbfgs", epochs=15)
     with warnings.catch_warnings():

@@ -1,0 +1,104 @@
+"""mnist-serve as a user runs it (what `make serve` execs): Ctrl-C stops it within 2 s every time,
+without the "Perhaps out of memory?" line; a missing model repository is one line and exit 3
+before anything listens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import COMMITTED_MODELS, REPO_ROOT
+from tests.integration.conftest import free_port
+
+STOPS = 20
+STOP_LIMIT_SECONDS = 2.0
+
+
+def _serve(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``python -m service.serve`` in a session of its own: a terminal's foreground group."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.serve", "--port", str(port), *extra],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "mnist-serve exited before it was ready"
+        try:
+            if requests.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("mnist-serve was not ready in time")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    seconds = []
+    for _ in range(STOPS):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = _serve(port, log, "--models-dir", str(COMMITTED_MODELS), "--workers", "2")
+        try:
+            _wait_ready(url, process)
+            # busy the way a user leaves it: requests answered, a keep-alive connection open
+            session = requests.Session()
+            for _ in range(4):
+                assert session.get(url + "/v2/health/live", timeout=5).status_code == 200
+            idle = socket.create_connection(("127.0.0.1", port))
+            started = time.monotonic()
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+            try:
+                process.wait(timeout=30)
+            finally:
+                seconds.append(time.monotonic() - started)
+                idle.close()
+                session.close()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    text = log.read_text(errors="replace")
+    print(f"Ctrl-C stops: {', '.join(f'{s:.2f}' for s in seconds)} s; max {max(seconds):.2f} s")
+    assert "SIGKILL" not in text and "out of memory" not in text
+    assert max(seconds) < STOP_LIMIT_SECONDS, seconds
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--models-dir", "modles"], "--models-dir modles: no such folder"),
+        (["--models-dir", "docs"], "--models-dir docs: no model version in"),
+        (["--models-dir", str(COMMITTED_MODELS), "--model-version", "99"], "--model-version 99"),
+    ],
+)
+def test_a_missing_model_repository_is_one_line_and_exit_3_before_listening(
+    args: list[str], words: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    process = _serve(port, log, *args)
+    assert process.wait(timeout=60) == 3
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mnist-serve: {words}")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
