@@ -7,6 +7,7 @@ flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override t
 
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 

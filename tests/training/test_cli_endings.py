@@ -59,8 +59,8 @@ def assert_one_line_no_traceback(err: str) -> str:
 def assert_nothing_published(models_dir: Path) -> None:
     assert ModelRepository(models_dir).versions() == []
     model_dir = models_dir / "mnist"
-    leftovers = [p.name for p in model_dir.iterdir() if p.name.startswith(".staging")]
-    assert leftovers == [] if model_dir.is_dir() else True
+    if model_dir.is_dir():
+        assert [p.name for p in model_dir.iterdir() if p.name.startswith(".staging")] == []
 
 
 # -- the case: a small --train-limit (../shared/cases/train-small-limit, its input copied) -------
