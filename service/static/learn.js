@@ -802,6 +802,8 @@
       digit.textContent = "–";
       byId("explain-runner").textContent = "–";
       byId("explain-confidence").textContent = "";
+      byId("towards-answer").textContent = "the answer";
+      byId("towards-runner").textContent = "the runner-up";
       drawMap(byId("seen-map"), null);
       drawMap(byId("saliency-map"), null, { grey: null });
       showStatus("Draw a digit to see its explanation.");
@@ -811,6 +813,8 @@
     const answer = body.explanations[0];
     digit.textContent = String(answer.digit);
     byId("explain-runner").textContent = String(answer.runner_up);
+    byId("towards-answer").textContent = `a ${answer.digit}`;
+    byId("towards-runner").textContent = `a ${answer.runner_up}`;
     byId("explain-confidence").textContent = `(${(answer.confidence * 100).toFixed(1)}% sure)`;
     const image = new Image();
     image.onload = () => {
