@@ -8,6 +8,7 @@
   const MODEL_URL = "v2/models/mnist";
   // the saliency map shown over the model's image: which pixels pushed the answer
   const EXPLAIN_URL = "v2/models/mnist/explain";
+  const DRAWING_KEY = "mnist.drawing";
 
   const canvas = document.getElementById("pad");
   const context = canvas.getContext("2d");
@@ -55,7 +56,18 @@
     return rows;
   }
 
+  // The lesson page (/learn) picks up the last drawing of this tab and explains it.
+  function rememberDrawing(dataUrl) {
+    try {
+      if (dataUrl === null) sessionStorage.removeItem(DRAWING_KEY);
+      else sessionStorage.setItem(DRAWING_KEY, dataUrl);
+    } catch (error) {
+      // storage may be disabled or full: the lesson page then starts empty
+    }
+  }
+
   function clearPad() {
+    rememberDrawing(null);
     context.fillStyle = "#ffffff";
     context.fillRect(0, 0, canvas.width, canvas.height);
     hasInk = false;
@@ -138,6 +150,7 @@
   function predict() {
     if (!hasInk) return;
     const seq = ++requestSeq;
+    rememberDrawing(canvas.toDataURL("image/png"));
     canvas.toBlob((blob) => {
       if (blob === null) {
         showError("The browser could not turn the drawing into a PNG.");

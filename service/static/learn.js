@@ -696,6 +696,26 @@
     });
     clearPad();
     loadWeights();
+    loadDrawing();
+  }
+
+  // The last drawing made on the drawing page in this tab, if any, is explained first.
+  function loadDrawing() {
+    let dataUrl = null;
+    try {
+      dataUrl = sessionStorage.getItem("mnist.drawing");
+    } catch (error) {
+      return;
+    }
+    if (!dataUrl || !dataUrl.startsWith("data:image/png;base64,")) return;
+    const image = new Image();
+    image.onload = () => {
+      if (hasInk) return; // the visitor started drawing meanwhile
+      padContext.drawImage(image, 0, 0, pad.width, pad.height);
+      hasInk = true;
+      scheduleExplain();
+    };
+    image.src = dataUrl;
   }
 
   // A "3" in two strokes, in fractions of the pad.

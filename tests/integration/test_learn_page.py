@@ -480,9 +480,12 @@ def test_the_drawing_page_shows_the_saliency_map(browser, committed_server, reco
         _screenshot(page, "drawing-page-saliency", record_property, ".result")
         page.locator("#show-saliency").uncheck()
         assert overlay.is_hidden()
-        # the lesson is one click away
+        # the lesson is one click away, and explains the digit just drawn
         page.locator("#learn-link").click()
         page.wait_for_url("**/learn")
+        page.locator("body[data-explain='ready']").wait_for(state="attached")
+        assert page.evaluate("learnPage.explanation()")["explanations"][0]["digit"] == 3
+        assert page.locator("#explain-digit").inner_text() == "3"
     finally:
         context.close()
 
