@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
+from tests.integration.chromium import CHROMIUM, CHROMIUM_ARGS, unavailable
 
 GUNICORN_CONF = REPO_ROOT / "service" / "gunicorn.conf.py"
 APP = "service.app:create_app()"
@@ -172,3 +173,18 @@ def committed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
     server = start_gunicorn(tmp_path_factory.mktemp("committed-server"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium per test module (Debian's, never a downloaded one)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright for Python is not installed (pip install playwright)")
+    if not CHROMIUM.exists():
+        unavailable(f"no Chromium at {CHROMIUM}: install Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -20,13 +20,12 @@ from scipy.special import xlogy
 
 from service.model.explain import explain, read_mlp
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
-from tests.integration.test_drawing_page import (
+from tests.integration.chromium import (
     ANSWER_TIMEOUT_MS,
     ARTIFACTS,
     DIGIT_STROKES,
     Stroke,
-    _unavailable,
-    browser,  # noqa: F401  (the module's headless Chromium fixture)
+    unavailable,
 )
 
 AXE = REPO_ROOT / "tests" / "browser" / "node_modules" / "axe-core" / "axe.min.js"
@@ -196,7 +195,7 @@ def reference_path(
 
 
 @pytest.fixture
-def learn(browser, committed_server) -> Iterator[object]:  # noqa: F811
+def learn(browser, committed_server) -> Iterator[object]:
     """A desktop-sized page showing /learn, every script loaded."""
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
@@ -461,7 +460,7 @@ def test_the_drawn_digit_is_explained_with_the_served_weights(learn) -> None:
 
 
 @pytest.mark.browser
-def test_the_drawing_page_shows_the_saliency_map(browser, committed_server, record_property):  # noqa: F811
+def test_the_drawing_page_shows_the_saliency_map(browser, committed_server, record_property):
     context = browser.new_context(viewport={"width": 1000, "height": 760})
     try:
         page = context.new_page()
@@ -507,9 +506,7 @@ def _prepare_for_screenshots(page) -> None:
 
 @pytest.mark.browser
 def test_screenshots_of_every_part_at_desktop_and_phone_width(
-    browser,  # noqa: F811
-    committed_server,
-    record_property,
+    browser, committed_server, record_property
 ) -> None:
     for label, viewport, mobile in (("desktop", DESKTOP, False), ("phone", PHONE, True)):
         context = browser.new_context(viewport=viewport, has_touch=mobile, is_mobile=mobile)
@@ -539,9 +536,9 @@ def test_screenshots_of_every_part_at_desktop_and_phone_width(
 
 
 @pytest.mark.browser
-def test_the_page_passes_axe_and_works_with_the_keyboard(browser, committed_server) -> None:  # noqa: F811
+def test_the_page_passes_axe_and_works_with_the_keyboard(browser, committed_server) -> None:
     if not AXE.is_file():
-        _unavailable(f"no axe-core at {AXE}: run `make browser-deps` (npm ci in tests/browser)")
+        unavailable(f"no axe-core at {AXE}: run `make browser-deps` (npm ci in tests/browser)")
     # the page's CSP forbids injected scripts; axe is injected by the test, so bypass it here only
     context = browser.new_context(viewport=DESKTOP, bypass_csp=True)
     try:

@@ -1,0 +1,56 @@
+"""What the browser tests share: Debian's headless Chromium, where screenshots go, and digits
+drawn the way a person draws them. The ``browser`` fixture is in tests/integration/conftest.py."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+ANSWER_TIMEOUT_MS = 15_000
+
+Stroke = list[tuple[float, float]]
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float) -> Stroke:
+    """Points along an elliptic arc, angles in degrees (0 = right, 90 = down), in pad fractions."""
+    steps = max(8, int(abs(end - start) / 8))
+    return [
+        (
+            cx + rx * math.cos(math.radians(start + (end - start) * i / steps)),
+            cy + ry * math.sin(math.radians(start + (end - start) * i / steps)),
+        )
+        for i in range(steps + 1)
+    ]
+
+
+# Digits as a person draws them, in fractions of the pad (x right, y down), one list per stroke.
+DIGIT_STROKES: dict[int, list[Stroke]] = {
+    0: [_arc(0.5, 0.5, 0.2, 0.32, -90, 275)],
+    1: [[(0.44, 0.24), (0.53, 0.15), (0.53, 0.85)]],
+    2: [[*_arc(0.5, 0.33, 0.2, 0.17, 200, 360), (0.66, 0.45), (0.28, 0.84), (0.74, 0.84)]],
+    3: [_arc(0.48, 0.31, 0.2, 0.15, 210, 450), _arc(0.48, 0.64, 0.22, 0.19, -90, 150)],
+    4: [[(0.36, 0.15), (0.26, 0.58), (0.76, 0.58)], [(0.62, 0.3), (0.62, 0.86)]],
+    7: [[(0.26, 0.2), (0.74, 0.2), (0.44, 0.86)]],
+}
+
+
+def unavailable(reason: str) -> None:
+    """Skip with the reason on a machine without a browser; under CI that is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
