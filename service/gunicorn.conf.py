@@ -35,8 +35,10 @@ bind = [os.environ.get("BIND", "").strip() or "127.0.0.1:8000"]
 workers = _env_int("WEB_CONCURRENCY", 2)
 # threads let one worker overlap JSON parsing and I/O; onnxruntime runs are thread-safe.
 # gthread that reads each request whole in the event loop, within REQUEST_HEAD_TIMEOUT and
-# REQUEST_BODY_TIMEOUT, before a thread sees it: slow or idle clients hold no thread.
-worker_class = "service.request_buffering.BufferingThreadWorker"
+# REQUEST_BODY_TIMEOUT, before a thread sees it: slow or idle clients hold no thread; and that
+# accepts only while the worker holds the fewest open connections, so keep-alive connections
+# spread evenly over the workers (service/connection_balance.py).
+worker_class = "service.connection_balance.BalancedThreadWorker"
 threads = _env_int("GUNICORN_THREADS", 4)
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = 20
@@ -77,8 +79,19 @@ def _prepare_multiproc_dir() -> None:
 
 
 def on_starting(server: Any) -> None:
-    """In the master, before any worker: the metrics folder, inherited at fork."""
+    """In the master, before any worker: the metrics folder and the connection balance table,
+    inherited at fork."""
+    from service.connection_balance import create_board
+
     _prepare_multiproc_dir()
+    create_board(server.cfg.workers)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """In the master, before each worker's fork: its slot in the connection balance table."""
+    from service.connection_balance import assign_slot
+
+    assign_slot(worker)
 
 
 def _write_json_error(sock: Any, status_int: int, reason: str, mesg: object) -> None:
@@ -119,10 +132,12 @@ def worker_int(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master: drop the dead worker's live gauges from /metrics."""
+    """In the master: drop the dead worker's live gauges from /metrics, free its balance slot."""
+    from service.connection_balance import release_slot
     from service.observability.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
+    release_slot(worker)
 
 
 def on_exit(server: Any) -> None:
