@@ -6,10 +6,13 @@ Run the scripts beside it (serve_bench.py, serve_images_bench.py); importing thi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -20,11 +23,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -36,11 +39,18 @@ REFERENCE_GUNICORN_CONF = BENCH_DIR / "reference.gunicorn.conf.py"
 LUA_SCRIPT = BENCH_DIR / "post_body.lua"
 SERVICE_APP = "service.app:create_app()"
 REFERENCE_APP = "reference_app:create_app()"
+#: the lower floor: a raw WSGI callable answering a constant, no Flask, no JSON parsing
+RAW_APP = "reference_app:raw_wsgi_app"
+#: apps in bench/ that run under REFERENCE_GUNICORN_CONF (no model to watch)
+FLOOR_APPS = (REFERENCE_APP, RAW_APP)
 T = TypeVar("T")
 START_SECONDS = 90.0
 STOP_SECONDS = 30.0
 #: a pause before each measured run, so the last run's requests in flight do not count in it
 SETTLE_SECONDS = 0.3
+#: a round is flagged when one process did more than this share of the server's CPU
+WORKER_SHARE_LIMIT = 0.70
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class LoadResult:
     images_per_request: int
     #: req/s of each interleaved round, in order (measure_rounds fills it)
     round_rates: tuple[float, ...] = ()
+    #: where the CPU went during the run, or during each round (measure_rounds fills it)
+    round_cpu: tuple[RunCpu, ...] = ()
 
     @property
     def requests_per_second(self) -> float:
@@ -74,6 +86,138 @@ class LoadResult:
     @property
     def images_per_second(self) -> float:
         return self.requests_per_second * self.images_per_request
+
+    @property
+    def server_cpu_ms_per_request(self) -> float:
+        """CPU time of every server process (master and workers) per request, in ms."""
+        if not self.round_cpu or not self.requests:
+            return math.nan
+        return sum(c.server_seconds for c in self.round_cpu) / self.requests * 1000.0
+
+    @property
+    def top_shares(self) -> list[float]:
+        """Per round, the share of the server's CPU done by its busiest process (0..1)."""
+        return [c.top_share for c in self.round_cpu if c.server_seconds > 0]
+
+    def flagged_rounds(self, limit: float = WORKER_SHARE_LIMIT) -> list[int]:
+        """The rounds (0-based) in which one server process did more than ``limit`` of the CPU."""
+        return [n for n, c in enumerate(self.round_cpu) if c.top_share > limit]
+
+    @property
+    def other_load(self) -> float:
+        """Median over rounds of the CPU (in cores) busy with neither the server nor wrk."""
+        if not self.round_cpu:
+            return math.nan
+        return statistics.median(c.other_cores for c in self.round_cpu)
+
+
+@dataclass(frozen=True)
+class RunCpu:
+    """Where the CPU went during one run: each server process, the load generator, the rest.
+
+    From /proc: utime + stime of each process of the server (/proc/<pid>/stat), the load
+    generator's from getrusage of waited children, and the machine's busy and steal time
+    (/proc/stat), all as deltas over the run. ``other`` is what neither the server nor the load
+    generator used: other programs on the machine, the noise that moves throughput figures.
+    """
+
+    wall_seconds: float
+    server: Mapping[int, float]  # pid -> CPU seconds
+    client_seconds: float
+    machine_busy_seconds: float
+    steal_seconds: float
+
+    @property
+    def server_seconds(self) -> float:
+        return sum(self.server.values())
+
+    @property
+    def top_share(self) -> float:
+        total = self.server_seconds
+        return max(self.server.values()) / total if total > 0 else 0.0
+
+    @property
+    def other_cores(self) -> float:
+        other = self.machine_busy_seconds - self.server_seconds - self.client_seconds
+        return max(0.0, other) / self.wall_seconds if self.wall_seconds > 0 else math.nan
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds (/proc/<pid>/stat), None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from the parent pids in /proc/<pid>/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+    busy = sum(values[:3]) + sum(values[5:8])
+    steal = values[7] if len(values) > 7 else 0
+    return busy / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def client_cpu_seconds() -> float:
+    """CPU seconds used by this process's waited children so far (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """Samples a server's process tree and the machine before and after a run."""
+
+    def __init__(self, root_pid: int | None) -> None:
+        self.root_pid = root_pid
+
+    def _sample(self) -> tuple[float, dict[int, float], float, float, float]:
+        pids = process_tree(self.root_pid) if self.root_pid is not None else []
+        server = {pid: t for pid in pids if (t := process_cpu_seconds(pid)) is not None}
+        busy, steal = machine_cpu_seconds()
+        return time.monotonic(), server, client_cpu_seconds(), busy, steal
+
+    @contextmanager
+    def measure(self) -> Iterator[list[RunCpu]]:
+        """Yields a list that holds the run's RunCpu once the block ends."""
+        out: list[RunCpu] = []
+        start = self._sample()
+        yield out
+        end = self._sample()
+        out.append(
+            RunCpu(
+                wall_seconds=end[0] - start[0],
+                # a process that started during the run counts from 0; one that ended is lost
+                server={pid: t - start[1].get(pid, 0.0) for pid, t in end[1].items()},
+                client_seconds=end[2] - start[2],
+                machine_busy_seconds=end[3] - start[3],
+                steal_seconds=end[4] - start[4],
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -135,37 +279,35 @@ def require_wrk() -> str:
     return wrk
 
 
-class GunicornServer:
-    """A gunicorn on 127.0.0.1 with the project's gunicorn settings, stopped by ``stop()``."""
+class ServerProcess:
+    """A server started as its own process group on 127.0.0.1, stopped by ``stop()``."""
 
-    def __init__(self, app: str, env: Mapping[str, str], log_path: Path) -> None:
-        config = REFERENCE_GUNICORN_CONF if app == REFERENCE_APP else GUNICORN_CONF
-        self.port = free_port()
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        port: int,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            str(config),
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            # the reference app lives in bench/; the service is installed in the venv
-            "--pythonpath",
-            str(BENCH_DIR),
-            app,
-        ]
         self._process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
+            list(command),
+            cwd=cwd,
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    @property
+    def pid(self) -> int:
+        """The server's first process; its workers are its descendants (see process_tree)."""
+        return self._process.pid
 
     def wait_ready(self, path: str, seconds: float = START_SECONDS) -> None:
         """Poll ``path`` until it answers 200; exit with the server's log when it does not."""
@@ -182,7 +324,7 @@ class GunicornServer:
             time.sleep(0.2)
         self.stop()
         tail = self.log_path.read_text(errors="replace")[-3000:]
-        raise SystemExit(f"gunicorn for {self.url} did not get ready:\n{tail}")
+        raise SystemExit(f"the server for {self.url} did not get ready:\n{tail}")
 
     def stop(self) -> None:
         """SIGTERM the server's process group, SIGKILL after STOP_SECONDS."""
@@ -196,13 +338,51 @@ class GunicornServer:
         self._log.close()
 
 
+class GunicornServer(ServerProcess):
+    """A gunicorn on 127.0.0.1 with the project's gunicorn settings.
+
+    ``checkout`` serves another copy of the repository (for example today's main, checked out
+    with ``git worktree add``) with that copy's own code and gunicorn.conf.py.
+    """
+
+    def __init__(
+        self, app: str, env: Mapping[str, str], log_path: Path, checkout: Path | None = None
+    ) -> None:
+        root = REPO_ROOT if checkout is None else checkout.resolve()
+        if app in FLOOR_APPS:
+            config = REFERENCE_GUNICORN_CONF
+        else:
+            config = root / "service" / "gunicorn.conf.py"
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(config),
+            "--bind",
+            f"127.0.0.1:{port}",
+            # the floor apps live in bench/; the service comes from PYTHONPATH or the venv
+            "--pythonpath",
+            str(BENCH_DIR),
+            app,
+        ]
+        if checkout is not None:
+            env = {**env, "PYTHONPATH": str(root)}
+        super().__init__(command, env, log_path, port, cwd=root)
+
+
 @contextmanager
 def gunicorn_server(
-    app: str, env: Mapping[str, str], workdir: Path, ready_path: str
+    app: str,
+    env: Mapping[str, str],
+    workdir: Path,
+    ready_path: str,
+    checkout: Path | None = None,
 ) -> Iterator[GunicornServer]:
     """Start ``app`` under the project's gunicorn config, wait until ready, always stop it."""
-    name = app.split(":")[0].replace(".", "_")
-    server = GunicornServer(app, env, workdir / f"{name}.log")
+    name = app.split(":")[0].replace(".", "_") + ("_" + checkout.name if checkout else "")
+    server = GunicornServer(app, env, workdir / f"{name}.log", checkout)
     try:
         server.wait_ready(ready_path)
         yield server
@@ -268,14 +448,59 @@ def run_wrk(
     )
 
 
+class Case(Protocol):
+    """One row of a benchmark: something measured for some seconds, round after round."""
+
+    @property
+    def name(self) -> str: ...
+
+    def measure(self, seconds: float, workdir: Path, wrk: str) -> LoadResult: ...
+
+
 @dataclass(frozen=True)
 class LoadCase:
-    """One thing to measure: a body sent to a server at a concurrency."""
+    """One thing to measure: a body sent to a server at a concurrency.
+
+    ``server_pid`` is the server's first process: the CPU of it and its descendants is recorded
+    for every run.
+    """
 
     name: str
     url: str
     body: PostBody
     connections: int
+    server_pid: int | None = None
+
+    def measure(self, seconds: float, workdir: Path, wrk: str) -> LoadResult:
+        with CpuMeter(self.server_pid).measure() as cpu:
+            result = run_wrk(self.url, self.body, self.connections, seconds, workdir, wrk)
+        return dataclasses.replace(result, round_cpu=tuple(cpu))
+
+
+class OnnxCase:
+    """In-process onnxruntime on a batch, one intra-op thread: the model alone, on one core."""
+
+    def __init__(self, name: str, model_path: Path, batch: np.ndarray) -> None:
+        self.name = name
+        self.batch = batch
+        self._session = onnx_session(model_path)
+        self._feed = {self._session.get_inputs()[0].name: batch}
+
+    def measure(self, seconds: float, workdir: Path, wrk: str) -> LoadResult:
+        latencies = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(latencies) < 5:
+            start = time.perf_counter()
+            self._session.run(None, self._feed)
+            latencies.append(time.perf_counter() - start)
+        return LoadResult(
+            requests=len(latencies),
+            seconds=sum(latencies),
+            errors=0,
+            p50_ms=statistics.median(latencies) * 1000,
+            p99_ms=sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000,
+            images_per_request=len(self.batch),
+        )
 
 
 def swap_neighbours(items: Sequence[T]) -> list[T]:
@@ -286,32 +511,55 @@ def swap_neighbours(items: Sequence[T]) -> list[T]:
     return swapped
 
 
+def swap_on_odd_rounds(cases: Sequence[T], number: int) -> list[T]:
+    """The order of round ``number``: as given, neighbours swapped in odd rounds."""
+    return list(cases) if number % 2 == 0 else swap_neighbours(cases)
+
+
+def rotate_groups(size: int) -> Callable[[Sequence[T], int], list[T]]:
+    """An order for groups of ``size`` cases compared with each other (e.g. an app and floors).
+
+    Each group stays together; in round n it is rotated by n, so every case of a group runs
+    right after every other one and goes first in turn; odd rounds reverse the order of groups.
+    """
+
+    def arrange(cases: Sequence[T], number: int) -> list[T]:
+        groups = [list(cases[i : i + size]) for i in range(0, len(cases), size)]
+        if number % 2:
+            groups.reverse()
+        turned = []
+        for group in groups:
+            shift = number % len(group)
+            turned.extend(group[shift:] + group[:shift])
+        return turned
+
+    return arrange
+
+
 def measure_rounds(
-    cases: Sequence[LoadCase],
+    cases: Sequence[Case],
     seconds: float,
     rounds: int,
     workdir: Path,
     wrk: str,
     warmup_seconds: float = 2.0,
+    arrange: Callable[[Sequence[Case], int], list[Case]] = swap_on_odd_rounds,
 ) -> dict[str, LoadResult]:
     """Warm every case up, then run all cases once per round, interleaved, ``seconds`` in total.
 
-    Odd rounds swap neighbouring cases. Interleaving spreads a change in background load
-    over every case instead of one; req/s is total requests over total time, p50/p99 the medians
-    of the rounds' percentiles. Exits if any request failed.
+    ``arrange`` gives each round's order (by default odd rounds swap neighbouring cases).
+    Interleaving spreads a change in background load over every case instead of one; req/s is
+    total requests over total time, p50/p99 the medians of the rounds' percentiles, and the CPU
+    of every round is kept. Exits if any request failed.
     """
     for case in cases:
-        run_wrk(case.url, case.body, case.connections, warmup_seconds, workdir, wrk)
+        case.measure(warmup_seconds, workdir, wrk)
     per_round = max(1.0, seconds / rounds)
     runs: dict[str, list[LoadResult]] = {case.name: [] for case in cases}
-    swapped = swap_neighbours(cases)
     for number in range(rounds):
-        # every other round swaps the neighbours (1st and 2nd, 3rd and 4th, ...): the two cases
-        # a target compares stay side by side, neither always goes first, and each follows the
-        # same case in both orders
-        for case in cases if number % 2 == 0 else swapped:
+        for case in arrange(cases, number):
             time.sleep(SETTLE_SECONDS)  # requests still in flight from the last run finish first
-            result = run_wrk(case.url, case.body, case.connections, per_round, workdir, wrk)
+            result = case.measure(per_round, workdir, wrk)
             if result.errors:
                 raise SystemExit(f"{case.name}: {result.errors} failed requests under load")
             runs[case.name].append(result)
@@ -324,6 +572,7 @@ def measure_rounds(
             p99_ms=statistics.median(r.p99_ms for r in results),
             images_per_request=results[0].images_per_request,
             round_rates=tuple(r.requests_per_second for r in results),
+            round_cpu=tuple(c for r in results for c in r.round_cpu),
         )
         for name, results in runs.items()
     }
@@ -352,16 +601,21 @@ def post(url: str, body: PostBody) -> tuple[dict[str, str], bytes]:
         return dict(response.headers.items()), response.read()
 
 
-def time_onnxruntime(model_path: Path, batch: np.ndarray, seconds: float = 2.0) -> CallTiming:
-    """Per-call latency of onnxruntime on ``batch`` (float32), one intra-op thread like a worker."""
+def onnx_session(model_path: Path) -> Any:
+    """An onnxruntime session with one intra-op thread, as in a worker."""
     import onnxruntime as ort  # only the benchmarks that time it pay for the import
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
+    return ort.InferenceSession(
         str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
     )
+
+
+def time_onnxruntime(model_path: Path, batch: np.ndarray, seconds: float = 2.0) -> CallTiming:
+    """Per-call latency of onnxruntime on ``batch`` (float32), one intra-op thread like a worker."""
+    session = onnx_session(model_path)
     feed = {session.get_inputs()[0].name: batch}
     for _ in range(20):
         session.run(None, feed)
@@ -406,3 +660,34 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
     for row in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     sys.stdout.flush()
+
+
+CPU_HEADER = [
+    "server CPU ms/req",
+    "busiest process",
+    f"rounds > {WORKER_SHARE_LIMIT:.0%}",
+    "other load",
+]
+
+
+def cpu_cells(result: LoadResult, flag: bool = True) -> list[str]:
+    """The CPU columns of a row.
+
+    Server CPU per request (master and workers), the busiest server process's median share of
+    the server's CPU over the rounds (and its largest), the rounds (1-based) in which it was over
+    WORKER_SHARE_LIMIT (``flag`` False: not judged, e.g. one keep-alive connection is always one
+    worker's), and the median CPU, in cores, that neither the server nor wrk used during the runs
+    (other programs: the machine's noise).
+    """
+    shares = result.top_shares
+    if not shares:
+        return ["", "", "", ""]
+    share = f"{statistics.median(shares):.0%} (max {max(shares):.0%})"
+    flagged = result.flagged_rounds()
+    verdict = (" ".join(str(n + 1) for n in flagged) or "none") if flag else "n/a"
+    return [
+        f"{result.server_cpu_ms_per_request:.3f}",
+        share,
+        verdict,
+        f"{result.other_load:.2f}",
+    ]

@@ -1,11 +1,16 @@
-"""The reference for serve_bench.py: a Flask app that parses the same JSON body, answers a constant.
+"""The floors for serve_bench.py, both under the same gunicorn settings as the service.
 
-It runs under the same gunicorn.conf.py as the service, so the ratio between the two is the cost
-of our own work per request (validation, onnxruntime, metrics, logging), not of Flask or gunicorn.
+- ``create_app()``: a Flask app that parses the same JSON body and answers a constant. The ratio
+  of the service to it is the cost of our own work per request (validation, onnxruntime,
+  metrics, logging), not of Flask or gunicorn.
+- ``raw_wsgi_app``: a WSGI callable that reads the body and answers the same constant bytes, no
+  Flask, no JSON: what gunicorn, HTTP and loopback cost alone.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, jsonify, request
@@ -32,3 +37,15 @@ def create_app() -> Flask:
         return jsonify(ready=True)
 
     return app
+
+
+_RAW_ANSWER = json.dumps(CONSTANT_ANSWER).encode()
+_RAW_HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(_RAW_ANSWER)))]
+
+
+def raw_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Reads the whole body, answers CONSTANT_ANSWER (and 200 to GET /ready)."""
+    length = environ.get("CONTENT_LENGTH") or "0"
+    environ["wsgi.input"].read(int(length))
+    start_response("200 OK", _RAW_HEADERS)
+    return [_RAW_ANSWER]

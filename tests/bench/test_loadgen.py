@@ -42,3 +42,52 @@ def test_paired_ratio_is_the_median_of_the_rounds() -> None:
 def test_paired_ratio_needs_the_same_rounds() -> None:
     with pytest.raises(ValueError):
         loadgen.paired_ratio(result(1.0, 2.0), result(1.0))
+
+
+def test_rotate_groups_keeps_groups_and_turns_each_first() -> None:
+    arrange = loadgen.rotate_groups(3)
+    cases = ["a1", "b1", "c1", "a8", "b8", "c8"]
+    assert arrange(cases, 0) == cases
+    assert arrange(cases, 1) == ["b8", "c8", "a8", "b1", "c1", "a1"]
+    assert arrange(cases, 2) == ["c1", "a1", "b1", "c8", "a8", "b8"]
+    firsts = {arrange(cases, n)[0] for n in range(6)}
+    assert firsts >= {"a1", "b1", "c1"}
+
+
+def run_cpu(*per_process: float, busy: float = 4.0, client: float = 1.0) -> loadgen.RunCpu:
+    return loadgen.RunCpu(
+        wall_seconds=2.0,
+        server=dict(enumerate(per_process)),
+        client_seconds=client,
+        machine_busy_seconds=busy,
+        steal_seconds=0.0,
+    )
+
+
+def test_rounds_where_one_process_did_most_of_the_work_are_flagged() -> None:
+    balanced, lopsided = run_cpu(0.01, 1.0, 0.9), run_cpu(0.0, 1.5, 0.4)
+    assert balanced.top_share == pytest.approx(1.0 / 1.91)
+    assert lopsided.top_share == pytest.approx(1.5 / 1.9) and lopsided.top_share > 0.7
+    assert balanced.other_cores == pytest.approx((4.0 - 1.91 - 1.0) / 2.0)
+    measured = loadgen.LoadResult(
+        requests=1000,
+        seconds=4.0,
+        errors=0,
+        p50_ms=1.0,
+        p99_ms=2.0,
+        images_per_request=1,
+        round_cpu=(balanced, lopsided),
+    )
+    assert measured.flagged_rounds() == [1]
+    assert measured.server_cpu_ms_per_request == pytest.approx((1.91 + 1.9) / 1000 * 1000)
+
+
+def test_cpu_of_a_real_process_tree_is_read_from_proc() -> None:
+    import os
+
+    before = loadgen.process_cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))  # burn some CPU
+    after = loadgen.process_cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after > before
+    assert os.getpid() in loadgen.process_tree(os.getppid())
+    assert loadgen.process_cpu_seconds(2**22 + 12345) is None  # no such process
