@@ -8,13 +8,12 @@ forms that carry pixel arrays are read here without any Python list:
 - ``infer_request_with_data``: an Open Inference Protocol JSON request whose one input carries
   a flat ``"data"`` array of numbers.
 
-How: a byte-level check proves the body has exactly that shape (only numbers, commas, brackets
-and white space inside the arrays, and the expected bracket and comma pattern), then simdjson
-(pysimdjson: a strict, validating JSON parser) parses the body and copies the numbers into one
-buffer in C, which numpy takes as it is. Anything else, including every malformed body, returns
-None: the caller then parses it the ordinary way, which names what is wrong. So the arrays built
-here are exactly the ones the ordinary path builds (same values, same dtype) and no error message
-changes. Pure functions, no Flask.
+How: simdjson (pysimdjson: a strict, validating JSON parser) parses the body, byte-level checks
+prove the shape (how many lists the body opens, the bracket and comma pattern around the data),
+and simdjson copies the numbers into one buffer in C, which numpy takes as it is. Anything else,
+every malformed body included, returns None: the caller then parses it the ordinary way, which
+names what is wrong. So the arrays built here are exactly the ones the ordinary path builds (same
+values, same dtype) and no error message changes. Pure functions, no Flask.
 """
 
 from __future__ import annotations
@@ -43,46 +42,48 @@ def pixel_rows(body: bytes, max_batch: int) -> np.ndarray | None:
     ``np.array(images, dtype=np.float32)`` would (correctly rounded doubles, then float32).
     Returns None for any other body, valid or not: the caller's ordinary parser handles it.
     """
-    # Without numbers and spaces, a body of that shape is the key's letters and a fixed pattern
-    # of brackets and commas; any string, true, false, null or object leaves other bytes.
-    pattern = body.translate(None, _NUMBER_BYTES + _SPACE_BYTES)
-    lists = pattern.count(b"[") - 1  # the images (flat form) or images and rows (28 x 28 form)
-    if 0 < lists <= max_batch and pattern == _images_pattern(lists, square=False):
-        count = lists
-    elif (
-        lists % (IMAGE_SIDE + 1) == 0
-        and 0 < lists // (IMAGE_SIDE + 1) <= max_batch
-        and pattern == _images_pattern(lists // (IMAGE_SIDE + 1), square=True)
-    ):
-        count = lists // (IMAGE_SIDE + 1)
-    else:
-        return None
-    # The pattern lets only the key's own bytes differ ("im ages" loses its space above), and
-    # says nothing of each number's syntax ("01", "1.2.3"): simdjson checks both.
     try:
-        document = simdjson.Parser().parse(body)
+        document = simdjson.Parser().parse(body)  # strict JSON, numbers' syntax included
         if not isinstance(document, simdjson.Object) or list(document.keys()) != ["images"]:
             return None
         images = document["images"]
-        if not isinstance(images, simdjson.Array):
+        if not isinstance(images, simdjson.Array) or not 0 < len(images) <= max_batch:
             return None
-        values = images.as_buffer(of_type="d")
+        count = len(images)
+        # as_buffer below flattens any nesting and refuses strings, booleans and null, so what
+        # is left to prove is the shape. The only string is the key, so every "[" in the body
+        # opens a list: N + 1 of them are "images" and N images, and no value is a list.
+        lists = body.count(b"[")
+        if lists == count + 1:
+            for index in range(count):
+                image = images[index]
+                if not isinstance(image, simdjson.Array) or len(image) != N_PIXELS:
+                    return None
+        elif lists != count * (IMAGE_SIDE + 1) + 1 or not _square_images(body, count):
+            return None
+        values = np.frombuffer(images.as_buffer(of_type="d"), dtype=np.float64)
     except _PARSE_ERRORS:
         return None
-    return np.frombuffer(values, dtype=np.float64).astype(np.float32).reshape(count, N_PIXELS)
+    if values.size != count * N_PIXELS:
+        return None
+    return values.astype(np.float32).reshape(count, N_PIXELS)
+
+
+def _square_images(body: bytes, count: int) -> bool:
+    """True when the lists and commas of ``body`` are those of ``count`` images of 28 x 28."""
+    # Without numbers and spaces, such a body is the key's letters and a fixed pattern of
+    # brackets and commas: one comparison checks every row's length.
+    return body.translate(None, _NUMBER_BYTES + _SPACE_BYTES) == _square_pattern(count)
 
 
 @functools.lru_cache(maxsize=16)
-def _images_pattern(count: int, square: bool) -> bytes:
-    """The brackets and commas of ``{"images": [...]}`` for ``count`` images, key letters kept.
+def _square_pattern(count: int) -> bytes:
+    """The brackets and commas of ``{"images": [...]}`` for ``count`` images of 28 rows.
 
     ``"images"`` keeps only the letters that are not number bytes (the ``e`` goes).
     """
-    if square:
-        row = b"[" + b"," * (IMAGE_SIDE - 1) + b"]"
-        image = b"[" + b",".join([row] * IMAGE_SIDE) + b"]"
-    else:
-        image = b"[" + b"," * (N_PIXELS - 1) + b"]"
+    row = b"[" + b"," * (IMAGE_SIDE - 1) + b"]"
+    image = b"[" + b",".join([row] * IMAGE_SIDE) + b"]"
     return b'{"imags":[' + b",".join([image] * count) + b"]}"
 
 

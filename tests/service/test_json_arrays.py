@@ -82,6 +82,10 @@ def test_well_formed_images_are_read_directly_and_agree(payload: dict[str, Any])
         json.dumps({"images": [[0] * 783]}).encode(),
         json.dumps({"images": [[0] * 785, [0] * 783]}).encode(),  # ragged, same total
         json.dumps({"images": [[[0]] + [0] * 783]}).encode(),  # a pixel that is a list
+        json.dumps({"images": [["["] + [0] * 783, [[0]] + [0] * 783]}).encode(),
+        json.dumps({"images": [[0] * 783 + [{"a": 1}]]}).encode(),
+        json.dumps({"images": [[[0] * 28] * 27 + [[0] * 27 + [[0]]]]}).encode(),
+        json.dumps({"images": [[[0] * 28] * 26 + [[0] * 27, [0] * 29]]}).encode(),
         json.dumps({"images": [[0] * 783 + [True]]}).encode(),
         json.dumps({"images": [[0] * 783 + [None]]}).encode(),
         json.dumps({"images": [[0] * 783 + ["5"]]}).encode(),
@@ -110,11 +114,12 @@ def test_other_bodies_are_declined_and_answered_as_before(body: bytes) -> None:
 
 def test_random_damage_to_a_good_body_never_changes_an_answer() -> None:
     # a seeded fuzz: bytes changed, dropped or added where the structure check looks
-    good = json.dumps({"images": DIGITS[:2].tolist()}).encode()
+    flat = json.dumps({"images": DIGITS[:2].tolist()}).encode()
+    square = json.dumps({"images": DIGITS[:2].reshape(2, 28, 28).tolist()}).encode()
     generator = random.Random(15)
     alphabet = b'0123456789.-+eE,[] {}":nultrasfi\\'
-    for _ in range(400):
-        body = bytearray(good)
+    for attempt in range(600):
+        body = bytearray(flat if attempt % 2 else square)
         for _ in range(generator.randint(1, 3)):
             spot = generator.randrange(len(body))
             action = generator.choice(("replace", "drop", "add"))
