@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -516,15 +517,24 @@ def swap_on_odd_rounds(cases: Sequence[T], number: int) -> list[T]:
     return list(cases) if number % 2 == 0 else swap_neighbours(cases)
 
 
-def rotate_groups(size: int) -> Callable[[Sequence[T], int], list[T]]:
-    """An order for groups of ``size`` cases compared with each other (e.g. an app and floors).
+def rotate_groups(sizes: int | Sequence[int]) -> Callable[[Sequence[T], int], list[T]]:
+    """An order for groups of cases compared with each other (e.g. an app and its floors).
 
-    Each group stays together; in round n it is rotated by n, so every case of a group runs
-    right after every other one and goes first in turn; odd rounds reverse the order of groups.
+    ``sizes``: one size for groups of equal size, or the size of each group in turn. Each group
+    stays together; in round n it is rotated by n, so every case of a group runs right after
+    every other one and goes first in turn; odd rounds reverse the order of the groups.
     """
 
     def arrange(cases: Sequence[T], number: int) -> list[T]:
-        groups = [list(cases[i : i + size]) for i in range(0, len(cases), size)]
+        if isinstance(sizes, int):
+            bounds = [*range(0, len(cases), sizes), len(cases)]
+        else:
+            bounds = [0]
+            for size in sizes:
+                bounds.append(bounds[-1] + size)
+            if bounds[-1] != len(cases):
+                raise ValueError(f"group sizes {list(sizes)} do not add up to {len(cases)} cases")
+        groups = [list(cases[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
         if number % 2:
             groups.reverse()
         turned = []
@@ -578,15 +588,19 @@ def measure_rounds(
     }
 
 
-def paired_ratio(ours: LoadResult, baseline: LoadResult) -> tuple[float, list[float]]:
-    """The median over rounds of ours / baseline req/s, and the ratio of every round.
+def paired_ratio(
+    ours: LoadResult, baseline: LoadResult, images: bool = False
+) -> tuple[float, list[float]]:
+    """The median over rounds of ours / baseline req/s (``images``: images/s), and each round's.
 
     The two ran back to back in each round, so a round's ratio compares them under the same
     background load. This VM's speed swings several-fold within seconds (the same server did
     2,742 and 462 req/s two runs apart), which moves totals summed over rounds; the median of
     the paired rounds is what such swings cannot move.
     """
-    ratios = [a / b for a, b in zip(ours.round_rates, baseline.round_rates, strict=True)]
+    scale = ours.images_per_request / baseline.images_per_request if images else 1.0
+    rates = zip(ours.round_rates, baseline.round_rates, strict=True)
+    ratios = [a / b * scale for a, b in rates]
     return statistics.median(ratios), ratios
 
 

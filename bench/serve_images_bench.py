@@ -1,20 +1,24 @@
-"""Image and batch throughput: PNG upload, V2 binary tensors, JSON batches, beside onnxruntime.
+"""Image and batch throughput: PNG upload, V2 tensors, JSON batches, beside onnxruntime alone.
 
-Rows: JSON single image, PNG upload (raw body), V2 binary single image (concurrency 8); JSON
-batch of 256 and V2 binary batch of 256 (concurrency 2). Each row shows images/s and p50/p99
-beside in-process onnxruntime for the same batch, timed in the same run. Targets: V2 binary
-batch-256 >= 30,000 images/s at concurrency 2; V2 binary single req/s >= JSON single req/s.
-The rows are measured in interleaved rounds; V2 single is compared with JSON single by the median
-of the rounds' ratios (the two run back to back in every round; see loadgen.paired_ratio).
-Usage: python bench/serve_images_bench.py [--duration 12] [--rounds 12]
+Rows: JSON single image, V2 binary single image, PNG upload (raw body) at concurrency 8; JSON
+batch of 256, V2 binary and V2 JSON FP32 batches of 256 at concurrency 2; onnxruntime alone on
+the same batch of 256 in this process (one intra-op thread: the model on one core). With
+--baseline DIR, the JSON batch is also sent to a second service run from that checkout (for
+example today's main: git worktree add /tmp/baseline main), paired with ours.
+Rows that are compared run side by side in every round, in turn first (loadgen.rotate_groups);
+each ratio is the median of the rounds' ratios. Every row records the server's CPU per request
+and how it split over the worker processes. Target: V2 binary batch-256 >= 30,000 images/s.
+Usage: python bench/serve_images_bench.py [--duration 12] [--rounds 12] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import loadgen
 import numpy as np
@@ -40,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--single-concurrency", type=int, default=8)
     parser.add_argument("--batch-concurrency", type=int, default=2)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of another version (git worktree add DIR COMMIT): its JSON batch row "
+        "runs beside ours, paired",
+    )
     return parser.parse_args(argv)
 
 
@@ -110,21 +121,53 @@ def answered_digits(headers: dict[str, str], payload: bytes) -> np.ndarray:
     raise SystemExit("no label output in the V2 answer")
 
 
+def v2_json_body(pixels: np.ndarray) -> loadgen.PostBody:
+    """V2 infer with a JSON FP32 [N, 784] input in [0, 1] (flat "data"), JSON outputs."""
+    scaled = (pixels / np.float32(255)).astype(np.float32)
+    request = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [len(pixels), 784],
+                "datatype": "FP32",
+                "data": scaled.ravel().tolist(),
+            }
+        ]
+    }
+    return loadgen.PostBody(
+        path=V2_INFER,
+        content_type="application/json",
+        body=json.dumps(request).encode(),
+        images=len(pixels),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run every case against one service, then print the table and the targets."""
+    """Run every case, interleaved, then print the table and the paired ratios."""
     args = parse_args(argv)
     wrk = loadgen.require_wrk()
     models_dir = args.models_dir.resolve()
     pixels, labels = loadgen.mnist_test_digits(args.data_dir, BATCH)
     single, batch = args.single_concurrency, args.batch_concurrency
-    cases = [
-        # the two rows the target compares stand side by side in every round
-        Case("JSON single image", json_body(pixels[:1]), single, labels[:1]),
-        Case("V2 binary single image", v2_binary_body(pixels[:1]), single, labels[:1]),
-        Case("PNG upload 280x280 RGB", png_body(pixels[0]), single, labels[:1]),
-        Case(f"JSON batch of {BATCH}", json_body(pixels), batch, labels),
-        Case(f"V2 binary batch of {BATCH}", v2_binary_body(pixels), batch, labels),
+    json_batch = f"JSON batch of {BATCH}"
+    baseline_batch = f"JSON batch of {BATCH}, baseline"
+    v2_batch = f"V2 binary batch of {BATCH}"
+    ort_batch = f"onnxruntime alone, batch of {BATCH}"
+    # groups of rows compared with each other; each group is rotated round by round
+    groups: list[list[Case]] = [
+        [
+            Case("JSON single image", json_body(pixels[:1]), single, labels[:1]),
+            Case("V2 binary single image", v2_binary_body(pixels[:1]), single, labels[:1]),
+        ],
+        [Case(json_batch, json_body(pixels), batch, labels)],
+        [
+            Case(v2_batch, v2_binary_body(pixels), batch, labels),
+            Case(f"V2 JSON FP32 batch of {BATCH}", v2_json_body(pixels), batch, labels),
+        ],
+        [Case("PNG upload 280x280 RGB", png_body(pixels[0]), single, labels[:1])],
     ]
+    if args.baseline is not None:
+        groups[1].append(Case(baseline_batch, json_body(pixels), batch, labels))
 
     model = loadgen.latest_model(models_dir)
     scaled = (pixels / np.float32(255)).astype(np.float32)
@@ -132,61 +175,87 @@ def main(argv: list[str] | None = None) -> int:
     in_process[BATCH] = loadgen.time_onnxruntime(model, scaled)
     print(f"machine: {loadgen.machine_note()}; model {model.relative_to(models_dir)}")
 
-    with (
-        loadgen.scratch_dir() as scratch,
-        loadgen.gunicorn_server(
-            loadgen.SERVICE_APP, {"MODEL_DIR": str(models_dir)}, scratch, "/v2/health/ready"
-        ) as service,
-    ):
-        for case in cases:
-            digits = answered_digits(*loadgen.post(service.url, case.body))
-            accuracy = float((digits == case.labels).mean())
-            if accuracy < 0.9:
-                raise SystemExit(f"{case.name}: only {accuracy:.0%} right digits; not measuring")
-        load_cases = [
-            loadgen.LoadCase(case.name, service.url, case.body, case.connections) for case in cases
-        ]
-        results = loadgen.measure_rounds(load_cases, args.duration, args.rounds, scratch, wrk)
+    env = {"MODEL_DIR": str(models_dir)}
+    with loadgen.scratch_dir() as scratch, contextlib.ExitStack() as stack:
+        service = stack.enter_context(
+            loadgen.gunicorn_server(loadgen.SERVICE_APP, env, scratch, "/v2/health/ready")
+        )
+        servers = {case.name: service for group in groups for case in group}
+        if args.baseline is not None:
+            servers[baseline_batch] = stack.enter_context(
+                loadgen.gunicorn_server(
+                    loadgen.SERVICE_APP, env, scratch, "/v2/health/ready", args.baseline
+                )
+            )
+        for group in groups:
+            for case in group:
+                url = servers[case.name].url
+                digits = answered_digits(*loadgen.post(url, case.body))
+                accuracy = float((digits == case.labels).mean())
+                if accuracy < 0.9:
+                    raise SystemExit(
+                        f"{case.name}: only {accuracy:.0%} right digits; not measuring"
+                    )
+        cases: list[loadgen.Case] = []
+        sizes = []
+        for group in groups:
+            for case in group:
+                server = servers[case.name]
+                cases.append(
+                    loadgen.LoadCase(case.name, server.url, case.body, case.connections, server.pid)
+                )
+            if group is groups[2]:  # the model alone, beside the V2 binary batch
+                cases.append(loadgen.OnnxCase(ort_batch, model, scaled))
+            sizes.append(len(group) + (group is groups[2]))
+        results = loadgen.measure_rounds(
+            cases, args.duration, args.rounds, scratch, wrk, arrange=loadgen.rotate_groups(sizes)
+        )
 
     rows = []
     for case in cases:
-        result, ort = results[case.name], in_process[case.body.images]
+        result = results[case.name]
+        ort = in_process[result.images_per_request]
+        connections = str(case.connections) if isinstance(case, loadgen.LoadCase) else "-"
         rows.append(
             [
                 case.name,
-                str(case.connections),
+                connections,
                 f"{result.requests_per_second:,.0f}",
                 f"{result.images_per_second:,.0f}",
                 f"{result.p50_ms:.2f}",
                 f"{result.p99_ms:.2f}",
+                *loadgen.cpu_cells(result),
                 f"{ort.images_per_second:,.0f}",
-                f"{ort.p50_ms:.3f}",
-                f"{ort.p99_ms:.3f}",
             ]
         )
     loadgen.print_table(
         f"Service over HTTP (wrk, {args.duration:g} s per row in {args.rounds} interleaved rounds)"
         " beside in-process onnxruntime (same batch, one thread)",
-        ["request", "conc.", "req/s", "images/s", "p50 ms", "p99 ms",
-         "ORT images/s", "ORT p50 ms", "ORT p99 ms"],
+        ["request", "conc.", "req/s", "images/s", "p50 ms", "p99 ms", *loadgen.CPU_HEADER,
+         "ORT images/s (before)"],
         rows,
     )  # fmt: skip
 
-    v2_batch = results[f"V2 binary batch of {BATCH}"].images_per_second
-    v2_single = results["V2 binary single image"]
-    json_single = results["JSON single image"]
-    single_ratio, per_round = loadgen.paired_ratio(v2_single, json_single)
-    print()
-    print(
-        f"V2 binary batch-{BATCH} at concurrency {batch}: {v2_batch:,.0f} images/s "
-        f"({'meets' if v2_batch >= TARGET_BATCH_IMAGES_PER_SECOND else 'MISSES'} the "
-        f"{TARGET_BATCH_IMAGES_PER_SECOND:,} target)"
+    pairs = [
+        ("V2 binary single / JSON single", "V2 binary single image", "JSON single image"),
+        ("V2 binary batch / onnxruntime alone", v2_batch, ort_batch),
+    ]
+    if args.baseline is not None:
+        pairs.append((f"JSON batch / baseline ({args.baseline})", json_batch, baseline_batch))
+    ratio_rows = []
+    for label, ours, theirs in pairs:
+        ratio, per_round = loadgen.paired_ratio(results[ours], results[theirs])
+        if ours == v2_batch:  # compare images/s: the model alone counts calls, not requests
+            ratio, per_round = loadgen.paired_ratio(results[ours], results[theirs], images=True)
+        ratio_rows.append([label, f"{ratio:.2f}", " ".join(f"{r:.2f}" for r in per_round)])
+    loadgen.print_table(
+        "Ratios, median of the paired rounds", ["ratio", "median", "per round"], ratio_rows
     )
+    v2_images = results[v2_batch].images_per_second
     print(
-        f"V2 binary single {v2_single.requests_per_second:,.0f} req/s vs JSON single "
-        f"{json_single.requests_per_second:,.0f} req/s; V2 / JSON, median of the paired rounds: "
-        f"{single_ratio:.2f} ({'meets' if single_ratio >= 1 else 'MISSES'} the target V2 >= JSON)"
-        f"; per round: {' '.join(f'{r:.2f}' for r in per_round)}"
+        f"\nV2 binary batch-{BATCH} at concurrency {batch}: {v2_images:,.0f} images/s "
+        f"({'meets' if v2_images >= TARGET_BATCH_IMAGES_PER_SECOND else 'MISSES'} the "
+        f"{TARGET_BATCH_IMAGES_PER_SECOND:,} target)"
     )
     print(f"machine: {loadgen.machine_note()}")
     return 0
