@@ -19,7 +19,7 @@ COMPOSE ?= docker compose
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install serve train test lint bench docker-build up down system-packages browser-deps
+.PHONY: help install serve train test lint bench bench-peers docker-build up down system-packages browser-deps
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -91,6 +91,10 @@ lint: $(DEV_STAMP) ## ruff check, ruff format --check, mypy (strict), the import
 bench: $(DEV_STAMP) system-packages ## serving benchmarks with wrk (a few minutes; prints tables)
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_bench.py --models-dir $(MODELS_DIR)
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/serve_images_bench.py --models-dir $(MODELS_DIR)
+
+PEERS_CACHE ?= $(HOME)/.cache/mnist-service/peers
+bench-peers: $(DEV_STAMP) system-packages ## mnist-service beside MLServer, KServe, BentoML (not in CI; installs them into PEERS_CACHE once)
+	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/python bench/peers_bench.py --models-dir $(MODELS_DIR) --cache-dir $(PEERS_CACHE)
 
 # With no engine answering, the docker targets start the shared docker-engine tool's engine (it
 # stays up for the stack; `../shared/tools/docker-engine down` stops it) and use its socket.
