@@ -167,12 +167,19 @@ def test_the_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _gunicorn_settings(monkeypatch)
     assert settings["bind"] == ["127.0.0.1:8000"]
     assert settings["workers"] == 2
-    assert settings["worker_class"] == "service.request_buffering.BufferingThreadWorker"
+    assert settings["worker_class"] == "service.connection_balance.BalancedThreadWorker"
     assert settings["threads"] >= 2
     assert settings["preload_app"] is False
     assert settings["accesslog"] is None
     assert settings["limit_request_line"] > 0 and settings["limit_request_fields"] > 0
-    for hook in ("on_starting", "post_fork", "post_worker_init", "child_exit", "on_exit"):
+    for hook in (
+        "on_starting",
+        "pre_fork",
+        "post_fork",
+        "post_worker_init",
+        "child_exit",
+        "on_exit",
+    ):
         assert callable(settings[hook])
 
 
