@@ -23,6 +23,7 @@
   const saliencyCanvas = document.getElementById("saliency");
   const saliencyToggle = document.getElementById("show-saliency");
   const runnerUpText = document.getElementById("runner-up");
+  const answerText = document.getElementById("saliency-answer");
   let saliencyShown = false; // a map for the current answer is drawn
 
   let drawing = false;
@@ -210,6 +211,7 @@
     const answer = body.explanations[0];
     drawSaliency(answer.saliency);
     runnerUpText.textContent = String(answer.runner_up);
+    answerText.textContent = String(answer.digit);
     saliencyShown = true;
     saliencyCanvas.hidden = !saliencyToggle.checked;
     document.body.dataset.saliency = "ready";
@@ -245,6 +247,7 @@
       saliencyShown = false;
       saliencyCanvas.hidden = true;
       runnerUpText.textContent = "the runner-up";
+      answerText.textContent = "the answer";
       delete document.body.dataset.saliency;
       digitOutput.textContent = "–";
       digitOutput.removeAttribute("data-digit");

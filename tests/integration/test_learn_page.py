@@ -476,6 +476,7 @@ def test_the_drawing_page_shows_the_saliency_map(browser, committed_server, reco
         )
         assert painted > 100, "the map is blank"
         assert page.locator("#runner-up").inner_text().isdigit()
+        assert page.locator("#saliency-answer").inner_text() == "3"
         _screenshot(page, "drawing-page-saliency", record_property, ".result")
         page.locator("#show-saliency").uncheck()
         assert overlay.is_hidden()
