@@ -112,10 +112,12 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In each worker's main thread: start hot reload and its SIGHUP handler."""
+    """In each worker's main thread: start hot reload and its SIGHUP handler; report capacity."""
     from service.app import watch_models
+    from service.observability.metrics import set_capacity
 
     watch_models(worker.wsgi)
+    set_capacity(worker.cfg.threads)
 
 
 def worker_int(worker: Any) -> None:

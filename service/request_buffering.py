@@ -29,6 +29,7 @@ from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from service import draining
 from service.error_render import render_server_error
 
 #: the request head ends at the first empty line (RFC 9112 section 2.1)
@@ -184,6 +185,12 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
         # connections still sending a request, with what they sent so far
         self.reading: dict[TConn, RequestReading] = {}
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: readiness turns false at once (service.draining), then gunicorn's graceful
+        stop: no new connection, the requests held are answered."""
+        draining.begin()
+        super().handle_exit(sig, frame)
+
     # --- connections enter reading from accept() and from keep-alive ---------------------------
 
     def accept(self, listener: socket.socket) -> None:
@@ -203,6 +210,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
         self.keepalived_conns.remove(conn)
         self.poller.unregister(client)
         self._start_reading(conn)
+        # bytes are waiting: read them now, so the connection is never seen with an empty
+        # buffer (a stopping worker drops those)
+        self._on_bytes(conn, client)
 
     def _start_reading(self, conn: TConn) -> None:
         conn.sock.setblocking(False)

@@ -96,6 +96,8 @@ class ServiceMetrics:
     model_info: Gauge
     model_version: Gauge
     reloads: Counter
+    in_flight: Gauge
+    capacity: Gauge
     info_labels: tuple[str, str, str] | None = field(default=None)
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -184,6 +186,22 @@ class ServiceMetrics:
                 "Attempts to load a newly published model version, by outcome.",
                 ["outcome"],
                 namespace=NAMESPACE,
+                registry=registry,
+            ),
+            # livesum: the server's total over its live workers; in_flight / capacity is the
+            # saturation an autoscaler can target (deploy/prometheus: mnist:saturation:ratio)
+            in_flight=Gauge(
+                "http_requests_in_flight",
+                "Requests being answered right now (entered the app, not yet answered).",
+                namespace=NAMESPACE,
+                multiprocess_mode="livesum",
+                registry=registry,
+            ),
+            capacity=Gauge(
+                "http_request_capacity",
+                "Requests the server can answer at once (worker threads).",
+                namespace=NAMESPACE,
+                multiprocess_mode="livesum",
                 registry=registry,
             ),
         )
@@ -318,6 +336,24 @@ def count_reload(outcome: ReloadOutcome) -> None:
 @never_fails
 def _count_reload(outcome: ReloadOutcome) -> None:
     service_metrics().reloads.labels(outcome).inc()
+
+
+@never_fails
+def request_started() -> None:
+    """One more request in flight (the outer WSGI layer calls it as a request enters)."""
+    service_metrics().in_flight.inc()
+
+
+@never_fails
+def request_finished() -> None:
+    """One request fewer in flight (the outer WSGI layer calls it once the app answered)."""
+    service_metrics().in_flight.dec()
+
+
+@never_fails
+def set_capacity(threads: int) -> None:
+    """This process answers up to ``threads`` requests at once (gunicorn's threads)."""
+    service_metrics().capacity.set(threads)
 
 
 @never_fails

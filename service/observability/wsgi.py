@@ -78,7 +78,11 @@ class RequestObservability:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
-        body = self.app(environ, respond)
+        metrics.request_started()
+        try:
+            body = self.app(environ, respond)
+        finally:
+            metrics.request_finished()
         seconds = time.perf_counter() - started
         status = int(statuses[-1][:3]) if statuses else 500
         metrics.observe_request(facts.route, status, facts.model_version, seconds)

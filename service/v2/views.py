@@ -17,6 +17,7 @@ import flask
 import numpy as np
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from service import draining
 from service.dispatch import Answer, InferenceRequest
 from service.errors import MethodNotAllowed, ModelUnavailable, NotFound, PayloadTooLarge
 from service.model.contract import (
@@ -123,17 +124,20 @@ def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blue
     def server_metadata() -> Any:
         return server
 
+    # JSON bodies as KServe's own server answers them; tritonclient reads only the status
     @blueprint.get("/health/live")
     def live() -> Any:
-        return "", 200
+        return {"live": True}, 200
 
     @blueprint.get("/health/ready")
     def ready() -> Any:
+        if draining.active():  # SIGTERM: finish what is held, take nothing new
+            return {"ready": False}, 503
         try:
             _ = predictor.loaded  # raises ModelUnavailable until a version is serving
         except ModelUnavailable:
-            return "", 503
-        return "", 200
+            return {"ready": False}, 503
+        return {"ready": True}, 200
 
     @blueprint.get("/models/<model>")
     @blueprint.get("/models/<model>/versions/<version>")
@@ -156,8 +160,8 @@ def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blue
         try:
             resolve(model, version)
         except ModelUnavailable:
-            return "", 503
-        return "", 200
+            return {"name": model, "ready": False}, 503
+        return {"name": model, "ready": True}, 200
 
     @blueprint.get("/models/<model>/config")
     @blueprint.get("/models/<model>/versions/<version>/config")

@@ -6,14 +6,21 @@ CI (`make test`) installs every tool and a skipped deployment test there would h
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+
+BUILD_SECONDS = 900  # a cold build downloads onnxruntime and numpy from PyPI
+START_SECONDS = 180
 
 
 def running_in_ci() -> bool:
@@ -81,3 +88,22 @@ def docker_engine(docker_compose: list[str]) -> list[str]:
             f'eval "$(../shared/tools/docker-engine up)"): {probe.stderr.strip()[:200]}'
         )
     return docker_compose
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def mnist_test_digits(data_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` MNIST test images (uint8 [count, 784]) and labels, read from IDX."""
+    with gzip.open(data_dir / "t10k-images-idx3-ubyte.gz", "rb") as handle:
+        header = np.frombuffer(handle.read(16), dtype=">u4")
+        assert header[0] == 2051, "not an IDX image file"
+        pixels = np.frombuffer(handle.read(count * 784), dtype=np.uint8).reshape(count, 784)
+    with gzip.open(data_dir / "t10k-labels-idx1-ubyte.gz", "rb") as handle:
+        handle.read(8)
+        labels = np.frombuffer(handle.read(count), dtype=np.uint8).astype(np.int64)
+    return pixels, labels

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -15,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.deploy.conftest import run_tool
+from tests.deploy.conftest import (
+    BUILD_SECONDS,
+    START_SECONDS,
+    free_port,
+    mnist_test_digits,
+    run_tool,
+)
 
-BUILD_SECONDS = 900  # a cold build downloads onnxruntime and numpy from PyPI
-START_SECONDS = 180
 HTTP_SECONDS = 30
 
 
@@ -36,24 +38,6 @@ class Stack:
         return result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _test_digits(data_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` MNIST test images (uint8 [count, 784]) and labels, read from IDX."""
-    with gzip.open(data_dir / "t10k-images-idx3-ubyte.gz", "rb") as handle:
-        header = np.frombuffer(handle.read(16), dtype=">u4")
-        assert header[0] == 2051, "not an IDX image file"
-        pixels = np.frombuffer(handle.read(count * 784), dtype=np.uint8).reshape(count, 784)
-    with gzip.open(data_dir / "t10k-labels-idx1-ubyte.gz", "rb") as handle:
-        handle.read(8)
-        labels = np.frombuffer(handle.read(count), dtype=np.uint8).astype(np.int64)
-    return pixels, labels
-
-
 def _post_json(url: str, body: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -68,7 +52,7 @@ def _post_json(url: str, body: dict[str, object]) -> dict[str, object]:
 def stack(docker_engine: list[str]) -> Iterator[Stack]:
     """Build and start the `mnist` service under a unique project name; always `down -v` after."""
     project = f"mnist-test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     compose = [*docker_engine, "--project-name", project]
     env = {"MNIST_PORT": str(port)}
     try:
@@ -108,7 +92,7 @@ def test_container_is_healthy_and_ready(stack: Stack) -> None:
 
 @pytest.mark.docker
 def test_predicts_test_digits_over_http(stack: Stack, mnist_data_dir: Path) -> None:
-    pixels, labels = _test_digits(mnist_data_dir, 50)
+    pixels, labels = mnist_test_digits(mnist_data_dir, 50)
 
     single = _post_json(f"{stack.url}/predict", {"images": [pixels[0].tolist()]})
     [prediction] = single["predictions"]  # type: ignore[misc]
@@ -133,7 +117,7 @@ def test_bad_request_gets_json_error_and_service_keeps_serving(
     assert 400 <= caught.value.code < 500
     assert "error" in json.load(caught.value)
 
-    pixels, labels = _test_digits(mnist_data_dir, 1)
+    pixels, labels = mnist_test_digits(mnist_data_dir, 1)
     answer = _post_json(f"{stack.url}/predict", {"images": [pixels[0].tolist()]})
     assert answer["predictions"][0]["digit"] == labels[0]  # type: ignore[index]
 

@@ -24,8 +24,13 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
-from tests.deploy.conftest import run_tool
-from tests.deploy.test_compose_stack import BUILD_SECONDS, START_SECONDS, _free_port, _test_digits
+from tests.deploy.conftest import (
+    BUILD_SECONDS,
+    START_SECONDS,
+    free_port,
+    mnist_test_digits,
+    run_tool,
+)
 
 COMPOSE_FILE = "compose.scale.yml"
 REPLICAS = 3
@@ -66,7 +71,7 @@ class ScaleStack:
 def stack(docker_engine: list[str]) -> Iterator[ScaleStack]:
     """Build and start compose.scale.yml under a unique project name; always `down` after."""
     project = f"mnist-scale-test-{uuid.uuid4().hex[:8]}"
-    port, prometheus_port = _free_port(), _free_port()
+    port, prometheus_port = free_port(), free_port()
     compose = [*docker_engine, "--file", COMPOSE_FILE, "--project-name", project]
     env = {
         "MNIST_PORT": str(port),
@@ -98,7 +103,7 @@ def stack(docker_engine: list[str]) -> Iterator[ScaleStack]:
 
 @pytest.fixture(scope="module")
 def digit_body(mnist_data_dir: Path) -> bytes:
-    pixels, labels = _test_digits(mnist_data_dir, 1)
+    pixels, labels = mnist_test_digits(mnist_data_dir, 1)
     assert labels[0] == 7
     return json.dumps({"images": [pixels[0].tolist()]}).encode()
 

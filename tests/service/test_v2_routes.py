@@ -151,7 +151,11 @@ def test_server_metadata_lists_the_extensions(client: FlaskClient) -> None:
 def test_health_is_200_when_serving(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
-    assert response.get_data() == b""
+    # KServe's server answers these JSON bodies, and KServe's client reads them
+    expected = {"live": True} if path.endswith("live") else {"ready": True}
+    if "/models/" in path:
+        expected = {"name": "mnist", "ready": True}
+    assert response.get_json() == expected
 
 
 @pytest.mark.parametrize("path", ["/v2/health/ready", "/v2/models/mnist/ready"])
@@ -159,8 +163,24 @@ def test_not_ready_without_a_model_but_still_live(
     client: FlaskClient, predictor: FakePredictor, path: str
 ) -> None:
     predictor.available = False
-    assert client.get(path).status_code == 503
+    response = client.get(path)
+    assert response.status_code == 503
+    assert response.get_json()["ready"] is False
+    assert client.get("/v2/health/live").get_json() == {"live": True}
+
+
+def test_not_ready_while_draining_but_still_live(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import draining
+
+    monkeypatch.setattr(draining, "_draining", type(draining._draining)())
+    assert client.get("/v2/health/ready").status_code == 200
+    draining.begin()
+    response = client.get("/v2/health/ready")
+    assert (response.status_code, response.get_json()) == (503, {"ready": False})
     assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/models/mnist/ready").status_code == 200  # the model itself is fine
 
 
 def test_inference_without_a_model_is_503_in_v2_shape(
