@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def mnist_data_dir() -> Path:
 # --- trained artifacts (TRAIN): small real models, built once per session -------------------
 
 #: the tiny model every test shares: a few seconds to build, about 85% test accuracy
-TINY_CONFIG_VALUES = {
+TINY_CONFIG_VALUES: dict[str, Any] = {
     "hidden_layers": (32,),
     "epochs": 5,
     "train_limit": 3000,
@@ -52,7 +53,7 @@ TINY_CONFIG_VALUES = {
 
 
 @pytest.fixture(scope="session")
-def mnist_data(mnist_data_dir: Path):
+def mnist_data(mnist_data_dir: Path) -> Any:
     """The whole of MNIST (training.data.MnistData), loaded and MD5-checked once per session."""
     import io
 
@@ -62,7 +63,7 @@ def mnist_data(mnist_data_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def tiny_trained_run(mnist_data):
+def tiny_trained_run(mnist_data: Any) -> Any:
     """A tiny MLP trained, evaluated, exported and verified, not yet published (a TrainedRun)."""
     from training.config import TrainConfig
     from training.pipeline import train_run
@@ -71,7 +72,7 @@ def tiny_trained_run(mnist_data):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_repo(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run) -> Path:
+def tiny_model_repo(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run: Any) -> Path:
     """A model repository root holding ``mnist/1`` (the tiny model, its card, report, self-test).
 
     Shared by the whole session: copy it (shutil.copytree) before publishing into it or

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -25,7 +26,7 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def test_docs_page_renders_every_operation_from_this_server_only(committed_server):
+def test_docs_page_renders_every_operation_from_this_server_only(committed_server: Any) -> None:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

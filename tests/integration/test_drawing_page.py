@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,7 +20,7 @@ EMPTY_ANSWER = "\N{EN DASH}"  # what #digit shows before anything is drawn
 
 
 @pytest.fixture
-def page(browser, committed_server) -> Iterator[object]:
+def page(browser: Any, committed_server: Any) -> Iterator[object]:
     """A fresh desktop-sized page showing the drawing page of the committed model's server."""
     context = browser.new_context(viewport={"width": 1000, "height": 760})
     page = context.new_page()
@@ -29,13 +30,13 @@ def page(browser, committed_server) -> Iterator[object]:
     context.close()
 
 
-def _pad_box(page) -> dict[str, float]:
+def _pad_box(page: Any) -> dict[str, float]:
     box = page.locator("#pad").bounding_box()
     assert box is not None and box["width"] > 100, "the canvas is not visible"
-    return box
+    return dict(box)
 
 
-def _draw_with_mouse(page, strokes: list[Stroke]) -> None:
+def _draw_with_mouse(page: Any, strokes: list[Stroke]) -> None:
     box = _pad_box(page)
     for stroke in strokes:
         points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
@@ -46,14 +47,14 @@ def _draw_with_mouse(page, strokes: list[Stroke]) -> None:
         page.mouse.up()
 
 
-def _answer(page) -> int:
+def _answer(page: Any) -> int:
     """The digit the page shows once it has an answer for the current drawing."""
     # the page is "ready" only when the answer is for the drawing as it is now (see app.js)
     page.locator("body[data-state='ready']").wait_for(state="attached")
     return int(page.locator("#digit").inner_text())
 
 
-def _screenshot(page, name: str, record_property) -> Path:
+def _screenshot(page: Any, name: str, record_property: Any) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -62,7 +63,7 @@ def _screenshot(page, name: str, record_property) -> Path:
     return path
 
 
-def test_page_and_assets_are_served_with_a_strict_policy(committed_server) -> None:
+def test_page_and_assets_are_served_with_a_strict_policy(committed_server: Any) -> None:
     index = requests.get(f"{committed_server.url}/", timeout=10)
     assert index.status_code == 200 and index.headers["Content-Type"].startswith("text/html")
     assert "script-src 'self'" in index.headers["Content-Security-Policy"]
@@ -77,7 +78,7 @@ def test_page_and_assets_are_served_with_a_strict_policy(committed_server) -> No
 
 
 @pytest.mark.browser
-def test_drawn_digits_are_read(page, committed_server, record_property) -> None:
+def test_drawn_digits_are_read(page: Any, committed_server: Any, record_property: Any) -> None:
     version = ModelRepository(COMMITTED_MODELS).latest()
     assert version is not None
     # nothing is loaded from anywhere but the service itself
@@ -108,7 +109,7 @@ def test_drawn_digits_are_read(page, committed_server, record_property) -> None:
 
 
 @pytest.mark.browser
-def test_clear_resets_the_answer(page) -> None:
+def test_clear_resets_the_answer(page: Any) -> None:
     _draw_with_mouse(page, DIGIT_STROKES[1])
     assert _answer(page) == 1
     page.locator("#clear").click()
@@ -118,7 +119,7 @@ def test_clear_resets_the_answer(page) -> None:
 
 
 @pytest.mark.browser
-def test_a_refused_request_shows_the_services_message(page) -> None:
+def test_a_refused_request_shows_the_services_message(page: Any) -> None:
     # the browser sends garbage instead of the PNG; the real service refuses it, the page says why
     page.route(
         "**/predict?*",
@@ -132,7 +133,9 @@ def test_a_refused_request_shows_the_services_message(page) -> None:
 
 
 @pytest.mark.browser
-def test_touch_drawing_at_phone_width(browser, committed_server, record_property) -> None:
+def test_touch_drawing_at_phone_width(
+    browser: Any, committed_server: Any, record_property: Any
+) -> None:
     context = browser.new_context(
         viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -79,14 +80,14 @@ def session() -> ort.InferenceSession:
 
 
 def _labels(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
-    return session.run([OUTPUT_LABEL], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    return np.asarray(session.run([OUTPUT_LABEL], {INPUT_NAME: inputs.astype(np.float32)})[0])
 
 
 def test_pictures_are_classified_nearly_as_well_as_raw_mnist(
     session: ort.InferenceSession,
     test_digits: tuple[np.ndarray, np.ndarray],
     pictures: list[Picture],
-    record_property,
+    record_property: Any,
 ) -> None:
     images, labels = test_digits
     raw_accuracy = float((_labels(session, images * PIXEL_SCALE) == labels).mean())
@@ -105,7 +106,7 @@ def test_pictures_are_classified_nearly_as_well_as_raw_mnist(
 
 
 def test_pictures_uploaded_over_http_get_the_in_process_answer(
-    committed_server, session: ort.InferenceSession, pictures: list[Picture]
+    committed_server: Any, session: ort.InferenceSession, pictures: list[Picture]
 ) -> None:
     sample = pictures[:24]
     expected = _labels(session, np.stack([preprocess_image(p.data) for p in sample]))

@@ -11,6 +11,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
+    return np.asarray(1 / (1 + np.exp(-x)))
 
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -195,7 +196,7 @@ def reference_path(
 
 
 @pytest.fixture
-def learn(browser, committed_server) -> Iterator[object]:
+def learn(browser: Any, committed_server: Any) -> Iterator[object]:
     """A desktop-sized page showing /learn, every script loaded."""
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
@@ -209,7 +210,7 @@ def learn(browser, committed_server) -> Iterator[object]:
     assert not errors, f"the page raised: {errors}"
 
 
-def _screenshot(page, name: str, record_property, locator: str | None = None) -> Path:
+def _screenshot(page: Any, name: str, record_property: Any, locator: str | None = None) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     if locator:
@@ -221,7 +222,7 @@ def _screenshot(page, name: str, record_property, locator: str | None = None) ->
     return path
 
 
-def _draw(page, selector: str, strokes: list[Stroke]) -> None:
+def _draw(page: Any, selector: str, strokes: list[Stroke]) -> None:
     box = page.locator(selector).bounding_box()
     assert box is not None and box["width"] > 100
     for stroke in strokes:
@@ -233,7 +234,7 @@ def _draw(page, selector: str, strokes: list[Stroke]) -> None:
         page.mouse.up()
 
 
-def _touch(context, page, selector: str, strokes: list[Stroke]) -> None:
+def _touch(context: Any, page: Any, selector: str, strokes: list[Stroke]) -> None:
     """Strokes through Chromium's real touch -> pointer event path."""
     box = page.locator(selector).bounding_box()
     assert box is not None
@@ -253,7 +254,7 @@ def _touch(context, page, selector: str, strokes: list[Stroke]) -> None:
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
 
 
-def _network_reference(state: dict) -> dict[str, float]:
+def _network_reference(state: dict[str, Any]) -> dict[str, float]:
     v = {name: float(value) for name, value in state["values"].items()}
     f = ACTIVATIONS[state["activation"]]
     n1 = np.array(v["x1"] * v["w1"] + v["x2"] * v["w2"])
@@ -262,7 +263,7 @@ def _network_reference(state: dict) -> dict[str, float]:
     return {"n1": float(n1), "n2": float(n2), "a1": a1, "a2": a2, "y": a1 * v["w5"] + a2 * v["w6"]}
 
 
-def _slider_values(page) -> dict[str, float]:
+def _slider_values(page: Any) -> dict[str, float]:
     return {
         name: float(page.locator(f"#slider-{name}").input_value())
         for name in ("x1", "x2", "w1", "w2", "w3", "w4", "w5", "w6")
@@ -272,7 +273,7 @@ def _slider_values(page) -> dict[str, float]:
 # ---- the tests ---------------------------------------------------------------------------------
 
 
-def test_the_page_and_its_files_are_served_and_linked(committed_server) -> None:
+def test_the_page_and_its_files_are_served_and_linked(committed_server: Any) -> None:
     page = requests.get(f"{committed_server.url}/learn", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
@@ -290,7 +291,7 @@ def test_the_page_and_its_files_are_served_and_linked(committed_server) -> None:
 
 
 @pytest.mark.browser
-def test_moving_the_sliders_gives_numpys_network(learn) -> None:
+def test_moving_the_sliders_gives_numpys_network(learn: Any) -> None:
     page = learn
     seen = []
     # keyboard: arrows and Home/End move a focused slider by its step
@@ -330,7 +331,7 @@ def test_moving_the_sliders_gives_numpys_network(learn) -> None:
 
 
 @pytest.mark.browser
-def test_every_activation_and_loss_matches_numpy_at_eleven_points(learn) -> None:
+def test_every_activation_and_loss_matches_numpy_at_eleven_points(learn: Any) -> None:
     page = learn
     xs = np.linspace(-5, 5, 11)
     shown = page.locator("#activation-plots .card").evaluate_all(
@@ -347,7 +348,7 @@ def test_every_activation_and_loss_matches_numpy_at_eleven_points(learn) -> None
         np.testing.assert_allclose(found[0], f, rtol=0, atol=ATOL, err_msg=name)
         np.testing.assert_allclose(found[1], df, rtol=0, atol=ATOL, err_msg=f"{name}'")
     checked = 0
-    for name, reference in LOSSES.items():
+    for name, loss_reference in LOSSES.items():
         targets = (0.0, 1.0, 2.5) if name in REGRESSION else (0.0, 0.3, 1.0)
         for target in targets:
             low, high = page.evaluate(f"LearnMath.lossDomain('{name}', {target})")
@@ -357,7 +358,7 @@ def test_every_activation_and_loss_matches_numpy_at_eleven_points(learn) -> None
                 " return [ps.map(p => l.f(t, p)), ps.map(p => l.grad(t, p))]; }",
                 [name, target, points.tolist()],
             )
-            loss, grad = reference(target, points)
+            loss, grad = loss_reference(target, points)
             np.testing.assert_allclose(found[0], loss, rtol=0, atol=ATOL, err_msg=name)
             np.testing.assert_allclose(found[1], grad, rtol=0, atol=ATOL, err_msg=f"{name}'")
             checked += 1
@@ -374,7 +375,7 @@ def test_every_activation_and_loss_matches_numpy_at_eleven_points(learn) -> None
 
 @pytest.mark.browser
 @pytest.mark.parametrize("surface", ["bowl", "rosenbrock"])
-def test_twenty_steps_of_every_optimizer_match_numpy(learn, surface) -> None:
+def test_twenty_steps_of_every_optimizer_match_numpy(learn: Any, surface: Any) -> None:
     page = learn
     page.locator("#surface").select_option(surface)
     # the start point: a click on one of the maps
@@ -409,7 +410,7 @@ def test_twenty_steps_of_every_optimizer_match_numpy(learn, surface) -> None:
 
 
 @pytest.mark.browser
-def test_a_changed_hyperparameter_changes_the_path(learn) -> None:
+def test_a_changed_hyperparameter_changes_the_path(learn: Any) -> None:
     page = learn
     page.locator(".panel[data-optimizer='adam'] summary").click()
     page.locator("#adam-learning_rate").fill("0.3")
@@ -431,7 +432,7 @@ def _decode_png(data: str) -> np.ndarray:
 
 
 @pytest.mark.browser
-def test_the_drawn_digit_is_explained_with_the_served_weights(learn) -> None:
+def test_the_drawn_digit_is_explained_with_the_served_weights(learn: Any) -> None:
     page = learn
     page.locator("#learn-pad").scroll_into_view_if_needed()
     _draw(page, "#learn-pad", DIGIT_STROKES[7])
@@ -460,7 +461,9 @@ def test_the_drawn_digit_is_explained_with_the_served_weights(learn) -> None:
 
 
 @pytest.mark.browser
-def test_the_drawing_page_shows_the_saliency_map(browser, committed_server, record_property):
+def test_the_drawing_page_shows_the_saliency_map(
+    browser: Any, committed_server: Any, record_property: Any
+) -> None:
     context = browser.new_context(viewport={"width": 1000, "height": 760})
     try:
         page = context.new_page()
@@ -490,7 +493,7 @@ def test_the_drawing_page_shows_the_saliency_map(browser, committed_server, reco
         context.close()
 
 
-def _prepare_for_screenshots(page) -> None:
+def _prepare_for_screenshots(page: Any) -> None:
     page.locator("#surface").select_option("rosenbrock")
     page.locator("#descent-run").click()  # animated, a step every 50 ms
     # polled from here: the page's CSP forbids the eval behind wait_for_function
@@ -507,7 +510,7 @@ def _prepare_for_screenshots(page) -> None:
 
 @pytest.mark.browser
 def test_screenshots_of_every_part_at_desktop_and_phone_width(
-    browser, committed_server, record_property
+    browser: Any, committed_server: Any, record_property: Any
 ) -> None:
     for label, viewport, mobile in (("desktop", DESKTOP, False), ("phone", PHONE, True)):
         context = browser.new_context(viewport=viewport, has_touch=mobile, is_mobile=mobile)
@@ -537,7 +540,9 @@ def test_screenshots_of_every_part_at_desktop_and_phone_width(
 
 
 @pytest.mark.browser
-def test_the_page_passes_axe_and_works_with_the_keyboard(browser, committed_server) -> None:
+def test_the_page_passes_axe_and_works_with_the_keyboard(
+    browser: Any, committed_server: Any
+) -> None:
     if not AXE.is_file():
         unavailable(f"no axe-core at {AXE}: run `make browser-deps` (npm ci in tests/browser)")
     # the page's CSP forbids injected scripts; axe is injected by the test, so bypass it here only

@@ -55,7 +55,8 @@ def request_log_lines(log: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def digits() -> list[list[int]]:
     selftest = json.loads((COMMITTED_MODELS / MODEL_NAME / "1" / "selftest.json").read_text())
-    return selftest["images"]
+    images: list[list[int]] = selftest["images"]
+    return images
 
 
 def predict(url: str, image: list[int], request_id: str) -> requests.Response:
@@ -68,7 +69,9 @@ def predict(url: str, image: list[int], request_id: str) -> requests.Response:
     )
 
 
-def test_metrics_count_every_request_across_workers_and_log_one_line_each(gunicorn_server, digits):
+def test_metrics_count_every_request_across_workers_and_log_one_line_each(
+    gunicorn_server: Any, digits: Any
+) -> None:
     server = gunicorn_server(workers=WORKERS)
     sent: list[str] = []
     pids: set[int] = set()
@@ -141,7 +144,9 @@ def test_metrics_count_every_request_across_workers_and_log_one_line_each(gunico
     assert scrape_pids  # the scrapes were logged too
 
 
-def test_metrics_forget_a_dead_worker_but_keep_its_counts(gunicorn_server, digits):
+def test_metrics_forget_a_dead_worker_but_keep_its_counts(
+    gunicorn_server: Any, digits: Any
+) -> None:
     server = gunicorn_server(workers=WORKERS)
     for i in range(6):
         assert predict(server.url, digits[i], f"dead-{i}").status_code == 200

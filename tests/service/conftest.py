@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from werkzeug.test import TestResponse
 
 from service.config import ServiceConfig
 from service.model.predictor import Predictor
@@ -93,6 +94,11 @@ def schema_validator(document: dict[str, Any], name: str) -> Draft202012Validato
     return Draft202012Validator(
         {"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=registry
     )
+
+
+def json_of(response: TestResponse) -> Any:
+    """A test response's JSON body (werkzeug types it as Any | None)."""
+    return response.get_json()
 
 
 class RecordingMetrics:

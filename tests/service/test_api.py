@@ -20,7 +20,7 @@ from service.app import create_app
 from service.config import ServiceConfig
 from service.errors import BadRequest, InvalidImage, InvalidInput, PayloadTooLarge
 from service.images import ImageLimits
-from tests.service.conftest import DIGITS, EXPECTED, png_bytes
+from tests.service.conftest import DIGITS, EXPECTED, json_of, png_bytes
 
 LIMITS = ImageLimits()
 
@@ -189,7 +189,7 @@ def test_the_pixels_of_all_images_of_a_request_are_budgeted_before_decoding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     decoded: list[int] = []
-    real = api_module.preprocess_image
+    real = api_module.preprocess_image  # type: ignore[attr-defined]
 
     def counting(data: bytes, limits: ImageLimits = LIMITS) -> np.ndarray:
         decoded.append(len(data))
@@ -221,7 +221,7 @@ def test_uploads_share_the_request_budget(model_repo: Path) -> None:
         "/predict", data={"image": parts}, content_type="multipart/form-data"
     )
     assert response.status_code == 413
-    assert response.json["error"]["code"] == "payload_too_large"
+    assert json_of(response)["error"]["code"] == "payload_too_large"
     raw = app.test_client().post("/predict", data=big_png(1000), content_type="image/png")
     assert raw.status_code == 200  # one 1 Mpx image is within the budget
 
@@ -236,7 +236,7 @@ def test_a_chunked_body_over_the_limit_is_413_not_a_cut_body(model_repo: Path) -
         environ_base={"wsgi.input_terminated": True},  # as gunicorn sets it for chunked bodies
     )
     assert response.status_code == 413
-    assert response.json["error"]["code"] == "payload_too_large"
+    assert json_of(response)["error"]["code"] == "payload_too_large"
     small = as_body({"images": [DIGITS[0].tolist()]})
     response = app.test_client().post(
         "/predict",

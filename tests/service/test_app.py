@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 import signal
 from pathlib import Path
@@ -15,8 +16,9 @@ from service import serve
 from service.app import PREDICTOR_KEY, create_app
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable
+from service.model.contract import ModelCard
 from service.model.predictor import LoadedModel, Prediction, Predictor
-from tests.service.conftest import RecordingMetrics, committed_parts, publish_copy
+from tests.service.conftest import SOURCE, RecordingMetrics, committed_parts, json_of, publish_copy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,8 +36,10 @@ def test_the_app_serves_predict_v2_and_metrics(app: Flask) -> None:
     client = app.test_client()
     response = client.post("/predict", json={"images": [one_digit()]})
     assert response.status_code == 200
-    assert response.json["predictions"][0]["digit"] == committed_parts()[2]["expected_labels"][5]
-    assert response.json["model"] == {"name": "mnist", "version": 1}
+    assert (
+        json_of(response)["predictions"][0]["digit"] == committed_parts()[2]["expected_labels"][5]
+    )
+    assert json_of(response)["model"] == {"name": "mnist", "version": 1}
     assert client.get("/v2/health/ready").status_code == 200
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
@@ -79,14 +83,19 @@ def test_a_body_over_the_limit_is_413_json(app: Flask) -> None:
         "/predict", data=b"[" * 60_000, content_type="application/json"
     )
     assert response.status_code == 413
-    assert response.json["error"]["code"] == "payload_too_large"
+    assert json_of(response)["error"]["code"] == "payload_too_large"
 
 
 class ExplodingPredictor:
     """A fake Predictor whose model fails in a way nobody planned for."""
 
     config = ServiceConfig()
-    loaded = LoadedModel(name="mnist", version=9, card={}, path=Path("."))
+    loaded = LoadedModel(
+        name="mnist",
+        version=9,
+        card=ModelCard.from_json(json.loads((SOURCE / "card.json").read_text())),
+        path=Path("."),
+    )
 
     def predict(self, images: np.ndarray) -> Prediction:
         raise RuntimeError("secret internals /etc/passwd")
@@ -103,8 +112,8 @@ def test_an_unexpected_error_is_a_500_json_with_the_request_id_and_no_traceback(
         "/predict", json={"images": [one_digit()]}, headers={"X-Request-ID": "req-7"}
     )
     assert response.status_code == 500
-    assert response.json["error"]["code"] == "internal_error"
-    assert "req-7" in response.json["error"]["message"]
+    assert json_of(response)["error"]["code"] == "internal_error"
+    assert "req-7" in json_of(response)["error"]["message"]
     body = response.get_data(as_text=True)
     assert "secret" not in body and "Traceback" not in body
     assert any("req-7" in record.getMessage() for record in caplog.records)
@@ -210,7 +219,7 @@ def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_no_default_static_route():
+def test_no_default_static_route() -> None:
     """The page blueprint serves its own files; Flask's /static would expose the whole folder."""
     from tests.conftest import COMMITTED_MODELS
 

@@ -7,6 +7,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,11 +16,12 @@ from service.model.contract import CardError, ModelCard, load_section, parse_car
 COMMITTED = Path(__file__).resolve().parents[2] / "models" / "mnist" / "1" / "card.json"
 
 
-def committed() -> dict:
-    return json.loads(COMMITTED.read_text())
+def committed() -> dict[str, Any]:
+    card: dict[str, Any] = json.loads(COMMITTED.read_text())
+    return card
 
 
-def test_the_committed_card_reads_and_writes_back_the_same_json():
+def test_the_committed_card_reads_and_writes_back_the_same_json() -> None:
     card = parse_card(COMMITTED.read_text())
     assert card.version == 1 and card.name == "mnist"
     assert card.metrics.test_accuracy == committed()["metrics"]["test_accuracy"]
@@ -48,7 +50,7 @@ def test_the_committed_card_reads_and_writes_back_the_same_json():
         (lambda d: d["metrics"].update(best_epoch=None), None),  # nullable: fine
     ],
 )
-def test_a_wrong_field_is_named_by_its_path(change, message):
+def test_a_wrong_field_is_named_by_its_path(change: Any, message: Any) -> None:
     document = committed()
     change(document)
     if message is None:
@@ -59,14 +61,14 @@ def test_a_wrong_field_is_named_by_its_path(change, message):
     assert str(caught.value) == message
 
 
-def test_not_json_and_not_an_object_are_card_errors():
+def test_not_json_and_not_an_object_are_card_errors() -> None:
     with pytest.raises(CardError, match="not JSON"):
         parse_card("{nope")
     with pytest.raises(CardError, match="card: expected an object"):
         parse_card("[1, 2]")
 
 
-def test_unknown_keys_are_ignored_so_newer_cards_still_load():
+def test_unknown_keys_are_ignored_so_newer_cards_still_load() -> None:
     document = committed()
     document["a_section_from_the_future"] = {"x": 1}
     document["metrics"]["new_figure"] = 0.5
@@ -84,7 +86,7 @@ class CardWithReject(ModelCard):
     reject: RejectOption | None = None
 
 
-def test_an_optional_section_is_one_dataclass_and_one_field():
+def test_an_optional_section_is_one_dataclass_and_one_field() -> None:
     """How a new section is added: a card without it reads as None and is written without it."""
     old = load_section(CardWithReject, committed())
     assert old.reject is None and "reject" not in old.to_json()

@@ -21,12 +21,12 @@ from werkzeug.test import Client
 from service import api
 from service.app import PREDICTOR_KEY, create_app
 from service.config import ServiceConfig
-from service.dispatch import InferenceDispatcher
+from service.dispatch import InferenceDispatcher, InferenceEndpoint
 from service.observability import request_log
 from service.observability.wsgi import RequestObservability
 from service.v2 import views as v2
 from service.v2.binary import HEADER_LENGTH
-from tests.service.conftest import DIGITS, EXPECTED, png_bytes, publish_copy
+from tests.service.conftest import DIGITS, EXPECTED, json_of, png_bytes, publish_copy
 
 REQUEST_ID = "one-entrance-1"
 PASSED_ON = "599 PASSED ON"
@@ -89,7 +89,8 @@ def test_binary_v2_infer_is_answered_right(app: Flask, path: str, binary_output:
 def test_the_inference_rules_are_in_flask_s_url_map(app: Flask) -> None:
     rules = {rule.rule: rule for rule in app.url_map.iter_rules()}
     for rule in (api.PREDICT_ROUTE, v2.V2_INFER_ROUTE, v2.V2_INFER_VERSION_ROUTE):
-        assert rules[rule].methods is not None and "POST" in rules[rule].methods
+        methods = rules[rule].methods
+        assert methods is not None and "POST" in methods
         assert rules[rule].endpoint not in app.view_functions  # no second entrance in Flask
 
 
@@ -110,7 +111,10 @@ def recording_stack(
         return [b"passed on"]
 
     predictor = app.extensions[PREDICTOR_KEY]
-    endpoints = [api.PredictEndpoint(predictor, config), v2.InferEndpoint(predictor, config)]
+    endpoints: list[InferenceEndpoint] = [
+        api.PredictEndpoint(predictor, config),
+        v2.InferEndpoint(predictor, config),
+    ]
     return Client(RequestObservability(InferenceDispatcher(stand_in, endpoints))), reached
 
 
@@ -179,7 +183,7 @@ def test_a_chunked_inference_request_is_answered_by_the_dispatcher(
         environ_base={"wsgi.input_terminated": True},  # as gunicorn sets it for chunked bodies
     )
     assert response.status_code == 200 and reached == []
-    assert response.json["predictions"][0]["digit"] == EXPECTED[0]
+    assert json_of(response)["predictions"][0]["digit"] == EXPECTED[0]
 
 
 # -- parsed once ----------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ def test_a_v2_infer_request_is_parsed_exactly_once(
     response = app.test_client().post("/v2/models/mnist/infer", data=body, headers=headers)
     assert response.status_code == status
     assert len(calls) == 1
-    assert set(response.json) == {"error"} and isinstance(response.json["error"], str)
+    assert set(json_of(response)) == {"error"} and isinstance(json_of(response)["error"], str)
 
 
 # -- bugs -----------------------------------------------------------------------------------------
@@ -357,5 +361,5 @@ def test_a_body_over_the_limit_is_413_before_parsing(
     calls = counting(monkeypatch, api, "images_from_json")
     response = small.test_client().post("/predict", data=GOOD, headers=JSON_HEADERS)
     assert response.status_code == 413
-    assert response.json["error"]["code"] == "payload_too_large"
+    assert json_of(response)["error"]["code"] == "payload_too_large"
     assert calls == []

@@ -7,6 +7,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,7 +68,7 @@ def finite_difference_saliency(
     (p,) = session.run(None, {contract.INPUT_NAME: batch})
     margin = p[:, digit] - p[:, runner_up]
     gradient = (margin[: contract.N_PIXELS] - margin[contract.N_PIXELS :]) / (2 * FD_STEP)
-    return gradient * x
+    return np.asarray(gradient * x)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class TrainedMlp:
 
 
 @pytest.fixture(scope="module", params=ACTIVATIONS)
-def trained(request, mnist_data) -> TrainedMlp:
+def trained(request: pytest.FixtureRequest, mnist_data: Any) -> TrainedMlp:
     """A small two-hidden-layer MLP with the activation, trained on 1,000 digits, as ONNX."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
@@ -95,7 +96,9 @@ def trained(request, mnist_data) -> TrainedMlp:
     return TrainedMlp(request.param, export_onnx(model))
 
 
-def test_saliency_matches_finite_differences_of_the_onnx_model(trained, mnist_data) -> None:
+def test_saliency_matches_finite_differences_of_the_onnx_model(
+    trained: Any, mnist_data: Any
+) -> None:
     mlp = read_mlp(trained.onnx_bytes)
     assert mlp.activation == trained.activation
     assert mlp.hidden_sizes == (24, 12)
@@ -120,7 +123,7 @@ def test_saliency_matches_finite_differences_of_the_onnx_model(trained, mnist_da
     print(f"\n{trained.activation}: saliency vs finite differences, max error {worst:.2e}")
 
 
-def test_hidden_activations_and_runner_up(trained, mnist_data) -> None:
+def test_hidden_activations_and_runner_up(trained: Any, mnist_data: Any) -> None:
     mlp = read_mlp(trained.onnx_bytes)
     images = mnist_data.test.images[:8].astype(np.float32) / np.float32(255)
     found = explain(mlp, images)
@@ -181,7 +184,7 @@ class Served:
     path: Path
 
 
-def test_the_explainer_reads_each_served_version_once(tmp_path) -> None:
+def test_the_explainer_reads_each_served_version_once(tmp_path: Path) -> None:
     from service.model.repository import sha256_bytes
 
     onnx_bytes = committed_parts()[0]

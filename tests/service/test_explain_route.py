@@ -26,18 +26,19 @@ DIGITS = np.asarray(SELFTEST["images"], dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
-def app():
+def app() -> Any:
     return create_app(ServiceConfig(model_dir=COMMITTED_MODELS))
 
 
 @pytest.fixture
-def client(app):
+def client(app: Any) -> Any:
     return app.test_client()
 
 
 @pytest.fixture(scope="module")
-def document(app) -> dict[str, Any]:
-    return app.test_client().get("/openapi.json").get_json()
+def document(app: Any) -> dict[str, Any]:
+    document: dict[str, Any] = app.test_client().get("/openapi.json").get_json()
+    return document
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -46,7 +47,7 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_json_pixels_are_explained_exactly(client, document) -> None:
+def test_json_pixels_are_explained_exactly(client: Any, document: Any) -> None:
     response = client.post(ROUTE, json={"images": DIGITS.tolist()})
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
@@ -70,7 +71,7 @@ def test_json_pixels_are_explained_exactly(client, document) -> None:
     assert response.headers["X-Request-ID"] == body["request_id"]
 
 
-def test_the_same_inputs_and_options_as_predict(client, document) -> None:
+def test_the_same_inputs_and_options_as_predict(client: Any, document: Any) -> None:
     png = _png(DIGITS[0])
     raw = client.post(f"{ROUTE}?top_k=2&return_input=true", data=png, content_type="image/png")
     assert raw.status_code == 200
@@ -101,7 +102,9 @@ def test_the_same_inputs_and_options_as_predict(client, document) -> None:
         ("/v2/models/other/explain", {"json": {"images": [[0] * 784]}}, 404, "other"),
     ],
 )
-def test_bad_requests_get_a_4xx_that_says_why(client, document, path, kwargs, status, words):
+def test_bad_requests_get_a_4xx_that_says_why(
+    client: Any, document: Any, path: Any, kwargs: Any, status: Any, words: Any
+) -> None:
     response = client.post(path, **kwargs)
     assert response.status_code == status
     body = response.get_json()
@@ -116,7 +119,7 @@ def test_a_batch_over_the_limit_is_refused(tmp_path: Path) -> None:
     assert response.status_code == 413
 
 
-def test_the_first_layer_weights_as_images(client, document) -> None:
+def test_the_first_layer_weights_as_images(client: Any, document: Any) -> None:
     response = client.get(f"{ROUTE}/weights")
     assert response.status_code == 200
     body = response.get_json()

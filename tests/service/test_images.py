@@ -7,6 +7,7 @@ import base64
 import io
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_reference_is_an_mnist_like_field(reference: np.ndarray) -> None:
     assert field[: max(rows[0] - 1, 0)].sum() == 0 and field[rows[-1] + 2 :].sum() == 0
 
 
-def test_mnist_digit_passes_through_almost_unchanged(mnist_data_dir) -> None:
+def test_mnist_digit_passes_through_almost_unchanged(mnist_data_dir: Any) -> None:
     import gzip
 
     with gzip.open(mnist_data_dir / "t10k-images-idx3-ubyte.gz") as handle:
@@ -175,7 +176,7 @@ def test_exif_orientation_of_photos_is_applied(ink: np.ndarray, reference: np.nd
         ((60, 400), (4, 250, 52)),  # tall and narrow canvas
     ],
 )
-def test_other_sizes_and_positions(reference: np.ndarray, size, square) -> None:
+def test_other_sizes_and_positions(reference: np.ndarray, size: Any, square: Any) -> None:
     ink = _draw_seven(size, *square)
     _assert_like(preprocess_image(_png(Image.fromarray(255 - ink))), reference, tolerance=0.05)
 

@@ -137,7 +137,7 @@ def test_random_damage_to_a_good_body_never_changes_an_answer() -> None:
 
 def ordinary_v2(body: bytes) -> dict[str, Any]:
     """What orjson and np.array make of the body: the ordinary path's objects."""
-    request = orjson.loads(body)
+    request: dict[str, Any] = orjson.loads(body)
     request["inputs"][0]["data"] = np.array(request["inputs"][0]["data"])
     return request
 

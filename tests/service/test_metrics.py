@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,17 +76,18 @@ def build_app() -> Flask:
 
 
 @pytest.fixture
-def client():
+def client() -> Any:
     return build_app().test_client()
 
 
-def scrape(client) -> str:
+def scrape(client: Any) -> str:
     response = client.get("/metrics")
     assert response.status_code == 200
-    return response.get_data(as_text=True)
+    text: str = response.get_data(as_text=True)
+    return text
 
 
-def test_metrics_exposes_every_family(client):
+def test_metrics_exposes_every_family(client: Any) -> None:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
@@ -93,7 +95,7 @@ def test_metrics_exposes_every_family(client):
     assert set(FAMILIES) <= names
 
 
-def test_requests_counted_by_route_template_not_raw_path(client):
+def test_requests_counted_by_route_template_not_raw_path(client: Any) -> None:
     before = scrape(client)
     for item in range(5):
         assert client.get(f"/items/{item}").status_code == 200
@@ -105,7 +107,7 @@ def test_requests_counted_by_route_template_not_raw_path(client):
     assert not any("/items/3" in dict(labels).get("route", "") for _, labels in samples(after))
 
 
-def test_unmatched_paths_share_one_series(client):
+def test_unmatched_paths_share_one_series(client: Any) -> None:
     before = scrape(client)
     for n in range(4):
         assert client.get(f"/no/such/path/{n}").status_code == 404
@@ -117,7 +119,7 @@ def test_unmatched_paths_share_one_series(client):
     assert "/no/such/path" not in after
 
 
-def test_request_latency_by_route_and_status_including_errors(client):
+def test_request_latency_by_route_and_status_including_errors(client: Any) -> None:
     before = scrape(client)
     assert client.post("/predict", json={"images": [3, 3]}).status_code == 200
     assert client.post("/predict", json={"images": []}).status_code == 422
@@ -135,7 +137,7 @@ def test_request_latency_by_route_and_status_including_errors(client):
     )
 
 
-def test_observe_inference_counts_digits_batches_and_latency(client):
+def test_observe_inference_counts_digits_batches_and_latency(client: Any) -> None:
     before = scrape(client)
     assert client.post("/predict", json={"images": [1, 1, 1, 9]}).status_code == 200
     after = scrape(client)
@@ -154,7 +156,7 @@ def test_observe_inference_counts_digits_batches_and_latency(client):
     assert delta("mnist_inference_duration_seconds_sum", version="7") == pytest.approx(0.002)
 
 
-def test_observe_preprocessing(client):
+def test_observe_preprocessing(client: Any) -> None:
     before = scrape(client)
     metrics.observe_preprocessing(0.004)
     metrics.observe_preprocessing(0.2)
@@ -167,7 +169,7 @@ def test_observe_preprocessing(client):
     )
 
 
-def test_model_info_marks_the_served_version_and_zeroes_the_previous(client):
+def test_model_info_marks_the_served_version_and_zeroes_the_previous(client: Any) -> None:
     metrics.set_model_info("mnist", 41, "a" * 64)
     metrics.set_model_info("mnist", 42, "b" * 64)
     text = scrape(client)
@@ -176,7 +178,7 @@ def test_model_info_marks_the_served_version_and_zeroes_the_previous(client):
     assert value(text, "mnist_model_loaded_version") == 42
 
 
-def test_reloads_counted_by_outcome(client):
+def test_reloads_counted_by_outcome(client: Any) -> None:
     before = scrape(client)
     metrics.count_reload("success")
     metrics.count_reload("failure")
@@ -187,7 +189,7 @@ def test_reloads_counted_by_outcome(client):
     assert value(after, name, outcome="failure") - value(before, name, outcome="failure") == 2
 
 
-def test_reload_outcome_is_a_closed_set():
+def test_reload_outcome_is_a_closed_set() -> None:
     with pytest.raises(ValueError, match="'maybe'"):
         metrics.count_reload("maybe")  # type: ignore[arg-type]
 
@@ -196,21 +198,21 @@ def test_reload_outcome_is_a_closed_set():
     "accept",
     ["application/openmetrics-text; version=abc", "text/plain; version=x.y", ";;;,,", "*/*"],
 )
-def test_malformed_accept_header_still_gets_text_format(client, accept):
+def test_malformed_accept_header_still_gets_text_format(client: Any, accept: Any) -> None:
     response = client.get("/metrics", headers={"Accept": accept})
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
     assert "mnist_http_requests_total" in response.get_data(as_text=True)
 
 
-def test_openmetrics_on_request(client):
+def test_openmetrics_on_request(client: Any) -> None:
     response = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert response.status_code == 200
     assert response.content_type.startswith("application/openmetrics-text")
     assert response.get_data(as_text=True).rstrip().endswith("# EOF")
 
 
-def test_batch_buckets_cover_the_largest_batch():
+def test_batch_buckets_cover_the_largest_batch() -> None:
     buckets = metrics.batch_buckets()
     assert buckets[0] == 1
     assert buckets[-1] >= MAX_BATCH_SIZE
@@ -218,7 +220,7 @@ def test_batch_buckets_cover_the_largest_batch():
     assert metrics.batch_buckets(5) == (1, 2, 4, 8)
 
 
-def test_metrics_route_is_registered_for_get_only(client):
+def test_metrics_route_is_registered_for_get_only(client: Any) -> None:
     assert client.post("/metrics").status_code == 405
 
 
@@ -257,7 +259,9 @@ def merged(multiproc_dir: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], 
     }
 
 
-def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(tmp_path, monkeypatch):
+def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = run_worker(tmp_path, 3)
     second = run_worker(tmp_path, 4)
     merged_samples = merged(tmp_path)

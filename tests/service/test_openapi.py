@@ -31,26 +31,30 @@ CONFIG = ServiceConfig(
 
 
 @pytest.fixture(scope="module")
-def app():
+def app() -> Any:
     return create_app(CONFIG)
 
 
 @pytest.fixture
-def client(app):
+def client(app: Any) -> Any:
     return app.test_client()
 
 
 @pytest.fixture(scope="module")
-def document(app) -> dict[str, Any]:
+def document(app: Any) -> dict[str, Any]:
     response = app.test_client().get("/openapi.json")
     assert response.status_code == 200
     assert response.content_type == "application/json"
-    return response.get_json()
+    document: dict[str, Any] = response.get_json()
+    return document
 
 
 @pytest.fixture(scope="module")
 def selftest() -> dict[str, Any]:
-    return json.loads((COMMITTED_MODELS / MODEL_NAME / "1" / "selftest.json").read_text())
+    selftest: dict[str, Any] = json.loads(
+        (COMMITTED_MODELS / MODEL_NAME / "1" / "selftest.json").read_text()
+    )
+    return selftest
 
 
 def openapi_path(rule: str) -> str:
@@ -58,20 +62,20 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
-def test_document_is_valid_openapi_3_1(document):
+def test_document_is_valid_openapi_3_1(document: Any) -> None:
     assert document["openapi"].startswith("3.1")
     validate(document)
     assert "${" not in json.dumps(document)  # every placeholder of openapi.yaml filled
 
 
-def test_an_unknown_placeholder_is_an_error(monkeypatch):
+def test_an_unknown_placeholder_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     template = {"openapi": "3.1.0", "info": {"title": "x", "version": "${no_such_limit}"}}
     monkeypatch.setattr("service.openapi.document_template", lambda: template)
     with pytest.raises(ValueError, match="no_such_limit"):
         build_document(ApiLimits(max_batch=3, max_body_bytes=1000), version="1")
 
 
-def test_every_route_is_documented_and_nothing_else(app, document):
+def test_every_route_is_documented_and_nothing_else(app: Any, document: Any) -> None:
     served = {
         (openapi_path(rule.rule), method.lower())
         for rule in app.url_map.iter_rules()
@@ -90,7 +94,7 @@ def test_every_route_is_documented_and_nothing_else(app, document):
     assert "/v2/<path:rest>" in rules
 
 
-def test_operation_ids_are_unique_and_every_response_names_the_request_id(document):
+def test_operation_ids_are_unique_and_every_response_names_the_request_id(document: Any) -> None:
     operations = [
         operation
         for item in document["paths"].values()
@@ -104,7 +108,7 @@ def test_operation_ids_are_unique_and_every_response_names_the_request_id(docume
             assert "X-Request-ID" in response["headers"]
 
 
-def test_limits_come_from_the_config_and_the_contract(document):
+def test_limits_come_from_the_config_and_the_contract(document: Any) -> None:
     schemas = document["components"]["schemas"]
     assert schemas["PredictRequest"]["properties"]["images"]["maxItems"] == CONFIG.max_batch
     assert schemas["PredictResponse"]["properties"]["predictions"]["maxItems"] == CONFIG.max_batch
@@ -126,7 +130,7 @@ def test_limits_come_from_the_config_and_the_contract(document):
     }
 
 
-def test_document_depends_on_limits_not_constants():
+def test_document_depends_on_limits_not_constants() -> None:
     small = build_document(ApiLimits(max_batch=3, max_body_bytes=1000), version="1")
     large = build_document(ApiLimits(max_batch=700, max_body_bytes=10**7), version="1")
     path = ("components", "schemas", "PredictRequest", "properties", "images", "maxItems")
@@ -139,15 +143,16 @@ def test_document_depends_on_limits_not_constants():
     assert (dig(small), dig(large)) == (3, 700)
 
 
-def test_request_examples_match_their_schemas(document):
+def test_request_examples_match_their_schemas(document: Any) -> None:
     content = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     validator = schema_validator(document, "PredictRequest")
     for example in content["examples"].values():
         validator.validate(example["value"])
 
 
-def test_schemas_reject_what_the_service_rejects(document):
+def test_schemas_reject_what_the_service_rejects(document: Any) -> None:
     validator = schema_validator(document, "PredictRequest")
+    bad: dict[str, Any]
     for bad in (
         {"images": []},
         {"images": [[0] * (N_PIXELS - 1)]},
@@ -158,7 +163,7 @@ def test_schemas_reject_what_the_service_rejects(document):
         assert not validator.is_valid(bad), bad
 
 
-def test_real_predict_answer_matches_the_schema(client, document, selftest):
+def test_real_predict_answer_matches_the_schema(client: Any, document: Any, selftest: Any) -> None:
     images = selftest["images"][:3]
     response = client.post("/predict?top_k=3&return_input=true", json={"images": images})
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -174,14 +179,14 @@ def test_real_predict_answer_matches_the_schema(client, document, selftest):
         {"images": "nope"},
     ],
 )
-def test_real_error_answers_match_the_error_schema(client, document, body):
+def test_real_error_answers_match_the_error_schema(client: Any, document: Any, body: Any) -> None:
     response = client.post("/predict", json=body)
     assert 400 <= response.status_code < 500
     assert str(response.status_code) in document["paths"]["/predict"]["post"]["responses"]
     schema_validator(document, "Error").validate(response.get_json())
 
 
-def test_real_v2_answers_match_the_schemas(client, document, selftest):
+def test_real_v2_answers_match_the_schemas(client: Any, document: Any, selftest: Any) -> None:
     validator = schema_validator(document, "V2ModelMetadata")
     validator.validate(client.get(f"/v2/models/{MODEL_NAME}").get_json())
     schema_validator(document, "V2ServerMetadata").validate(client.get("/v2").get_json())
@@ -221,7 +226,7 @@ class _Links(HTMLParser):
         self.links += [value for name, value in attrs if name in ("src", "href") and value]
 
 
-def test_docs_page_loads_everything_from_this_server(client):
+def test_docs_page_loads_everything_from_this_server(client: Any) -> None:
     page = client.get("/docs")
     assert page.status_code == 200
     assert page.content_type.startswith("text/html")
@@ -240,12 +245,12 @@ def test_docs_page_loads_everything_from_this_server(client):
 
 
 @pytest.mark.parametrize("name", ["index.html", "..%2F..%2Fapp.py", "swagger-editor.js"])
-def test_docs_assets_serve_only_the_listed_files(client, name):
+def test_docs_assets_serve_only_the_listed_files(client: Any, name: Any) -> None:
     response = client.get(f"/docs/assets/{name}")
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
 
 
-def test_openapi_json_carries_a_request_id(client):
+def test_openapi_json_carries_a_request_id(client: Any) -> None:
     response = client.get("/openapi.json", headers={"X-Request-ID": "doc-1"})
     assert response.headers["X-Request-ID"] == "doc-1"

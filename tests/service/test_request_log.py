@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,17 +48,17 @@ def build_app() -> Flask:
 
 
 @pytest.fixture
-def client():
+def client() -> Any:
     return build_app().test_client()
 
 
-def log_lines(captured: str) -> list[dict[str, object]]:
+def log_lines(captured: str) -> list[dict[str, Any]]:
     """The request log lines among what was written to stderr."""
     lines = [json.loads(line) for line in captured.splitlines() if line.startswith("{")]
     return [line for line in lines if line.get("logger") == request_log.LOGGER_NAME]
 
 
-def test_generated_id_when_none_sent(client):
+def test_generated_id_when_none_sent(client: Any) -> None:
     response = client.post("/predict", json={"images": [[0] * 784]})
     assert response.status_code == 200
     request_id = response.headers[REQUEST_ID_HEADER]
@@ -66,7 +67,7 @@ def test_generated_id_when_none_sent(client):
     assert response.json["request_id"] == request_id == response.json["again"]
 
 
-def test_each_request_gets_its_own_id(client):
+def test_each_request_gets_its_own_id(client: Any) -> None:
     responses = [client.post("/predict", json={"images": []}) for _ in range(5)]
     ids = {response.headers[REQUEST_ID_HEADER] for response in responses}
     assert len(ids) == 5
@@ -75,7 +76,7 @@ def test_each_request_gets_its_own_id(client):
 @pytest.mark.parametrize(
     "sent", ["abc-123", "trace:00f0/span.7_x", "x" * request_log.MAX_REQUEST_ID_LENGTH]
 )
-def test_valid_client_id_is_echoed(client, sent):
+def test_valid_client_id_is_echoed(client: Any, sent: Any) -> None:
     response = client.post("/predict", json={"images": []}, headers={REQUEST_ID_HEADER: sent})
     assert response.headers[REQUEST_ID_HEADER] == sent
     assert response.json["request_id"] == sent
@@ -92,7 +93,7 @@ def test_valid_client_id_is_echoed(client, sent):
         "\x7f",
     ],
 )
-def test_invalid_client_id_is_replaced(client, sent):
+def test_invalid_client_id_is_replaced(client: Any, sent: Any) -> None:
     response = client.post("/predict", json={"images": []}, headers={REQUEST_ID_HEADER: sent})
     returned = response.headers[REQUEST_ID_HEADER]
     assert returned != sent
@@ -100,7 +101,7 @@ def test_invalid_client_id_is_replaced(client, sent):
     assert response.json["request_id"] == returned
 
 
-def test_valid_request_id_rules():
+def test_valid_request_id_rules() -> None:
     assert request_log.valid_request_id("a")
     assert not request_log.valid_request_id(None)
     assert not request_log.valid_request_id("")
@@ -108,7 +109,7 @@ def test_valid_request_id_rules():
     assert not request_log.valid_request_id("y" * 129)
 
 
-def test_id_header_on_every_error(client):
+def test_id_header_on_every_error(client: Any) -> None:
     sent = {REQUEST_ID_HEADER: "err-1"}
     assert client.get("/no/such/route", headers=sent).headers[REQUEST_ID_HEADER] == "err-1"
     assert client.get("/predict", headers=sent).headers[REQUEST_ID_HEADER] == "err-1"  # 405
@@ -120,7 +121,9 @@ def test_id_header_on_every_error(client):
     assert crashed.headers[REQUEST_ID_HEADER] == "err-1"
 
 
-def test_one_json_line_per_request_with_its_fields(client, capsys):
+def test_one_json_line_per_request_with_its_fields(
+    client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     pixels = [[7] * 784, [201] * 784]
     ok = client.post("/predict", json={"images": pixels}, headers={REQUEST_ID_HEADER: "req-ok"})
@@ -149,7 +152,7 @@ def test_one_json_line_per_request_with_its_fields(client, capsys):
     assert "images" not in captured
 
 
-def test_failed_request_is_logged_once(client, capsys):
+def test_failed_request_is_logged_once(client: Any, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     client.get("/boom", headers={REQUEST_ID_HEADER: "req-500"})
     lines = [line for line in log_lines(capsys.readouterr().err) if line["event"] == "request"]
@@ -158,7 +161,9 @@ def test_failed_request_is_logged_once(client, capsys):
     assert lines[0]["request_id"] == "req-500"
 
 
-def test_hostile_path_is_escaped_and_truncated(client, capsys):
+def test_hostile_path_is_escaped_and_truncated(
+    client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     path = "/x\u2028" + "a" * 1000
     client.get(path)
@@ -166,7 +171,7 @@ def test_hostile_path_is_escaped_and_truncated(client, capsys):
     assert len(line["path"]) == request_log.MAX_LOGGED_PATH
 
 
-def test_a_line_is_one_json_line_even_for_odd_values(capsys):
+def test_a_line_is_one_json_line_even_for_odd_values(capsys: pytest.CaptureFixture[str]) -> None:
     fields = request_log.line_fields(
         request_id="r-1",
         method="POST",
@@ -193,7 +198,7 @@ def test_a_line_is_one_json_line_even_for_odd_values(capsys):
     assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
 
 
-def test_standard_library_records_are_the_same_json():
+def test_standard_library_records_are_the_same_json() -> None:
     try:
         raise ValueError("broken")
     except ValueError:
@@ -211,7 +216,7 @@ def test_standard_library_records_are_the_same_json():
     assert datetime.fromisoformat(line["ts"]).utcoffset() == timedelta(0)
 
 
-def test_gunicorn_and_library_loggers_write_json_lines_with_the_logging_config():
+def test_gunicorn_and_library_loggers_write_json_lines_with_the_logging_config() -> None:
     code = (
         "import logging, logging.config\n"
         "from service.observability.request_log import logging_config\n"
@@ -239,7 +244,7 @@ def test_gunicorn_and_library_loggers_write_json_lines_with_the_logging_config()
     ]
 
 
-def test_a_forked_child_draws_its_own_id_prefix_and_pid():
+def test_a_forked_child_draws_its_own_id_prefix_and_pid() -> None:
     parent_id = request_log.new_request_id()
     reader, writer = os.pipe()
     child = os.fork()

@@ -120,7 +120,7 @@ def binary_body(header: dict[str, Any], payload: bytes) -> tuple[bytes, str]:
 
 def fp32_input(shape: list[int], size: int | None = None, **extra: Any) -> dict[str, Any]:
     count = shape[0] * 784 if shape and isinstance(shape[0], int) else 0
-    tensor = {"name": "input", "shape": shape, "datatype": "FP32"}
+    tensor: dict[str, Any] = {"name": "input", "shape": shape, "datatype": "FP32"}
     tensor["parameters"] = {"binary_data_size": count * 4 if size is None else size}
     tensor.update(extra)
     return {"inputs": [tensor]}

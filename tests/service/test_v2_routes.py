@@ -152,7 +152,7 @@ def test_health_is_200_when_serving(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
     # KServe's server answers these JSON bodies, and KServe's client reads them
-    expected = {"live": True} if path.endswith("live") else {"ready": True}
+    expected: dict[str, object] = {"live": True} if path.endswith("live") else {"ready": True}
     if "/models/" in path:
         expected = {"name": "mnist", "ready": True}
     assert response.get_json() == expected

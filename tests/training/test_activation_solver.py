@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -17,13 +17,15 @@ from training.verify import verify_onnx
 
 
 @pytest.fixture(scope="module")
-def test_images(mnist_data) -> np.ndarray:
+def test_images(mnist_data: Any) -> np.ndarray:
     return scale_pixels(mnist_data.test.images)
 
 
 @pytest.mark.parametrize("solver", get_args(Solver))
 @pytest.mark.parametrize("activation", get_args(Activation))
-def test_trains_exports_and_matches_onnx(mnist_data, test_images, activation, solver):
+def test_trains_exports_and_matches_onnx(
+    mnist_data: Any, test_images: Any, activation: Any, solver: Any
+) -> None:
     import onnxruntime as ort
 
     config = validate(

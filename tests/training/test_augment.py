@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ NO_MOVE = Distortion(
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_data) -> np.ndarray:
+def digits(mnist_data: Any) -> np.ndarray:
     """500 real training digits, float32 in [0, 1]."""
-    return mnist_data.train.images[:500].astype(np.float32) / 255
+    return np.asarray(mnist_data.train.images[:500], dtype=np.float32) / np.float32(255)
 
 
 def test_same_seed_same_output(digits: np.ndarray) -> None:
@@ -113,7 +114,7 @@ def test_the_elastic_field_moves_the_ink_more_the_larger_alpha(digits: np.ndarra
     assert 0.005 < gentle < strong
 
 
-def test_distorted_digits_keep_their_labels(mnist_data) -> None:
+def test_distorted_digits_keep_their_labels(mnist_data: Any) -> None:
     """A small MLP that only ever saw distorted digits recognises clean test digits."""
     from sklearn.neural_network import MLPClassifier
 
@@ -143,7 +144,7 @@ def test_distorted_digits_keep_their_labels(mnist_data) -> None:
         {"elastic_alpha": -1.0},
     ],
 )
-def test_rejects_impossible_distortions(bad: dict) -> None:
+def test_rejects_impossible_distortions(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Distortion(**bad)
 

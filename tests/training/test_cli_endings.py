@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from training.pipeline import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def train_process(*argv: str, **kwargs) -> subprocess.Popen[str]:
+def train_process(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
     """``python -m training ARGV`` in a child process, as a user runs it."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("MNIST_TRAIN_TRACEBACK", None)
@@ -67,7 +68,9 @@ def assert_nothing_published(models_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("limit", [50, 15])
-def test_a_small_train_limit_names_the_flag_and_a_limit_that_works(limit, mnist_data_dir, tmp_path):
+def test_a_small_train_limit_names_the_flag_and_a_limit_that_works(
+    limit: Any, mnist_data_dir: Any, tmp_path: Path
+) -> None:
     models = tmp_path / f"m{limit}"
     common = ["--hidden-layers", "16", "--epochs", "2", "--min-accuracy", "0"]
     code, _, err = run_train(
@@ -106,7 +109,9 @@ def test_a_small_train_limit_names_the_flag_and_a_limit_that_works(limit, mnist_
     )
 
 
-def test_lbfgs_on_images_that_lack_digits_names_them(mnist_data_dir, tmp_path, capsys):
+def test_lbfgs_on_images_that_lack_digits_names_them(
+    mnist_data_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # the first 15 training images hold no 7 and no 8
     argv = ["--solver", "lbfgs", "--hidden-layers", "8", "--epochs", "5", "--train-limit", "15"]
     argv += ["--validation-fraction", "0", "--progress", "none"]
@@ -121,7 +126,9 @@ def test_lbfgs_on_images_that_lack_digits_names_them(mnist_data_dir, tmp_path, c
 # -- folders it cannot write, a full disk ---------------------------------------------------------
 
 
-def test_a_models_dir_that_is_a_file_fails_before_training(mnist_data_dir, tmp_path, capsys):
+def test_a_models_dir_that_is_a_file_fails_before_training(
+    mnist_data_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     for models_dir in (not_a_folder, not_a_folder / "below"):
@@ -136,7 +143,7 @@ def test_a_models_dir_that_is_a_file_fails_before_training(mnist_data_dir, tmp_p
 
 
 @pytest.fixture
-def full_disk(tmp_path):
+def full_disk(tmp_path: Path) -> Any:
     """A 64 KiB tmpfs: room for the folders, not for a model (needs root to mount)."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
@@ -153,7 +160,9 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_a_full_disk_is_exit_6_and_leaves_no_half_version(mnist_data_dir, full_disk):
+def test_a_full_disk_is_exit_6_and_leaves_no_half_version(
+    mnist_data_dir: Any, full_disk: Any
+) -> None:
     code, _, err = run_train(
         "--hidden-layers",
         "8",
@@ -184,7 +193,9 @@ def test_a_full_disk_is_exit_6_and_leaves_no_half_version(mnist_data_dir, full_d
         (signal.SIGTERM, EXIT_TERMINATED, "terminated"),
     ],
 )
-def test_a_signal_during_training_ends_with_one_line(signum, code, word, mnist_data_dir, tmp_path):
+def test_a_signal_during_training_ends_with_one_line(
+    signum: Any, code: Any, word: Any, mnist_data_dir: Any, tmp_path: Path
+) -> None:
     process = train_process(
         "--hidden-layers",
         "64",
@@ -215,7 +226,9 @@ def test_a_signal_during_training_ends_with_one_line(signum, code, word, mnist_d
 # -- the final JSON record -----------------------------------------------------------------------
 
 
-def test_progress_json_ends_with_one_record_of_the_outcome(mnist_data_dir, tmp_path, capsys):
+def test_progress_json_ends_with_one_record_of_the_outcome(
+    mnist_data_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["--hidden-layers", "8", "--epochs", "2", "--train-limit", "1000"]
     argv += ["--progress", "json", "--data-dir", str(mnist_data_dir), "--models-dir", str(tmp_path)]
     assert main(argv) == EXIT_OK
@@ -251,7 +264,7 @@ raise SystemExit(main(["--epochs", "1"]))
 """
 
 
-def test_a_serve_only_install_names_the_extra_to_install():
+def test_a_serve_only_install_names_the_extra_to_install() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
         [sys.executable, "-c", _WITHOUT_SKLEARN], capture_output=True, text=True, env=env
@@ -261,7 +274,7 @@ def test_a_serve_only_install_names_the_extra_to_install():
     assert "sklearn is not installed" in line and "pip install 'mnist-service[train]'" in line
 
 
-def test_every_exit_code_is_documented_in_help_and_readme():
+def test_every_exit_code_is_documented_in_help_and_readme() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     help_text = " ".join(
         subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +19,12 @@ from ..conftest import COMMITTED_MODELS
 VERSIONS = ModelRepository(COMMITTED_MODELS).versions()
 
 
-def test_the_repository_has_a_committed_model():
+def test_the_repository_has_a_committed_model() -> None:
     assert VERSIONS, f"no complete version under {COMMITTED_MODELS}"
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"v{v.version}")
-def test_card_matches_the_onnx_file(version, mnist_data):
+def test_card_matches_the_onnx_file(version: Any, mnist_data: Any) -> None:
     import onnxruntime as ort
 
     onnx_bytes, card = version.read_verified()  # sha256, size and version against the card
@@ -52,7 +53,7 @@ def test_card_matches_the_onnx_file(version, mnist_data):
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"v{v.version}")
-def test_selftest_matches_its_card_entry_and_the_model(version):
+def test_selftest_matches_its_card_entry_and_the_model(version: Any) -> None:
     onnx_bytes, card = version.read_verified()
     entry = card["selftest"]
     assert entry["file"] == SELFTEST_FILE

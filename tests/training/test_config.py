@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ def _config(argv: list[str]) -> TrainConfig:
     return config_from_args(build_parser().parse_args(argv))
 
 
-def test_mlp_params_are_exactly_the_mlpclassifier_keyword_arguments():
+def test_mlp_params_are_exactly_the_mlpclassifier_keyword_arguments() -> None:
     from sklearn.neural_network import MLPClassifier
 
     params = TrainConfig().mlp_params()
@@ -34,7 +35,7 @@ def test_mlp_params_are_exactly_the_mlpclassifier_keyword_arguments():
     MLPClassifier(**params)._validate_params()
 
 
-def test_every_knob_has_a_flag():
+def test_every_knob_has_a_flag() -> None:
     argv = shlex.split(
         "--hidden-layers 64,32 --activation tanh --solver sgd --alpha 0.001 --batch-size 64 "
         "--learning-rate invscaling --learning-rate-init 0.05 --power-t 0.3 --momentum 0.8 "
@@ -80,11 +81,11 @@ def test_every_knob_has_a_flag():
     )
 
 
-def test_no_flags_give_the_defaults():
+def test_no_flags_give_the_defaults() -> None:
     assert _config([]) == TrainConfig()
 
 
-def test_the_file_sets_values_and_flags_override_it(tmp_path):
+def test_the_file_sets_values_and_flags_override_it(tmp_path: Path) -> None:
     run_file = tmp_path / "run.toml"
     run_file.write_text(
         'hidden_layers = [256, 128]\nactivation = "tanh"\nsolver = "sgd"\nepochs = 9\n'
@@ -101,7 +102,7 @@ def test_the_file_sets_values_and_flags_override_it(tmp_path):
 
 
 @pytest.mark.parametrize("old", sorted(RENAMED))
-def test_an_old_scikit_learn_key_names_the_new_one(tmp_path, old):
+def test_an_old_scikit_learn_key_names_the_new_one(tmp_path: Path, old: Any) -> None:
     run_file = tmp_path / "run.toml"
     value = {"hidden_layer_sizes": "[64]", "nesterovs_momentum": "false"}.get(old, "3")
     run_file.write_text(f"{old} = {value}\n")
@@ -112,7 +113,7 @@ def test_an_old_scikit_learn_key_names_the_new_one(tmp_path, old):
     assert new.flag in str(caught.value)
 
 
-def test_a_typo_in_a_file_key_is_named_with_a_suggestion(tmp_path):
+def test_a_typo_in_a_file_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     run_file = tmp_path / "run.toml"
     run_file.write_text("activaton = 'relu'\n")
     with pytest.raises(ConfigError, match=r"unknown configuration key 'activaton'.*'activation'"):
@@ -137,21 +138,21 @@ def test_a_typo_in_a_file_key_is_named_with_a_suggestion(tmp_path):
         ("threads = 0", "--threads"),
     ],
 )
-def test_an_impossible_value_in_the_file_is_named(tmp_path, text, key):
+def test_an_impossible_value_in_the_file_is_named(tmp_path: Path, text: Any, key: Any) -> None:
     run_file = tmp_path / "run.toml"
     run_file.write_text(text + "\n")
     with pytest.raises(ConfigError, match=key):
         _config(["--config", str(run_file)])
 
 
-def test_scikit_learn_validates_what_it_validates():
+def test_scikit_learn_validates_what_it_validates() -> None:
     with pytest.raises(ConfigError, match="momentum"):
         validate(TrainConfig(momentum=1.5))
     with pytest.raises(ConfigError, match="--patience"):
         TrainConfig(patience=0)
 
 
-def test_broken_toml_and_missing_file_are_clear(tmp_path):
+def test_broken_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("activation = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -160,23 +161,23 @@ def test_broken_toml_and_missing_file_are_clear(tmp_path):
         _config(["--config", str(tmp_path / "absent.toml")])
 
 
-def test_early_stopping_needs_a_validation_split():
+def test_early_stopping_needs_a_validation_split() -> None:
     with pytest.raises(ConfigError, match="--validation-fraction"):
         TrainConfig(early_stopping=True, validation_fraction=0.0)
 
 
-def test_parse_layers():
+def test_parse_layers() -> None:
     assert parse_layers("512,256") == (512, 256)
     for bad in ("", "a,b", "64,-1", "64,,32"):
         with pytest.raises(ConfigError):
             parse_layers(bad)
 
 
-def test_from_mapping_accepts_every_setting_by_its_name():
+def test_from_mapping_accepts_every_setting_by_its_name() -> None:
     assert from_mapping(TrainConfig().to_dict()) == TrainConfig()
 
 
-def test_every_setting_is_one_row_of_the_table_and_shows_in_help():
+def test_every_setting_is_one_row_of_the_table_and_shows_in_help() -> None:
     help_text = " ".join(build_parser().format_help().split())
     for setting in SETTINGS:
         assert setting.flag in help_text
@@ -196,18 +197,22 @@ def test_every_setting_is_one_row_of_the_table_and_shows_in_help():
         ("--solver lbfgs --batch-size 64", "--batch-size", "--solver adam"),
     ],
 )
-def test_a_setting_the_solver_ignores_is_refused(argv, flag, fix, capsys):
+def test_a_setting_the_solver_ignores_is_refused(
+    argv: Any, flag: Any, fix: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([*argv.split(), "--data-dir", "/nonexistent"]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith(f"mnist-train: configuration error: {flag}: ") and fix in err
 
 
-def test_the_solver_ignoring_a_default_is_fine():
+def test_the_solver_ignoring_a_default_is_fine() -> None:
     assert _config(["--solver", "lbfgs", "--no-early-stopping"]).solver == "lbfgs"
 
 
-def test_the_cli_fails_before_loading_any_data(tmp_path, capsys):
+def test_the_cli_fails_before_loading_any_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_file = tmp_path / "run.toml"
     run_file.write_text("alpah = 0.1\n")
     # the data dir does not exist: a data error would be exit 3, so 2 proves the check came first
@@ -218,7 +223,9 @@ def test_the_cli_fails_before_loading_any_data(tmp_path, capsys):
     assert "loading MNIST" not in err
 
 
-def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(capsys):
+def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--solver", "rmsprop"])
     assert caught.value.code == 2
@@ -233,7 +240,7 @@ def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(capsys):
     assert "--beta-2: 1.0 is out of range [0, 1)" in capsys.readouterr().err
 
 
-def test_the_cosine_schedule_falls_from_the_initial_rate_to_a_hundredth():
+def test_the_cosine_schedule_falls_from_the_initial_rate_to_a_hundredth() -> None:
     config = TrainConfig(lr_schedule="cosine", epochs=10, learning_rate_init=0.002)
     rates = [config.learning_rate_after(epoch) for epoch in range(1, 11)]
     assert rates == sorted(rates, reverse=True)
@@ -244,7 +251,7 @@ def test_the_cosine_schedule_falls_from_the_initial_rate_to_a_hundredth():
         TrainConfig(solver="sgd", learning_rate="invscaling", lr_schedule="cosine")
 
 
-def test_the_augmentation_strengths_are_settings():
+def test_the_augmentation_strengths_are_settings() -> None:
     config = _config(["--augment", "--augment-rotation", "8", "--elastic-alpha", "0"])
     distortion = config.distortion()
     assert distortion.max_rotation == 8.0 and distortion.elastic_alpha == 0.0

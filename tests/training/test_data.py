@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def _copy_mnist(source: Path, target: Path) -> None:
         shutil.copyfile(source / name, target / name)
 
 
-def test_loads_the_four_files_with_shapes_dtypes_and_checksums(mnist_data):
+def test_loads_the_four_files_with_shapes_dtypes_and_checksums(mnist_data: Any) -> None:
     assert mnist_data.train.images.shape == (60000, 784)
     assert mnist_data.test.images.shape == (10000, 784)
     assert mnist_data.train.images.dtype == np.uint8
@@ -65,14 +66,14 @@ def test_loads_the_four_files_with_shapes_dtypes_and_checksums(mnist_data):
     assert mnist_data.checksums == MNIST_FILES
 
 
-def test_scale_pixels_maps_raw_0_255_to_0_1_as_float32():
+def test_scale_pixels_maps_raw_0_255_to_0_1_as_float32() -> None:
     raw = np.array([[0, 51, 255] + [0] * 781], dtype=np.uint8)
     scaled = scale_pixels(raw)
     assert scaled.dtype == np.float32
     assert scaled[0, :3].tolist() == pytest.approx([0.0, 0.2, 1.0])
 
 
-def test_split_head_and_shape_checks():
+def test_split_head_and_shape_checks() -> None:
     split = Split(np.zeros((5, 784), np.uint8), np.arange(5, dtype=np.int64))
     assert len(split.head(3)) == 3
     assert split.head(None) is split
@@ -80,7 +81,7 @@ def test_split_head_and_shape_checks():
         Split(np.zeros((5, 784), np.uint8), np.arange(4, dtype=np.int64))
 
 
-def test_missing_file_names_it_and_how_to_provide_it(tmp_path, mnist_data_dir):
+def test_missing_file_names_it_and_how_to_provide_it(tmp_path: Path, mnist_data_dir: Any) -> None:
     _copy_mnist(mnist_data_dir, tmp_path)
     (tmp_path / TRAIN_IMAGES).unlink()
     with pytest.raises(DataError) as caught:
@@ -90,7 +91,9 @@ def test_missing_file_names_it_and_how_to_provide_it(tmp_path, mnist_data_dir):
     assert "--data-dir" in message and "MNIST_DATA_DIR" in message
 
 
-def test_corrupt_file_in_a_data_dir_is_refused_with_its_md5(tmp_path, mnist_data_dir):
+def test_corrupt_file_in_a_data_dir_is_refused_with_its_md5(
+    tmp_path: Path, mnist_data_dir: Any
+) -> None:
     _copy_mnist(mnist_data_dir, tmp_path)
     labels = "t10k-labels-idx1-ubyte.gz"
     raw = bytearray(gzip.decompress((tmp_path / labels).read_bytes()))
@@ -100,19 +103,21 @@ def test_corrupt_file_in_a_data_dir_is_refused_with_its_md5(tmp_path, mnist_data
         load_mnist(tmp_path, log=io.StringIO())
 
 
-def test_not_gzip_is_a_clear_error(tmp_path, mnist_data_dir):
+def test_not_gzip_is_a_clear_error(tmp_path: Path, mnist_data_dir: Any) -> None:
     _copy_mnist(mnist_data_dir, tmp_path)
     (tmp_path / TRAIN_IMAGES).write_bytes(b"<html>not found</html>")
     with pytest.raises(DataError, match=f"{TRAIN_IMAGES} is not a valid gzip file"):
         load_mnist(tmp_path, log=io.StringIO())
 
 
-def test_environment_variable_names_the_folder(mnist_data_dir):
+def test_environment_variable_names_the_folder(mnist_data_dir: Any) -> None:
     data = load_mnist(environ={"MNIST_DATA_DIR": str(mnist_data_dir)}, log=io.StringIO())
     assert len(data.test) == 10000
 
 
-def test_downloads_into_the_cache_then_reads_the_cache_offline(tmp_path, mirror, mnist_data_dir):
+def test_downloads_into_the_cache_then_reads_the_cache_offline(
+    tmp_path: Path, mirror: Any, mnist_data_dir: Any
+) -> None:
     url, folder = mirror
     _copy_mnist(mnist_data_dir, folder)
     cache = tmp_path / "cache"
@@ -130,7 +135,9 @@ def test_downloads_into_the_cache_then_reads_the_cache_offline(tmp_path, mirror,
     assert np.array_equal(again.test.labels, data.test.labels)
 
 
-def test_an_unreachable_mirror_falls_through_to_the_next(tmp_path, mirror, mnist_data_dir):
+def test_an_unreachable_mirror_falls_through_to_the_next(
+    tmp_path: Path, mirror: Any, mnist_data_dir: Any
+) -> None:
     url, folder = mirror
     _copy_mnist(mnist_data_dir, folder)
     environ = {
@@ -142,8 +149,8 @@ def test_an_unreachable_mirror_falls_through_to_the_next(tmp_path, mirror, mnist
 
 
 def test_a_corrupt_download_is_not_cached_and_the_error_names_the_file(
-    tmp_path, mirror, mnist_data_dir
-):
+    tmp_path: Path, mirror: Any, mnist_data_dir: Any
+) -> None:
     url, folder = mirror
     _copy_mnist(mnist_data_dir, folder)
     (folder / TEST_LABELS).write_bytes(gzip.compress(b"\x00" * 1000))
@@ -158,7 +165,7 @@ def test_a_corrupt_download_is_not_cached_and_the_error_names_the_file(
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_no_mirror_reachable_says_how_to_provide_the_files(tmp_path):
+def test_no_mirror_reachable_says_how_to_provide_the_files(tmp_path: Path) -> None:
     environ = {"MNIST_CACHE_DIR": str(tmp_path / "cache"), "MNIST_MIRRORS": _closed_port_url()}
     with pytest.raises(DataError) as caught:
         load_mnist(environ=environ, log=io.StringIO())
@@ -167,7 +174,9 @@ def test_no_mirror_reachable_says_how_to_provide_the_files(tmp_path):
     assert "--data-dir" in message and "MNIST_DATA_DIR" in message
 
 
-def test_a_corrupt_cached_file_is_downloaded_again(tmp_path, mirror, mnist_data_dir):
+def test_a_corrupt_cached_file_is_downloaded_again(
+    tmp_path: Path, mirror: Any, mnist_data_dir: Any
+) -> None:
     url, folder = mirror
     _copy_mnist(mnist_data_dir, folder)
     cache = tmp_path / "cache"

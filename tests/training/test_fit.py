@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from training.fit import catch_convergence, fit, log_loss
 
 
 @pytest.fixture(scope="module")
-def small_train(mnist_data) -> Split:
-    return mnist_data.train.head(1500)
+def small_train(mnist_data: Any) -> Split:
+    split: Split = mnist_data.train.head(1500)
+    return split
 
 
 def _validation_part(train: Split, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +41,7 @@ def _validation_part(train: Split, config: TrainConfig) -> tuple[np.ndarray, np.
     ],
     ids=["adam", "sgd-invscaling", "sgd-momentum"],
 )
-def test_the_epoch_loop_matches_scikit_learns_own_fit(small_train, changes):
+def test_the_epoch_loop_matches_scikit_learns_own_fit(small_train: Any, changes: Any) -> None:
     """One partial_fit per epoch keeps the optimizer state and the schedule: same weights as fit.
 
     Without shuffling, so both see the batches in the same order (fit reshuffles its previous
@@ -68,7 +70,7 @@ def test_the_epoch_loop_matches_scikit_learns_own_fit(small_train, changes):
     assert ours.stop_reason == "max_iter reached"
 
 
-def test_the_invscaling_schedule_lowers_the_rate_every_epoch(small_train):
+def test_the_invscaling_schedule_lowers_the_rate_every_epoch(small_train: Any) -> None:
     config = TrainConfig(
         hidden_layers=(8,),
         solver="sgd",
@@ -82,7 +84,7 @@ def test_the_invscaling_schedule_lowers_the_rate_every_epoch(small_train):
     assert result.model._optimizer.learning_rate == pytest.approx(0.1 / (seen + 1) ** 0.5)
 
 
-def test_history_records_validation_figures_per_epoch(small_train):
+def test_history_records_validation_figures_per_epoch(small_train: Any) -> None:
     config = TrainConfig(hidden_layers=(16,), epochs=4)
     result = fit(small_train, config)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]
@@ -96,7 +98,7 @@ def test_history_records_validation_figures_per_epoch(small_train):
     assert result.history[-1].train_loss < result.history[0].train_loss
 
 
-def test_early_stopping_stops_and_restores_the_best_weights(small_train):
+def test_early_stopping_stops_and_restores_the_best_weights(small_train: Any) -> None:
     # an improvement must beat tol=0.2 in accuracy, so the second epoch never counts as better
     config = TrainConfig(
         hidden_layers=(16,),
@@ -118,14 +120,14 @@ def test_early_stopping_stops_and_restores_the_best_weights(small_train):
     assert result.val_accuracy == result.history[0].val_accuracy
 
 
-def test_without_early_stopping_the_final_weights_stay(small_train):
+def test_without_early_stopping_the_final_weights_stay(small_train: Any) -> None:
     config = TrainConfig(hidden_layers=(16,), epochs=3, tol=0.2)
     result = fit(small_train, config)
     assert result.epochs == 3 and result.restored_best is False
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
-def test_the_cosine_schedule_sets_each_epochs_rate(small_train, solver):
+def test_the_cosine_schedule_sets_each_epochs_rate(small_train: Any, solver: Any) -> None:
     config = TrainConfig(hidden_layers=(8,), epochs=3, solver=solver, lr_schedule="cosine")
     result = fit(small_train, config)
     optimizer = result.model._optimizer
@@ -137,7 +139,7 @@ def test_the_cosine_schedule_sets_each_epochs_rate(small_train, solver):
     assert not np.allclose(constant.model.coefs_[0], result.model.coefs_[0])
 
 
-def test_lbfgs_reports_its_iterations_honestly(small_train):
+def test_lbfgs_reports_its_iterations_honestly(small_train: Any) -> None:
     config = TrainConfig(hidden_layers=(8,), solver="lbfgs", epochs=15)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the ConvergenceWarning is caught inside, not leaked
@@ -150,7 +152,7 @@ def test_lbfgs_reports_its_iterations_honestly(small_train):
     assert result.val_accuracy is not None and 0.5 < result.val_accuracy <= 1.0
 
 
-def test_augmentation_trains_on_the_originals_plus_fresh_copies(small_train):
+def test_augmentation_trains_on_the_originals_plus_fresh_copies(small_train: Any) -> None:
     calls: list[tuple[int, float]] = []
 
     def fake_distort(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -165,7 +167,7 @@ def test_augmentation_trains_on_the_originals_plus_fresh_copies(small_train):
     assert result.model.t_ == result.train_size * 3 * 2
 
 
-def test_lbfgs_with_augmentation_fits_once_on_a_fixed_augmented_set(small_train):
+def test_lbfgs_with_augmentation_fits_once_on_a_fixed_augmented_set(small_train: Any) -> None:
     calls: list[int] = []
 
     def fake_distort(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -180,7 +182,7 @@ def test_lbfgs_with_augmentation_fits_once_on_a_fixed_augmented_set(small_train)
     assert result.unit == "iteration" and result.epochs == result.model.n_iter_
 
 
-def test_catch_convergence_lets_other_warnings_through():
+def test_catch_convergence_lets_other_warnings_through() -> None:
     from sklearn.exceptions import ConvergenceWarning
 
     with pytest.warns(UserWarning, match="other"), catch_convergence() as caught:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ CARD_KEYS = {
 }
 
 
-def quick_run_argv(data_dir, models_dir, *extra):
+def quick_run_argv(data_dir: Any, models_dir: Any, *extra: str) -> list[str]:
     """mnist-train flags for a run of a few seconds on 1,000 images; ``extra`` flags appended."""
     return [
         "--hidden-layers",
@@ -68,7 +70,9 @@ def quick_run_argv(data_dir, models_dir, *extra):
     ]
 
 
-def test_cli_trains_and_publishes_versions_one_then_two(mnist_data_dir, tmp_path, capsys):
+def test_cli_trains_and_publishes_versions_one_then_two(
+    mnist_data_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(quick_run_argv(mnist_data_dir, tmp_path, "--activation", "tanh")) == 0
     first = capsys.readouterr()
     assert "val_acc=" in first.err and "2/2" in first.err  # the live bar, on stderr
@@ -93,7 +97,9 @@ def test_cli_trains_and_publishes_versions_one_then_two(mnist_data_dir, tmp_path
     assert labels.dtype == np.int64
 
 
-def test_the_quality_gate_refuses_with_its_own_exit_code(mnist_data_dir, tmp_path, capsys):
+def test_the_quality_gate_refuses_with_its_own_exit_code(
+    mnist_data_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(
         quick_run_argv(mnist_data_dir, tmp_path, "--min-accuracy", "0.99", "--progress", "none")
     )
@@ -102,7 +108,7 @@ def test_the_quality_gate_refuses_with_its_own_exit_code(mnist_data_dir, tmp_pat
     assert ModelRepository(tmp_path).versions() == []
 
 
-def test_publish_run_gate_and_parity_flag(tiny_trained_run, tmp_path):
+def test_publish_run_gate_and_parity_flag(tiny_trained_run: Any, tmp_path: Path) -> None:
     with pytest.raises(QualityGateError, match="under the minimum"):
         publish_run(tiny_trained_run, tmp_path, min_accuracy=0.999)
     card = tiny_trained_run.card
@@ -115,7 +121,7 @@ def test_publish_run_gate_and_parity_flag(tiny_trained_run, tmp_path):
     assert ModelRepository(tmp_path).versions() == []
 
 
-def test_verify_onnx_catches_a_graph_that_disagrees(tiny_trained_run, mnist_data):
+def test_verify_onnx_catches_a_graph_that_disagrees(tiny_trained_run: Any, mnist_data: Any) -> None:
     images = scale_pixels(mnist_data.test.images[:200])
     labels, probabilities = run_onnx(tiny_trained_run.onnx_bytes, images)
     verify_onnx(tiny_trained_run.onnx_bytes, labels, probabilities, images)  # agrees with itself
@@ -127,7 +133,7 @@ def test_verify_onnx_catches_a_graph_that_disagrees(tiny_trained_run, mnist_data
         verify_onnx(tiny_trained_run.onnx_bytes, labels, probabilities + 0.01, images)
 
 
-def test_the_card_describes_the_run(tiny_trained_run, mnist_data):
+def test_the_card_describes_the_run(tiny_trained_run: Any, mnist_data: Any) -> None:
     card = tiny_trained_run.card.to_json()
     # what training writes, serving reads back as the same typed card
     assert ModelCard.from_json(json.loads(json.dumps(card))) == tiny_trained_run.card
@@ -164,7 +170,7 @@ def test_the_card_describes_the_run(tiny_trained_run, mnist_data):
     assert card["converged"] is False  # 5 epochs stop short; recorded, not raised
 
 
-def test_the_reproducing_command_rebuilds_the_same_config():
+def test_the_reproducing_command_rebuilds_the_same_config() -> None:
     from training.card import reproducing_command
     from training.cli import build_parser, config_from_args
 
@@ -181,7 +187,9 @@ def test_the_reproducing_command_rebuilds_the_same_config():
     assert config_from_args(build_parser().parse_args(words)) == config
 
 
-def test_the_selftest_matches_the_card_and_the_graph(tiny_trained_run, mnist_data):
+def test_the_selftest_matches_the_card_and_the_graph(
+    tiny_trained_run: Any, mnist_data: Any
+) -> None:
     run = tiny_trained_run
     entry = run.card.selftest
     assert entry.sha256 == hashlib.sha256(run.selftest_bytes).hexdigest()
@@ -194,7 +202,9 @@ def test_the_selftest_matches_the_card_and_the_graph(tiny_trained_run, mnist_dat
     np.testing.assert_allclose(probabilities, selftest["expected_probabilities"], atol=1e-6)
 
 
-def test_same_config_seed_and_data_give_the_same_model(tiny_trained_run, mnist_data):
+def test_same_config_seed_and_data_give_the_same_model(
+    tiny_trained_run: Any, mnist_data: Any
+) -> None:
     again = train_run(TrainConfig(**TINY_CONFIG_VALUES), mnist_data)
     # same metrics, and on this platform the very same ONNX bytes
     timing = {"train_seconds"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +23,11 @@ from training.progress import (
 
 
 @pytest.fixture(scope="module")
-def small_train(mnist_data):
+def small_train(mnist_data: Any) -> Any:
     return mnist_data.train.head(1000)
 
 
-def test_json_reporter_writes_one_parseable_line_per_epoch(small_train):
+def test_json_reporter_writes_one_parseable_line_per_epoch(small_train: Any) -> None:
     out, err = io.StringIO(), io.StringIO()
     result = fit(
         small_train, TrainConfig(hidden_layers=(8,), epochs=3), JsonLinesReporter(out, err)
@@ -43,7 +45,7 @@ def test_json_reporter_writes_one_parseable_line_per_epoch(small_train):
     assert "3 epochs" in err.getvalue()
 
 
-def test_bar_reporter_shows_losses_accuracy_and_seconds_per_epoch(small_train):
+def test_bar_reporter_shows_losses_accuracy_and_seconds_per_epoch(small_train: Any) -> None:
     err = io.StringIO()
     fit(small_train, TrainConfig(hidden_layers=(8,), epochs=2), BarReporter(err))
     shown = err.getvalue()
@@ -51,7 +53,7 @@ def test_bar_reporter_shows_losses_accuracy_and_seconds_per_epoch(small_train):
         assert field in shown
 
 
-def test_non_finite_numbers_become_null_so_the_line_stays_json():
+def test_non_finite_numbers_become_null_so_the_line_stays_json() -> None:
     record = EpochRecord(
         epoch=1, train_loss=float("nan"), val_loss=float("inf"), val_accuracy=None, seconds=0.1
     )
@@ -59,13 +61,15 @@ def test_non_finite_numbers_become_null_so_the_line_stays_json():
     assert json.loads(line)["train_loss"] is None
 
 
-def test_make_reporter_picks_by_name():
+def test_make_reporter_picks_by_name() -> None:
     assert isinstance(make_reporter("json"), JsonLinesReporter)
     assert isinstance(make_reporter("bar"), BarReporter)
     assert isinstance(make_reporter("none"), SilentReporter)
 
 
-def test_cli_json_mode_prints_only_epoch_lines_on_stdout(mnist_data_dir, tmp_path, capsys):
+def test_cli_json_mode_prints_only_epoch_lines_on_stdout(
+    mnist_data_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(quick_run_argv(mnist_data_dir, tmp_path, "--progress", "json")) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()

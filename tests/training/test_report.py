@@ -6,6 +6,7 @@ import io
 import json
 import re
 from pathlib import PurePosixPath
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ N = 200
 
 
 @pytest.fixture(scope="module")
-def inputs() -> dict:
+def inputs() -> dict[str, Any]:
     """A fake run's results: random digits, a classifier right 90% of the time."""
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 10, size=N).astype(np.int64)
@@ -62,7 +63,7 @@ def inputs() -> dict:
 
 
 @pytest.fixture(scope="module")
-def files(inputs: dict) -> dict[str, bytes]:
+def files(inputs: dict[str, Any]) -> dict[str, bytes]:
     return report.build_report(**inputs)
 
 
@@ -84,7 +85,7 @@ def test_plots_are_valid_pngs_of_the_documented_size(files: dict[str, bytes], pa
     assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20
 
 
-def test_metrics_json_matches_the_inputs(files: dict[str, bytes], inputs: dict) -> None:
+def test_metrics_json_matches_the_inputs(files: dict[str, bytes], inputs: dict[str, Any]) -> None:
     metrics = json.loads(files[report.METRICS_FILE])
     labels, predicted = inputs["test_labels"], inputs["predicted_labels"]
     assert metrics["test_accuracy"] == pytest.approx(float(np.mean(labels == predicted)))
@@ -113,11 +114,11 @@ def test_summary_links_every_file_relatively(files: dict[str, bytes]) -> None:
     assert "distorted copies" in summary  # why the training loss sits above validation
 
 
-def test_report_is_reproducible(inputs: dict, files: dict[str, bytes]) -> None:
+def test_report_is_reproducible(inputs: dict[str, Any], files: dict[str, bytes]) -> None:
     assert report.build_report(**inputs) == files
 
 
-def test_without_validation_or_history_still_renders(inputs: dict) -> None:
+def test_without_validation_or_history_still_renders(inputs: dict[str, Any]) -> None:
     lbfgs = dict(inputs, history=[], card={"name": "mnist"})
     files = report.build_report(**lbfgs)
     assert (
@@ -126,7 +127,7 @@ def test_without_validation_or_history_still_renders(inputs: dict) -> None:
     assert json.loads(files[report.METRICS_FILE])["history"] == []
 
 
-def test_no_misclassified_digits(inputs: dict) -> None:
+def test_no_misclassified_digits(inputs: dict[str, Any]) -> None:
     labels = inputs["test_labels"]
     confusion = np.zeros((10, 10), dtype=np.int64)
     np.add.at(confusion, (labels, labels), 1)
@@ -137,13 +138,13 @@ def test_no_misclassified_digits(inputs: dict) -> None:
     assert metrics["test_accuracy"] == 1.0
 
 
-def test_nan_in_history_becomes_null(inputs: dict) -> None:
+def test_nan_in_history_becomes_null(inputs: dict[str, Any]) -> None:
     history = [{"epoch": 1, "train_loss": float("nan"), "val_loss": None, "val_accuracy": None}]
     files = report.build_report(**dict(inputs, history=history))
     assert json.loads(files[report.METRICS_FILE])["history"][0]["train_loss"] is None
 
 
-def test_rejects_mismatched_shapes(inputs: dict) -> None:
+def test_rejects_mismatched_shapes(inputs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="probabilities"):
         report.build_report(**dict(inputs, probabilities=inputs["probabilities"][:10]))
     with pytest.raises(ValueError, match="confusion"):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,13 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ONNX = b"not really onnx, the repository only stores bytes"
 
 
-def _publish(root: Path, payload: bytes = ONNX):
+def _publish(root: Path, payload: bytes = ONNX) -> Any:
     return ModelRepository(root).publish(
         payload, {"metrics": {"test_accuracy": 0.5}}, {"report/summary.md": b"# hi\n"}
     )
 
 
-def test_publish_writes_a_complete_version_and_the_triton_config(tmp_path):
+def test_publish_writes_a_complete_version_and_the_triton_config(tmp_path: Path) -> None:
     version = _publish(tmp_path)
     assert version.version == 1 and version.path == tmp_path / "mnist" / "1"
     onnx_bytes, card = version.read_verified()
@@ -35,7 +36,7 @@ def test_publish_writes_a_complete_version_and_the_triton_config(tmp_path):
     assert not [p for p in (tmp_path / "mnist").iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
-def test_publish_into_a_relative_root(tmp_path, monkeypatch):
+def test_publish_into_a_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """mnist-train's default --models-dir is the relative "models"."""
     monkeypatch.chdir(tmp_path)
     version = _publish(Path("models"))
@@ -44,7 +45,7 @@ def test_publish_into_a_relative_root(tmp_path, monkeypatch):
     assert ModelRepository("models").latest() == version
 
 
-def test_stale_staging_from_a_crash_is_cleaned_and_never_listed(tmp_path):
+def test_stale_staging_from_a_crash_is_cleaned_and_never_listed(tmp_path: Path) -> None:
     _publish(tmp_path)
     stale = tmp_path / "mnist" / f"{STAGING_PREFIX}crashed"
     stale.mkdir()
@@ -54,7 +55,7 @@ def test_stale_staging_from_a_crash_is_cleaned_and_never_listed(tmp_path):
     assert not stale.exists()
 
 
-def test_a_publish_that_fails_midway_leaves_nothing_visible(tmp_path):
+def test_a_publish_that_fails_midway_leaves_nothing_visible(tmp_path: Path) -> None:
     _publish(tmp_path)
     with pytest.raises(RepositoryError, match="outside the version"):
         ModelRepository(tmp_path).publish(ONNX, {}, {"../escape.txt": b"x"})
@@ -63,7 +64,7 @@ def test_a_publish_that_fails_midway_leaves_nothing_visible(tmp_path):
     assert not (tmp_path / "mnist" / "escape.txt").exists()
 
 
-def test_concurrent_publishers_in_separate_processes_get_distinct_numbers(tmp_path):
+def test_concurrent_publishers_in_separate_processes_get_distinct_numbers(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from service.model.repository import ModelRepository\n"
@@ -94,14 +95,14 @@ def test_concurrent_publishers_in_separate_processes_get_distinct_numbers(tmp_pa
         assert onnx_bytes.startswith(b"worker") and card["version"] == version.version
 
 
-def test_read_verified_rejects_a_changed_model_file(tmp_path):
+def test_read_verified_rejects_a_changed_model_file(tmp_path: Path) -> None:
     version = _publish(tmp_path)
     version.model_path.write_bytes(ONNX[:-1] + b"X")
     with pytest.raises(RepositoryError, match="sha256"):
         version.read_verified()
 
 
-def test_read_verified_rejects_a_wrong_size_or_version_in_the_card(tmp_path):
+def test_read_verified_rejects_a_wrong_size_or_version_in_the_card(tmp_path: Path) -> None:
     version = _publish(tmp_path)
     card = json.loads(version.card_path.read_text())
     version.card_path.write_text(json.dumps({**card, "size": 1}))
@@ -112,7 +113,7 @@ def test_read_verified_rejects_a_wrong_size_or_version_in_the_card(tmp_path):
         version.read_verified()
 
 
-def test_missing_or_unreadable_files_are_not_served(tmp_path):
+def test_missing_or_unreadable_files_are_not_served(tmp_path: Path) -> None:
     first = _publish(tmp_path)
     second = _publish(tmp_path)
     second.card_path.write_text("{not json")
@@ -125,7 +126,7 @@ def test_missing_or_unreadable_files_are_not_served(tmp_path):
         repository.get(1)
 
 
-def test_a_published_tiny_model_verifies(tiny_model_repo):
+def test_a_published_tiny_model_verifies(tiny_model_repo: Any) -> None:
     version = ModelRepository(tiny_model_repo).latest()
     assert version is not None
     _, card = version.read_verified()

@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -34,7 +35,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def published_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_data_dir: Path):
+def published_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_data_dir: Path) -> Any:
     """A 2 x 2 x 2 sweep run through main() with two loky workers and --publish-best."""
     out = tmp_path_factory.mktemp("sweep")
     models = tmp_path_factory.mktemp("models")
@@ -53,7 +54,7 @@ def published_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_data_dir: Pa
     return code, out, models
 
 
-def test_sweep_writes_the_table_runs_and_plot(published_sweep) -> None:
+def test_sweep_writes_the_table_runs_and_plot(published_sweep: Any) -> None:
     code, out, _ = published_sweep
     assert code == sweep.EXIT_OK
     runs = _rows(out / sweep.RUNS_CSV)
@@ -90,13 +91,13 @@ def test_sweep_writes_the_table_runs_and_plot(published_sweep) -> None:
         assert plot.size == (1000, 600)  # LOSS_FIGSIZE x DPI
 
 
-def test_runs_went_to_worker_processes(published_sweep) -> None:
+def test_runs_went_to_worker_processes(published_sweep: Any) -> None:
     _, out, _ = published_sweep
     pids = {r["worker"].rsplit(":", 1)[1] for r in _rows(out / sweep.RUNS_CSV)}
     assert str(os.getpid()) not in pids
 
 
-def test_publish_best_publishes_the_best_by_validation(published_sweep) -> None:
+def test_publish_best_publishes_the_best_by_validation(published_sweep: Any) -> None:
     _, out, models = published_sweep
     versions = ModelRepository(models).versions()
     assert [v.version for v in versions] == [1]
@@ -194,7 +195,7 @@ def test_impossible_value_is_a_configuration_error(
     assert "alpha" in capsys.readouterr().err
 
 
-def _result(activation: str, solver: str, seed: int, test: float, val: float | None):
+def _result(activation: str, solver: str, seed: int, test: float, val: float | None) -> Any:
     return sweep.RunResult(
         activation=activation, solver=solver, seed=seed, test_accuracy=test, log_loss=0.1,
         validation_accuracy=val, epochs=3, epoch_unit="epoch", train_seconds=1.0, seconds=2.0,
