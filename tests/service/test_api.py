@@ -267,3 +267,21 @@ def test_only_bodies_of_plain_numbers_take_the_vectorised_path(
     assert (batch is not None) is vectorised
     if batch is not None:
         np.testing.assert_allclose(batch[0], np.asarray(pixels, dtype=np.float32) / 255)
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 9, 40])
+def test_answers_for_a_few_images_and_for_many_are_the_same_numbers(count: int) -> None:
+    # a few images take a Python-float path, more take numpy's: both must print the same JSON
+    generator = np.random.default_rng(count)
+    probabilities = generator.random((count, 10)).astype(np.float32)
+    probabilities[0, :4] = np.float32([0.5e-6, 1.5e-6, 0.1234565, 0.9999995])  # half-way cases
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    labels = probabilities.argmax(axis=1)
+    images = np.zeros((count, 784), dtype=np.float32)
+    answers = predictions_json(labels, probabilities, images, api_module.PredictOptions())
+    rounded = np.round(probabilities.astype(np.float64), api_module.DECIMALS)
+    assert [a["probabilities"] for a in answers] == rounded.tolist()
+    assert [a["digit"] for a in answers] == labels.tolist()
+    assert [a["confidence"] for a in answers] == rounded[np.arange(count), labels].tolist()
+    ranked = predictions_json(labels, probabilities, images, api_module.PredictOptions(top_k=2))
+    assert [a["probabilities"] for a in ranked] == rounded.tolist()
