@@ -274,7 +274,7 @@ def test_answers_for_a_few_images_and_for_many_are_the_same_numbers(count: int) 
     # a few images take a Python-float path, more take numpy's: both must print the same JSON
     generator = np.random.default_rng(count)
     probabilities = generator.random((count, 10)).astype(np.float32)
-    probabilities[0, :4] = np.float32([0.5e-6, 1.5e-6, 0.1234565, 0.9999995])  # half-way cases
+    probabilities[0, :4] = np.array([0.5e-6, 1.5e-6, 0.1234565, 0.9999995], dtype=np.float32)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     labels = probabilities.argmax(axis=1)
     images = np.zeros((count, 784), dtype=np.float32)
