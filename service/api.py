@@ -37,7 +37,7 @@ from service.images import ImageLimits, encode_png_base64, preprocess_image
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
-from service.observability import metrics
+from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
 
 PREDICT_ROUTE = "/predict"
@@ -339,15 +339,20 @@ def request_body(req: InferenceRequest, config: ServiceConfig) -> bytes:
 
 
 def images_from_request(
-    req: InferenceRequest, config: ServiceConfig, limits: ImageLimits
+    req: InferenceRequest, config: ServiceConfig, limits: ImageLimits, body: bytes | None = None
 ) -> np.ndarray:
-    """The request's images as float32 [N, 784] in [0, 1], whatever form they came in."""
+    """The request's images as float32 [N, 784] in [0, 1], whatever form they came in.
+
+    ``body``: the body already read (request_body), for JSON and single-image requests.
+    """
     kind = req.mimetype
     budget = config.max_request_pixels
     if kind == JSON_TYPE:
-        return images_from_json(request_body(req, config), config.max_batch, limits, budget)
+        body = request_body(req, config) if body is None else body
+        return images_from_json(body, config.max_batch, limits, budget)
     if kind in IMAGE_TYPES:
-        return decode_images({0: request_body(req, config)}, limits, budget)[0][np.newaxis]
+        body = request_body(req, config) if body is None else body
+        return decode_images({0: body}, limits, budget)[0][np.newaxis]
     if kind == MULTIPART_TYPE:
         upload = upload_request(req, config)
         try:
@@ -400,7 +405,8 @@ def answer_images(
 ) -> bytes:
     """The JSON answer of /predict for ``images``; notes the batch size and model version."""
     facts.batch_size = len(images)
-    prediction = predictor.predict(images)
+    with tracing.step("inference"):
+        prediction = predictor.predict(images)
     facts.model_version = prediction.model_version
     answer = {
         "predictions": predictions_json(
@@ -480,10 +486,15 @@ class PredictEndpoint:
         query = request.query_string
         options = parse_options(request.query()) if query else PredictOptions()
         started = time.perf_counter()
-        images = images_from_request(request, self.config, self.limits)
+        body = None
+        if request.mimetype == JSON_TYPE or request.mimetype in IMAGE_TYPES:
+            with tracing.step("decode"):  # multipart bodies are read while they are parsed
+                body = request_body(request, self.config)
+        with tracing.step("preprocess"):
+            images = images_from_request(request, self.config, self.limits, body)
         metrics.observe_preprocessing(time.perf_counter() - started)
-        body = answer_images(self.predictor, images, options, request.facts)
-        return Answer(body, [("Content-Type", JSON_TYPE)])
+        answer = answer_images(self.predictor, images, options, request.facts)
+        return Answer(answer, [("Content-Type", JSON_TYPE)])
 
 
 class ExplainEndpoint:

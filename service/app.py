@@ -25,7 +25,7 @@ from service.dispatch import InferenceDispatcher, InferenceEndpoint
 from service.error_render import render_error
 from service.model.explain import Explainer
 from service.model.predictor import Predictor
-from service.observability import metrics, metrics_route
+from service.observability import metrics, metrics_route, tracing
 from service.observability.request_log import configure_logging
 from service.observability.wsgi import RequestObservability, facts_of
 from service.v2 import views as v2
@@ -36,13 +36,20 @@ log = logging.getLogger(__name__)
 PREDICTOR_KEY = "mnist.predictor"
 
 
-def create_app(config: ServiceConfig | None = None, predictor: Predictor | None = None) -> Flask:
+def create_app(
+    config: ServiceConfig | None = None,
+    predictor: Predictor | None = None,
+    request_tracing: tracing.RequestTracing | None = None,
+) -> Flask:
     """The service app; raises ModelUnavailable (and logs why) when no valid model can be served.
 
     ``config`` defaults to the environment's (ServiceConfig.from_env); ``predictor`` to a
-    Predictor of ``config`` with its model loaded.
+    Predictor of ``config`` with its model loaded; ``request_tracing`` to what the standard
+    OTEL_* variables ask for (none unless they do; service.observability.tracing).
     """
     config = config or ServiceConfig.from_env(os.environ)
+    if request_tracing is None:
+        request_tracing = tracing.configure(tracing.TracingConfig.from_env(os.environ))
     if predictor is None:
         predictor = Predictor(config)
         predictor.load()
@@ -60,7 +67,13 @@ def create_app(config: ServiceConfig | None = None, predictor: Predictor | None 
         v2.InferEndpoint(predictor, config),
     ]
     # a thread per worker, started after the fork: gunicorn loads the app in each worker
-    serve_with_layers(app, config, endpoints, lambda: predictor.start_watching(handle_sighup=False))
+    serve_with_layers(
+        app,
+        config,
+        endpoints,
+        lambda: predictor.start_watching(handle_sighup=False),
+        request_tracing,
+    )
     return app
 
 
@@ -69,6 +82,7 @@ def serve_with_layers(
     config: ServiceConfig,
     endpoints: Sequence[InferenceEndpoint],
     on_request: Callable[[], None] | None = None,
+    request_tracing: tracing.RequestTracing | None = None,
 ) -> None:
     """Put the service's layers around ``app``: the error renderer, the route note for the
     log line, the inference dispatcher for ``endpoints`` and the observability layer."""
@@ -96,7 +110,7 @@ def serve_with_layers(
         return Response(answer.body, status=answer.status, headers=answer.headers)
 
     dispatcher = InferenceDispatcher(app.wsgi_app, endpoints, on_request)
-    app.wsgi_app = RequestObservability(dispatcher)  # type: ignore[method-assign]
+    app.wsgi_app = RequestObservability(dispatcher, request_tracing)  # type: ignore[method-assign]
 
 
 def watch_models(app: object) -> bool:

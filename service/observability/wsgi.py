@@ -22,6 +22,7 @@ from service.observability.request_log import (
     log_request,
     request_id_from,
 )
+from service.observability.tracing import RequestTracing
 
 #: the environ key of the request's RequestFacts
 FACTS_KEY = "mnist.request"
@@ -62,13 +63,17 @@ class RequestObservability:
     app returns its body.
     """
 
-    def __init__(self, app: WsgiApp) -> None:
+    def __init__(self, app: WsgiApp, tracing: RequestTracing | None = None) -> None:
         self.app = app
+        self.tracing = tracing  # None: no spans (service.observability.tracing)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         facts = RequestFacts(request_id_from(environ.get(_REQUEST_ID_KEY)))
         environ[FACTS_KEY] = facts
+        tracing = self.tracing
+        if tracing is not None:
+            span, token = tracing.start(environ)
         statuses: list[str] = []
 
         def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -86,19 +91,22 @@ class RequestObservability:
         seconds = time.perf_counter() - started
         status = int(statuses[-1][:3]) if statuses else 500
         metrics.observe_request(facts.route, status, facts.model_version, seconds)
-        log_request(
-            line_fields(
-                request_id=facts.request_id,
-                method=environ.get("REQUEST_METHOD", ""),
-                route=facts.route,
-                path=environ.get("PATH_INFO", ""),
-                status=status,
-                latency_ms=seconds * 1000.0,
-                model_version=facts.model_version,
-                batch_size=facts.batch_size,
-                request_bytes=_content_length(environ),
-            )
+        method = environ.get("REQUEST_METHOD", "")
+        fields = line_fields(
+            request_id=facts.request_id,
+            method=method,
+            route=facts.route,
+            path=environ.get("PATH_INFO", ""),
+            status=status,
+            latency_ms=seconds * 1000.0,
+            model_version=facts.model_version,
+            batch_size=facts.batch_size,
+            request_bytes=_content_length(environ),
         )
+        if tracing is not None:
+            fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
+            tracing.finish(span, token, method, facts.route, status, facts.request_id)
+        log_request(fields)
         return body
 
 

@@ -27,6 +27,7 @@ from service.model.contract import (
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
 )
+from service.observability import tracing
 from service.observability.wsgi import RequestFacts
 from service.v2.binary import HEADER_LENGTH, decompress_body
 from service.v2.codec import encode_infer_response, parse_infer_request
@@ -96,11 +97,13 @@ class InferEndpoint:
         model, version = request.args["model"], request.args.get("version")
         resolve_model(self.predictor, model, version)
         limit = self.config.max_body_bytes
-        try:
-            raw = request.body(limit)
-        except RequestEntityTooLarge:
-            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes") from None
-        body = decompress_body(raw, request.header("Content-Encoding"), limit)
+        with tracing.step("decode"):
+            try:
+                raw = request.body(limit)
+            except RequestEntityTooLarge:
+                message = f"the request body is over the limit of {limit} bytes"
+                raise PayloadTooLarge(message) from None
+            body = decompress_body(raw, request.header("Content-Encoding"), limit)
         answer = answer_infer(
             self.predictor, model, version, body, request.header(HEADER_LENGTH),
             self.config.max_batch, request.facts,
@@ -217,9 +220,11 @@ def answer_infer(
 ) -> InferAnswer:
     """Answer an infer request whose body is already decompressed; a ServiceError otherwise."""
     resolve_model(serving, model, version)
-    request = parse_infer_request(body, header_length, max_batch)
+    with tracing.step("preprocess"):
+        request = parse_infer_request(body, header_length, max_batch)
     facts.batch_size = len(request.images)
-    prediction = serving.predict(request.images)
+    with tracing.step("inference"):
+        prediction = serving.predict(request.images)
     facts.model_version = prediction.model_version
     if version is not None and str(prediction.model_version) != version:
         # a hot reload swapped versions between the check and the prediction

@@ -1,0 +1,155 @@
+"""Tracing with the OpenTelemetry SDK's in-memory exporter: the spans of a request, their
+parents, the continued traceparent, the trace id in the log line; and off by default."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from service.app import create_app
+from service.observability import request_log, tracing
+from service.observability.tracing import TracingConfig
+from tests.service.conftest import MakePredictor
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    ("environ", "enabled"),
+    [
+        ({}, False),
+        ({"OTEL_SERVICE_NAME": "x"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, True),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:1"}, False),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:1"}, False),
+    ],
+)
+def test_tracing_is_off_unless_the_otel_variables_ask(
+    environ: dict[str, str], enabled: bool
+) -> None:
+    assert TracingConfig.from_env(environ).enabled is enabled
+
+
+def test_an_exporter_this_service_does_not_ship_is_refused() -> None:
+    with pytest.raises(ValueError, match="zipkin"):
+        TracingConfig.from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    spans = InMemorySpanExporter()
+    yield spans
+    tracing.configure(TracingConfig(enabled=False))
+
+
+@pytest.fixture
+def traced_client(
+    model_repo: Path, make_predictor: MakePredictor, exporter: InMemorySpanExporter
+) -> FlaskClient:
+    predictor = make_predictor()
+    predictor.load()
+    request_tracing = tracing.configure(TracingConfig(enabled=True), SimpleSpanProcessor(exporter))
+    return create_app(predictor.config, predictor, request_tracing).test_client()
+
+
+@pytest.fixture(scope="module")
+def digit(mnist_data_dir: Path) -> list[int]:
+    with gzip.open(mnist_data_dir / "t10k-images-idx3-ubyte.gz", "rb") as handle:
+        handle.read(16)
+        return np.frombuffer(handle.read(784), dtype=np.uint8).tolist()
+
+
+def _by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    named = {span.name: span for span in spans}
+    assert len(named) == len(spans), [span.name for span in spans]
+    return named
+
+
+V2_BODY = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "root_name"),
+    [("/predict", "POST /predict"), ("/v2/models/mnist/infer", "POST /v2/models/<model>/infer")],
+)
+def test_one_request_is_one_trace_with_its_steps(
+    traced_client: FlaskClient,
+    exporter: InMemorySpanExporter,
+    digit: list[int],
+    path: str,
+    root_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if path == "/predict":
+        body: dict[str, object] = {"images": [digit]}
+    else:
+        body = {"inputs": [{**V2_BODY["inputs"][0], "data": [p / 255 for p in digit]}]}
+    capsys.readouterr()
+    response = traced_client.post(path, json=body, headers={"traceparent": TRACEPARENT})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    spans = _by_name(exporter.get_finished_spans())
+    assert set(spans) == {root_name, "decode", "preprocess", "inference"}
+    root = spans[root_name]
+    assert root.kind == SpanKind.SERVER
+    assert format(root.context.trace_id, "032x") == TRACE_ID  # the caller's trace, continued
+    assert root.parent is not None and format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
+    for name in ("decode", "preprocess", "inference"):
+        assert spans[name].parent is not None
+        assert spans[name].parent.span_id == root.context.span_id, name
+        assert spans[name].context.trace_id == root.context.trace_id
+    assert spans["decode"].end_time <= spans["preprocess"].start_time
+    assert spans["preprocess"].end_time <= spans["inference"].start_time
+    assert root.attributes["http.response.status_code"] == 200
+    assert root.attributes["mnist.request_id"] == response.headers["X-Request-ID"]
+    [line] = [
+        json.loads(text)
+        for text in capsys.readouterr().err.splitlines()
+        if text.startswith("{") and json.loads(text).get("logger") == request_log.LOGGER_NAME
+    ]
+    assert line["trace_id"] == TRACE_ID
+
+
+def test_a_request_without_traceparent_starts_a_trace(
+    traced_client: FlaskClient, exporter: InMemorySpanExporter
+) -> None:
+    assert traced_client.get("/v2/health/ready").status_code == 200
+    [span] = exporter.get_finished_spans()
+    assert span.name == "GET /v2/health/ready" and span.parent is None
+
+
+def test_a_failing_request_is_an_error_span(
+    traced_client: FlaskClient, exporter: InMemorySpanExporter
+) -> None:
+    response = traced_client.post(
+        "/predict", data=b"{broken", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    spans = _by_name(exporter.get_finished_spans())
+    assert spans["POST /predict"].attributes["http.response.status_code"] == 400
+
+
+def test_off_by_default_no_span_and_no_trace_id(
+    model_repo: Path, make_predictor: MakePredictor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    predictor = make_predictor()
+    predictor.load()
+    app = create_app(predictor.config, predictor)  # the environment asks for nothing
+    assert app.wsgi_app.tracing is None  # type: ignore[attr-defined]
+    assert tracing.step("decode") is tracing.step("inference")  # one shared no-op
+    capsys.readouterr()
+    assert app.test_client().get("/v2/health/live").status_code == 200
+    lines = [json.loads(t) for t in capsys.readouterr().err.splitlines() if t.startswith("{")]
+    assert lines and all("trace_id" not in line for line in lines)
