@@ -114,7 +114,7 @@
     canvas.setPointerCapture(event.pointerId);
     drawing = true;
     lastPoint = canvasPoint(event);
-    strokeTo(lastPoint); // a tap leaves a dot
+    strokeTo(lastPoint); // a zero-length stroke: a tap alone draws nothing in Chromium
     schedulePrediction();
   });
 
