@@ -1,8 +1,9 @@
 """Request ids, and the service's logs: every line one JSON object, written by structlog.
 
 The id comes from the client's X-Request-ID header when it is a sane token, otherwise it is
-32 hex digits (a random per-process prefix and a counter); service.observability.wsgi echoes it in the X-Request-ID response header of
-every response, errors included, and writes one request line (never pixels or bodies).
+32 hex digits (a random per-process prefix and a counter); service.observability.wsgi echoes it
+in the X-Request-ID response header of every response, errors included, and writes one request
+line (never pixels or bodies).
 
 Logging is structlog in its documented fast setup (structlog.org, "Performance"): a filtering
 bound logger, cached on first use, orjson rendering to bytes, a BytesLogger writing each line
