@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.model.repository import ModelRepository
 from training import sweep
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 
 #: the smallest runs that still train: a few seconds each, most of it export and report
 TINY_FLAGS = [
@@ -204,26 +204,28 @@ def _result(activation: str, solver: str, seed: int, test: float, val: float | N
     )  # fmt: skip
 
 
-def test_summarise_orders_by_mean_and_measures_spread() -> None:
+def test_summarise_ranks_on_validation_and_measures_spread() -> None:
     results = [
         _result("relu", "adam", 0, 0.90, 0.91),
         _result("relu", "adam", 1, 0.94, 0.93),
         _result("tanh", "sgd", 0, 0.95, 0.90),
     ]
     rows = sweep.summarise(results)
-    assert [(r["activation"], r["solver"]) for r in rows] == [("tanh", "sgd"), ("relu", "adam")]
-    assert rows[1]["accuracy_mean"] == pytest.approx(0.92)
-    assert rows[1]["accuracy_std"] == pytest.approx(statistics.stdev([0.90, 0.94]))
-    assert rows[0]["accuracy_std"] == 0.0
+    # tanh/sgd has the better test accuracy, relu/adam the better validation accuracy
+    assert [(r["activation"], r["solver"]) for r in rows] == [("relu", "adam"), ("tanh", "sgd")]
+    assert rows[0]["val_accuracy_mean"] == pytest.approx(0.92)
+    assert rows[0]["accuracy_mean"] == pytest.approx(0.92)
+    assert rows[0]["accuracy_std"] == pytest.approx(statistics.stdev([0.90, 0.94]))
+    assert rows[1]["accuracy_std"] == 0.0
 
 
-def test_choose_best_prefers_validation_over_test() -> None:
+def test_choose_best_chooses_on_validation_never_on_test() -> None:
     results = [_result("relu", "adam", 0, 0.99, 0.90), _result("tanh", "adam", 0, 0.95, 0.97)]
     best, criterion = sweep.choose_best(results)
     assert (best.activation, criterion) == ("tanh", "validation accuracy")
     no_validation = [_result("relu", "adam", 0, 0.99, None), results[1]]
-    best, criterion = sweep.choose_best(no_validation)
-    assert (best.activation, criterion) == ("relu", "test accuracy")
+    with pytest.raises(ConfigError, match="--validation-fraction above 0"):
+        sweep.choose_best(no_validation)
 
 
 def test_plan_crosses_every_combination() -> None:
@@ -247,3 +249,14 @@ def test_loss_plot_marks_lbfgs_final_loss_and_survives_no_curves() -> None:
             assert image.size == (1000, 600)
     assert with_marker != empty
     assert json.dumps(sweep._run_rows([lbfgs]))  # plain data all the way down
+
+
+def test_publish_best_without_a_validation_split_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = sweep.main(
+        ["--publish-best", "--validation-fraction", "0", "--out", str(tmp_path / "out")]
+    )
+    assert code == 2
+    assert "--publish-best chooses on the validation split" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
