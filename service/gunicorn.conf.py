@@ -5,8 +5,10 @@ the worker reads REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT and MAX_BODY_BYTES i
 flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
 """
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from typing import Any
@@ -80,11 +82,13 @@ def _prepare_multiproc_dir() -> None:
 
 def on_starting(server: Any) -> None:
     """In the master, before any worker: the metrics folder and the connection balance table,
-    inherited at fork."""
+    inherited at fork; and the import child_exit needs, done now rather than while Ctrl-C waits
+    (it takes seconds on a busy host)."""
     from service.connection_balance import create_board
 
     _prepare_multiproc_dir()
     create_board(server.cfg.workers)
+    import service.observability.metrics  # noqa: F401
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -112,25 +116,36 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In each worker's main thread: start hot reload and its SIGHUP handler; report capacity."""
+    """In each worker's main thread: start hot reload and its SIGHUP handler; report capacity;
+    leave at once on SIGINT and SIGQUIT."""
     from service.app import watch_models
     from service.observability.metrics import set_capacity
 
     watch_models(worker.wsgi)
     set_capacity(worker.cfg.threads)
+    signal.signal(signal.SIGINT, _leave_now)
+    signal.signal(signal.SIGQUIT, _leave_now)
+
+
+def _leave_now(signum: int, frame: Any) -> None:
+    """A worker's quick shutdown (Ctrl-C, or the master's SIGQUIT): exit now, nothing to finish.
+
+    gunicorn's gthread handler first calls ThreadPoolExecutor.shutdown(), which takes the pool's
+    lock; when the signal lands while the main thread is inside submit() (holding that lock) the
+    handler waits for itself, the worker hangs until graceful_timeout and the master SIGKILLs it,
+    logging "Perhaps out of memory?". This handler takes no lock.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        # a flush from a handler that interrupted a write raises "reentrant call": never let an
+        # exception out of here, it would land in the interrupted code and the worker live on
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            stream.flush()
+    os._exit(0)
 
 
 def worker_int(worker: Any) -> None:
-    """In a worker, on SIGINT or SIGQUIT (Ctrl-C, the master's quick shutdown): leave at once.
-
-    gunicorn's own handler sleeps 0.1 s and then sys.exit()s, which waits for every thread; with
-    Ctrl-C both the terminal's SIGINT and the master's SIGQUIT arrive, and a thread still busy
-    kept the worker alive until graceful_timeout, when the master SIGKILLed it and logged
-    "Perhaps out of memory?". A quick shutdown has nothing to finish: exit now.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    """gunicorn's hook for a worker's SIGINT/SIGQUIT, in case its own handler runs: exit now."""
+    _leave_now(signal.SIGQUIT, None)
 
 
 def child_exit(server: Any, worker: Any) -> None:

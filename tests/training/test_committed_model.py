@@ -65,3 +65,21 @@ def test_selftest_matches_its_card_entry_and_the_model(version: Any) -> None:
     labels, probabilities = run_onnx(onnx_bytes, scale_pixels(images))
     assert labels.tolist() == selftest["expected_labels"]
     np.testing.assert_allclose(probabilities, selftest["expected_probabilities"], atol=1e-5)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"v{v.version}")
+def test_the_card_reads_as_the_typed_card_serving_uses(version):
+    from service.model.contract import ModelCard
+
+    card = ModelCard.from_json(version.read_card())
+    assert card.version == version.version and card.metrics.test_count == 10_000
+
+
+def test_the_readme_quotes_the_committed_models_accuracy():
+    from ..conftest import REPO_ROOT
+
+    latest = VERSIONS[-1]
+    accuracy = latest.read_card()["metrics"]["test_accuracy"]
+    intro = (REPO_ROOT / "README.md").read_text().split("## The two commands")[0]
+    assert f"models/mnist/{latest.version}" in intro
+    assert f"**{accuracy * 100:.2f} %**" in intro
