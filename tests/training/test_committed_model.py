@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.model.contract import INPUT_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES, SELFTEST_FILE
-from service.model.repository import ModelRepository
+from service.model.repository import ModelRepository, ModelVersion
 from training.data import scale_pixels
 from training.verify import run_onnx
 
@@ -68,14 +68,14 @@ def test_selftest_matches_its_card_entry_and_the_model(version: Any) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"v{v.version}")
-def test_the_card_reads_as_the_typed_card_serving_uses(version):
+def test_the_card_reads_as_the_typed_card_serving_uses(version: ModelVersion) -> None:
     from service.model.contract import ModelCard
 
     card = ModelCard.from_json(version.read_card())
     assert card.version == version.version and card.metrics.test_count == 10_000
 
 
-def test_the_readme_quotes_the_committed_models_accuracy():
+def test_the_readme_quotes_the_committed_models_accuracy() -> None:
     from ..conftest import REPO_ROOT
 
     latest = VERSIONS[-1]

@@ -260,7 +260,7 @@ def test_the_augmentation_strengths_are_settings() -> None:
         _config(["--elastic-sigma", "0"])  # range > 0
 
 
-def test_the_default_recipe_reads_and_keeps_todays_serving_cost():
+def test_the_default_recipe_reads_and_keeps_todays_serving_cost() -> None:
     recipe = Path(__file__).resolve().parents[2] / "training" / "recipes" / "default.toml"
     config = _config(["--config", str(recipe)])
     # the serving cost per image is the weights' size: the same 784-256-10 shape as today
