@@ -407,9 +407,9 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``mnist-train sweep``: the sweep's own flags plus every single-run flag."""
-    from training.cli import add_train_arguments
+    from training.cli import OneLineParser, add_train_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mnist-train sweep",
         description="Train every activation x solver x seed combination in parallel and compare "
         "them: results.csv/.md, runs.csv and loss_curves.png in --out. Publishes nothing unless "

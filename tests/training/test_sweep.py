@@ -191,8 +191,11 @@ def test_bad_flags_fail_before_training(
 def test_impossible_value_is_a_configuration_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert sweep.main(["--alpha", "-1", "--out", str(tmp_path)]) == sweep.EXIT_USAGE
-    assert "alpha" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:  # argparse checks the range, as mnist-train does
+        sweep.main(["--alpha", "-1", "--out", str(tmp_path)])
+    assert caught.value.code == sweep.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--alpha: -1.0 is out of range >= 0" in err
 
 
 def _result(activation: str, solver: str, seed: int, test: float, val: float | None) -> Any:
