@@ -23,6 +23,7 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request
 
 from service import json_arrays
+from service.access import require_api_token
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
 from service.dispatch import Answer, InferenceRequest
 from service.errors import (
@@ -483,6 +484,7 @@ class PredictEndpoint:
 
     def answer(self, request: InferenceRequest) -> Answer:
         """The predictions for the request's images; a ServiceError says what was wrong."""
+        require_api_token(request.header("Authorization"), self.config.api_tokens)
         query = request.query_string
         options = parse_options(request.query()) if query else PredictOptions()
         started = time.perf_counter()

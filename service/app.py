@@ -12,6 +12,7 @@ points (gunicorn.conf.py, serve.py) import this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -23,11 +24,13 @@ from service import api, openapi, page
 from service.config import ServiceConfig
 from service.dispatch import InferenceDispatcher, InferenceEndpoint
 from service.error_render import render_error
+from service.errors import ModelUnavailable
 from service.model.explain import Explainer
 from service.model.predictor import Predictor
 from service.observability import metrics, metrics_route, tracing
 from service.observability.request_log import configure_logging
 from service.observability.wsgi import RequestObservability, facts_of
+from service.v2 import model_repository
 from service.v2 import views as v2
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ def create_app(
     predictor: Predictor | None = None,
     request_tracing: tracing.RequestTracing | None = None,
 ) -> Flask:
-    """The service app; raises ModelUnavailable (and logs why) when no valid model can be served.
+    """The service app. With no valid model yet it still starts: live, not ready, and its watcher
+    keeps converging on the repository (logging why nothing serves).
 
     ``config`` defaults to the environment's (ServiceConfig.from_env); ``predictor`` to a
     Predictor of ``config`` with its model loaded; ``request_tracing`` to what the standard
@@ -52,12 +56,14 @@ def create_app(
         request_tracing = tracing.configure(tracing.TracingConfig.from_env(os.environ))
     if predictor is None:
         predictor = Predictor(config)
-        predictor.load()
+        with contextlib.suppress(ModelUnavailable):
+            predictor.load()  # on failure the watcher logged why and keeps converging
     app = Flask(__name__, static_folder=None)  # the page blueprint serves its own files
     app.extensions[PREDICTOR_KEY] = predictor
     explainer = Explainer(lambda: predictor.loaded)  # the served MLP's weights, once per version
     app.register_blueprint(api.create_blueprint(predictor, config, explainer))
     app.register_blueprint(v2.create_blueprint(predictor, config))
+    app.register_blueprint(model_repository.create_blueprint(predictor, config))
     app.register_blueprint(page.create_blueprint())
     app.register_blueprint(openapi.create_blueprint(config))
     app.register_blueprint(metrics_route.create_blueprint())

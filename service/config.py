@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +19,8 @@ DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 #: all images of one request together: about a second of PNG decoding on this machine
 DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
+#: the largest sensible MLP here, 784-1024-1024-10 in float32, is 7.5 MB of ONNX; a few MB above
+DEFAULT_MAX_MODEL_BYTES = 12 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -38,6 +40,13 @@ class ServiceConfig:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    #: the bearer token of the admin routes (promote, rollback, trials, repository); None: off
+    admin_token: str | None = field(default=None, repr=False)
+    #: bearer tokens accepted on the inference routes; empty: inference is open
+    api_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    #: the MNIST IDX files for the promote gate over HTTP (MNIST_DATA_DIR); None: the cards' figures
+    mnist_data_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.model_version is not None and self.model_version < 1:
@@ -58,6 +67,7 @@ class ServiceConfig:
             ("MAX_IMAGE_BYTES", self.max_image_bytes),
             ("MAX_IMAGE_PIXELS", self.max_image_pixels),
             ("MAX_REQUEST_PIXELS", self.max_request_pixels),
+            ("MAX_MODEL_BYTES", self.max_model_bytes),
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value}")
@@ -85,6 +95,16 @@ class ServiceConfig:
             max_request_pixels=_read(
                 environ, "MAX_REQUEST_PIXELS", _positive_int, defaults.max_request_pixels
             ),
+            max_model_bytes=_read(
+                environ, "MAX_MODEL_BYTES", _positive_int, defaults.max_model_bytes
+            ),
+            admin_token=environ.get("ADMIN_TOKEN", "").strip() or None,
+            api_tokens=frozenset(
+                token.strip() for token in environ.get("API_TOKENS", "").split(",") if token.strip()
+            ),
+            mnist_data_dir=Path(environ["MNIST_DATA_DIR"])
+            if environ.get("MNIST_DATA_DIR")
+            else None,
         )
 
 

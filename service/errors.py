@@ -78,3 +78,20 @@ class ModelUnavailable(ServiceError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "model_unavailable"
+
+
+class Unauthorized(ServiceError):
+    """A route that needs a bearer token got none, or a wrong one."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=[("WWW-Authenticate", 'Bearer realm="mnist-service"')])
+
+
+class Forbidden(ServiceError):
+    """A route that is switched off by configuration (the message says how to switch it on)."""
+
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden"

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.model.repository import ModelRepository, ServingState
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMITTED_MODELS = REPO_ROOT / "models"
+#: the committed model's version in models/mnist; it is `stable` in the committed labels.json
+COMMITTED_VERSION = 1
+
+
+def _copy_of_committed_models() -> Path:
+    """A temporary repository holding only the committed model, as `stable`.
+
+    Tests never read the developer's models/: versions trained, promoted or pruned there (the
+    README's training commands publish into it) must not change what the tests serve.
+    """
+    root = Path(tempfile.mkdtemp(prefix="mnist-committed-models-"))
+    atexit.register(shutil.rmtree, root, True)
+    source = REPO_ROOT / "models" / "mnist" / str(COMMITTED_VERSION)
+    shutil.copytree(source, root / "mnist" / str(COMMITTED_VERSION))
+    with ModelRepository(root).changing_state() as change:
+        change.state = ServingState(stable=COMMITTED_VERSION)
+    return root
+
+
+#: a session-long temporary copy of the committed model repository (read-only for tests)
+COMMITTED_MODELS = _copy_of_committed_models()
 
 
 def _mnist_data_dir() -> Path:

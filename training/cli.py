@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         + ".",
     )
     add_train_arguments(parser)
+    parser.add_argument(
+        "--promote",
+        action="store_true",
+        help="after publishing, promote the new version to stable if it passes the promote gate "
+        "(mnist-models promote); without it the version is a candidate that nothing serves",
+    )
     return parser
 
 
@@ -204,4 +210,4 @@ def _main(args_list: list[str]) -> int:
     except ConfigError as exc:
         print(f"mnist-train: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return run(config, invocation=args_list)
+    return run(config, promote=bool(getattr(args, "promote", False)), invocation=args_list)

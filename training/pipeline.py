@@ -15,6 +15,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ EXIT_WRITE = 6  # the model repository cannot be written (permissions, disk full
 EXIT_BUG = 1  # an unexpected error: a bug to report (one line, the traceback only on request)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): nothing published
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM): nothing published
+EXIT_NOT_PROMOTED = 7  # --promote: published as a candidate, but the promote gate refused it
 
 #: every exit code mnist-train documents, with what it means
 EXIT_CODES: dict[int, str] = {
@@ -59,6 +61,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_WRITE: "the model repository cannot be written",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
+    EXIT_NOT_PROMOTED: "--promote refused by the promote gate: published as a candidate",
 }
 
 
@@ -264,16 +267,30 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def promote_version(
+    version: ModelVersion, models_dir: Path | str, data_dir: Path | None
+) -> subprocess.CompletedProcess[str]:
+    """``mnist-models promote N``: the service's own gate decides (validation, self-test, test
+    accuracy against stable); training does not import the serving code, it runs the command."""
+    command = [sys.executable, "-m", "service.model.cli", "--models-dir", str(models_dir)]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    command += ["promote", str(version.version)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 def run(
     config: TrainConfig,
     *,
+    promote: bool = False,
     invocation: list[str] | None = None,
     reporter: Reporter | None = None,
     data: MnistData | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """The whole diagram for the CLI: load, train, gate, publish; returns the exit code.
+    """The whole diagram for the CLI: load, train, gate, publish (a candidate, served by nobody),
+    then with ``promote`` the promote gate (mnist-models promote); returns the exit code.
 
     Every ending is one line on ``err`` and an exit code of ``EXIT_CODES``; with ``--progress
     json`` stdout ends with one ``{"event": "end", ...}`` record (version, path, test accuracy,
@@ -323,12 +340,29 @@ def run(
     if code == EXIT_OK and trained is not None and version is not None:
         card = trained.card
         message = (
-            f"published {version.path} (version {version.version}): test accuracy "
+            f"published {version.path} (version {version.version}, a candidate): test accuracy "
             f"{card.metrics.test_accuracy:.4f}, {card.metrics.epochs} {card.metrics.epoch_unit}s, "
             f"trained in {card.metrics.train_seconds:.1f}s, whole run {trained.seconds:.1f}s"
         )
         # in JSON mode stdout carries only the JSON records
-        print(message, file=err if config.progress == "json" else out, flush=True)
+        say = err if config.progress == "json" else out
+        print(message, file=say, flush=True)
+        if not promote:
+            print(
+                f"not served until promoted: mnist-models --models-dir {config.models_dir} "
+                f"promote {version.version}",
+                file=say,
+                flush=True,
+            )
+        else:
+            decision = promote_version(version, config.models_dir, config.data_dir)
+            if decision.returncode == 0:
+                print(decision.stdout.strip(), file=say, flush=True)
+            else:
+                why = decision.stderr.strip() or decision.stdout.strip()
+                code = EXIT_NOT_PROMOTED
+                message = f"version {version.version} stays a candidate: {why}"
+                print(f"mnist-train: {message}", file=err, flush=True)
     else:
         print(f"mnist-train: {message}", file=err, flush=True)
     if config.progress == "json":

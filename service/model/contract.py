@@ -12,7 +12,7 @@ import functools
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 SELFTEST_FILE = "selftest.json"
 TRITON_CONFIG_FILE = "config.pbtxt"
+#: our labels beside config.pbtxt: which loaded version is ``stable``, and a canary or shadow
+LABELS_FILE = "labels.json"
 
 #: largest batch the service accepts in one request, also written as Triton's max_batch_size
 MAX_BATCH_SIZE = 1024
@@ -50,8 +52,29 @@ def output_contract() -> list[dict[str, Any]]:
     return [output.to_json() for output in OUTPUTS]
 
 
-def triton_config(name: str = MODEL_NAME, max_batch_size: int = MAX_BATCH_SIZE) -> str:
-    """Triton's config.pbtxt for the model, so the same folder can be served by Triton."""
+def triton_version_policy(versions: Sequence[int] | None) -> str:
+    """Triton's ``version_policy`` text: ``specific`` for the listed versions, else ``latest 1``.
+
+    Triton loads exactly the listed versions (model_config.proto, ModelVersionPolicy); an empty
+    or absent list means "the highest version", as Triton's default does.
+    """
+    if not versions:
+        return "version_policy: { latest: { num_versions: 1 } }"
+    listed = ", ".join(str(v) for v in sorted(set(versions)))
+    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+
+
+def triton_config(
+    name: str = MODEL_NAME,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    versions: Sequence[int] | None = None,
+) -> str:
+    """Triton's config.pbtxt for the model, so the same folder can be served by Triton.
+
+    ``label`` is one int64 per image: Triton refuses an output without dims (ValidateIOShape in
+    triton-inference-server/core), so it is written ``dims: [ 1 ]`` reshaped to ``[ ]``, which
+    Triton accepts for a batching model. ``versions`` become the ``version_policy``.
+    """
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
@@ -66,7 +89,7 @@ output [
   {{
     name: "{OUTPUT_LABEL}"
     data_type: TYPE_INT64
-    dims: [ ]
+    dims: [ 1 ]
     reshape: {{ shape: [ ] }}
   }},
   {{
@@ -75,7 +98,7 @@ output [
     dims: [ {N_CLASSES} ]
   }}
 ]
-version_policy: {{ latest {{ num_versions: 1 }} }}
+{triton_version_policy(versions)}
 """
 
 

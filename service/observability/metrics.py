@@ -98,6 +98,10 @@ class ServiceMetrics:
     reloads: Counter
     in_flight: Gauge
     capacity: Gauge
+    inferences: Counter
+    comparisons: Counter
+    disagreements: Counter
+    trial_dropped: Counter
     info_labels: tuple[str, str, str] | None = field(default=None)
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -204,6 +208,35 @@ class ServiceMetrics:
                 multiprocess_mode="livesum",
                 registry=registry,
             ),
+            inferences=Counter(
+                "inferences",
+                "Images run by each model version, by role: answer, or trial (a shadow run, or "
+                "the stable version re-running a canary's answer).",
+                ["version", "role"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            comparisons=Counter(
+                "trial_comparisons",
+                "Images run by both the stable and the trial version, by whether they agreed.",
+                ["mode", "stable_version", "trial_version", "outcome"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            disagreements=Counter(
+                "trial_disagreements",
+                "Images on which the stable and the trial version disagree, by both digits.",
+                ["mode", "stable_version", "trial_version", "stable_digit", "trial_digit"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            trial_dropped=Counter(
+                "trial_dropped",
+                "Comparisons dropped because the trial queue was full (the answers were sent).",
+                ["mode"],
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
         )
 
 
@@ -295,6 +328,7 @@ def observe_inference(
     metrics = service_metrics()
     version = str(model_version)
     metrics.child(metrics.inference_latency, version).observe(seconds)
+    metrics.child(metrics.inferences, version, "answer").inc(batch_size)
     metrics.batch_size.observe(batch_size)
     flat = np.asarray(labels, dtype=np.int64).ravel()
     if flat.size == 1:  # the common case, without a bincount
@@ -304,6 +338,66 @@ def observe_inference(
     for digit, count in enumerate(counts.tolist()):
         if count:
             metrics.child(metrics.predictions, str(digit), version).inc(count)
+
+
+@never_fails
+def observe_trial_inference(seconds: float, batch_size: int, model_version: int) -> None:
+    """Record one onnxruntime run done for a trial comparison (not an answer)."""
+    metrics = service_metrics()
+    version = str(model_version)
+    metrics.child(metrics.inference_latency, version).observe(seconds)
+    metrics.child(metrics.inferences, version, "trial").inc(batch_size)
+
+
+@never_fails
+def observe_comparison(
+    mode: str,
+    stable_version: int,
+    trial_version: int,
+    stable_labels: np.ndarray,
+    trial_labels: np.ndarray,
+) -> None:
+    """Count agreements and each (stable digit, trial digit) disagreement of a trial."""
+    metrics = service_metrics()
+    stable, trial = str(stable_version), str(trial_version)
+    differ = stable_labels != trial_labels
+    disagreed = int(np.count_nonzero(differ))
+    agreed = len(stable_labels) - disagreed
+    if agreed:
+        metrics.child(metrics.comparisons, mode, stable, trial, "agree").inc(agreed)
+    if disagreed:
+        metrics.child(metrics.comparisons, mode, stable, trial, "disagree").inc(disagreed)
+        pairs = np.stack([stable_labels[differ], trial_labels[differ]], axis=1).tolist()
+        for (a, b), count in zip(*np.unique(pairs, axis=0, return_counts=True), strict=True):
+            metrics.child(metrics.disagreements, mode, stable, trial, str(a), str(b)).inc(
+                int(count)
+            )
+
+
+@never_fails
+def count_trial_dropped(mode: str, count: int) -> None:
+    """Count comparisons dropped because the trial queue was full."""
+    service_metrics().trial_dropped.labels(mode).inc(count)
+
+
+def collect_samples() -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample of every worker by sample name, as /metrics would show them (for JSON views
+    such as the statistics extension); empty when the metrics folder cannot be read."""
+    metrics = service_metrics()
+    path = multiprocess_dir()
+    registry = CollectorRegistry()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    try:
+        if path is None or not getattr(values.ValueClass, "_multiprocess", False):
+            registry.register(_RegistryCollector(metrics.registry))
+        else:
+            multiprocess.MultiProcessCollector(registry, path=path)
+        for family in registry.collect():
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    except Exception as exc:  # an unreadable folder: no figures rather than a failed request
+        write_failures.record(exc)
+    return samples
 
 
 @never_fails

@@ -9,6 +9,7 @@ blueprint. Errors are rendered by service.error_render in the protocol's shape,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ import numpy as np
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import draining
+from service.access import require_api_token
 from service.dispatch import Answer, InferenceRequest
 from service.errors import MethodNotAllowed, ModelUnavailable, NotFound, PayloadTooLarge
 from service.model.contract import (
@@ -27,16 +29,29 @@ from service.model.contract import (
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
 )
-from service.observability import tracing
+from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
 from service.v2.binary import HEADER_LENGTH, decompress_body
 from service.v2.codec import encode_infer_response, parse_infer_request
+from service.v2.statistics import model_statistics
 
 SERVER_NAME = "mnist-service"
 PLATFORM = "onnxruntime_onnx"
 V2_INFER_ROUTE = "/v2/models/<model>/infer"
 V2_INFER_VERSION_ROUTE = "/v2/models/<model>/versions/<version>/infer"
-EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+)
+
+
+class CardLike(Protocol):
+    """What V2 reads of a model card (service.model.contract.ModelCard)."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class LoadedModelLike(Protocol):
@@ -46,6 +61,8 @@ class LoadedModelLike(Protocol):
     def name(self) -> str: ...
     @property
     def version(self) -> int: ...
+    @property
+    def card(self) -> CardLike: ...
 
 
 class PredictionLike(Protocol):
@@ -68,14 +85,20 @@ class LimitsLike(Protocol):
     def max_batch(self) -> int: ...
     @property
     def max_body_bytes(self) -> int: ...
+    @property
+    def api_tokens(self) -> frozenset[str]: ...
 
 
 class PredictorLike(Protocol):
     """The slice of service.model.predictor.Predictor that V2 uses."""
 
     @property
+    def name(self) -> str: ...
+    @property
     def loaded(self) -> LoadedModelLike: ...
-    def predict(self, images: np.ndarray) -> PredictionLike: ...
+    def model(self, version: int | None = None) -> LoadedModelLike: ...
+    def loaded_versions(self) -> list[int]: ...
+    def predict(self, images: np.ndarray, version: int | None = None) -> PredictionLike: ...
 
 
 class InferEndpoint:
@@ -94,6 +117,7 @@ class InferEndpoint:
 
     def answer(self, request: InferenceRequest) -> Answer:
         """The inference response; a ServiceError says what was wrong with the request."""
+        require_api_token(request.header("Authorization"), self.config.api_tokens)
         model, version = request.args["model"], request.args.get("version")
         resolve_model(self.predictor, model, version)
         limit = self.config.max_body_bytes
@@ -146,9 +170,10 @@ def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blue
     @blueprint.get("/models/<model>/versions/<version>")
     def model_metadata(model: str, version: str | None = None) -> Any:
         loaded = resolve(model, version)
+        versions = [loaded.version] if version is not None else predictor.loaded_versions()
         return {
             "name": loaded.name,
-            "versions": [str(loaded.version)],
+            "versions": [str(v) for v in versions],
             "platform": PLATFORM,
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, N_PIXELS]}],
             "outputs": [
@@ -170,7 +195,31 @@ def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blue
     @blueprint.get("/models/<model>/versions/<version>/config")
     def model_config(model: str, version: str | None = None) -> Any:
         loaded = resolve(model, version)
-        return triton_model_config(loaded.name, config.max_batch)
+        return triton_model_config(loaded.name, config.max_batch, predictor.loaded_versions())
+
+    @blueprint.get("/models/<model>/stats")
+    @blueprint.get("/models/<model>/versions/<version>/stats")
+    def model_stats(model: str, version: str | None = None) -> Any:
+        if model != predictor.name:
+            raise NotFound(f"unknown model {model!r}: this server serves {predictor.name!r}")
+        samples = metrics.collect_samples()
+        number = version_number(model, version)
+        seen = {
+            int(labels["version"])
+            for labels, _ in samples.get("mnist_inferences_total", [])
+            if labels.get("version", "").isdigit()
+        }
+        if number is None:
+            versions = sorted(seen | set(predictor.loaded_versions()))
+        elif number in seen or number in predictor.loaded_versions():
+            versions = [number]
+        else:
+            raise NotFound(f"model {model!r} version {number} is not loaded and has no figures")
+        return model_statistics(model, versions, samples)
+
+    @blueprint.get("/models/<model>/versions/<version>/card")
+    def model_card(model: str, version: str) -> Any:
+        return flask.jsonify(resolve(model, version).card.to_json())
 
     @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def unknown_route(rest: str) -> Any:
@@ -183,17 +232,20 @@ def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blue
     return blueprint
 
 
+def version_number(model: str, version: str | None) -> int | None:
+    """The version of a URL as a number (None: unversioned); NotFound when it is not one."""
+    if version is None:
+        return None
+    if not (version.isascii() and version.isdigit() and len(version) < 10 and int(version) > 0):
+        raise NotFound(f"model {model!r} has no version {version!r}: versions are 1, 2, ...")
+    return int(version)
+
+
 def resolve_model(serving: PredictorLike, model: str, version: str | None) -> LoadedModelLike:
-    """The loaded model when it is the one named in the URL; NotFound otherwise."""
-    loaded = serving.loaded
-    if model != loaded.name:
-        raise NotFound(f"unknown model {model!r}: this server serves {loaded.name!r}")
-    if version is not None and version != str(loaded.version):
-        raise NotFound(
-            f"model {model!r} has no version {version!r} loaded; version "
-            f"{loaded.version} is serving"
-        )
-    return loaded
+    """The stable model, or the loaded version named in the URL; NotFound otherwise."""
+    if model != serving.name:
+        raise NotFound(f"unknown model {model!r}: this server serves {serving.name!r}")
+    return serving.model(version_number(model, version))
 
 
 @dataclass(frozen=True)
@@ -223,11 +275,11 @@ def answer_infer(
     with tracing.step("preprocess"):
         request = parse_infer_request(body, header_length, max_batch)
     facts.batch_size = len(request.images)
+    number = version_number(model, version)
     with tracing.step("inference"):
-        prediction = serving.predict(request.images)
+        prediction = serving.predict(request.images, number)
     facts.model_version = prediction.model_version
-    if version is not None and str(prediction.model_version) != version:
-        # a hot reload swapped versions between the check and the prediction
+    if number is not None and prediction.model_version != number:
         raise NotFound(f"model {model!r} version {version} was replaced while answering")
     payload, binary_header_length = encode_infer_response(
         request,
@@ -253,8 +305,12 @@ def _methods_routed_elsewhere(path: str) -> list[str]:
     return allowed
 
 
-def triton_model_config(name: str, max_batch: int) -> dict[str, Any]:
-    """Triton's model configuration as JSON, the same model that contract.triton_config() writes."""
+def triton_model_config(name: str, max_batch: int, versions: Sequence[int] = ()) -> dict[str, Any]:
+    """Triton's model configuration as JSON, the same model that contract.triton_config() writes;
+    ``versions`` (the loaded ones) are its specific version policy (latest 1 without them)."""
+    policy: dict[str, Any] = (
+        {"specific": {"versions": list(versions)}} if versions else {"latest": {"num_versions": 1}}
+    )
     return {
         "name": name,
         "platform": PLATFORM,
@@ -272,7 +328,7 @@ def triton_model_config(name: str, max_batch: int) -> dict[str, Any]:
             {
                 "name": OUTPUT_LABEL,
                 "data_type": "TYPE_INT64",
-                "dims": [],
+                "dims": [1],  # Triton refuses an output without dims; [1] reshaped to a scalar
                 "reshape": {"shape": []},
                 "label_filename": "",
             },
@@ -283,7 +339,7 @@ def triton_model_config(name: str, max_batch: int) -> dict[str, Any]:
                 "label_filename": "",
             },
         ],
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": policy,
     }
 
 

@@ -1,4 +1,5 @@
-"""End to end: mnist-train publishes, gunicorn serves it, HTTP predicts; a retrain is picked up."""
+"""End to end: mnist-train publishes, gunicorn serves it, HTTP predicts; a retrain is a candidate
+until `--promote` passes the gate, then every worker picks it up."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def train(models_dir: Path, data_dir: Path, *flags: str) -> subprocess.Completed
     )
 
 
-def test_train_publish_serve_predict_then_retrain_is_served(
+def test_train_publish_serve_predict_then_a_promoted_retrain_is_served(
     tmp_path: Path, mnist_data_dir: Path, mnist_data: Any, gunicorn_server: Any
 ) -> None:
     first = train(tmp_path, mnist_data_dir, "--activation", "relu", "--solver", "adam")
@@ -73,6 +74,15 @@ def test_train_publish_serve_predict_then_retrain_is_served(
     second = train(tmp_path, mnist_data_dir, "--activation", "tanh", "--solver", "adam")
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "mnist" / "2" / "card.json").is_file()
+    assert "not served until promoted" in second.stdout
+    time.sleep(2)  # four polls: a candidate changes nothing
+    for _ in range(4):
+        answer = requests.post(server.url + "/predict", json={"images": [images[0].tolist()]})
+        assert answer.json()["model"]["version"] == 1
+    # more epochs on the same data: at least as accurate, so the promote gate lets it through
+    third = train(tmp_path, mnist_data_dir, "--activation", "relu", "--epochs", "8", "--promote")
+    assert third.returncode == 0, third.stderr
+    assert "promoted version 3 to stable" in third.stdout
     deadline = time.monotonic() + 10
     versions: set[int] = set()
     while time.monotonic() < deadline:
@@ -86,7 +96,7 @@ def test_train_publish_serve_predict_then_retrain_is_served(
             )
             assert answer.status_code == 200
             versions.add(answer.json()["model"]["version"])
-        if versions == {2}:
+        if versions == {3}:
             break
         time.sleep(0.2)
-    assert versions == {2}
+    assert versions == {3}

@@ -20,7 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.model.repository import ModelRepository, sha256_bytes
 from tests.integration.conftest import RunningServer
-from tests.service.conftest import committed_parts, publish_copy, renamed_input_model
+from tests.service.conftest import (
+    committed_parts,
+    publish_copy,
+    renamed_input_model,
+    set_state,
+)
 
 WORKERS = 2
 LOAD_THREADS = 3
@@ -152,8 +157,11 @@ def test_publishing_under_load_switches_every_worker_and_corrupt_versions_change
     assert wait_until(lambda: len(load.since(0)) >= 20, 10), "the load never got going"
     assert {a.version for a in load.since(0)} == {1}
 
-    published_at = time.monotonic()
     publish_copy(tmp_path)
+    time.sleep(4 * float(POLL_SECONDS))
+    assert {a.version for a in load.since(0)} == {1}  # published: a candidate, served by nobody
+    published_at = time.monotonic()
+    set_state(tmp_path, stable=2, history=(1,))  # promoted
     assert wait_until(lambda: worker_versions(server) == [2.0] * WORKERS, SWITCH_DEADLINE), (
         f"workers report versions {worker_versions(server)}"
     )
@@ -167,10 +175,13 @@ def test_publishing_under_load_switches_every_worker_and_corrupt_versions_change
     assert last_old - published_at < SWITCH_DEADLINE
     assert reload_count(server, "success") == WORKERS
 
-    # corrupt versions: a valid file with the wrong signature, and bytes that miss the card
+    # corrupt versions, promoted past the gate: a valid file with the wrong signature, and bytes
+    # that miss the card; each worker refuses them and keeps the previous stable
     corrupt_from = time.monotonic()
     publish_copy(tmp_path, onnx_bytes=renamed_input_model())
     publish_mismatched(tmp_path)
+    set_state(tmp_path, stable=3, history=(1, 2))
+    set_state(tmp_path, stable=4, history=(1, 2, 3))
     assert wait_until(lambda: reload_count(server, "failure") == 2 * WORKERS, 10), (
         f"reload failures: {reload_count(server, 'failure')}"
     )
@@ -207,16 +218,27 @@ def test_model_version_pins_and_ignores_newer_versions(
     assert response.json()["model"]["version"] == 1
 
 
-def test_no_valid_model_means_gunicorn_exits_non_zero_and_says_why(
+def test_no_valid_model_means_live_not_ready_says_why_and_serves_once_fixed(
     tmp_path: Path, gunicorn_server: Any
 ) -> None:
     broken = publish_copy(tmp_path)
+    card = broken.card_path.read_text()
     broken.card_path.write_text("{not json")
-    server = gunicorn_server({"MODEL_DIR": str(tmp_path)}, workers=1, wait=False)
-    assert server.process.wait(60) != 0
-    log = server.log()
-    assert "no valid model in" in log
-    assert "unreadable card.json" in log
+    server = gunicorn_server(
+        {"MODEL_DIR": str(tmp_path), "MODEL_POLL_SECONDS": "0.5"}, workers=2, wait=False
+    )
+    assert wait_until(lambda: "no valid model in" in server.log(), 30), server.log()
+    assert requests.get(server.url + "/v2/health/live", timeout=5).status_code == 200
+    assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 503
+    answer = requests.post(server.url + "/predict", json={"images": [[0] * 784]}, timeout=5)
+    assert answer.status_code == 503 and "unreadable card.json" in answer.text
+    time.sleep(2)
+    assert server.alive()
+    assert server.log().count("rejected mnist version 1") == WORKERS  # once per worker
+    broken.card_path.write_text(card)
+    assert wait_until(
+        lambda: requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200, 10
+    )
 
 
 def test_sighup_to_a_worker_reloads_before_the_next_poll(
@@ -227,6 +249,7 @@ def test_sighup_to_a_worker_reloads_before_the_next_poll(
     pids = [int(pid) for pid in re.findall(r"worker (\d+) serving mnist version 1", server.log())]
     assert len(pids) == 2
     publish_copy(tmp_path)
+    set_state(tmp_path, stable=2, history=(1,))
     time.sleep(0.5)
     assert worker_versions(server) == [1.0, 1.0]  # the hour-long poll has not come round
     for pid in pids:

@@ -251,7 +251,7 @@ def test_wrong_method_and_unknown_route_keep_the_v2_error_shape(committed_server
     assert wrong_method.status_code == 405
     assert wrong_method.headers["Allow"] == "POST"
     assert isinstance(wrong_method.json()["error"], str)
-    unknown = requests.get(base + "/v2/models/mnist/stats", timeout=30)
+    unknown = requests.get(base + "/v2/models/mnist/trace/setting", timeout=30)  # not served
     assert unknown.status_code == 404
     assert "no Open Inference Protocol endpoint" in unknown.json()["error"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
@@ -25,7 +26,7 @@ from werkzeug.test import TestResponse
 
 from service.config import ServiceConfig
 from service.model.predictor import Predictor
-from service.model.repository import ModelRepository, ModelVersion, sha256_bytes
+from service.model.repository import ModelRepository, ModelVersion, ServingState, sha256_bytes
 from tests.conftest import COMMITTED_MODELS
 
 SOURCE = COMMITTED_MODELS / "mnist" / "1"
@@ -80,6 +81,44 @@ def renamed_input_model(new_name: str = "pixels") -> bytes:
     return bytes(model.SerializeToString())
 
 
+def set_state(root: Path, **state: Any) -> None:
+    """Write the repository's labels (stable, trial, history) as mnist-models would."""
+    with ModelRepository(root).changing_state() as change:
+        change.state = ServingState(**state)
+
+
+def follow_latest(root: Path) -> None:
+    """Remove labels.json and write a ``latest`` policy: the highest valid version serves."""
+    repository = ModelRepository(root)
+    repository.labels_path.unlink(missing_ok=True)
+    text = repository.config_path.read_text()
+    head, _, _ = text.partition("version_policy")
+    repository.config_path.write_text(head + "version_policy: { latest: { num_versions: 1 } }\n")
+
+
+def selftest_digits() -> tuple[np.ndarray, list[int]]:
+    """The self-test digits as float32 [10, 784] in [0, 1], and the committed model's labels."""
+    _, _, selftest = committed_parts()
+    images = np.asarray(selftest["images"], dtype=np.float32) / np.float32(255.0)
+    return images, selftest["expected_labels"]
+
+
+def external_data_model(outside: Path) -> bytes:
+    """The committed model with intercepts1 moved to ``outside``/weights.bin (the case's model)."""
+    model = onnx.load_from_string((SOURCE / "model.onnx").read_bytes())
+    init = next(i for i in model.graph.initializer if i.name == "intercepts1")
+    values = onnx.numpy_helper.to_array(init).astype("<f4")
+    (outside / "weights.bin").write_bytes(values.tobytes())
+    init.ClearField("raw_data")
+    init.ClearField("float_data")
+    entries = (("location", "weights.bin"), ("offset", "0"), ("length", str(values.nbytes)))
+    for key, value in entries:
+        entry = init.external_data.add()
+        entry.key, entry.value = key, value
+    init.data_location = onnx.TensorProto.EXTERNAL
+    return bytes(model.SerializeToString())
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     """A 56x56 PNG of an MNIST digit drawn dark on light, as a scan would show it."""
     buffer = io.BytesIO()
@@ -108,6 +147,9 @@ class RecordingMetrics:
         self.inferences: list[tuple[float, int, list[int], int]] = []
         self.reloads: list[str] = []
         self.model_info: list[tuple[str, int, str]] = []
+        self.trial_runs: list[tuple[int, int]] = []
+        self.comparisons: list[tuple[str, int, int, list[int], list[int]]] = []
+        self.dropped = 0
 
     def observe_inference(
         self, seconds: float, batch_size: int, labels: np.ndarray, model_version: int
@@ -119,6 +161,24 @@ class RecordingMetrics:
 
     def set_model_info(self, name: str, version: int, sha256: str) -> None:
         self.model_info.append((name, version, sha256))
+
+    def observe_trial_inference(self, seconds: float, batch_size: int, model_version: int) -> None:
+        self.trial_runs.append((batch_size, model_version))
+
+    def observe_comparison(
+        self,
+        mode: str,
+        stable_version: int,
+        trial_version: int,
+        stable_labels: np.ndarray,
+        trial_labels: np.ndarray,
+    ) -> None:
+        self.comparisons.append(
+            (mode, stable_version, trial_version, list(stable_labels), list(trial_labels))
+        )
+
+    def count_trial_dropped(self, mode: str, count: int) -> None:
+        self.dropped += count
 
 
 @pytest.fixture

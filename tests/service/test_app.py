@@ -15,7 +15,7 @@ from flask import Flask
 from service import serve
 from service.app import PREDICTOR_KEY, create_app
 from service.config import ServiceConfig
-from service.errors import InvalidInput, ModelUnavailable
+from service.errors import InvalidInput
 from service.model.contract import ModelCard
 from service.model.predictor import LoadedModel, Prediction, Predictor
 from tests.service.conftest import SOURCE, RecordingMetrics, committed_parts, json_of, publish_copy
@@ -55,9 +55,14 @@ def test_create_app_reads_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
     assert app.extensions[PREDICTOR_KEY].loaded.version == 1
 
 
-def test_create_app_refuses_an_empty_repository(tmp_path: Path) -> None:
-    with pytest.raises(ModelUnavailable, match=str(tmp_path)):
-        create_app(ServiceConfig(model_dir=tmp_path))
+def test_an_app_on_an_empty_repository_is_live_not_ready_and_says_why(tmp_path: Path) -> None:
+    app = create_app(ServiceConfig(model_dir=tmp_path))
+    client = app.test_client()
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 503
+    response = client.post("/predict", json={"images": [[0] * 784]})
+    assert response.status_code == 503
+    assert str(tmp_path) in json_of(response)["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -137,9 +142,9 @@ def test_the_watcher_starts_lazily_on_the_first_request(model_repo: Path) -> Non
     predictor.load()
     app = create_app(config, predictor=predictor)
     try:
-        assert predictor._watcher is None  # importing and creating start nothing
+        assert not predictor.watcher.running  # importing and creating start nothing
         app.test_client().get("/v2/health/live")
-        assert predictor._watcher is not None and predictor._watcher.is_alive()
+        assert predictor.watcher.running
     finally:
         predictor.stop_watching()
 
@@ -212,7 +217,7 @@ def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path
     previous = signal.getsignal(signal.SIGHUP)
     try:
         assert watch_models(app) is True
-        assert predictor._watcher is not None and predictor._watcher.is_alive()
+        assert predictor.watcher.running
         assert signal.getsignal(signal.SIGHUP) != previous
     finally:
         predictor.stop_watching()

@@ -19,10 +19,10 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import ServiceConfig
+from tests.conftest import COMMITTED_MODELS
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "error_answers.json"
-COMMITTED_MODELS = HERE.parents[1] / "models"
 JSON_TYPE = {"Content-Type": "application/json"}
 ONE = [0] * 783 + [255]
 
@@ -126,7 +126,7 @@ REQUESTS: list[tuple[str, str, str, dict[str, str], bytes]] = [
     ("v2 PUT infer", "PUT", "/v2/models/mnist/versions/1/infer", {}, b""),
     ("v2 POST metadata", "POST", "/v2/models/mnist", {}, b""),
     ("v2 DELETE health", "DELETE", "/v2/health/ready", {}, b""),
-    ("v2 unknown endpoint", "GET", "/v2/repository/index", {}, b""),
+    ("v2 unknown endpoint", "GET", "/v2/logging", {}, b""),
     ("v2 malformed", "POST", "/v2/models/mnist/infer", {}, b"{not json"),
     ("v2 empty", "POST", "/v2/models/mnist/infer", {}, b""),
     (

@@ -1,4 +1,5 @@
-"""The Predictor on real onnxruntime: validation, self-test, pinning, hot reload, no retry loops."""
+"""The Predictor on real onnxruntime: validation, self-test, pinning, labels, trials, and a hot
+reload that converges on the repository's state (no retry loops, no stale versions)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,24 @@ import numpy as np
 import pytest
 
 from service.config import ServiceConfig
-from service.errors import InvalidInput, ModelUnavailable
+from service.errors import InvalidInput, ModelUnavailable, NotFound
 from service.model.contract import ModelCard
 from service.model.predictor import ModelRejected, Predictor, check_card
+from service.model.repository import (
+    ModelRepository,
+    ServingState,
+)
+from service.model.validation import validate_version
 from tests.service.conftest import (
     MakePredictor,
     RecordingMetrics,
     committed_parts,
+    follow_latest,
     publish_copy,
     renamed_input_model,
+    selftest_digits,
+    set_state,
 )
-
-
-def selftest_digits() -> tuple[np.ndarray, list[int]]:
-    _, _, selftest = committed_parts()
-    images = np.asarray(selftest["images"], dtype=np.float32) / np.float32(255.0)
-    return images, selftest["expected_labels"]  # what the model answered at training time
 
 
 def metrics_of(predictor: Predictor) -> RecordingMetrics:
@@ -36,11 +39,25 @@ def metrics_of(predictor: Predictor) -> RecordingMetrics:
     return predictor.metrics
 
 
-def test_loads_the_highest_version_and_predicts_the_selftest_digits(
+def test_a_published_version_is_a_candidate_that_nothing_serves(
     tmp_path: Path, make_predictor: MakePredictor
 ) -> None:
     publish_copy(tmp_path)
     publish_copy(tmp_path)
+    assert ModelRepository(tmp_path).read_state() == ServingState(stable=1)
+    predictor = make_predictor()
+    assert predictor.load().version == 1
+    assert predictor.predict(selftest_digits()[0]).model_version == 1
+    with pytest.raises(NotFound, match="no version '2' loaded; version 1 is serving"):
+        predictor.predict(selftest_digits()[0], version=2)
+
+
+def test_serves_the_stable_version_and_predicts_the_selftest_digits(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    publish_copy(tmp_path)
+    set_state(tmp_path, stable=2, history=(1,))
     predictor = make_predictor()
     loaded = predictor.load()
     assert (loaded.name, loaded.version) == ("mnist", 2)
@@ -78,9 +95,9 @@ def test_pinning_a_missing_version_refuses_to_start(
         make_predictor(model_version=7).load()
 
 
-def test_an_empty_repository_refuses_to_start(make_predictor: MakePredictor) -> None:
+def test_an_empty_repository_is_not_ready_and_says_why(make_predictor: MakePredictor) -> None:
     predictor = make_predictor()
-    with pytest.raises(ModelUnavailable, match="no complete version"):
+    with pytest.raises(ModelUnavailable, match="cannot read the model folder"):
         predictor.load()
     with pytest.raises(ModelUnavailable):
         _ = predictor.loaded
@@ -88,12 +105,13 @@ def test_an_empty_repository_refuses_to_start(make_predictor: MakePredictor) -> 
         predictor.predict(np.zeros((1, 784), np.float32))
 
 
-def test_a_corrupt_newest_version_falls_back_to_the_older_valid_one(
+def test_a_corrupt_stable_version_falls_back_to_the_previous_stable(
     tmp_path: Path, make_predictor: MakePredictor
 ) -> None:
     publish_copy(tmp_path)
     broken = publish_copy(tmp_path)
     broken.model_path.write_bytes(b"\x00" * 100)
+    set_state(tmp_path, stable=2, history=(1,))
     predictor = make_predictor()
     assert predictor.load().version == 1
     assert metrics_of(predictor).reloads == ["failure"]
@@ -110,7 +128,7 @@ def test_only_invalid_versions_refuse_to_start_and_say_why(
 
 REJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
     "input renamed in the graph": ({"onnx_bytes": "renamed"}, "input is 'pixels'"),
-    "not an onnx file": ({"onnx_bytes": b"garbage bytes"}, "onnxruntime cannot load"),
+    "not an onnx file": ({"onnx_bytes": b"garbage bytes"}, "not a valid ONNX protobuf"),
     "card input shape": ({"card_changes": "image-shaped input"}, "input shape"),
     "card class labels": ({"card_changes": {"class_labels": list("abcdefghij")}}, "class_labels"),
     "card without selftest": (
@@ -144,9 +162,8 @@ def _variant(kind: str) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", sorted(REJECTIONS))
 def test_a_version_that_breaks_the_contract_is_rejected(kind: str, tmp_path: Path) -> None:
     version = publish_copy(tmp_path, **_variant(kind))
-    predictor = Predictor(ServiceConfig(model_dir=tmp_path), metrics=RecordingMetrics())
     with pytest.raises(ModelRejected, match=REJECTIONS[kind][1]):
-        predictor.validate(version)
+        validate_version(version, "mnist", ServiceConfig(model_dir=tmp_path))
 
 
 def _typed(card: dict[str, Any]) -> ModelCard:
@@ -168,12 +185,14 @@ def test_check_card_names_the_field() -> None:
         check_card(_typed(card))
 
 
-def test_a_newer_valid_version_is_swapped_in(tmp_path: Path, make_predictor: MakePredictor) -> None:
+def test_a_promoted_version_is_swapped_in(tmp_path: Path, make_predictor: MakePredictor) -> None:
     publish_copy(tmp_path)
     predictor = make_predictor()
     predictor.load()
     assert predictor.check_for_update() is None
     publish_copy(tmp_path)
+    assert predictor.check_for_update() is None  # a candidate
+    set_state(tmp_path, stable=2, history=(1,))
     swapped = predictor.check_for_update()
     assert swapped is not None and swapped.version == 2
     assert predictor.predict(selftest_digits()[0]).model_version == 2
@@ -189,6 +208,7 @@ def test_a_broken_version_is_not_served_nor_retried_until_its_files_change(
     broken = publish_copy(tmp_path)
     good_bytes = broken.model_path.read_bytes()
     broken.model_path.write_bytes(good_bytes[:-10])  # truncated: size and sha256 disagree
+    set_state(tmp_path, stable=2, history=(1,))
     assert predictor.check_for_update() is None
     assert predictor.check_for_update() is None
     assert predictor.loaded.version == 1
@@ -199,14 +219,16 @@ def test_a_broken_version_is_not_served_nor_retried_until_its_files_change(
     assert metrics_of(predictor).reloads == ["failure", "success"]
 
 
-def test_a_broken_newest_does_not_hide_a_valid_version_between(
+def test_without_labels_a_broken_newest_does_not_hide_a_valid_version_between(
     tmp_path: Path, make_predictor: MakePredictor
 ) -> None:
     publish_copy(tmp_path)
+    follow_latest(tmp_path)
     predictor = make_predictor()
     predictor.load()
     publish_copy(tmp_path)
     publish_copy(tmp_path, onnx_bytes=renamed_input_model())
+    follow_latest(tmp_path)  # publishing wrote labels.json (stable 1); without it, latest wins
     swapped = predictor.check_for_update()
     assert swapped is not None and swapped.version == 2
 
@@ -248,6 +270,7 @@ def test_the_watcher_thread_polls_and_picks_up_a_new_version(
     predictor.start_watching(handle_sighup=False)
     predictor.start_watching(handle_sighup=False)  # idempotent within one process
     publish_copy(tmp_path)
+    set_state(tmp_path, stable=2, history=(1,))
     assert _wait_for_version(predictor, 2)
 
 
@@ -261,6 +284,7 @@ def test_sighup_wakes_the_watcher_before_the_next_poll(
     try:
         predictor.start_watching(handle_sighup=True)
         publish_copy(tmp_path)
+        set_state(tmp_path, stable=2, history=(1,))
         time.sleep(0.1)
         assert predictor.loaded.version == 1  # the hour-long poll has not come round
         os.kill(os.getpid(), signal.SIGHUP)

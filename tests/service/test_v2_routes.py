@@ -16,7 +16,7 @@ from tritonclient.http import InferenceServerClient, InferInput, InferRequestedO
 
 from service.app import serve_with_layers
 from service.config import ServiceConfig
-from service.errors import ModelUnavailable
+from service.errors import ModelUnavailable, NotFound
 from service.model.contract import MAX_BATCH_SIZE, triton_config
 from service.v2.views import InferEndpoint, create_blueprint
 
@@ -24,9 +24,18 @@ VERSION = 3
 
 
 @dataclass(frozen=True)
+class FakeCard:
+    version: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+
+@dataclass(frozen=True)
 class FakeLoadedModel:
     name: str
     version: int
+    card: FakeCard
 
 
 @dataclass(frozen=True)
@@ -52,13 +61,27 @@ class FakePredictor:
     answering_version: int | None = None
     seen: list[np.ndarray] = field(default_factory=list)
 
+    name: str = "mnist"
+
     @property
     def loaded(self) -> FakeLoadedModel:
         if not self.available:
             raise ModelUnavailable("no valid model version is loaded")
-        return FakeLoadedModel("mnist", self.version)
+        return FakeLoadedModel("mnist", self.version, FakeCard(self.version))
 
-    def predict(self, images: np.ndarray) -> FakePrediction:
+    def model(self, version: int | None = None) -> FakeLoadedModel:
+        if version is not None and version != self.version:
+            raise NotFound(
+                f"model 'mnist' has no version {str(version)!r} loaded; version "
+                f"{self.version} is serving"
+            )
+        return self.loaded
+
+    def loaded_versions(self) -> list[int]:
+        return [self.version] if self.available else []
+
+    def predict(self, images: np.ndarray, version: int | None = None) -> FakePrediction:
+        self.model(version)
         assert images.dtype == np.float32 and images.shape[1:] == (784,)
         self.seen.append(images.copy())
         scores = images[:, :10] + np.float32(1e-3)

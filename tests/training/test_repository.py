@@ -11,8 +11,15 @@ from typing import Any
 
 import pytest
 
-from service.model.contract import TRITON_CONFIG_FILE, triton_config
-from service.model.repository import STAGING_PREFIX, ModelRepository, RepositoryError
+from service.model.contract import LABELS_FILE, TRITON_CONFIG_FILE, triton_config
+from service.model.repository import (
+    STAGING_PREFIX,
+    ModelRepository,
+    RepositoryError,
+    ServingState,
+    Trial,
+    policy_versions,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ONNX = b"not really onnx, the repository only stores bytes"
@@ -32,7 +39,7 @@ def test_publish_writes_a_complete_version_and_the_triton_config(tmp_path: Path)
     assert card["name"] == "mnist" and card["version"] == 1 and card["size"] == len(ONNX)
     assert (version.path / "report" / "summary.md").read_bytes() == b"# hi\n"
     config = (tmp_path / "mnist" / TRITON_CONFIG_FILE).read_text()
-    assert config == triton_config()
+    assert config == triton_config(versions=[1])  # the first version published is stable
     assert not [p for p in (tmp_path / "mnist").iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
@@ -132,3 +139,62 @@ def test_a_published_tiny_model_verifies(tiny_model_repo: Any) -> None:
     _, card = version.read_verified()
     assert (version.path / card["selftest"]["file"]).is_file()
     assert card["metrics"]["test_accuracy"] > 0.5
+
+
+def test_a_later_publish_is_a_candidate_and_changes_nothing_that_serves(tmp_path: Path) -> None:
+    _publish(tmp_path)
+    repository = ModelRepository(tmp_path)
+    labels = repository.labels_path.read_bytes()
+    config = repository.config_path.read_bytes()
+    _publish(tmp_path)
+    assert repository.read_state() == ServingState(stable=1)
+    assert repository.labels_path.read_bytes() == labels
+    assert repository.config_path.read_bytes() == config
+
+
+def test_a_repository_without_labels_gets_its_highest_version_pinned_at_the_next_publish(
+    tmp_path: Path,
+) -> None:
+    _publish(tmp_path)
+    _publish(tmp_path)
+    repository = ModelRepository(tmp_path)
+    repository.labels_path.unlink()
+    repository.config_path.write_text(triton_config())  # latest 1: what the service serves now
+    assert repository.read_state() == ServingState()
+    _publish(tmp_path)
+    assert repository.read_state() == ServingState(stable=2)
+
+
+def test_state_changes_write_the_version_policy_and_the_labels(tmp_path: Path) -> None:
+    _publish(tmp_path)
+    _publish(tmp_path)
+    repository = ModelRepository(tmp_path)
+    with repository.changing_state() as change:
+        change.state = ServingState(stable=1, trial=Trial("shadow", 2, 0.25), history=())
+    config = repository.config_path.read_text()
+    assert "version_policy: { specific: { versions: [ 1, 2 ] } }" in config
+    assert policy_versions(config) == (1, 2)
+    labels = json.loads((tmp_path / "mnist" / LABELS_FILE).read_text())
+    assert labels["trial"] == {"mode": "shadow", "version": 2, "sample": 0.25}
+    assert not [p for p in (tmp_path / "mnist").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_labelled_version_cannot_be_deleted_and_a_deleted_one_vanishes_at_once(
+    tmp_path: Path,
+) -> None:
+    _publish(tmp_path)
+    _publish(tmp_path)
+    repository = ModelRepository(tmp_path)
+    with pytest.raises(RepositoryError, match="stable"):
+        repository.delete_version(1)
+    repository.delete_version(2)
+    assert [v.version for v in repository.versions()] == [1]
+    assert [p.name for p in (tmp_path / "mnist").iterdir() if p.is_dir()] == ["1"]
+
+
+def test_labels_that_are_not_json_are_a_repository_error(tmp_path: Path) -> None:
+    _publish(tmp_path)
+    repository = ModelRepository(tmp_path)
+    repository.labels_path.write_text("{half")
+    with pytest.raises(RepositoryError, match="not JSON"):
+        repository.read_state()

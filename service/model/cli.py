@@ -1,0 +1,303 @@
+"""``mnist-models``: list, inspect, compare, promote, roll back, trial and prune model versions.
+
+Runs wherever the service or the trainer is installed (onnxruntime and numpy, no scikit-learn).
+Every change is one atomic write of the repository's labels.json; running servers pick it up
+within their poll interval (MODEL_POLL_SECONDS) or at once on SIGHUP.
+
+Exit codes: 0 done, 2 bad usage or unknown version, 3 the MNIST test set is missing or corrupt,
+4 refused by the gate (the message has the figures), 5 the repository cannot be read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from service.config import ConfigError, ServiceConfig
+from service.model import lifecycle
+from service.model.repository import ModelRepository, RepositoryError, ServingState
+from service.model.testset import MnistTestSet, MnistUnavailable, load_test_set
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_REFUSED = 4
+EXIT_REPOSITORY = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of mnist-models."""
+    parser = argparse.ArgumentParser(
+        prog="mnist-models",
+        description="Manage the versions of the MNIST model repository: which one is stable, "
+        "canary or shadow. Changes reach running servers within MODEL_POLL_SECONDS.",
+    )
+    where = argparse.ArgumentParser(add_help=False)
+    for target in (parser, where):
+        # accepted before or after the command; after it, only when given (SUPPRESS)
+        default = None if target is parser else argparse.SUPPRESS
+        target.add_argument(
+            "--models-dir",
+            type=Path,
+            default=default,
+            help="the model repository (default $MODEL_DIR or ./models)",
+        )
+        target.add_argument(
+            "--data-dir",
+            type=Path,
+            default=default,
+            help="folder with the MNIST test IDX .gz files (default $MNIST_DATA_DIR, else the "
+            "training cache)",
+        )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "list", parents=[where], help="every version: label, test accuracy, size, created, settings"
+    )
+    show = commands.add_parser(
+        "show", parents=[where], help="one version's card in words and its report's path"
+    )
+    show.add_argument("version", type=int)
+    compare = commands.add_parser(
+        "diff",
+        parents=[where],
+        help="two versions on the MNIST test set: agreement, disagreements, accuracy",
+    )
+    compare.add_argument("a", type=int)
+    compare.add_argument("b", type=int)
+    for name, text in (
+        ("promote", "make a version stable if it passes the gate (test accuracy vs stable)"),
+        ("canary", "let a version answer a share of the requests (passes the gate first)"),
+        ("shadow", "run a version on a sample of the requests after stable answered"),
+    ):
+        command = commands.add_parser(name, parents=[where], help=text)
+        command.add_argument("version", type=int)
+        command.add_argument("--force", action="store_true", help="override the gate")
+        command.add_argument(
+            "--tolerance",
+            type=float,
+            default=lifecycle.DEFAULT_TOLERANCE,
+            help=f"accuracy a version may lose against stable (default "
+            f"{lifecycle.DEFAULT_TOLERANCE}, i.e. 0.2 points)",
+        )
+        if name == "canary":
+            command.add_argument(
+                "--percent", type=float, required=True, help="share of answers, 0 < P <= 100"
+            )
+        if name == "shadow":
+            command.add_argument(
+                "--sample", type=float, required=True, help="share of requests run, 0 < R <= 1"
+            )
+    commands.add_parser(
+        "rollback", parents=[where], help="make the previous stable version stable again"
+    )
+    commands.add_parser("end-trial", parents=[where], help="stop the canary or shadow")
+    prune = commands.add_parser(
+        "prune",
+        parents=[where],
+        help="delete old candidates (never stable, the trial or the rollback target)",
+    )
+    prune.add_argument("--keep", type=int, required=True, help="candidates to keep, newest first")
+    commands.add_parser(
+        "state", parents=[where], help="labels.json as JSON (what the servers follow)"
+    )
+    return parser
+
+
+def _label(state: ServingState, version: int) -> str:
+    label = state.label_of(version)
+    if label == "canary" and state.trial is not None:
+        return f"canary {state.trial.share * 100:g}%"
+    if label == "shadow" and state.trial is not None:
+        return f"shadow {state.trial.share:g}"
+    if label is not None:
+        return label
+    if state.history and version == state.history[-1]:
+        return "previous"
+    if state.stable is None and version in (state.policy_versions or ()):
+        return "policy"
+    return "candidate"
+
+
+def _settings_text(card: Mapping[str, Any]) -> str:
+    config = card.get("config") if isinstance(card.get("config"), Mapping) else {}
+    assert isinstance(config, Mapping)
+    layers = config.get("hidden_layer_sizes")
+    shape = "-".join(map(str, [784, *(layers or []), 10])) if layers else "?"
+    parts = [
+        shape,
+        str(config.get("activation", "?")),
+        str(config.get("solver", "?")),
+        f"{config.get('max_iter', '?')} epochs",
+    ]
+    if config.get("augment"):
+        parts.append("augmented")
+    if config.get("train_limit"):
+        parts.append(f"{config['train_limit']} images")
+    return " ".join(parts)
+
+
+def _accuracy(card: Mapping[str, Any]) -> str:
+    metrics = card.get("metrics")
+    value = metrics.get("test_accuracy") if isinstance(metrics, Mapping) else None
+    return f"{value:.2%}" if isinstance(value, int | float) else "?"
+
+
+def list_versions(repository: ModelRepository, out: TextIO) -> None:
+    state = repository.read_state()
+    rows = [("VERSION", "LABEL", "TEST ACC", "SIZE", "CREATED", "SETTINGS")]
+    for version in repository.versions():
+        try:
+            card = version.read_card()
+        except RepositoryError:
+            card = {}
+        size = card.get("size")
+        rows.append(
+            (
+                str(version.version),
+                _label(state, version.version),
+                _accuracy(card),
+                f"{size / 1e6:.2f} MB" if isinstance(size, int) else "?",
+                str(card.get("created", "?"))[:19],
+                _settings_text(card) if card else "unreadable card.json",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
+            row[-1],
+            file=out,
+        )
+
+
+def show_version(repository: ModelRepository, number: int, out: TextIO) -> None:
+    try:
+        version = repository.get(number)
+    except RepositoryError as exc:
+        raise lifecycle.UnknownVersion(str(exc)) from exc
+    card = version.read_card()
+    state = repository.read_state()
+    metrics = card.get("metrics") if isinstance(card.get("metrics"), Mapping) else {}
+    assert isinstance(metrics, Mapping)
+    data = card.get("data") if isinstance(card.get("data"), Mapping) else {}
+    assert isinstance(data, Mapping)
+    parity = card.get("parity") if isinstance(card.get("parity"), Mapping) else {}
+    assert isinstance(parity, Mapping)
+    lines = [
+        f"{card.get('name', repository.name)} version {number} ({_label(state, number)}), "
+        f"created {card.get('created', '?')}",
+        f"  model: MLP {_settings_text(card)}",
+        f"  trained on {data.get('train_used', '?')} of {data.get('train_available', '?')} "
+        f"training images, {data.get('validation_size', '?')} held out for validation, in "
+        f"{metrics.get('train_seconds', 0):.0f} s",
+        f"  test accuracy {_accuracy(card)} on {metrics.get('test_count', '?')} images, "
+        f"log-loss {metrics.get('log_loss', '?')}, validation accuracy "
+        f"{metrics.get('validation_accuracy', '?')}",
+        f"  ONNX parity: {'passed' if parity.get('passed') else 'not passed'}, "
+        f"label agreement {parity.get('label_agreement', '?')}",
+        f"  model.onnx: {card.get('size', '?')} bytes, sha256 {card.get('sha256', '?')}",
+        f"  reproduce: {card.get('command', '?')}",
+    ]
+    report = card.get("report")
+    if isinstance(report, Mapping) and report:
+        summary = report.get("summary") or next(iter(report.values()))
+        lines.append(f"  report: {version.path / str(summary)}")
+    print("\n".join(lines), file=out)
+
+
+def _test_set(data_dir: Path | None, required: bool, err: TextIO) -> MnistTestSet | None:
+    try:
+        return load_test_set(data_dir)
+    except MnistUnavailable as exc:
+        if required:
+            raise
+        print(f"mnist-models: note: {exc}; the gate uses the cards' figures", file=err)
+        return None
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    """Do one command; its exit code."""
+    settings = ServiceConfig.from_env(environ)
+    root = args.models_dir or settings.model_dir
+    repository = ModelRepository(root)
+    command = args.command
+    if command == "list":
+        list_versions(repository, out)
+        return EXIT_OK
+    if command == "state":
+        print(json.dumps(repository.read_state().to_json(), indent=2), file=out)
+        return EXIT_OK
+    if command == "show":
+        show_version(repository, args.version, out)
+        return EXIT_OK
+    if command == "diff":
+        result = lifecycle.diff(repository, args.a, args.b, settings, load_test_set(args.data_dir))
+        print(
+            f"versions {result.a} (A) and {result.b} (B) on {result.count:,} MNIST test images: "
+            f"agreement {result.agreement:.2%} ({int(result.disagreements.sum())} disagree); "
+            f"accuracy A {result.accuracy_a:.2%}, B {result.accuracy_b:.2%}",
+            file=out,
+        )
+        print("disagreements (row: A's digit, column: B's digit):", file=out)
+        print("\n".join(result.table()), file=out)
+        return EXIT_OK
+    outcome: lifecycle.Outcome
+    if command == "promote":
+        outcome = lifecycle.promote(
+            repository,
+            args.version,
+            settings,
+            _test_set(args.data_dir, False, err),
+            force=args.force,
+            tolerance=args.tolerance,
+        )
+    elif command in ("canary", "shadow"):
+        share = args.percent / 100.0 if command == "canary" else args.sample
+        outcome = lifecycle.start_trial(
+            repository,
+            command,
+            args.version,
+            share,
+            settings,
+            _test_set(args.data_dir, False, err) if command == "canary" else None,
+            force=args.force,
+            tolerance=args.tolerance,
+        )
+    elif command == "rollback":
+        outcome = lifecycle.rollback(repository)
+    elif command == "end-trial":
+        outcome = lifecycle.end_trial(repository)
+    elif command == "prune":
+        outcome = lifecycle.prune(repository, args.keep)
+    else:  # argparse only lets the commands above through
+        raise AssertionError(command)
+    print(outcome.message, file=out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mnist-models``; one line on stderr and a documented code on failure."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, os.environ, sys.stdout, sys.stderr)
+    except lifecycle.LifecycleError as exc:
+        print(f"mnist-models: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except MnistUnavailable as exc:
+        print(f"mnist-models: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except ConfigError as exc:
+        print(f"mnist-models: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RepositoryError, OSError) as exc:
+        print(f"mnist-models: repository error: {exc}", file=sys.stderr)
+        return EXIT_REPOSITORY
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

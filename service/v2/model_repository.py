@@ -1,0 +1,188 @@
+"""Triton's model-repository extension and our lifecycle calls, behind the admin bearer token.
+
+- ``POST /v2/repository/index`` (body ``{"ready": true}`` optional): every version in the
+  repository with its state (``READY`` on this worker, or ``UNAVAILABLE`` and why);
+- ``POST /v2/repository/models/<model>/load`` / ``unload``: the whole model on or off, on
+  every worker (written to labels.json, as every change here is);
+- ``POST /v2/repository/models/<model>/promote`` ``{"version": N, "force": false}``,
+  ``rollback``, ``canary`` ``{"version": N, "percent": P}``, ``shadow`` ``{"version": N,
+  "sample": R}``, ``end-trial``: what ``mnist-models`` does, with the same gate.
+
+Without ADMIN_TOKEN every route here answers 403 saying how to enable it; with it, a request
+without ``Authorization: Bearer <ADMIN_TOKEN>`` gets a 401. A change is one atomic write of
+labels.json; this worker converges on it before answering, the others within their poll
+interval (MODEL_POLL_SECONDS).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import flask
+
+from service.access import require_admin
+from service.config import ServiceConfig
+from service.errors import BadRequest, NotFound
+from service.model import lifecycle
+from service.model.predictor import Predictor
+from service.model.repository import ModelRepository
+from service.model.testset import MnistTestSet, MnistUnavailable, load_test_set
+
+
+class _TestSetCache:
+    """The MNIST test set for the gate, read once per worker (None when it is not there)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._value: MnistTestSet | None = None
+
+    def get(self) -> MnistTestSet | None:
+        with self._lock:
+            if not self._loaded:
+                try:
+                    self._value = load_test_set(self.config.mnist_data_dir)
+                except MnistUnavailable:
+                    self._value = None  # the gate then compares the cards' figures, and says so
+                self._loaded = True
+            return self._value
+
+
+def _body() -> dict[str, Any]:
+    request = flask.request
+    if not request.get_data(cache=True):
+        return {}
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _integer(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise BadRequest(f"{key!r} must be a positive integer, not {value!r}")
+    return value
+
+
+def _number(body: dict[str, Any], key: str) -> float:
+    value = body.get(key)
+    if not (isinstance(value, int | float) and not isinstance(value, bool)):
+        raise BadRequest(f"{key!r} must be a number, not {value!r}")
+    return float(value)
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be true or false, not {value!r}")
+    return value
+
+
+def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Blueprint:
+    """The /v2/repository routes for ``predictor``'s repository."""
+    blueprint = flask.Blueprint("v2_repository", __name__, url_prefix="/v2/repository")
+    test_sets = _TestSetCache(config)
+
+    @blueprint.before_request
+    def _admin_only() -> None:
+        require_admin(flask.request.headers.get("Authorization"), config.admin_token)
+
+    def repository() -> ModelRepository:
+        return predictor.repository  # read when asked: the app is built before any request
+
+    def check_model(model: str) -> None:
+        if model != predictor.name:
+            raise NotFound(f"unknown model {model!r}: this server serves {predictor.name!r}")
+
+    def applied(outcome: lifecycle.Outcome) -> Any:
+        predictor.watcher.converge()  # this worker now; the others at their next poll
+        answer: dict[str, Any] = {"message": outcome.message, "state": outcome.state.to_json()}
+        if outcome.gate is not None:
+            gate = outcome.gate
+            answer["gate"] = {
+                "passed": gate.passed,
+                "problems": list(gate.problems),
+                "figures": gate.describe(),
+                "test_images": gate.test_images,
+            }
+        answer.update(outcome.details)
+        return answer
+
+    @blueprint.post("/index")
+    def index() -> Any:
+        body = _body()
+        ready_only = _flag(body, "ready")
+        state = repository().read_state()
+        loaded = set(predictor.loaded_versions())
+        rejected = predictor.watcher.rejections()
+        rows = []
+        for version in repository().versions():
+            number = version.version
+            row: dict[str, Any] = {"name": predictor.name, "version": str(number)}
+            if number in loaded:
+                row["state"] = "READY"
+            else:
+                row["state"] = "UNAVAILABLE"
+                label = state.label_of(number)
+                if number in rejected:
+                    row["reason"] = f"rejected: {rejected[number]}"
+                elif not state.loaded:
+                    row["reason"] = "unloaded"
+                elif label is None:
+                    row["reason"] = "a candidate: not promoted, not in a trial"
+                else:
+                    row["reason"] = f"{label}, not loaded on this worker yet"
+            if not ready_only or row["state"] == "READY":
+                rows.append(row)
+        return flask.jsonify(rows)
+
+    def route(name: str, action: Callable[[str, dict[str, Any]], lifecycle.Outcome]) -> None:
+        def view(model: str) -> Any:
+            check_model(model)
+            return applied(action(model, _body()))
+
+        blueprint.add_url_rule(f"/models/<model>/{name}", f"{name}", view, methods=["POST"])
+
+    route("load", lambda model, body: lifecycle.set_loaded(repository(), True))
+    route("unload", lambda model, body: lifecycle.set_loaded(repository(), False))
+    route(
+        "promote",
+        lambda model, body: lifecycle.promote(
+            repository(),
+            _integer(body, "version"),
+            config,
+            test_sets.get(),
+            force=_flag(body, "force"),
+        ),
+    )
+    route("rollback", lambda model, body: lifecycle.rollback(repository()))
+    route(
+        "canary",
+        lambda model, body: lifecycle.start_trial(
+            repository(),
+            "canary",
+            _integer(body, "version"),
+            _number(body, "percent") / 100.0,
+            config,
+            test_sets.get(),
+            force=_flag(body, "force"),
+        ),
+    )
+    route(
+        "shadow",
+        lambda model, body: lifecycle.start_trial(
+            repository(),
+            "shadow",
+            _integer(body, "version"),
+            _number(body, "sample"),
+            config,
+            None,
+            force=_flag(body, "force"),
+        ),
+    )
+    route("end-trial", lambda model, body: lifecycle.end_trial(repository()))
+    return blueprint
