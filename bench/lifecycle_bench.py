@@ -66,6 +66,7 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             body = self.bodies[turn % len(self.bodies)]
             turn += 1
+            sent = time.monotonic()  # a switch is about which version new requests meet
             request = urllib.request.Request(
                 self.url + "/predict",
                 body,
@@ -74,12 +75,12 @@ class Load:
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     answer = (
-                        time.monotonic(),
+                        sent,
                         response.status,
                         json.load(response)["model"]["version"],
                     )
             except Exception:  # an HTTP error or a refused connection: a failed request
-                answer = (time.monotonic(), 0, None)
+                answer = (sent, 0, None)
             with self.lock:
                 self.answers.append(answer)
 

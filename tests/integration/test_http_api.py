@@ -278,7 +278,7 @@ def test_every_line_the_server_writes_is_one_json_object(gunicorn_server: Any) -
     for line in lines:
         assert list(line)[:4] == ["ts", "level", "logger", "event"], line
     loggers = {line["logger"] for line in lines}
-    assert {"gunicorn.error", "service.model.predictor", "mnist.requests"} <= loggers
+    assert {"gunicorn.error", "service.model.watcher", "mnist.requests"} <= loggers
     # the request line is the access log: gunicorn writes none of its own
     assert "gunicorn.access" not in loggers
     requests_logged = [line for line in lines if line["logger"] == "mnist.requests"]

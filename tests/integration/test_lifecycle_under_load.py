@@ -37,7 +37,7 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 @dataclass
 class Answer:
-    at: float
+    at: float  # when the request was sent: a switch is about which version new requests meet
     status: int  # 0: the connection failed
     version: int | None
 
@@ -56,6 +56,7 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             image = self.images[turn % len(self.images)]
             turn += 1
+            sent = time.monotonic()
             try:
                 response = requests.post(
                     self.url + "/predict",
@@ -64,9 +65,9 @@ class Load:
                     timeout=10,
                 )
                 version = response.json()["model"]["version"] if response.ok else None
-                answer = Answer(time.monotonic(), response.status_code, version)
+                answer = Answer(sent, response.status_code, version)
             except (requests.RequestException, ValueError):
-                answer = Answer(time.monotonic(), 0, None)
+                answer = Answer(sent, 0, None)
             with self.lock:
                 self.answers.append(answer)
 
@@ -183,14 +184,15 @@ def test_shadow_promote_rollback_and_canary_under_steady_load(
         assert {a.version for a in load.since(0)} == {1}  # the shadow never answered
         mnist_models(models, mnist_data_dir, "end-trial")
 
-        # promote over HTTP, then roll back with the CLI: every worker within 5 s, no failure
-        started = time.monotonic()
+        # promote over HTTP, then roll back with the CLI: every worker within 5 s of the change
+        # (the promote call returns once labels.json is written: its gate runs first), no failure
         promoted = requests.post(
             server.url + "/v2/repository/models/mnist/promote",
             json={"version": 3},
             headers=ADMIN,
             timeout=60,
         )
+        started = time.monotonic()
         assert promoted.status_code == 200, promoted.text
         switch(load, server, 3, started)
         started = time.monotonic()

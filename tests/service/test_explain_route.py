@@ -18,7 +18,7 @@ from service.app import create_app
 from service.config import ServiceConfig
 from service.model.explain import explain, read_mlp
 from tests.conftest import COMMITTED_MODELS
-from tests.service.conftest import committed_parts, publish_copy, schema_validator
+from tests.service.conftest import committed_parts, publish_copy, schema_validator, set_state
 
 ROUTE = "/v2/models/mnist/explain"
 ONNX_BYTES, _, SELFTEST = committed_parts()
@@ -162,6 +162,7 @@ def test_explanations_follow_a_hot_reload(tmp_path: Path) -> None:
     body = {"images": DIGITS[:1].tolist()}
     assert client.post(ROUTE, json=body).get_json()["model"]["version"] == 1
     publish_copy(tmp_path)
+    set_state(tmp_path, stable=2, history=(1,))  # promoted: a published version is a candidate
     swapped = app.extensions[PREDICTOR_KEY].check_for_update()
     assert swapped is not None and swapped.version == 2
     answer = client.post(ROUTE, json=body).get_json()
