@@ -59,9 +59,9 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BELOW_GATE: "test accuracy under --min-accuracy",
     EXIT_PARITY: "ONNX parity failure",
     EXIT_WRITE: "the model repository cannot be written",
+    EXIT_NOT_PROMOTED: "--promote refused by the promote gate: published as a candidate",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
-    EXIT_NOT_PROMOTED: "--promote refused by the promote gate: published as a candidate",
 }
 
 
