@@ -124,20 +124,25 @@ def _label(state: ServingState, version: int) -> str:
 
 
 def _settings_text(card: Mapping[str, Any]) -> str:
+    """The key settings of a card's config (flag names; older cards used scikit-learn's)."""
     config = card.get("config") if isinstance(card.get("config"), Mapping) else {}
     assert isinstance(config, Mapping)
-    layers = config.get("hidden_layer_sizes")
-    shape = "-".join(map(str, [784, *(layers or []), 10])) if layers else "?"
+
+    def setting(*names: str) -> Any:
+        return next((config[name] for name in names if config.get(name) is not None), None)
+
+    layers = setting("hidden_layers", "hidden_layer_sizes")
+    shape = "-".join(map(str, [784, *layers, 10])) if isinstance(layers, list) else "?"
     parts = [
         shape,
-        str(config.get("activation", "?")),
-        str(config.get("solver", "?")),
-        f"{config.get('max_iter', '?')} epochs",
+        str(setting("activation") or "?"),
+        str(setting("solver") or "?"),
+        f"{setting('epochs', 'max_iter') or '?'} epochs",
     ]
-    if config.get("augment"):
+    if setting("augment"):
         parts.append("augmented")
-    if config.get("train_limit"):
-        parts.append(f"{config['train_limit']} images")
+    if setting("train_limit"):
+        parts.append(f"{setting('train_limit')} images")
     return " ".join(parts)
 
 
