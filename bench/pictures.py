@@ -35,7 +35,8 @@ FONTS = (
 )
 #: letters that a person would not mistake for a digit (O, l, I, S, Z, B, g, q look like digits)
 LETTERS = "ACEFHKMNPRTUVWXYaefhkmnrtuvwxy"
-SYMBOLS = "#%&@*+=?!$€£¥§¶~<>{}[]()/\\|^"
+#: symbols; the single strokes (| / \\ ! ( ) [ ] { }) are left out: centred in a box they are a 1
+SYMBOLS = "#%&@*+=?$€£¥§¶~<>^"
 NON_DIGIT_KINDS = ("letter", "symbol", "word", "scribble", "noise", "texture", "blank_photo")
 
 

@@ -38,17 +38,31 @@ from service.images import ImageLimits, encode_png_base64, preprocess_image
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
+from service.model.reject import RejectOption
 from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
+from service.v2.binary import decompress_body
 
 PREDICT_ROUTE = "/predict"
+#: a model without a calibrated reject option accepts every digit (MIN_CONFIDENCE aside)
+NO_REJECTION = RejectOption()
 EXPLAIN_ROUTE = "/v2/models/<model>/explain"
 WEIGHTS_ROUTE = "/v2/models/<model>/explain/weights"
 JSON_TYPE = "application/json"
-IMAGE_TYPES = ("image/png", "image/jpeg")
+IMAGE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/jpg",  # not registered, but common
+    "image/webp",
+    "image/bmp",
+    "image/gif",
+    "image/tiff",
+)
+#: a raw body of this type is read when its bytes are one of the accepted image formats
+OCTET_STREAM = "application/octet-stream"
 MULTIPART_TYPE = "multipart/form-data"
 MULTIPART_FIELD = "image"
-ACCEPTED_TYPES = (JSON_TYPE, *IMAGE_TYPES, MULTIPART_TYPE)
+ACCEPTED_TYPES = (JSON_TYPE, *IMAGE_TYPES, OCTET_STREAM, MULTIPART_TYPE)
 SIDE = contract.IMAGE_SIDE
 PIXELS = contract.N_PIXELS
 #: probabilities are float32; more digits than this would only print float32 noise
@@ -101,6 +115,33 @@ def _single(args: MultiDict[str, str], name: str) -> str:
 # -- JSON -----------------------------------------------------------------------------------------
 
 
+#: a pixel image whose darkest and lightest pixel differ by less than this (of 255) is blank
+MIN_PIXEL_CONTRAST = 32.0
+
+
+def check_shows_digits(raw: np.ndarray, first: int = 0) -> None:
+    """InvalidInput unless every raw 0..255 image of float32 [N, 784] can show a digit.
+
+    A blank or nearly constant image shows none (an empty canvas, a solid square); an image
+    whose values all lie in 0..1 was most likely divided by 255 already, or is a 0/1 mask.
+    ``first`` is the index of the first image, for the message.
+    """
+    low, high = raw.min(axis=1), raw.max(axis=1)
+    flat = high - low < MIN_PIXEL_CONTRAST
+    if not flat.any():
+        return  # the usual case: one vectorised test per image
+    index = int(np.argmax(flat))
+    if high[index] <= 1.0 and high[index] > low[index]:
+        raise InvalidInput(
+            f"image {first + index} has every pixel between 0 and 1: the scale is 0..255 with "
+            "ink high (as in MNIST), so multiply by 255 (a 0/1 mask too) before sending"
+        )
+    raise InvalidInput(
+        f"image {first + index} shows no digit: its pixels are all between {low[index]:g} and "
+        f"{high[index]:g} (blank or nearly constant); draw the digit 0..255, ink high"
+    )
+
+
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity although JSON has neither; a pixel must be finite
     raise InvalidInput(f"{name} is not a pixel value (and not JSON): use numbers 0..255")
@@ -122,6 +163,7 @@ def images_from_json(
     """float32 [N, 784] in [0, 1] from a JSON body {"images": [...]}; a 4xx error otherwise."""
     pixels = json_arrays.pixel_rows(body, max_batch)
     if pixels is not None and pixels.min() >= 0 and pixels.max() <= contract.PIXEL_MAX:
+        check_shows_digits(pixels)
         pixels /= np.float32(contract.PIXEL_MAX)
         return pixels
     # anything else, a pixel out of range included, is parsed as Python objects: slower, but it
@@ -165,6 +207,7 @@ def images_from_json_objects(
     if all(type(item) is list for item in images):
         batch = _pixel_batch(images, body)
         if batch is not None:
+            check_shows_digits(batch * np.float32(contract.PIXEL_MAX))
             return batch
     rows: dict[int, np.ndarray] = {}
     encoded: dict[int, bytes] = {}
@@ -175,6 +218,8 @@ def images_from_json_objects(
             encoded[index] = _base64_bytes(index, item)
         else:
             raise InvalidInput(f"image {index} is {_json_type(item)}: {SHAPE_HINT}")
+    for index, row in rows.items():  # every image's shape first, then what they show
+        check_shows_digits(row[np.newaxis] * np.float32(contract.PIXEL_MAX), index)
     rows.update(decode_images(encoded, limits, max_request_pixels))
     return np.stack([rows[index] for index in range(len(images))])
 
@@ -336,7 +381,19 @@ def request_body(req: InferenceRequest, config: ServiceConfig) -> bytes:
     if length is None and len(body) >= config.max_body_bytes:
         # werkzeug cuts a chunked body at the limit without a word: never parse a cut body
         raise PayloadTooLarge(f"the body is over the limit of {config.max_body_bytes} bytes")
-    return body
+    # gzip and deflate inflate to at most the body limit (a bomb costs nothing); others are 415
+    return decompress_body(body, req.header("Content-Encoding"), config.max_body_bytes)
+
+
+def inflated(req: InferenceRequest, config: ServiceConfig) -> InferenceRequest:
+    """The request with its compressed body replaced by the inflated one (for multipart)."""
+    body = request_body(req, config)
+    environ = dict(req.environ)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_CONTENT_ENCODING", None)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    return InferenceRequest(environ, req.rule, req.args, req.facts)
 
 
 def images_from_request(
@@ -354,7 +411,18 @@ def images_from_request(
     if kind in IMAGE_TYPES:
         body = request_body(req, config) if body is None else body
         return decode_images({0: body}, limits, budget)[0][np.newaxis]
+    if kind == OCTET_STREAM:
+        data = request_body(req, config)
+        if not claimed_pixels(data, limits.formats):
+            raise UnsupportedMediaType(
+                f"{OCTET_STREAM} is accepted only when the bytes are an image "
+                f"({', '.join(limits.formats)}); these are not. Send JSON with the right "
+                "Content-Type, or an image"
+            )
+        return decode_images({0: data}, limits, budget)[0][np.newaxis]
     if kind == MULTIPART_TYPE:
+        if (req.header("Content-Encoding") or "identity").strip().lower() != "identity":
+            req = inflated(req, config)
         upload = upload_request(req, config)
         try:
             return images_from_upload(upload, config.max_batch, limits, budget)
@@ -368,24 +436,46 @@ def images_from_request(
 
 
 def predictions_json(
-    labels: np.ndarray, probabilities: np.ndarray, images: np.ndarray, options: PredictOptions
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    images: np.ndarray,
+    options: PredictOptions,
+    reject: RejectOption | None = None,
 ) -> list[dict[str, Any]]:
-    """One answer per image: digit, confidence, the ten probabilities, and what was asked for."""
+    """One answer per image: digit, confidence, the ten probabilities, whether the digit is
+    accepted (and why not: low_confidence, not_a_digit), and what the query asked for."""
     digits = labels.tolist()
+    decision = (reject or NO_REJECTION).decide(images, probabilities)
     if len(digits) <= FEW_IMAGES and options.top_k is None and not options.return_input:
         # numpy's per-call overhead is most of the cost for a few images: the same rounding
         # (np.round: scale, round half to even, unscale) on Python floats, the same numbers
         rows = [[round(value * _SCALE) / _SCALE for value in row] for row in probabilities.tolist()]
         return [
-            {"digit": digit, "confidence": row[digit], "probabilities": row}
-            for digit, row in zip(digits, rows, strict=True)
+            {
+                "digit": digit,
+                "confidence": row[digit],
+                "probabilities": row,
+                "accepted": accepted,
+                "reject_reason": reason,
+            }
+            for digit, row, accepted, reason in zip(
+                digits, rows, decision.accepted, decision.reasons, strict=True
+            )
         ]
     rounded = np.round(probabilities.astype(np.float64), DECIMALS)
     count = len(labels)
     confidences = rounded[np.arange(count), labels].tolist()
     answers = [
-        {"digit": digit, "confidence": confidence, "probabilities": row}
-        for digit, confidence, row in zip(digits, confidences, rounded.tolist(), strict=True)
+        {
+            "digit": digit,
+            "confidence": confidence,
+            "probabilities": row,
+            "accepted": accepted,
+            "reject_reason": reason,
+        }
+        for digit, confidence, row, accepted, reason in zip(
+            digits, confidences, rounded.tolist(), decision.accepted, decision.reasons, strict=True
+        )
     ]
     if options.top_k is not None:
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, : options.top_k]
@@ -411,7 +501,7 @@ def answer_images(
     facts.model_version = prediction.model_version
     answer = {
         "predictions": predictions_json(
-            prediction.labels, prediction.probabilities, images, options
+            prediction.labels, prediction.probabilities, images, options, prediction.reject
         ),
         "model": {"name": prediction.model_name, "version": prediction.model_version},
         "request_id": facts.request_id,

@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from service import api, openapi, page
+from service import api, images, openapi, page
 from service.config import ServiceConfig
 from service.dispatch import InferenceDispatcher, InferenceEndpoint
 from service.error_render import render_error
@@ -54,6 +54,7 @@ def create_app(
     config = config or ServiceConfig.from_env(os.environ)
     if request_tracing is None:
         request_tracing = tracing.configure(tracing.TracingConfig.from_env(os.environ))
+    images.use_one_thread()
     if predictor is None:
         predictor = Predictor(config)
         with contextlib.suppress(ModelUnavailable):

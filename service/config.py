@@ -47,6 +47,8 @@ class ServiceConfig:
     api_tokens: frozenset[str] = field(default=frozenset(), repr=False)
     #: the MNIST IDX files for the promote gate over HTTP (MNIST_DATA_DIR); None: the cards' figures
     mnist_data_dir: Path | None = None
+    #: overrides the reject threshold of the model's card (Chow's rule); None: the card's
+    min_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if self.model_version is not None and self.model_version < 1:
@@ -71,6 +73,8 @@ class ServiceConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"MIN_CONFIDENCE must be between 0 and 1, not {self.min_confidence}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServiceConfig:
@@ -105,7 +109,15 @@ class ServiceConfig:
             mnist_data_dir=Path(environ["MNIST_DATA_DIR"])
             if environ.get("MNIST_DATA_DIR")
             else None,
+            min_confidence=_read(environ, "MIN_CONFIDENCE", _probability, None),
         )
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError("not in 0..1")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -54,7 +54,7 @@ POLARITY_MARGIN = 3.0
 SHEET_AREA = 0.2
 SHEET_FILL = 0.75
 #: strokes covering more of their bounding box than this may be paper read as ink: check both
-MAX_FILL = 0.6
+MAX_FILL = 0.8
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _SQUARE = np.ones((3, 3), np.uint8)
 EXIF_ORIENTATION = 0x0112
@@ -66,6 +66,8 @@ _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "BMP"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
     (b"\x00\x00\x01\x00", "ICO"),
     (b"%PDF", "PDF"),
     (b"<svg", "SVG"),
@@ -92,7 +94,13 @@ class ImageLimits:
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 25_000_000
-    formats: tuple[str, ...] = ("PNG", "JPEG")
+    #: GIF and TIFF: the first frame (or page)
+    formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+def use_one_thread() -> None:
+    """OpenCV's own threads cost more than they save on pictures this small (call at startup)."""
+    cv2.setNumThreads(1)
 
 
 def preprocess_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
@@ -133,9 +141,9 @@ def _plausible_width(width: float) -> bool:
 
 
 def _likelier_digit(candidates: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Of two readings of an ambiguous picture (dark ink, light ink), the one whose strokes fill
-    less of their bounding box: read the wrong way round, the "ink" is the paper (a sheet on a
-    desk), which fills nearly all of its box."""
+    """Of two readings of a picture (the likelier first), the first whose strokes look like a
+    digit's (they fill at most MAX_FILL of their box and are plausibly wide); else the one whose
+    strokes fill less of their box: read the wrong way round, the "ink" is the paper."""
     readings = []
     problem: InvalidImage | None = None
     for darkness in candidates:
@@ -145,7 +153,10 @@ def _likelier_digit(candidates: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
         except InvalidImage as exc:
             problem = problem or exc
             continue
-        readings.append((_fill(strokes), ink, strokes))
+        fill = _fill(strokes)
+        if fill <= MAX_FILL and _plausible_width(_relative_width(strokes)):
+            return ink, strokes
+        readings.append((fill, ink, strokes))
     if not readings:
         assert problem is not None
         raise problem
@@ -170,7 +181,8 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
         raise InvalidImage("the image is empty")
     if len(data) > limits.max_bytes:
         raise InvalidImage(f"the image has {len(data)} bytes; the limit is {limits.max_bytes}")
-    accepted = " or ".join(limits.formats)
+    *others, last = limits.formats
+    accepted = f"{', '.join(others)} or {last}" if others else last
     try:
         # formats= keeps every other decoder (and its attack surface) out of reach
         image = Image.open(io.BytesIO(data), formats=list(limits.formats))
@@ -303,7 +315,7 @@ def _darkness(dark: np.ndarray, light: np.ndarray) -> tuple[list[np.ndarray], bo
     window = _odd(min(small_dark.shape) / 3)
     darker = cv2.subtract(cv2.medianBlur(small_dark, window), small_dark)
     lighter = cv2.subtract(small_light, cv2.medianBlur(small_light, window))
-    margin = MIN_CONTRAST // 2
+    margin = np.full_like(darker, MIN_CONTRAST // 2)
     dark_score = int(cv2.subtract(darker, margin).sum(dtype=np.int64))
     light_score = int(cv2.subtract(lighter, margin).sum(dtype=np.int64))
     readings = [dark, cv2.bitwise_not(light)]
@@ -318,8 +330,9 @@ def _on_the_sheet(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.n
 
     On a thumbnail, Otsu's threshold splits light from dark; the largest light component is a
     sheet when it covers at least SHEET_AREA of the picture, fills SHEET_FILL of its bounding box
-    (a rectangle, less the strokes on it) and leaves a margin of desk on some side. White strokes
-    on black fill far less of their box, so they are never taken for a sheet.
+    (a rectangle, less the strokes on it), leaves a margin on some side, and what lies around it
+    is darker than 40% of its brightness (a desk, not a shadow). White strokes on black fill far
+    less of their box, so they are never taken for a sheet.
     """
     small = _thumbnail(light)
     _, bright = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
@@ -333,6 +346,12 @@ def _on_the_sheet(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.n
     framed = left >= margin or top >= margin or cols - left - width >= margin
     framed = framed or rows - top - height >= margin
     if not framed or area < SHEET_AREA * rows * cols or area < SHEET_FILL * width * height:
+        return dark, light
+    # a desk, not a shadow: what lies around the sheet is far darker than the sheet
+    sheet = small[top : top + height, left : left + width]
+    outside = np.ones(small.shape, dtype=bool)
+    outside[top : top + height, left : left + width] = False
+    if np.median(small[outside]) > DARK_SURROUND_FRACTION * np.median(sheet):
         return dark, light
     scale = dark.shape[0] / rows
     inset = 1  # leave the sheet's own edge (and its shadow) out
@@ -368,7 +387,9 @@ def _ink(darkness: np.ndarray) -> np.ndarray:
     ink = cv2.divide(cv2.subtract(paper, darkness), np.maximum(paper, np.uint8(floor)), scale=255)
     if surround.any():
         paper_here = (~surround).view(np.uint8)
-        ink *= cv2.resize(paper_here, (width, height), interpolation=cv2.INTER_NEAREST)
+        ink = ink * np.asarray(
+            cv2.resize(paper_here, (width, height), interpolation=cv2.INTER_NEAREST)
+        )
     return ink
 
 
@@ -418,8 +439,9 @@ def _without_lines(mask: np.ndarray) -> np.ndarray:
         return mask  # no row or column holds enough ink for a line: the usual case, and cheap
     across = cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, int(width * LINE_LENGTH)), 1))
     down = cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(3, int(height * LINE_LENGTH))))
-    lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, across) | cv2.morphologyEx(
-        mask, cv2.MORPH_OPEN, down
+    lines = np.maximum(
+        np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, across)),
+        np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, down)),
     )
     if not lines.any():
         return mask
@@ -580,7 +602,7 @@ def _describe_unaccepted(data: bytes) -> str:
             return f"{name} images are not accepted"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP images are not accepted"
-    return "the data is not a PNG or JPEG image"
+    return "the data is not an image in an accepted format"
 
 
 def _reason(exc: BaseException) -> str:

@@ -103,6 +103,13 @@ def _validation_split(
     return x_train, y_train, x_val, y_val
 
 
+def validation_split(
+    x: np.ndarray, y: np.ndarray, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(x_train, y_train, x_val, y_val): the seeded, stratified split ``fit`` holds out."""
+    return _validation_split(x, y, config)
+
+
 def _estimator(config: TrainConfig, n_train: int) -> MLPClassifier:
     from sklearn.neural_network import MLPClassifier
 

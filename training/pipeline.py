@@ -25,8 +25,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from service.model.contract import SELFTEST_FILE, ModelCard, ThreadInfo, ThreadPool
+from service.model.contract import (
+    SELFTEST_FILE,
+    ModelCard,
+    RejectSection,
+    ThreadInfo,
+    ThreadPool,
+    load_section,
+)
 from service.model.repository import ModelRepository, ModelVersion
+from training.calibrate import ERROR_REJECT_FILE, RELIABILITY_FILE, calibrate_run
 from training.card import build_card, build_selftest
 from training.checks import check_trainable
 from training.config import ConfigError, TrainConfig
@@ -183,9 +191,15 @@ def _train_run(
     )
     reporter.step("rendering the report")
     report_files = _build_report(card.to_json(), fitted, evaluation, data.test)
-    card = dataclasses.replace(
-        card, report={Path(path).stem: path for path in sorted(report_files)}
-    )
+    report = {Path(path).stem: path for path in sorted(report_files)}
+    reporter.step("calibrating the reject option on the validation split")
+    calibration = calibrate_run(onnx_bytes, train.images, train.labels, config)
+    reject = None
+    if calibration is not None:
+        reject = load_section(RejectSection, calibration.section)
+        report.update({Path(name).stem: name for name in (ERROR_REJECT_FILE, RELIABILITY_FILE)})
+        report_files.update(calibration.files)
+    card = dataclasses.replace(card, report=report, reject=reject)
     return TrainedRun(
         onnx_bytes=onnx_bytes,
         card=card,

@@ -37,6 +37,9 @@ SELFTEST_FILE = "selftest.json"
 TRITON_CONFIG_FILE = "config.pbtxt"
 #: our labels beside config.pbtxt: which loaded version is ``stable``, and a canary or shadow
 LABELS_FILE = "labels.json"
+#: the optional card section of the reject option, and the not-a-digit subspaces beside the model
+REJECT_SECTION = "reject"
+NOVELTY_FILE = "novelty.npz"
 
 #: largest batch the service accepts in one request, also written as Triton's max_batch_size
 MAX_BATCH_SIZE = 1024
@@ -294,6 +297,32 @@ class ParityInfo:
 
 
 @dataclass(frozen=True)
+class NoveltySection:
+    """The not-a-digit detector beside the model (training/calibrate.py fits it)."""
+
+    file: str  # the per-class subspaces, .npz of float32 means [10, 784], components [10, k, 784]
+    sha256: str
+    threshold: float  # squared distance (pixels 0..1) to the nearest class subspace
+    components_per_class: int
+    score: str = ""
+    fitted_on: str = ""
+    max_aspect: float | None = None  # width / height of the ink's box; wider is no digit
+    aspect: str | None = None
+
+
+@dataclass(frozen=True)
+class RejectSection:
+    """The reject option, fitted on the validation split: Chow's rule and not-a-digit."""
+
+    rule: str
+    target: Mapping[str, Any]  # the split and the reject rates aimed at
+    temperature: float  # probabilities are scaled as softmax(logits / T) before the rule
+    min_confidence: float  # the calibrated top probability under which a digit is rejected
+    validation: Mapping[str, Any]  # what the rule did on the validation split
+    novelty: NoveltySection
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """card.json. ``name``, ``version``, ``sha256`` and ``size`` are set by the repository when
     it publishes (a card built by training says version 0 until then)."""
@@ -326,6 +355,7 @@ class ModelCard:
     selftest: SelftestRef
     host: Mapping[str, str]
     report: Mapping[str, str] = field(default_factory=dict)  # report file stem -> relative path
+    reject: RejectSection | None = None  # optional: versions calibrated for the reject option
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written as card.json (optional sections left out when None)."""

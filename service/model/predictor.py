@@ -8,10 +8,11 @@ watcher's business (service.model.watcher); validation is service.model.validati
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from service.config import ServiceConfig
 from service.errors import InvalidInput, ModelUnavailable, NotFound
 from service.model import contract
+from service.model.reject import RejectOption
 from service.model.repository import ModelRepository
 from service.model.trials import Comparison, TrialMetrics, TrialRunner
 from service.model.validation import (
@@ -74,6 +76,8 @@ class Prediction:
     probabilities: np.ndarray
     model_name: str
     model_version: int
+    #: how the version that answered accepts or rejects its answers
+    reject: RejectOption = field(default_factory=RejectOption, repr=False)
 
 
 _OUTPUTS = [contract.OUTPUT_LABEL, contract.OUTPUT_PROBABILITIES]
@@ -215,11 +219,15 @@ class Predictor:
                     other=other,
                 )
             )
+        reject = target.reject
+        if self.config.min_confidence is not None:  # MIN_CONFIDENCE overrides the card's
+            reject = dataclasses.replace(reject, min_confidence=self.config.min_confidence)
         return Prediction(
             labels=labels,
             probabilities=probabilities,
             model_name=target.model.name,
             model_version=answered,
+            reject=reject,
         )
 
     # -- hot reload ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.model import contract
+from service.model.reject import RejectOption, RejectSectionError
 from service.model.repository import ModelVersion, RepositoryError, sha256_bytes
 
 #: probabilities recorded at training time are rounded; float32 kernels differ across CPUs
@@ -59,6 +60,8 @@ class ValidatedModel:
 
     model: LoadedModel
     session: ort.InferenceSession = field(repr=False)
+    #: how this version accepts or rejects its answers (the card's reject section)
+    reject: RejectOption = field(default_factory=RejectOption, repr=False)
 
 
 SessionFactory = Callable[[bytes, SessionSettings], ort.InferenceSession]
@@ -301,5 +304,9 @@ def validate_version(
         raise ModelRejected(f"onnxruntime cannot load model.onnx: {exc}") from exc
     check_signature(session)
     run_selftest(session, selftest)
+    try:
+        reject = RejectOption.from_card(card, version.path)
+    except RejectSectionError as exc:
+        raise ModelRejected(str(exc)) from exc
     model = LoadedModel(name=name, version=version.version, card=card, path=version.path)
-    return ValidatedModel(model=model, session=session)
+    return ValidatedModel(model=model, session=session, reject=reject)

@@ -221,9 +221,9 @@ def test_faint_noise_only_is_refused() -> None:
     "data, message",
     [
         (b"", "empty"),
-        (b"this is not an image at all", "not a PNG or JPEG"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot be decoded|not a PNG"),
-        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "cannot be decoded|not a PNG"),
+        (b"this is not an image at all", "not an image in an accepted format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot be decoded|PNG images"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "cannot be decoded|JPEG images"),
     ],
 )
 def test_garbage_bytes_are_refused(data: bytes, message: str) -> None:
@@ -237,11 +237,21 @@ def test_truncated_png_is_refused(ink: np.ndarray) -> None:
         preprocess_image(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
-def test_other_formats_are_refused(ink: np.ndarray, fmt: str, name: str) -> None:
+@pytest.mark.parametrize("fmt", ["WEBP", "BMP", "GIF", "TIFF"])
+def test_other_formats_are_read(ink: np.ndarray, reference: np.ndarray, fmt: str) -> None:
     buffer = io.BytesIO()
-    Image.fromarray(ink).save(buffer, format=fmt)
-    with pytest.raises(InvalidImage, match=f"{name} images are not accepted; send PNG or JPEG"):
+    first, second = Image.fromarray(ink), Image.fromarray(255 - ink)
+    if fmt in ("GIF", "TIFF"):  # several frames or pages: the first is read
+        first.save(buffer, format=fmt, save_all=True, append_images=[second])
+    else:
+        first.save(buffer, format=fmt, lossless=True) if fmt == "WEBP" else first.save(buffer, fmt)
+    _assert_like(preprocess_image(buffer.getvalue()), reference)
+
+
+def test_unaccepted_formats_are_named(ink: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(ink).save(buffer, format="ICO")
+    with pytest.raises(InvalidImage, match="ICO images are not accepted; send PNG, JPEG, WEBP, BMP, GIF or TIFF"):
         preprocess_image(buffer.getvalue())
 
 

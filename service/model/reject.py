@@ -1,0 +1,172 @@
+"""The reject option at serving time: accept a prediction, or say why not (no Flask, numpy only).
+
+A version's card may carry a ``reject`` section (written by training/calibrate.py): a
+temperature for the probabilities, ``min_confidence`` (Chow's rule on the temperature-scaled top
+probability) and the not-a-digit detector, the squared distance of the 28x28 input to the
+nearest of ten per-class PCA subspaces stored in ``novelty.npz`` beside the model. A card
+without it still gets ``min_confidence`` from ``MIN_CONFIDENCE`` when set (else every digit is
+accepted) and no not-a-digit check.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.model import contract
+from service.model.repository import sha256_bytes
+
+LOW_CONFIDENCE = "low_confidence"
+NOT_A_DIGIT = "not_a_digit"
+
+
+class RejectSectionError(ValueError):
+    """The card's reject section or its subspaces file is malformed or does not match."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Per image: accepted, the reason when not (None, "low_confidence", "not_a_digit"), and the
+    calibrated top probability the rule compared with ``min_confidence``."""
+
+    accepted: list[bool]
+    reasons: list[str | None]
+    confidence: np.ndarray
+
+
+@dataclass(frozen=True)
+class RejectOption:
+    """What decides acceptance for one model version."""
+
+    temperature: float = 1.0
+    min_confidence: float = 0.0
+    novelty_threshold: float | None = None
+    #: a wider ink box (width / height) is no digit (a word, a dash)
+    max_aspect: float | None = None
+    #: float32 [10 * (k + 1), 784]: each class's components, then the ten class means
+    _weights: np.ndarray | None = field(default=None, repr=False)
+    #: float32 [10 * k]: each class's components applied to its own mean
+    _offsets: np.ndarray | None = field(default=None, repr=False)
+    _mean_norms: np.ndarray | None = field(default=None, repr=False)
+    _components: int = 0
+
+    @classmethod
+    def from_card(
+        cls, card: contract.ModelCard, folder: Path, min_confidence: float | None = None
+    ) -> RejectOption:
+        """The option for a version (its folder holds the subspaces file); ``min_confidence``
+        (MIN_CONFIDENCE) overrides the card's threshold. RejectSectionError when malformed."""
+        section = card.reject
+        if section is None:
+            return cls(min_confidence=min_confidence or 0.0)
+        temperature, threshold = section.temperature, section.min_confidence
+        novelty = section.novelty
+        name, novelty_threshold, expected = novelty.file, novelty.threshold, novelty.sha256
+        max_aspect = novelty.max_aspect
+        if not (0.01 <= temperature <= 100.0 and 0.0 <= threshold <= 1.0):
+            raise RejectSectionError("the card's temperature or min_confidence is out of range")
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise RejectSectionError(f"the subspaces file {name!r} is not a plain file name")
+        try:
+            data = (folder / name).read_bytes()
+        except OSError as exc:
+            raise RejectSectionError(f"cannot read the subspaces file {name}: {exc}") from exc
+        if sha256_bytes(data) != expected:
+            raise RejectSectionError(f"{name} does not match its sha256 in the card")
+        means, components = _read_subspaces(data, name)
+        classes, count, pixels = components.shape
+        weights = np.concatenate([components.reshape(classes * count, pixels), means])
+        offsets = np.einsum("ckp,cp->ck", components, means).reshape(classes * count)
+        return cls(
+            temperature=temperature,
+            min_confidence=threshold if min_confidence is None else min_confidence,
+            novelty_threshold=novelty_threshold,
+            max_aspect=max_aspect,
+            _weights=np.ascontiguousarray(weights, dtype=np.float32),
+            _offsets=offsets.astype(np.float32),
+            _mean_norms=np.einsum("cp,cp->c", means, means).astype(np.float32),
+            _components=count,
+        )
+
+    def novelty(self, images: np.ndarray) -> np.ndarray | None:
+        """float32 [N]: squared distance of float32 [N, 784] images (0..1) to the nearest class
+        subspace, or None without subspaces. One matrix product for all ten classes."""
+        if self._weights is None or self._offsets is None or self._mean_norms is None:
+            return None
+        classes = len(self._mean_norms)
+        products = images @ self._weights.T  # [N, 10 * k + 10]
+        split = classes * self._components
+        projected = (products[:, :split] - self._offsets).reshape(-1, classes, self._components)
+        norms = np.einsum("ij,ij->i", images, images)[:, None]
+        distances = (
+            norms - 2.0 * products[:, split:] + self._mean_norms - (projected**2).sum(axis=2)
+        )
+        return np.maximum(distances.min(axis=1), 0.0)
+
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
+        if self.temperature == 1.0:
+            return probabilities.astype(np.float64)
+        logs = np.log(np.clip(probabilities.astype(np.float64), 1e-30, 1.0)) / self.temperature
+        logs -= logs.max(axis=1, keepdims=True)
+        scaled = np.exp(logs)
+        return scaled / scaled.sum(axis=1, keepdims=True)
+
+    def decide(self, images: np.ndarray, probabilities: np.ndarray) -> Decision:
+        """Accept or reject each of float32 images [N, 784] given the model's probabilities."""
+        confidence = self.calibrated(probabilities).max(axis=1)
+        low = confidence < self.min_confidence
+        scores = self.novelty(images)
+        strange = (
+            scores > self.novelty_threshold
+            if scores is not None and self.novelty_threshold is not None
+            else np.zeros(len(confidence), dtype=bool)
+        )
+        if self.max_aspect is not None:
+            strange |= ink_aspect(images) > self.max_aspect
+        reasons: list[str | None] = [
+            NOT_A_DIGIT if s else (LOW_CONFIDENCE if lo else None)
+            for s, lo in zip(strange.tolist(), low.tolist(), strict=True)
+        ]
+        return Decision(
+            accepted=[reason is None for reason in reasons], reasons=reasons, confidence=confidence
+        )
+
+
+#: a pixel (0..1) brighter than this is ink, for the ink's box (as training/calibrate.py)
+ASPECT_INK = 0.1
+
+
+def ink_aspect(images: np.ndarray) -> np.ndarray:
+    """float64 [N]: width / height of the box around the ink of float32 [N, 784] images (0 for
+    a blank one). The same measure as training/calibrate.py's, which chose the threshold."""
+    ink = images.reshape(-1, contract.IMAGE_SIDE, contract.IMAGE_SIDE) > ASPECT_INK
+    rows, cols = ink.any(axis=2), ink.any(axis=1)
+    index = np.arange(contract.IMAGE_SIDE)
+    far = contract.IMAGE_SIDE + 1
+    height = np.where(rows, index, -1).max(axis=1) - np.where(rows, index, far).min(axis=1) + 1
+    width = np.where(cols, index, -1).max(axis=1) - np.where(cols, index, far).min(axis=1) + 1
+    return np.where(height > 0, width / np.maximum(height, 1), 0.0)
+
+
+def _read_subspaces(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            means = np.asarray(archive["means"], dtype=np.float32)
+            components = np.asarray(archive["components"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise RejectSectionError(f"{name} is not a subspaces file: {exc}") from exc
+    classes, pixels = contract.N_CLASSES, contract.N_PIXELS
+    if (
+        means.shape != (classes, pixels)
+        or components.ndim != 3
+        or components.shape[0] != classes
+        or components.shape[2] != pixels
+        or not (np.isfinite(means).all() and np.isfinite(components).all())
+    ):
+        raise RejectSectionError(f"{name} has the wrong shapes {means.shape} {components.shape}")
+    return means, components
