@@ -401,7 +401,7 @@ def _touching_edge(mask: np.ndarray) -> np.ndarray:
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     table = np.zeros(count, dtype=bool)
     table[edge[edge > 0]] = True
-    return table[labels]
+    return np.asarray(table[labels])
 
 
 def _digit_strokes(ink: np.ndarray) -> np.ndarray:
@@ -422,7 +422,7 @@ def _digit_strokes(ink: np.ndarray) -> np.ndarray:
         chosen = table[labels]
     if cv2.mean(ink, chosen.view(np.uint8))[0] < MIN_INK_LEVEL * 255.0:
         raise InvalidImage("the image shows no digit: the ink is too faint")
-    return chosen
+    return np.asarray(chosen)
 
 
 def _without_lines(mask: np.ndarray) -> np.ndarray:
@@ -450,7 +450,7 @@ def _without_lines(mask: np.ndarray) -> np.ndarray:
     rest = mask & (1 - lines)
     if int(rest.sum()) < LINES_ONLY_FRACTION * int(mask.sum()):
         return mask
-    return rest
+    return np.asarray(rest)
 
 
 def _digit_components(stats: np.ndarray, shape: tuple[int, ...]) -> list[int]:
@@ -524,7 +524,7 @@ def _relative_width(strokes: np.ndarray) -> float:
     rows = np.flatnonzero(strokes.any(axis=1))
     cols = np.flatnonzero(strokes.any(axis=0))
     size = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
-    return stroke_width(strokes) * DIGIT_BOX / size
+    return float(stroke_width(strokes) * DIGIT_BOX / size)
 
 
 def _normalised_strokes(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
@@ -560,7 +560,7 @@ def _normalised_strokes(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
         padded = cv2.copyMakeBorder(field, radius, radius, radius, radius, cv2.BORDER_CONSTANT)
         field = (cv2.dilate if change > 0 else cv2.erode)(padded, kernel)
-    return field.astype(np.float32)
+    return np.asarray(field, dtype=np.float32)
 
 
 def _mnist_field(ink: np.ndarray) -> np.ndarray:

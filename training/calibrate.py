@@ -92,7 +92,7 @@ class Subspaces:
                 "ij,ij->i", projected, projected
             )
             best = np.minimum(best, residual)
-        return np.maximum(best, 0.0)
+        return np.asarray(np.maximum(best, 0.0))
 
     def to_bytes(self) -> bytes:
         """The .npz file served beside the model (no pickles: plain float32 arrays)."""
@@ -120,7 +120,7 @@ def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarra
     logs = np.log(np.clip(probabilities.astype(np.float64), 1e-30, 1.0)) / temperature
     logs -= logs.max(axis=1, keepdims=True)
     scaled = np.exp(logs)
-    return scaled / scaled.sum(axis=1, keepdims=True)
+    return np.asarray(scaled / scaled.sum(axis=1, keepdims=True))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -105,7 +105,7 @@ class RejectOption:
         distances = (
             norms - 2.0 * products[:, split:] + self._mean_norms - (projected**2).sum(axis=2)
         )
-        return np.maximum(distances.min(axis=1), 0.0)
+        return np.asarray(np.maximum(distances.min(axis=1), 0.0))
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
@@ -114,7 +114,7 @@ class RejectOption:
         logs = np.log(np.clip(probabilities.astype(np.float64), 1e-30, 1.0)) / self.temperature
         logs -= logs.max(axis=1, keepdims=True)
         scaled = np.exp(logs)
-        return scaled / scaled.sum(axis=1, keepdims=True)
+        return np.asarray(scaled / scaled.sum(axis=1, keepdims=True))
 
     def decide(self, images: np.ndarray, probabilities: np.ndarray) -> Decision:
         """Accept or reject each of float32 images [N, 784] given the model's probabilities."""

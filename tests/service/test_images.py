@@ -251,7 +251,8 @@ def test_other_formats_are_read(ink: np.ndarray, reference: np.ndarray, fmt: str
 def test_unaccepted_formats_are_named(ink: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(ink).save(buffer, format="ICO")
-    with pytest.raises(InvalidImage, match="ICO images are not accepted; send PNG, JPEG, WEBP, BMP, GIF or TIFF"):
+    named = "ICO images are not accepted; send PNG, JPEG, WEBP, BMP, GIF or TIFF"
+    with pytest.raises(InvalidImage, match=named):
         preprocess_image(buffer.getvalue())
 
 
