@@ -251,6 +251,7 @@
       delete document.body.dataset.saliency;
       digitOutput.textContent = "–";
       digitOutput.removeAttribute("data-digit");
+      delete document.body.dataset.verdict;
       confidenceText.textContent = "";
       seenImage.hidden = true;
       seenImage.removeAttribute("src");
@@ -259,9 +260,23 @@
       return;
     }
     const probabilities = prediction.probabilities;
-    digitOutput.textContent = String(prediction.digit);
     digitOutput.dataset.digit = String(prediction.digit);
-    confidenceText.textContent = `${(prediction.confidence * 100).toFixed(1)}% sure`;
+    // the reject option: say "not sure" or "no digit" rather than show a confident wrong digit
+    const verdict = prediction.accepted === false ? prediction.reject_reason : "accepted";
+    document.body.dataset.verdict = verdict;
+    if (verdict === "not_a_digit") {
+      digitOutput.textContent = "?";
+      confidenceText.textContent = "that does not look like a digit";
+    } else if (verdict === "low_confidence") {
+      const [first, second] = probabilities
+        .map((probability, digit) => [probability, digit])
+        .sort((a, b) => b[0] - a[0]);
+      digitOutput.textContent = "?";
+      confidenceText.textContent = `not sure: ${first[1]} or ${second[1]}?`;
+    } else {
+      digitOutput.textContent = String(prediction.digit);
+      confidenceText.textContent = `${(prediction.confidence * 100).toFixed(1)}% sure`;
+    }
     bars.forEach((bar, digit) => setBar(bar, probabilities[digit], digit === prediction.digit));
     if (prediction.input_png) {
       seenImage.src = `data:image/png;base64,${prediction.input_png}`;
