@@ -24,6 +24,7 @@ from service.model.contract import (
     OUTPUT_PROBABILITIES,
     PIXEL_MAX,
 )
+from service.model.reject import Decision
 from service.v2.binary import (
     BinarySection,
     binary_data_size,
@@ -36,6 +37,11 @@ from service.v2.binary import (
 #: the wire types accepted for the input; FP32 is the model's own scale, UINT8 raw MNIST pixels
 INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_PROBABILITIES)
+#: the reject option's decision, answered only when asked for by name (not model outputs:
+#: computed beside the graph, as for /predict): BOOL [N] and BYTES [N] ("" when accepted)
+OUTPUT_ACCEPTED = "accepted"
+OUTPUT_REJECT_REASON = "reject_reason"
+DECISION_OUTPUTS = (OUTPUT_ACCEPTED, OUTPUT_REJECT_REASON)
 ACCEPTED_SHAPES = f"[N, {N_PIXELS}] or [N, {IMAGE_SIDE}, {IMAGE_SIDE}]"
 
 
@@ -88,8 +94,12 @@ def encode_infer_response(
     probabilities: np.ndarray,
     model_name: str,
     model_version: int,
+    decision: Decision | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and its Inference-Header-Content-Length (None when all JSON)."""
+    """The response body and its Inference-Header-Content-Length (None when all JSON).
+
+    ``decision`` is the reject option's, needed when "accepted" or "reject_reason" is asked for.
+    """
     header: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request.id is not None:
         header["id"] = request.id
@@ -105,13 +115,29 @@ def encode_infer_response(
                 raw = encode_bytes_elements(s.encode() for row in strings for s in row)
             else:
                 tensor["data"] = [s for row in strings for s in row]
+        elif output.name in DECISION_OUTPUTS:
+            assert decision is not None
+            if output.name == OUTPUT_ACCEPTED:
+                flags = decision.accepted
+                tensor.update(datatype="BOOL", shape=[len(flags)])
+                if output.binary:
+                    raw = np.asarray(flags, dtype=np.uint8).tobytes()
+                else:
+                    tensor["data"] = list(flags)
+            else:
+                reasons = [reason or "" for reason in decision.reasons]
+                tensor.update(datatype="BYTES", shape=[len(reasons)])
+                if output.binary:
+                    raw = encode_bytes_elements(reason.encode() for reason in reasons)
+                else:
+                    tensor["data"] = reasons
         elif output.name == OUTPUT_LABEL:
             array = labels.astype("<i8", copy=False)
             tensor.update(datatype="INT64", shape=[len(array)])
         else:
             array = probabilities.astype("<f4", copy=False)
             tensor.update(datatype="FP32", shape=list(array.shape))
-        if output.classification is None:
+        if output.classification is None and output.name not in DECISION_OUTPUTS:
             if output.binary:
                 raw = array.tobytes()
             else:
@@ -284,9 +310,10 @@ def _read_outputs(outputs: Any, default_binary: bool) -> tuple[RequestedOutput, 
     requested: dict[str, RequestedOutput] = {}
     for item in outputs:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in OUTPUT_NAMES:
+        if name not in OUTPUT_NAMES and name not in DECISION_OUTPUTS:
             raise BadRequest(
                 f"unknown output {name!r}: the mnist model has outputs {list(OUTPUT_NAMES)}"
+                f" (and the reject option's {list(DECISION_OUTPUTS)})"
             )
         if name in requested:
             raise BadRequest(f"output {name!r} is requested twice")

@@ -29,10 +29,11 @@ from service.model.contract import (
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
 )
+from service.model.reject import RejectOption
 from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
 from service.v2.binary import HEADER_LENGTH, decompress_body
-from service.v2.codec import encode_infer_response, parse_infer_request
+from service.v2.codec import DECISION_OUTPUTS, encode_infer_response, parse_infer_request
 from service.v2.statistics import model_statistics
 
 SERVER_NAME = "mnist-service"
@@ -281,12 +282,17 @@ def answer_infer(
     facts.model_version = prediction.model_version
     if number is not None and prediction.model_version != number:
         raise NotFound(f"model {model!r} version {version} was replaced while answering")
+    decision = None
+    if any(output.name in DECISION_OUTPUTS for output in request.outputs):
+        reject: RejectOption = getattr(prediction, "reject", None) or RejectOption()
+        decision = reject.decide(request.images, prediction.probabilities)
     payload, binary_header_length = encode_infer_response(
         request,
         prediction.labels,
         prediction.probabilities,
         prediction.model_name,
         prediction.model_version,
+        decision,
     )
     return InferAnswer(payload, binary_header_length)
 

@@ -1,0 +1,158 @@
+"""The reject option and the request checks of /predict: accepted / reject_reason in every answer,
+the same decision as V2 outputs, the subspace distance as training computed it, blank and 0..1
+JSON images refused, gzip and deflate bodies inflated, images sniffed from octet-stream."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.app import create_app
+from service.config import ServiceConfig
+from service.model.reject import LOW_CONFIDENCE, NOT_A_DIGIT, RejectOption
+from service.model.reject import ink_aspect as serving_aspect
+from training.calibrate import Subspaces, ink_aspect, with_temperature
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+VERSION = MODELS / "mnist" / "1"
+
+
+def _seven() -> np.ndarray:
+    rows = np.zeros((28, 28), dtype=np.uint8)
+    rows[6:8, 7:21] = 255
+    for r in range(8, 23):
+        c = 20 - (r - 8) // 2
+        rows[r, c - 1 : c + 1] = 255
+    return rows
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(ServiceConfig(model_dir=MODELS))
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def option() -> RejectOption:
+    card = json.loads((VERSION / "card.json").read_text())
+    return RejectOption.from_card(card, VERSION)
+
+
+def test_serving_computes_the_distance_training_calibrated(option: RejectOption) -> None:
+    with np.load(VERSION / "novelty.npz") as archive:
+        subspaces = Subspaces(archive["means"], archive["components"])
+    images = np.random.default_rng(0).random((20, 784), dtype=np.float32)
+    images[:10] *= images[:10] > 0.8  # sparse, digit-like ink
+    np.testing.assert_allclose(option.novelty(images), subspaces.scores(images), rtol=1e-3)
+    np.testing.assert_allclose(ink_aspect(images), serving_aspect(images))
+
+
+def test_temperature_is_the_same_in_training_and_serving(option: RejectOption) -> None:
+    probabilities = np.random.default_rng(1).dirichlet(np.ones(10), 5).astype(np.float32)
+    expected = with_temperature(probabilities, option.temperature)
+    np.testing.assert_allclose(option.calibrated(probabilities), expected, rtol=1e-9)
+
+
+def test_a_clear_digit_is_accepted_and_noise_is_not(client) -> None:
+    noise = (np.random.default_rng(2).random(784) * 255).round().tolist()
+    answer = client.post("/predict", json={"images": [_seven().ravel().tolist(), noise]})
+    assert answer.status_code == 200
+    seven, static = answer.get_json()["predictions"]
+    assert seven["digit"] == 7 and seven["accepted"] is True and seven["reject_reason"] is None
+    assert static["accepted"] is False and static["reject_reason"] in (NOT_A_DIGIT, LOW_CONFIDENCE)
+
+
+def test_min_confidence_overrides_the_card() -> None:
+    strict = create_app(ServiceConfig(model_dir=MODELS, min_confidence=1.0)).test_client()
+    answer = strict.post("/predict", json={"images": [_seven().ravel().tolist()]}).get_json()
+    assert answer["predictions"][0]["reject_reason"] == LOW_CONFIDENCE
+
+
+def test_v2_answers_the_decision_as_extra_outputs(client) -> None:
+    data = np.concatenate([_seven().ravel(), np.zeros(783, np.uint8), [255]]).tolist()
+    body = {
+        "inputs": [{"name": "input", "shape": [2, 784], "datatype": "UINT8", "data": data}],
+        "outputs": [{"name": "label"}, {"name": "accepted"}, {"name": "reject_reason"}],
+    }
+    outputs = client.post("/v2/models/mnist/infer", json=body).get_json()["outputs"]
+    by_name = {output["name"]: output for output in outputs}
+    assert by_name["accepted"] == {"name": "accepted", "datatype": "BOOL", "shape": [2],
+                                   "data": [True, False]}  # fmt: skip
+    assert by_name["reject_reason"]["data"][0] == ""
+    default = client.post("/v2/models/mnist/infer", json={"inputs": body["inputs"]}).get_json()
+    assert [output["name"] for output in default["outputs"]] == ["label", "probabilities"]
+
+
+@pytest.mark.parametrize("value", [0, 255, 128])
+def test_blank_json_images_show_no_digit(client, value: int) -> None:
+    answer = client.post("/predict", json={"images": [[value] * 784]})
+    assert answer.status_code == 422
+    error = answer.get_json()["error"]
+    assert error["code"] == "invalid_input" and "shows no digit" in error["message"]
+
+
+def test_json_pixels_on_the_0_1_scale_are_refused_with_the_fix(client) -> None:
+    scaled = (_seven().ravel() / 255.0).round(4).tolist()
+    answer = client.post("/predict", json={"images": [[0] * 783 + [255], scaled]})
+    assert answer.status_code == 422
+    message = answer.get_json()["error"]["message"]
+    assert message.startswith("image 1 has every pixel between 0 and 1")
+    assert "0..255" in message and "multiply by 255" in message
+
+
+@pytest.mark.parametrize(
+    "coding, pack",
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("GZIP", gzip.compress)],
+)
+def test_compressed_bodies_are_inflated(client, coding: str, pack) -> None:
+    body = json.dumps({"images": [_seven().ravel().tolist()]}).encode()
+    answer = client.post(
+        "/predict",
+        data=pack(body),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert answer.status_code == 200 and answer.get_json()["predictions"][0]["digit"] == 7
+
+
+def test_other_codings_are_named_in_a_415(client) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "br"}
+    answer = client.post("/predict", data=b"xx", headers=headers)
+    assert answer.status_code == 415 and "'br'" in answer.get_json()["error"]["message"]
+
+
+def test_a_gzip_bomb_costs_nothing() -> None:
+    small = create_app(ServiceConfig(model_dir=MODELS, max_body_bytes=60_000)).test_client()
+    bomb = gzip.compress(b" " * 50_000_000)
+    answer = small.post(
+        "/predict",
+        data=bomb,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert answer.status_code == 413
+
+
+def _png_seven() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - _seven()).resize((140, 140)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["image/jpg", "application/octet-stream", "image/png"])
+def test_image_types_and_sniffed_octet_stream(client, kind: str) -> None:
+    answer = client.post("/predict", data=_png_seven(), headers={"Content-Type": kind})
+    assert answer.status_code == 200 and answer.get_json()["predictions"][0]["digit"] == 7
+
+
+def test_octet_stream_that_is_no_image_is_a_415(client) -> None:
+    answer = client.post(
+        "/predict", data=b'{"images": []}', headers={"Content-Type": "application/octet-stream"}
+    )
+    assert answer.status_code == 415
+    assert "only when the bytes are an image" in answer.get_json()["error"]["message"]
