@@ -368,9 +368,10 @@ def calibrate_version(
     found = ModelRepository(models_dir).get(version)
     onnx_bytes, card = found.read_verified()
     data = load_mnist(data_dir, log=sys.stderr)
+    settings = card["config"]  # older cards name the seed random_state
     config = TrainConfig(
-        validation_fraction=float(card["config"]["validation_fraction"]),
-        random_state=int(card["config"]["random_state"]),
+        validation_fraction=float(settings["validation_fraction"]),
+        seed=int(settings.get("seed", settings.get("random_state", 0))),
     )
     train = data.train.head(card["config"].get("train_limit"))
     result = calibrate_run(onnx_bytes, train.images, train.labels, config)

@@ -64,9 +64,11 @@ def publish_copy(
         "count": len((selftest or default_selftest)["images"]),
     }
     card.update(card_changes or {})
-    return ModelRepository(root).publish(
-        model if onnx_bytes is None else onnx_bytes, card, {"selftest.json": selftest_bytes}
-    )
+    files = {"selftest.json": selftest_bytes}
+    if card.get("reject"):  # the reject option's subspaces travel with the card that names them
+        name = card["reject"]["novelty"]["file"]
+        files[name] = (SOURCE / name).read_bytes()
+    return ModelRepository(root).publish(model if onnx_bytes is None else onnx_bytes, card, files)
 
 
 def renamed_input_model(new_name: str = "pixels") -> bytes:

@@ -76,25 +76,25 @@ def test_unknown_keys_are_ignored_so_newer_cards_still_load() -> None:
 
 
 @dataclass(frozen=True)
-class RejectOption:
+class DriftCheck:
     threshold: float
     coverage: float
 
 
 @dataclass(frozen=True)
-class CardWithReject(ModelCard):
-    reject: RejectOption | None = None
+class CardWithDrift(ModelCard):
+    drift: DriftCheck | None = None
 
 
 def test_an_optional_section_is_one_dataclass_and_one_field() -> None:
     """How a new section is added: a card without it reads as None and is written without it."""
-    old = load_section(CardWithReject, committed())
-    assert old.reject is None and "reject" not in old.to_json()
-    document = {**committed(), "reject": {"threshold": 0.7, "coverage": 0.98}}
-    new = load_section(CardWithReject, document)
-    assert new.reject == RejectOption(threshold=0.7, coverage=0.98)
+    old = load_section(CardWithDrift, committed())
+    assert old.drift is None and "drift" not in old.to_json()
+    document = {**committed(), "drift": {"threshold": 0.7, "coverage": 0.98}}
+    new = load_section(CardWithDrift, document)
+    assert new.drift == DriftCheck(threshold=0.7, coverage=0.98)
     assert new.to_json() == document
     broken = copy.deepcopy(document)
-    broken["reject"]["threshold"] = "0.7"
-    with pytest.raises(CardError, match=r"^reject\.threshold: expected a number"):
-        load_section(CardWithReject, broken)
+    broken["drift"]["threshold"] = "0.7"
+    with pytest.raises(CardError, match=r"^drift\.threshold: expected a number"):
+        load_section(CardWithDrift, broken)

@@ -122,12 +122,9 @@ def test_limits_come_from_the_config_and_the_contract(document: Any) -> None:
     assert str(CONFIG.max_body_bytes) in predict["description"]
     top_k = next(p for p in predict["parameters"] if p.get("name") == "top_k")
     assert top_k["schema"]["maximum"] == N_CLASSES
-    assert set(predict["requestBody"]["content"]) == {
-        "application/json",
-        "image/png",
-        "image/jpeg",
-        "multipart/form-data",
-    }
+    from service.api import ACCEPTED_TYPES
+
+    assert set(predict["requestBody"]["content"]) == set(ACCEPTED_TYPES)
 
 
 def test_document_depends_on_limits_not_constants() -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import ServiceConfig
+from service.model.contract import parse_card
 from service.model.reject import LOW_CONFIDENCE, NOT_A_DIGIT, RejectOption
 from service.model.reject import ink_aspect as serving_aspect
 from training.calibrate import Subspaces, ink_aspect, with_temperature
@@ -41,7 +42,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def option() -> RejectOption:
-    card = json.loads((VERSION / "card.json").read_text())
+    card = parse_card((VERSION / "card.json").read_text())
     return RejectOption.from_card(card, VERSION)
 
 
