@@ -27,6 +27,8 @@ import numpy as np
 import pictures
 
 BATCH = 64
+#: well under the service's default body limit (16 MiB)
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
 ALLOWED_DROP = 0.02
 TARGET_ALL = 0.97
 TARGET_NON_DIGITS = 0.90
@@ -69,8 +71,12 @@ def multipart(files: list[tuple[bytes, str]]) -> tuple[bytes, str]:
 def ask_pictures(url: str, files: list[tuple[bytes, str]]) -> list[dict[str, object] | None]:
     """The prediction for each picture; None for a picture refused with a 422 (no digit)."""
     answers: list[dict[str, object] | None] = []
-    for start in range(0, len(files), BATCH):
-        chunk = files[start : start + BATCH]
+    chunks: list[list[tuple[bytes, str]]] = [[]]
+    for file in files:  # at most BATCH pictures and MAX_REQUEST_BYTES per request
+        if len(chunks[-1]) == BATCH or sum(len(d) for d, _ in chunks[-1]) > MAX_REQUEST_BYTES:
+            chunks.append([])
+        chunks[-1].append(file)
+    for chunk in chunks:
         body, kind = multipart(chunk)
         status, payload = _post(url + "/predict", body, kind)
         if status == 200:
