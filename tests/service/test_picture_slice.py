@@ -43,7 +43,11 @@ def digits(mnist_data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("condition", list(pictures.CONDITIONS))
-def test_pictures_of_digits_are_read(model, digits, condition: str) -> None:
+def test_pictures_of_digits_are_read(
+    model: tuple[ort.InferenceSession, RejectOption],
+    digits: tuple[np.ndarray, np.ndarray],
+    condition: str,
+) -> None:
     session, _ = model
     images, labels = digits
     rng = np.random.default_rng(7)
@@ -60,7 +64,7 @@ def test_pictures_of_digits_are_read(model, digits, condition: str) -> None:
     assert right >= DIGITS - 2, f"{condition}: {right} of {DIGITS} read right"
 
 
-def test_most_non_digits_are_rejected(model) -> None:
+def test_most_non_digits_are_rejected(model: tuple[ort.InferenceSession, RejectOption]) -> None:
     session, reject = model
     rejected = 0
     made = pictures.non_digits(70, seed=3)

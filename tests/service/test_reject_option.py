@@ -9,9 +9,11 @@ import io
 import json
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from flask.testing import FlaskClient
 from PIL import Image
 
 from service.app import create_app
@@ -35,7 +37,7 @@ def _seven() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def client():
+def client() -> FlaskClient:
     app = create_app(ServiceConfig(model_dir=MODELS))
     return app.test_client()
 
@@ -51,7 +53,9 @@ def test_serving_computes_the_distance_training_calibrated(option: RejectOption)
         subspaces = Subspaces(archive["means"], archive["components"])
     images = np.random.default_rng(0).random((20, 784), dtype=np.float32)
     images[:10] *= images[:10] > 0.8  # sparse, digit-like ink
-    np.testing.assert_allclose(option.novelty(images), subspaces.scores(images), rtol=1e-3)
+    served = option.novelty(images)
+    assert served is not None
+    np.testing.assert_allclose(served, subspaces.scores(images), rtol=1e-3)
     np.testing.assert_allclose(ink_aspect(images), serving_aspect(images))
 
 
@@ -61,7 +65,7 @@ def test_temperature_is_the_same_in_training_and_serving(option: RejectOption) -
     np.testing.assert_allclose(option.calibrated(probabilities), expected, rtol=1e-9)
 
 
-def test_a_clear_digit_is_accepted_and_noise_is_not(client) -> None:
+def test_a_clear_digit_is_accepted_and_noise_is_not(client: FlaskClient) -> None:
     noise = (np.random.default_rng(2).random(784) * 255).round().tolist()
     answer = client.post("/predict", json={"images": [_seven().ravel().tolist(), noise]})
     assert answer.status_code == 200
@@ -76,7 +80,7 @@ def test_min_confidence_overrides_the_card() -> None:
     assert answer["predictions"][0]["reject_reason"] == LOW_CONFIDENCE
 
 
-def test_v2_answers_the_decision_as_extra_outputs(client) -> None:
+def test_v2_answers_the_decision_as_extra_outputs(client: FlaskClient) -> None:
     data = np.concatenate([_seven().ravel(), np.zeros(783, np.uint8), [255]]).tolist()
     body = {
         "inputs": [{"name": "input", "shape": [2, 784], "datatype": "UINT8", "data": data}],
@@ -92,14 +96,14 @@ def test_v2_answers_the_decision_as_extra_outputs(client) -> None:
 
 
 @pytest.mark.parametrize("value", [0, 255, 128])
-def test_blank_json_images_show_no_digit(client, value: int) -> None:
+def test_blank_json_images_show_no_digit(client: FlaskClient, value: int) -> None:
     answer = client.post("/predict", json={"images": [[value] * 784]})
     assert answer.status_code == 422
     error = answer.get_json()["error"]
     assert error["code"] == "invalid_input" and "shows no digit" in error["message"]
 
 
-def test_json_pixels_on_the_0_1_scale_are_refused_with_the_fix(client) -> None:
+def test_json_pixels_on_the_0_1_scale_are_refused_with_the_fix(client: FlaskClient) -> None:
     scaled = (_seven().ravel() / 255.0).round(4).tolist()
     answer = client.post("/predict", json={"images": [[0] * 783 + [255], scaled]})
     assert answer.status_code == 422
@@ -112,7 +116,7 @@ def test_json_pixels_on_the_0_1_scale_are_refused_with_the_fix(client) -> None:
     "coding, pack",
     [("gzip", gzip.compress), ("deflate", zlib.compress), ("GZIP", gzip.compress)],
 )
-def test_compressed_bodies_are_inflated(client, coding: str, pack) -> None:
+def test_compressed_bodies_are_inflated(client: FlaskClient, coding: str, pack: Any) -> None:
     body = json.dumps({"images": [_seven().ravel().tolist()]}).encode()
     answer = client.post(
         "/predict",
@@ -122,7 +126,7 @@ def test_compressed_bodies_are_inflated(client, coding: str, pack) -> None:
     assert answer.status_code == 200 and answer.get_json()["predictions"][0]["digit"] == 7
 
 
-def test_other_codings_are_named_in_a_415(client) -> None:
+def test_other_codings_are_named_in_a_415(client: FlaskClient) -> None:
     headers = {"Content-Type": "application/json", "Content-Encoding": "br"}
     answer = client.post("/predict", data=b"xx", headers=headers)
     assert answer.status_code == 415 and "'br'" in answer.get_json()["error"]["message"]
@@ -146,12 +150,12 @@ def _png_seven() -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["image/jpg", "application/octet-stream", "image/png"])
-def test_image_types_and_sniffed_octet_stream(client, kind: str) -> None:
+def test_image_types_and_sniffed_octet_stream(client: FlaskClient, kind: str) -> None:
     answer = client.post("/predict", data=_png_seven(), headers={"Content-Type": kind})
     assert answer.status_code == 200 and answer.get_json()["predictions"][0]["digit"] == 7
 
 
-def test_octet_stream_that_is_no_image_is_a_415(client) -> None:
+def test_octet_stream_that_is_no_image_is_a_415(client: FlaskClient) -> None:
     answer = client.post(
         "/predict", data=b'{"images": []}', headers={"Content-Type": "application/octet-stream"}
     )
