@@ -46,13 +46,14 @@ serve: $(SERVE_STAMP) ## serve the committed model with gunicorn on HOST:PORT (1
 train: $(DEV_STAMP) ## train and publish a new version into MODELS_DIR (flags in TRAIN_ARGS)
 	MNIST_DATA_DIR=$(MNIST_DATA_DIR) $(BIN)/mnist-train --models-dir $(abspath $(MODELS_DIR)) $(TRAIN_ARGS)
 
-system-packages: ## apt-get install chromium, wrk, npm and prometheus (promtool) when missing (root or sudo)
+system-packages: ## apt-get install chromium, wrk, npm, prometheus (promtool), postgresql if missing (root/sudo)
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core fonts-dejavu-extra"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
 	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \

@@ -12,7 +12,7 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -42,6 +42,9 @@ from service.model.reject import RejectOption
 from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
 from service.v2.binary import decompress_body
+
+if TYPE_CHECKING:
+    from service.store.recorder import PredictionRecorder
 
 PREDICT_ROUTE = "/predict"
 #: a model without a calibrated reject option accepts every digit (MIN_CONFIDENCE aside)
@@ -79,30 +82,42 @@ SHAPE_HINT = f"expected {PIXELS} numbers, {SIDE} rows of {SIDE} numbers, or a ba
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """What the query string asks for beyond the digit: top_k and the model's input image."""
+    """What the query string asks for beyond the digit: top_k, the model's input image, and
+    keeping that input in the prediction store."""
 
     top_k: int | None = None
     return_input: bool = False
+    store_input: bool = False
 
 
 def parse_options(args: MultiDict[str, str]) -> PredictOptions:
-    """The options of ?top_k=N (1..10) and ?return_input=true; BadRequest names a bad one."""
-    unknown = sorted(set(args) - {"top_k", "return_input"})
+    """The options of ?top_k=N (1..10), ?return_input=true and ?store_input=true; BadRequest
+    names a bad one."""
+    unknown = sorted(set(args) - {"top_k", "return_input", "store_input"})
     if unknown:
-        raise BadRequest(f"unknown query parameter(s) {unknown}; accepted: top_k, return_input")
+        raise BadRequest(
+            f"unknown query parameter(s) {unknown}; accepted: top_k, return_input, store_input"
+        )
     top_k = None
     if "top_k" in args:
         text = _single(args, "top_k")
         if not (text.isascii() and text.isdigit() and 1 <= int(text) <= contract.N_CLASSES):
             raise BadRequest(f"top_k must be an integer 1..{contract.N_CLASSES}, not {text!r}")
         top_k = int(text)
-    return_input = False
-    if "return_input" in args:
-        text = _single(args, "return_input").lower()
-        if text not in TRUE_WORDS | FALSE_WORDS:
-            raise BadRequest(f"return_input must be true or false, not {text!r}")
-        return_input = text in TRUE_WORDS
-    return PredictOptions(top_k=top_k, return_input=return_input)
+    return PredictOptions(
+        top_k=top_k,
+        return_input=_switch(args, "return_input"),
+        store_input=_switch(args, "store_input"),
+    )
+
+
+def _switch(args: MultiDict[str, str], name: str) -> bool:
+    if name not in args:
+        return False
+    text = _single(args, name).lower()
+    if text not in TRUE_WORDS | FALSE_WORDS:
+        raise BadRequest(f"{name} must be true or false, not {text!r}")
+    return text in TRUE_WORDS
 
 
 def _single(args: MultiDict[str, str], name: str) -> str:
@@ -492,13 +507,28 @@ def predictions_json(
 
 
 def answer_images(
-    predictor: Predictor, images: np.ndarray, options: PredictOptions, facts: RequestFacts
+    predictor: Predictor,
+    images: np.ndarray,
+    options: PredictOptions,
+    facts: RequestFacts,
+    recorder: PredictionRecorder | None = None,
 ) -> bytes:
-    """The JSON answer of /predict for ``images``; notes the batch size and model version."""
+    """The JSON answer of /predict for ``images``; notes the batch size and model version, and
+    hands the answer to ``recorder`` (the prediction store's queue)."""
     facts.batch_size = len(images)
     with tracing.step("inference"):
         prediction = predictor.predict(images)
     facts.model_version = prediction.model_version
+    if recorder is not None:
+        recorder.record(
+            facts.request_id,
+            PREDICT_ROUTE,
+            prediction.model_version,
+            images,
+            prediction.labels,
+            prediction.probabilities,
+            store_input=options.store_input,
+        )
     answer = {
         "predictions": predictions_json(
             prediction.labels, prediction.probabilities, images, options, prediction.reject
@@ -567,10 +597,16 @@ class PredictEndpoint:
     endpoint = "api.predict"
     rules = (PREDICT_ROUTE,)
 
-    def __init__(self, predictor: Predictor, config: ServiceConfig) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        config: ServiceConfig,
+        recorder: PredictionRecorder | None = None,
+    ) -> None:
         self.predictor = predictor
         self.config = config
         self.limits = image_limits(config)
+        self.recorder = recorder
 
     def answer(self, request: InferenceRequest) -> Answer:
         """The predictions for the request's images; a ServiceError says what was wrong."""
@@ -585,7 +621,7 @@ class PredictEndpoint:
         with tracing.step("preprocess"):
             images = images_from_request(request, self.config, self.limits, body)
         metrics.observe_preprocessing(time.perf_counter() - started)
-        answer = answer_images(self.predictor, images, options, request.facts)
+        answer = answer_images(self.predictor, images, options, request.facts, self.recorder)
         return Answer(answer, [("Content-Type", JSON_TYPE)])
 
 

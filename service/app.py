@@ -20,16 +20,21 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from service import api, images, openapi, page
+from service import api, feedback, images, openapi, page
 from service.config import ServiceConfig
 from service.dispatch import InferenceDispatcher, InferenceEndpoint
 from service.error_render import render_error
 from service.errors import ModelUnavailable
 from service.model.explain import Explainer
 from service.model.predictor import Predictor
+from service.model.repository import ModelRepository
 from service.observability import metrics, metrics_route, tracing
+from service.observability.drift import DriftMonitor
+from service.observability.live import LiveFigures, card_references, live_metrics
 from service.observability.request_log import configure_logging
 from service.observability.wsgi import RequestObservability, facts_of
+from service.store.database import PredictionStore
+from service.store.recorder import PredictionRecorder
 from service.v2 import model_repository
 from service.v2 import views as v2
 
@@ -37,19 +42,24 @@ log = logging.getLogger(__name__)
 
 #: where the app keeps its Predictor, for the gunicorn hook that starts hot reload
 PREDICTOR_KEY = "mnist.predictor"
+#: where the app keeps its PredictionRecorder (the prediction store's queue and writer)
+RECORDER_KEY = "mnist.recorder"
 
 
 def create_app(
     config: ServiceConfig | None = None,
     predictor: Predictor | None = None,
     request_tracing: tracing.RequestTracing | None = None,
+    store: PredictionStore | None = None,
 ) -> Flask:
     """The service app. With no valid model yet it still starts: live, not ready, and its watcher
     keeps converging on the repository (logging why nothing serves).
 
     ``config`` defaults to the environment's (ServiceConfig.from_env); ``predictor`` to a
     Predictor of ``config`` with its model loaded; ``request_tracing`` to what the standard
-    OTEL_* variables ask for (none unless they do; service.observability.tracing).
+    OTEL_* variables ask for (none unless they do; service.observability.tracing); ``store`` to
+    the prediction store ``config.store`` names (none when it is off). Nothing connects to the
+    store here: its writer thread starts with the first answer, in the worker.
     """
     config = config or ServiceConfig.from_env(os.environ)
     if request_tracing is None:
@@ -59,19 +69,30 @@ def create_app(
         predictor = Predictor(config)
         with contextlib.suppress(ModelUnavailable):
             predictor.load()  # on failure the watcher logged why and keeps converging
+    if store is None and config.store.enabled:
+        store = PredictionStore.open(config.store.url(config.model_dir))
+    repository = ModelRepository(config.model_dir)
+    references = card_references(lambda version: repository.get(version).read_card())
+    drift = DriftMonitor(references, config.store.drift_window)
+    recorder = PredictionRecorder(config.store, store, live_metrics(drift))
+    figures = LiveFigures(store, references, config.store.feedback_window)
     app = Flask(__name__, static_folder=None)  # the page blueprint serves its own files
     app.extensions[PREDICTOR_KEY] = predictor
+    app.extensions[RECORDER_KEY] = recorder
     explainer = Explainer(lambda: predictor.loaded)  # the served MLP's weights, once per version
     app.register_blueprint(api.create_blueprint(predictor, config, explainer))
-    app.register_blueprint(v2.create_blueprint(predictor, config))
+    app.register_blueprint(v2.create_blueprint(predictor, config, figures.version_json))
     app.register_blueprint(model_repository.create_blueprint(predictor, config))
     app.register_blueprint(page.create_blueprint())
     app.register_blueprint(openapi.create_blueprint(config))
-    app.register_blueprint(metrics_route.create_blueprint())
+    app.register_blueprint(metrics_route.create_blueprint(figures))
+    app.register_blueprint(
+        feedback.create_blueprint(store if config.store.enabled else None, config.store)
+    )
     endpoints: list[InferenceEndpoint] = [
-        api.PredictEndpoint(predictor, config),
+        api.PredictEndpoint(predictor, config, recorder),
         api.ExplainEndpoint(explainer, config),
-        v2.InferEndpoint(predictor, config),
+        v2.InferEndpoint(predictor, config, recorder),
     ]
     # a thread per worker, started after the fork: gunicorn loads the app in each worker
     serve_with_layers(

@@ -6,9 +6,12 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from service.model.contract import MAX_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from service.store.config import StoreConfig
 
 T = TypeVar("T")
 
@@ -49,6 +52,8 @@ class ServiceConfig:
     mnist_data_dir: Path | None = None
     #: overrides the reject threshold of the model's card (Chow's rule); None: the card's
     min_confidence: float | None = None
+    #: the prediction and feedback store (STORE, DATABASE_URL, STORE_PATH, STORE_*, windows)
+    store: StoreConfig = field(default_factory=lambda: _store_config({}))
 
     def __post_init__(self) -> None:
         if self.model_version is not None and self.model_version < 1:
@@ -110,6 +115,7 @@ class ServiceConfig:
             if environ.get("MNIST_DATA_DIR")
             else None,
             min_confidence=_read(environ, "MIN_CONFIDENCE", _probability, None),
+            store=_store_config(environ),
         )
 
 
@@ -118,6 +124,12 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError("not in 0..1")
     return value
+
+
+def _store_config(environ: Mapping[str, str]) -> StoreConfig:
+    from service.store.config import StoreConfig  # it imports ConfigError from here
+
+    return StoreConfig.from_env(environ)
 
 
 def _positive_int(text: str) -> int:

@@ -95,3 +95,23 @@ class Forbidden(ServiceError):
 
     status = HTTPStatus.FORBIDDEN
     code = "forbidden"
+
+
+class UnknownPrediction(NotFound):
+    """Feedback names a request id (and image) the store has no prediction for."""
+
+    code = "unknown_request_id"
+
+
+class DuplicateFeedback(ServiceError):
+    """Feedback for a prediction that already has feedback."""
+
+    status = HTTPStatus.CONFLICT
+    code = "duplicate_feedback"
+
+
+class StoreUnavailable(ServiceError):
+    """The prediction store is turned off, or its database does not answer."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "store_unavailable"

@@ -108,3 +108,27 @@ def tiny_model_repo(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run: 
     root = tmp_path_factory.mktemp("tiny_models")
     publish_run(tiny_trained_run, root, min_accuracy=0.0)
     return root
+
+
+# --- databases (STORE): SQLite files and a real PostgreSQL server --------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL cluster for the whole session, removed afterwards (tests/postgres.py)."""
+    from tests.postgres import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, then a database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    server = request.getfixturevalue("postgres_server")
+    if not server.running():  # a test stopped it and failed before restarting it
+        server.start()
+    return server.create_database()

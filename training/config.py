@@ -323,6 +323,32 @@ class TrainConfig:
             range=_POSITIVE,
         ),
     )
+    # -- feedback from the prediction store
+    feedback: str | None = field(
+        default=None,
+        metadata=_row(
+            "database URL of the prediction store (postgresql://... or sqlite:///path): add its "
+            "labelled examples (feedback whose 28x28 input was kept) to training",
+            "feedback",
+            metavar="DATABASE_URL",
+            in_command=False,
+        ),
+    )
+    feedback_weight: int = field(
+        default=3,
+        metadata=_row("times each feedback example counts (it is repeated)", "feedback",
+                      range=_AT_LEAST_1, in_command=False),
+    )  # fmt: skip
+    feedback_cap: int = field(
+        default=5000,
+        metadata=_row("use at most the newest N feedback examples for training", "feedback",
+                      range=_AT_LEAST_1, in_command=False),
+    )  # fmt: skip
+    feedback_holdout: float = field(
+        default=0.2,
+        metadata=_row("share of feedback examples held out as a second test set", "feedback",
+                      range=_OPEN_FRACTION, in_command=False),
+    )  # fmt: skip
     # -- run
     threads: int = field(
         default=1,
@@ -409,8 +435,12 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting under its own name, JSON-ready (the card's ``config``)."""
-        return {s.name: _json_value(getattr(self, s.name)) for s in SETTINGS}
+        """Every setting under its own name, JSON-ready (the card's ``config``); a database
+        URL without its password."""
+        values = {s.name: _json_value(getattr(self, s.name)) for s in SETTINGS}
+        if self.feedback is not None:
+            values["feedback"] = redact_url(self.feedback)
+        return values
 
 
 @dataclass(frozen=True)
@@ -490,6 +520,15 @@ RENAMED: dict[str, str] = {
 }
 
 
+def redact_url(url: str) -> str:
+    """A database URL without its password (``postgresql://user:***@host/db``)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not (sep and at and ":" in credentials):
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{location}"
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -524,6 +563,8 @@ def _expected(setting: Setting) -> str:
         return "a positive integer or 'auto'"
     if kind == int | None:
         return "a positive integer"
+    if kind == str | None:
+        return "a database URL (postgresql://... or sqlite:///path)"
     return "a path"
 
 
@@ -548,6 +589,8 @@ def check_setting(setting: Setting, value: Any) -> None:
         ok = value is None or _is_int(value)
     elif kind in (Path, Path | None):
         ok = isinstance(value, Path) or (value is None and kind != Path)
+    elif kind == str | None:  # the feedback database URL
+        ok = value is None or (isinstance(value, str) and "://" in value)
     else:  # pragma: no cover - a new kind of setting needs a branch here
         raise TypeError(f"no check for the type of {setting.name}: {kind}")
     if not ok:

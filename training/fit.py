@@ -140,8 +140,13 @@ def fit(
     reporter: Reporter | None = None,
     *,
     distort: Distort | None = None,
+    extra: Split | None = None,
 ) -> FitResult:
-    """Fit an MLPClassifier on ``train`` as ``config`` says, reporting progress to ``reporter``."""
+    """Fit an MLPClassifier on ``train`` as ``config`` says, reporting progress to ``reporter``.
+
+    ``extra`` examples (feedback) join the training share after the validation split, so none
+    of them, nor any of their repeated copies, is ever scored as validation.
+    """
     from training.progress import SilentReporter
 
     reporter = reporter or SilentReporter()
@@ -149,6 +154,9 @@ def fit(
         scale_pixels(train.images), train.labels, config
     )
     train_size = int(x_train.shape[0])
+    if extra is not None and len(extra):
+        x_train = np.concatenate([x_train, scale_pixels(extra.images)])
+        y_train = np.concatenate([y_train, extra.labels.astype(y_train.dtype)])
     if config.augment and distort is None:
         from training.augment import distort as distort_with
 

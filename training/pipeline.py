@@ -1,7 +1,7 @@
 """The training pipeline composed in one place, in the order of the design's diagram:
 
-load_mnist -> (checks) -> fit -> evaluate -> export_onnx -> verify_onnx -> report + card -> (gate)
-publish
+load_mnist (+ feedback examples) -> (checks) -> fit -> evaluate -> export_onnx -> verify_onnx
+-> drift reference -> report + card -> (gate) publish
 
 ``run`` maps every way a run can end to one line and a documented exit code (``EXIT_*``); no
 traceback reaches the user.
@@ -23,21 +23,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+import numpy as np
+
+from service.errors import StoreUnavailable
 from service.model.contract import (
     SELFTEST_FILE,
+    FeedbackInfo,
     ModelCard,
     RejectSection,
     ThreadInfo,
     ThreadPool,
     load_section,
 )
+from service.model.drift import build_reference
 from service.model.repository import ModelRepository, ModelVersion
 from training.calibrate import ERROR_REJECT_FILE, RELIABILITY_FILE, calibrate_run
 from training.card import build_card, build_selftest
 from training.checks import check_trainable
-from training.config import ConfigError, TrainConfig
+from training.config import ConfigError, TrainConfig, redact_url
 from training.data import DataError, MnistData, Split, load_mnist, scale_pixels
 from training.evaluate import Evaluation, baselines, evaluate
 from training.export import export_onnx
@@ -45,6 +50,9 @@ from training.fit import Distort, FitResult, fit
 from training.progress import Reporter, SilentReporter, make_reporter
 from training.report import build_report
 from training.verify import ParityError, verify_onnx
+
+if TYPE_CHECKING:
+    from service.store.examples import FeedbackExamples
 
 #: exit codes of ``mnist-train``: each failure says what kind it was
 EXIT_OK = 0
@@ -160,7 +168,13 @@ def _train_run(
     started = time.perf_counter()
     check_trainable(config, data.train)
     train = data.train.head(config.train_limit)
-    fitted = fit(train, config, reporter, distort=distort)
+    feedback = None
+    extra = None
+    if config.feedback is not None:
+        reporter.step("reading the feedback examples of the prediction store")
+        feedback = load_feedback_examples(config)
+        extra = feedback.training_split(config.feedback_weight)
+    fitted = fit(train, config, reporter, distort=distort, extra=extra)
     reporter.step(f"evaluating on {len(data.test)} test images")
     evaluation = evaluate(fitted.model, data.test)
     reporter.step("reference points: most-frequent-class and linear baselines")
@@ -173,6 +187,10 @@ def _train_run(
         evaluation.predicted_labels,
         evaluation.probabilities,
         scale_pixels(data.test.images),
+    )
+    reporter.step("reference statistics of the training inputs (for drift)")
+    reference = build_reference(
+        scale_pixels(train.images), parity.onnx_labels, parity.onnx_probabilities
     )
     selftest_bytes, selftest_entry = build_selftest(
         data.test, parity.onnx_labels, parity.onnx_probabilities
@@ -188,6 +206,11 @@ def _train_run(
         onnx_bytes=onnx_bytes,
         threads=threads,
         invocation=invocation,
+    )
+    card = dataclasses.replace(
+        card,
+        drift_reference=reference.to_card(),
+        feedback=None if feedback is None else feedback.card_section(config, fitted.model),
     )
     reporter.step("rendering the report")
     report_files = _build_report(card.to_json(), fitted, evaluation, data.test)
@@ -208,6 +231,57 @@ def _train_run(
         history=[r.to_dict() for r in fitted.history],
         metrics=card.to_json()["metrics"],
         seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackData:
+    """The store's labelled examples for one run: the training share (the newest ``cap``) and
+    the held-out share, a second test set."""
+
+    train: FeedbackExamples
+    test: FeedbackExamples
+    available: int
+
+    def training_split(self, weight: int) -> Split:
+        """The training share, each example repeated ``weight`` times."""
+        return Split(
+            np.repeat(self.train.images, weight, axis=0), np.repeat(self.train.labels, weight)
+        )
+
+    def card_section(self, config: TrainConfig, model: Any) -> FeedbackInfo:
+        """The card's ``feedback`` section: counts, dates, and the held-out accuracy."""
+        created = sorted(self.train.created + self.test.created)
+        accuracy = None
+        if len(self.test):
+            predicted = model.predict(scale_pixels(self.test.images))
+            accuracy = float(np.mean(np.asarray(predicted) == self.test.labels))
+        return FeedbackInfo(
+            source=redact_url(config.feedback or ""),
+            examples_available=self.available,
+            train_examples=len(self.train),
+            train_corrected=self.train.corrected,
+            weight=config.feedback_weight,
+            cap=config.feedback_cap,
+            holdout_share=config.feedback_holdout,
+            test_examples=len(self.test),
+            test_accuracy=accuracy,
+            first=created[0].isoformat(timespec="seconds") if created else None,
+            last=created[-1].isoformat(timespec="seconds") if created else None,
+        )
+
+
+def load_feedback_examples(config: TrainConfig) -> FeedbackData:
+    """The feedback examples of ``config.feedback``; DataError when the store cannot be read."""
+    from service.store.examples import load_feedback  # SQLAlchemy only when asked for
+
+    assert config.feedback is not None
+    try:
+        train, test = load_feedback(config.feedback, config.feedback_holdout)
+    except StoreUnavailable as exc:
+        raise DataError(f"feedback database {redact_url(config.feedback)}: {exc.message}") from exc
+    return FeedbackData(
+        train=train.newest(config.feedback_cap), test=test, available=len(train) + len(test)
     )
 
 

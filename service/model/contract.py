@@ -323,6 +323,43 @@ class RejectSection:
 
 
 @dataclass(frozen=True)
+class ReferenceHistogram:
+    """Bin edges of one drift statistic and the reference share of each bin (one more share
+    than edges; a value v is in bin i when edges[i-1] <= v < edges[i])."""
+
+    edges: tuple[float, ...]
+    shares: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DriftReferenceInfo:
+    """What the training inputs looked like (service.model.drift): the service compares its
+    live inputs with it. ``statistics`` maps each statistic's name to its histogram."""
+
+    sample_size: int  # training images the input statistics were computed on
+    prediction_sample_size: int  # test images of the predicted-digit and confidence histograms
+    ink_threshold: float
+    statistics: Mapping[str, ReferenceHistogram]
+
+
+@dataclass(frozen=True)
+class FeedbackInfo:
+    """The feedback examples a run trained on (mnist-train --feedback) and its second test set."""
+
+    source: str  # the database URL, without a password
+    examples_available: int
+    train_examples: int  # after the cap, before the weight
+    train_corrected: int  # of them, answers people corrected
+    weight: int
+    cap: int
+    holdout_share: float
+    test_examples: int
+    test_accuracy: float | None  # this model on the held-out feedback examples
+    first: str | None  # ISO 8601 time of the oldest feedback used
+    last: str | None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """card.json. ``name``, ``version``, ``sha256`` and ``size`` are set by the repository when
     it publishes (a card built by training says version 0 until then)."""
@@ -356,6 +393,8 @@ class ModelCard:
     host: Mapping[str, str]
     report: Mapping[str, str] = field(default_factory=dict)  # report file stem -> relative path
     reject: RejectSection | None = None  # optional: versions calibrated for the reject option
+    drift_reference: DriftReferenceInfo | None = None
+    feedback: FeedbackInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written as card.json (optional sections left out when None)."""

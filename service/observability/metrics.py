@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 from prometheus_client import (
@@ -458,8 +458,17 @@ def mark_worker_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, path)
 
 
-def exposition(accept_header: str | None) -> tuple[bytes, str]:
-    """The metrics of every worker in the format the scraper asked for, and its content type."""
+class ScrapeFigures(Protocol):
+    """Series computed when a scrape comes, from the series every worker wrote (live figures)."""
+
+    def families(self, merged: Iterable[Any]) -> list[Any]: ...
+
+
+def exposition(
+    accept_header: str | None, figures: ScrapeFigures | None = None
+) -> tuple[bytes, str]:
+    """The metrics of every worker in the format the scraper asked for, and its content type;
+    ``figures`` adds the series it computes from them."""
     metrics = service_metrics()
     path = multiprocess_dir()
     try:
@@ -470,12 +479,16 @@ def exposition(accept_header: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder("")
     registry = CollectorRegistry()
     try:
+        source: Any
         if path is None or not getattr(values.ValueClass, "_multiprocess", False):
             # in-process figures (no folder, or the folder failed when the metrics were created)
-            registry.register(_RegistryCollector(metrics.registry))
+            source = _RegistryCollector(metrics.registry)
         else:
             # A fresh registry per scrape: the collector reads every worker's files as they are.
-            multiprocess.MultiProcessCollector(registry, path=path)
+            source = multiprocess.MultiProcessCollector(None, path=path)
+        registry.register(source)
+        if figures is not None:
+            registry.register(_ScrapeCollector(source, figures))
         registry.register(write_failures)
         return encoder(registry), content_type
     except Exception as exc:  # an unreadable folder: the scrape still gets the failure count
@@ -483,6 +496,21 @@ def exposition(accept_header: str | None) -> tuple[bytes, str]:
         only_failures = CollectorRegistry()
         only_failures.register(write_failures)
         return encoder(only_failures), content_type
+
+
+@dataclass(frozen=True)
+class _ScrapeCollector:
+    """The scrape-time series, computed from what ``source`` collects (read a second time)."""
+
+    source: Any
+    figures: ScrapeFigures
+
+    def collect(self) -> Iterable[Any]:
+        try:
+            return self.figures.families(self.source.collect())
+        except Exception:  # the scrape still gets every other series
+            log.exception("scrape-time figures failed; /metrics answers without them")
+            return []
 
 
 @dataclass(frozen=True)

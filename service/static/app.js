@@ -187,6 +187,7 @@
     }
     showError(null);
     showResult(body.predictions[0]);
+    offerFeedback(body.request_id, body.predictions[0].digit);
     if (body.model) showModel(body.model.name, body.model.version);
     explain(blob, seq);
     // strokes drawn since this request went out will bring another answer
@@ -244,6 +245,7 @@
 
   function showResult(prediction) {
     if (prediction === null) {
+      document.getElementById("wrong").hidden = true;
       saliencyShown = false;
       saliencyCanvas.hidden = true;
       runnerUpText.textContent = "the runner-up";
@@ -283,6 +285,64 @@
       seenImage.hidden = false;
       seenEmpty.hidden = true;
     }
+  }
+
+  // "Wrong? Tap the right digit": POST /feedback for the answer on screen (its request id)
+  const FEEDBACK_URL = "feedback";
+  const wrongBox = document.getElementById("wrong");
+  const digitKeys = document.getElementById("digit-keys");
+  const feedbackStatus = document.getElementById("feedback-status");
+  let answeredId = null;
+  const keys = [];
+  for (let digit = 0; digit <= 9; digit += 1) {
+    const key = document.createElement("button");
+    key.type = "button";
+    key.textContent = String(digit);
+    key.dataset.digit = String(digit);
+    key.setAttribute("aria-label", `It was a ${digit}`);
+    key.addEventListener("click", () => sendFeedback(digit));
+    digitKeys.appendChild(key);
+    keys.push(key);
+  }
+
+  function offerFeedback(requestId, digit) {
+    answeredId = typeof requestId === "string" ? requestId : null;
+    wrongBox.hidden = answeredId === null;
+    feedbackStatus.textContent = "";
+    delete document.body.dataset.feedback;
+    for (const key of keys) {
+      key.disabled = false;
+      key.classList.toggle("answered", Number(key.dataset.digit) === digit);
+    }
+  }
+
+  async function sendFeedback(label) {
+    if (answeredId === null) return;
+    for (const key of keys) key.disabled = true;
+    document.body.dataset.feedback = "sending";
+    let message;
+    try {
+      const response = await fetch(FEEDBACK_URL, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ request_id: answeredId, label }),
+      });
+      const body = await response.json().catch(() => null);
+      if (response.status === 202) {
+        message = `Thank you: recorded as ${label}.`;
+        document.body.dataset.feedback = "sent";
+      } else {
+        const reason = body && body.error && body.error.message;
+        message = `Not recorded: ${reason || `HTTP ${response.status}`}`;
+        document.body.dataset.feedback = "failed";
+        for (const key of keys) key.disabled = false;
+      }
+    } catch (error) {
+      message = `Not recorded: ${error.message}`;
+      document.body.dataset.feedback = "failed";
+      for (const key of keys) key.disabled = false;
+    }
+    feedbackStatus.textContent = message;
   }
 
   function setBar(bar, probability, best) {

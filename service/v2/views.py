@@ -9,10 +9,10 @@ blueprint. Errors are rendered by service.error_render in the protocol's shape,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import flask
 import numpy as np
@@ -35,6 +35,9 @@ from service.observability.wsgi import RequestFacts
 from service.v2.binary import HEADER_LENGTH, decompress_body
 from service.v2.codec import DECISION_OUTPUTS, encode_infer_response, parse_infer_request
 from service.v2.statistics import model_statistics
+
+if TYPE_CHECKING:
+    from service.store.recorder import PredictionRecorder
 
 SERVER_NAME = "mnist-service"
 PLATFORM = "onnxruntime_onnx"
@@ -112,9 +115,15 @@ class InferEndpoint:
     endpoint = "v2.infer"
     rules = (V2_INFER_ROUTE, V2_INFER_VERSION_ROUTE)
 
-    def __init__(self, predictor: PredictorLike, config: LimitsLike) -> None:
+    def __init__(
+        self,
+        predictor: PredictorLike,
+        config: LimitsLike,
+        recorder: PredictionRecorder | None = None,
+    ) -> None:
         self.predictor = predictor
         self.config = config
+        self.recorder = recorder
 
     def answer(self, request: InferenceRequest) -> Answer:
         """The inference response; a ServiceError says what was wrong with the request."""
@@ -131,7 +140,7 @@ class InferEndpoint:
             body = decompress_body(raw, request.header("Content-Encoding"), limit)
         answer = answer_infer(
             self.predictor, model, version, body, request.header(HEADER_LENGTH),
-            self.config.max_batch, request.facts,
+            self.config.max_batch, request.facts, self.recorder,
         )  # fmt: skip
         headers = [("Content-Type", answer.content_type)]
         if answer.header_length is not None:
@@ -139,9 +148,14 @@ class InferEndpoint:
         return Answer(answer.payload, headers)
 
 
-def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blueprint:
+def create_blueprint(
+    predictor: PredictorLike,
+    config: LimitsLike,
+    live_stats: Callable[[int], dict[str, Any]] | None = None,
+) -> flask.Blueprint:
     """The /v2 routes other than inference (InferEndpoint); ``config.max_batch`` is reported
-    as Triton's max_batch_size, so V2 says exactly what the predictor would refuse."""
+    as Triton's max_batch_size, so V2 says exactly what the predictor would refuse.
+    ``live_stats(version)`` gives the live figures of ``.../versions/<version>/stats``."""
     server = {"name": SERVER_NAME, "version": _server_version(), "extensions": list(EXTENSIONS)}
     blueprint = flask.Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -216,7 +230,11 @@ def create_blueprint(predictor: PredictorLike, config: LimitsLike) -> flask.Blue
             versions = [number]
         else:
             raise NotFound(f"model {model!r} version {number} is not loaded and has no figures")
-        return model_statistics(model, versions, samples)
+        statistics = model_statistics(model, versions, samples)
+        if live_stats is not None:  # feedback, answers and drift (service.observability.live)
+            for entry in statistics["model_stats"]:
+                entry.update(live_stats(int(entry["version"])))
+        return statistics
 
     @blueprint.get("/models/<model>/versions/<version>/card")
     def model_card(model: str, version: str) -> Any:
@@ -270,8 +288,11 @@ def answer_infer(
     header_length: str | None,
     max_batch: int,
     facts: RequestFacts,
+    recorder: PredictionRecorder | None = None,
 ) -> InferAnswer:
-    """Answer an infer request whose body is already decompressed; a ServiceError otherwise."""
+    """Answer an infer request whose body is already decompressed; a ServiceError otherwise.
+
+    The answer goes to ``recorder`` (the prediction store's queue) as well."""
     resolve_model(serving, model, version)
     with tracing.step("preprocess"):
         request = parse_infer_request(body, header_length, max_batch)
@@ -282,6 +303,16 @@ def answer_infer(
     facts.model_version = prediction.model_version
     if number is not None and prediction.model_version != number:
         raise NotFound(f"model {model!r} version {version} was replaced while answering")
+    if recorder is not None:
+        route = V2_INFER_ROUTE if version is None else V2_INFER_VERSION_ROUTE
+        recorder.record(
+            facts.request_id,
+            route,
+            prediction.model_version,
+            request.images,
+            prediction.labels,
+            prediction.probabilities,
+        )
     decision = None
     if any(output.name in DECISION_OUTPUTS for output in request.outputs):
         reject: RejectOption = getattr(prediction, "reject", None) or RejectOption()

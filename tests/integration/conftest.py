@@ -97,6 +97,7 @@ def start_gunicorn(
         "GUNICORN_THREADS": str(threads),
         "MODEL_DIR": str(COMMITTED_MODELS),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "STORE_PATH": str(log_dir / f"store-{port}.sqlite3"),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }

@@ -169,3 +169,25 @@ def test_touch_drawing_at_phone_width(
         _screenshot(page, "drawing-page-phone", record_property)
     finally:
         context.close()
+
+
+@pytest.mark.browser
+def test_wrong_answers_are_corrected_with_a_tap(page, committed_server) -> None:
+    assert page.locator("#wrong").is_hidden()  # nothing to correct before an answer
+    _draw_with_mouse(page, DIGIT_STROKES[4])
+    answered = _answer(page)
+    assert page.locator("#wrong").is_visible()
+    assert page.locator("#wrong-label").text_content() == "Wrong? Tap the right digit"
+    assert page.locator(f'#digit-keys button.answered[data-digit="{answered}"]').count() == 1
+    right = (answered + 1) % 10  # a person says it was another digit
+    page.locator(f'#digit-keys button[data-digit="{right}"]').click()
+    page.locator("body[data-feedback='sent']").wait_for(state="attached")
+    assert page.locator("#feedback-status").inner_text() == f"Thank you: recorded as {right}."
+    assert page.locator("#digit-keys button:enabled").count() == 0  # once per answer
+    # the service recorded it against the version that answered
+    version = ModelRepository(COMMITTED_MODELS).latest()
+    assert version is not None
+    metrics = requests.get(f"{committed_server.url}/metrics", timeout=30).text
+    assert f'mnist_feedback_records{{version="{version.version}"}}' in metrics
+    page.locator("#clear").click()
+    assert page.locator("#wrong").is_hidden()

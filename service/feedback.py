@@ -1,0 +1,85 @@
+"""POST /feedback: a person's label for an answer, tied to the model version that gave it.
+
+Body: ``{"request_id": "...", "label": 7}`` (``"index": i`` names an image of a batch, default
+0), or a list of such objects (at most ``MAX_FEEDBACK_ITEMS``). All are recorded or none: 202
+with what was recorded; 404 for a request id the store has no prediction for; 409 for feedback
+already given; 422 for a bad label, index or field; 503 when the store is off or unreachable.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, request
+
+from service.errors import BadRequest, InvalidInput, StoreUnavailable, UnsupportedMediaType
+from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
+from service.store.config import StoreConfig
+from service.store.database import FeedbackItem, PredictionStore, wait_for_feedback
+
+FEEDBACK_ROUTE = "/feedback"
+MAX_FEEDBACK_ITEMS = 1024
+MAX_REQUEST_ID = 128
+_FIELDS = frozenset({"request_id", "label", "index"})
+STORE_OFF = "the prediction store is off (STORE=off): feedback is not recorded"
+
+
+def parse_feedback(body: bytes) -> list[FeedbackItem]:
+    """The feedback items of a JSON body; BadRequest or InvalidInput says what is wrong."""
+    if not body.strip():
+        raise BadRequest('the body is empty; expected JSON {"request_id": "...", "label": 0-9}')
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    entries = payload if isinstance(payload, list) else [payload]
+    if not entries:
+        raise InvalidInput("the list is empty: send at least one feedback object")
+    if len(entries) > MAX_FEEDBACK_ITEMS:
+        raise InvalidInput(f"{len(entries)} feedback objects; the limit is {MAX_FEEDBACK_ITEMS}")
+    return [_item(entry, number, len(entries) > 1) for number, entry in enumerate(entries)]
+
+
+def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
+    where = f"feedback {number}: " if many else ""
+    if not isinstance(entry, dict):
+        raise InvalidInput(f'{where}expected an object {{"request_id": "...", "label": 0-9}}')
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where}unknown field(s) {unknown}; accepted: index, label, request_id")
+    request_id = entry.get("request_id")
+    if not isinstance(request_id, str) or not request_id.strip():
+        raise InvalidInput(f'{where}"request_id" must be the request id of an answer (a string)')
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidInput(f'{where}"request_id" is longer than {MAX_REQUEST_ID} characters')
+    label = entry.get("label")
+    if type(label) is not int or not 0 <= label < N_CLASSES:
+        shown = "missing" if "label" not in entry else orjson.dumps(label).decode()[:40]
+        raise InvalidInput(f'{where}"label" must be an integer 0..9 (the right digit), not {shown}')
+    index = entry.get("index", 0)
+    if type(index) is not int or not 0 <= index < MAX_BATCH_SIZE:
+        raise InvalidInput(
+            f'{where}"index" must be the image\'s place in its request, 0..{MAX_BATCH_SIZE - 1}'
+        )
+    return FeedbackItem(request_id=request_id, label=label, item=index)
+
+
+def create_blueprint(store: PredictionStore | None, config: StoreConfig) -> Blueprint:
+    """POST /feedback on ``store`` (None: the store is off, and the route says so with 503)."""
+    blueprint = Blueprint("feedback", __name__)
+
+    @blueprint.post(FEEDBACK_ROUTE)
+    def post_feedback() -> Response:
+        if request.mimetype != "application/json":
+            shown = request.mimetype or "no Content-Type"
+            raise UnsupportedMediaType(f"{shown} is not accepted; send application/json")
+        items = parse_feedback(request.get_data(cache=False))
+        if store is None:
+            raise StoreUnavailable(STORE_OFF)
+        outcomes = wait_for_feedback(store, items, config.feedback_wait_seconds)
+        body = orjson.dumps({"accepted": [outcome.to_json() for outcome in outcomes]})
+        return Response(body, status=HTTPStatus.ACCEPTED, mimetype="application/json")
+
+    return blueprint

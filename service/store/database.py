@@ -1,0 +1,634 @@
+"""The store's database: SQLite or PostgreSQL through SQLAlchemy Core, one schema for both.
+
+``PredictionStore`` is the only code that speaks SQL. Every method runs in its own short
+transaction and raises ``StoreUnavailable`` when the database cannot be reached or refuses the
+write (read-only file, server down); the callers decide what that means (the writer drops and
+counts, ``POST /feedback`` answers 503).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from service.errors import DuplicateFeedback, InvalidInput, StoreUnavailable, UnknownPrediction
+from service.model.contract import N_CLASSES
+from service.store.schema import KEPT_CORRECTED, feedback, predictions
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: one lock id for every service that migrates the same PostgreSQL database
+_MIGRATION_LOCK = 0x6D6E697374  # "mnist"
+_MIGRATION_ATTEMPTS = 4
+_MIGRATION_THREAD_LOCK = threading.Lock()
+#: statistics columns of a prediction record, in service.model.drift.SCALAR_STATISTICS order
+STATISTIC_COLUMNS = (
+    "ink_share",
+    "bbox_height",
+    "bbox_width",
+    "centre_row",
+    "centre_col",
+    "stroke_thickness",
+)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """A person's label for one image of an answered request."""
+
+    request_id: str
+    label: int
+    item: int = 0
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """What the store recorded for one FeedbackItem."""
+
+    request_id: str
+    item: int
+    label: int
+    model_version: int
+    predicted_digit: int
+    correct: bool
+    input_kept: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "index": self.item,
+            "label": self.label,
+            "model_version": self.model_version,
+            "predicted_digit": self.predicted_digit,
+            "correct": self.correct,
+            "input_kept": self.input_kept,
+        }
+
+
+@dataclass(frozen=True)
+class VersionFigures:
+    """Feedback figures of one model version: all time, and over its last ``window`` records."""
+
+    version: int
+    feedback_total: int
+    window: int
+    correct: int
+    #: per true digit: (feedback records in the window with that label, of them answered right)
+    per_class: tuple[tuple[int, int], ...]
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.window if self.window else None
+
+    def recall(self) -> dict[int, float]:
+        """Recall per digit that has feedback in the window."""
+        return {d: right / total for d, (total, right) in enumerate(self.per_class) if total}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "feedback_total": self.feedback_total,
+            "window": self.window,
+            "correct": self.correct,
+            "live_accuracy": self.accuracy,
+            "recall": {str(digit): value for digit, value in self.recall().items()},
+        }
+
+
+@dataclass(frozen=True)
+class PredictionFigures:
+    """The answers of one version over its last ``window`` stored predictions."""
+
+    version: int
+    window: int
+    digits: tuple[int, ...]  # count per predicted digit
+    mean_confidence: float | None
+    rejected: int
+    with_reject_option: int
+
+    def to_json(self) -> dict[str, Any]:
+        total = max(self.window, 1)
+        return {
+            "window": self.window,
+            "digit_distribution": {str(d): n / total for d, n in enumerate(self.digits)},
+            "mean_confidence": self.mean_confidence,
+            "rejection_rate": (
+                self.rejected / self.with_reject_option if self.with_reject_option else None
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    """A kept input and the label a person gave it (for training)."""
+
+    request_id: str
+    item: int
+    created_at: datetime
+    pixels: bytes  # 784 bytes, uint8, ink high
+    label: int
+    predicted_digit: int
+    model_version: int
+
+
+@dataclass
+class PurgeCounts:
+    """Rows the retention rules touched in one purge."""
+
+    inputs_erased: int = 0
+    expired: int = 0
+    over_limit: int = 0
+    details: dict[str, int] = field(default_factory=dict)
+
+
+def create_engine(url: str) -> Engine:
+    """An engine with short timeouts: a dead database fails fast instead of hanging a thread."""
+    if url.startswith("sqlite"):
+        # a connection per transaction (opening a SQLite file takes microseconds): a file made
+        # read-only, moved or restored is seen at the next write, not hidden by a pooled handle
+        # busy timeout: workers take turns writing; waiting is the writer thread's, not a request's
+        engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": 5.0})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                # WAL: readers (scrapes, /feedback) never wait for the writer threads
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            except Exception:  # a read-only file cannot switch; reads still work
+                log.debug("SQLite pragmas not applied", exc_info=True)
+            finally:
+                cursor.close()
+
+        return engine
+    return sa.create_engine(
+        url,
+        pool_size=2,
+        max_overflow=4,
+        pool_pre_ping=True,
+        pool_timeout=2.0,
+        connect_args={"connect_timeout": 2, "options": "-c statement_timeout=5000"},
+    )
+
+
+class PredictionStore:
+    """Predictions and feedback in one database (SQLite file or PostgreSQL server)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._schema_ready = False
+
+    @classmethod
+    def open(cls, url: str) -> PredictionStore:
+        """A store on ``url`` (nothing is connected until the first call)."""
+        return cls(create_engine(url))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _run(self, work: Callable[[Connection], T], *, migrating: bool = False) -> T:
+        if not (self._schema_ready or migrating):
+            self.migrate()  # the first use in a process brings the schema up to date
+        try:
+            with self.engine.begin() as connection:
+                return work(connection)
+        except (DuplicateFeedback, UnknownPrediction, InvalidInput):
+            raise
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"the prediction store failed: {_reason(exc)}") from exc
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (Alembic); safe to run from many processes."""
+        from alembic import command
+        from alembic.config import Config
+
+        def upgrade(connection: Connection) -> None:
+            if connection.dialect.name == "postgresql":
+                # the second of two workers migrating at once waits, then finds nothing to do
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK}
+                )
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+        # Alembic keeps its context in module globals: one migration per process at a time
+        with _MIGRATION_THREAD_LOCK:
+            if self._schema_ready:
+                return
+            for attempt in range(_MIGRATION_ATTEMPTS):
+                try:
+                    self._run(upgrade, migrating=True)
+                    break
+                except StoreUnavailable:
+                    # SQLite has no advisory lock: two workers starting together race, and
+                    # the loser finds the schema made once the winner commits
+                    if attempt == _MIGRATION_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            self._schema_ready = True
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+
+        def read(connection: Connection) -> str | None:
+            if not sa.inspect(connection).has_table("alembic_version"):
+                return None
+            value = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            return None if value is None else str(value)
+
+        return self._run(read, migrating=True)
+
+    # -- predictions -----------------------------------------------------------------------------
+
+    def write_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert prediction records in one transaction; a repeated (request id, image) keeps the
+        first record. Returns how many rows were offered."""
+        if not rows:
+            return 0
+        insert = _insert_ignoring_duplicates(self.dialect)
+        self._run(lambda connection: connection.execute(insert, list(rows)))
+        return len(rows)
+
+    def predictions_of(self, request_id: str) -> list[dict[str, Any]]:
+        """Every stored image of one request, in order (input bytes included)."""
+
+        def read(connection: Connection) -> list[dict[str, Any]]:
+            query = (
+                sa.select(predictions)
+                .where(predictions.c.request_id == request_id)
+                .order_by(predictions.c.item)
+            )
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+        return self._run(read)
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    def add_feedback(
+        self, items: Sequence[FeedbackItem], now: datetime | None = None
+    ) -> list[FeedbackOutcome]:
+        """Record all of ``items`` or none: UnknownPrediction names any (request id, index) the
+        store has no prediction for, DuplicateFeedback any that already has feedback. A corrected
+        answer keeps its input (if it is still stored)."""
+        now = now or datetime.now(UTC)
+        keys = [(item.request_id, item.item) for item in items]
+        if len(set(keys)) != len(keys):
+            raise DuplicateFeedback("the same request id and index appear twice in this feedback")
+
+        def record(connection: Connection) -> list[FeedbackOutcome]:
+            found = _predictions_by_key(connection, keys)
+            missing = [key for key in keys if key not in found]
+            if missing:
+                raise UnknownPrediction(_unknown_message(missing))
+            taken = _feedback_keys(connection, keys)
+            if taken:
+                raise DuplicateFeedback(_duplicate_message(sorted(taken)))
+            outcomes = []
+            rows = []
+            for item in items:
+                prediction = found[(item.request_id, item.item)]
+                correct = prediction["digit"] == item.label
+                rows.append(
+                    {
+                        "request_id": item.request_id,
+                        "item": item.item,
+                        "created_at": now,
+                        "model_version": prediction["model_version"],
+                        "predicted_digit": prediction["digit"],
+                        "label": item.label,
+                        "correct": correct,
+                    }
+                )
+                keeps = prediction["has_input"] and (
+                    not correct or prediction["input_kept"] is not None
+                )
+                if keeps and not correct:
+                    connection.execute(
+                        predictions.update()
+                        .where(predictions.c.id == prediction["id"])
+                        .values(input_kept=KEPT_CORRECTED)
+                    )
+                outcomes.append(
+                    FeedbackOutcome(
+                        request_id=item.request_id,
+                        item=item.item,
+                        label=item.label,
+                        model_version=prediction["model_version"],
+                        predicted_digit=prediction["digit"],
+                        correct=correct,
+                        input_kept=keeps,
+                    )
+                )
+            connection.execute(feedback.insert(), rows)
+            return outcomes
+
+        try:
+            return self._run(record)
+        except IntegrityError:  # another request recorded the same feedback meanwhile
+            raise DuplicateFeedback(_duplicate_message(keys)) from None
+
+    def delete_request(self, request_id: str) -> tuple[int, int]:
+        """Delete every prediction and feedback record of a request: (predictions, feedback)."""
+
+        def delete(connection: Connection) -> tuple[int, int]:
+            gone_feedback = connection.execute(
+                feedback.delete().where(feedback.c.request_id == request_id)
+            ).rowcount
+            gone_predictions = connection.execute(
+                predictions.delete().where(predictions.c.request_id == request_id)
+            ).rowcount
+            return int(gone_predictions), int(gone_feedback)
+
+        return self._run(delete)
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def purge(
+        self,
+        now: datetime,
+        input_retention: timedelta,
+        retention: timedelta,
+        max_rows: int,
+    ) -> PurgeCounts:
+        """Apply the retention rules: erase inputs nobody kept once ``input_retention`` is over;
+        delete predictions without feedback older than ``retention`` or beyond ``max_rows``."""
+
+        def purge(connection: Connection) -> PurgeCounts:
+            counts = PurgeCounts()
+            counts.inputs_erased = connection.execute(
+                predictions.update()
+                .where(
+                    predictions.c.input.is_not(None),
+                    predictions.c.input_kept.is_(None),
+                    predictions.c.created_at < now - input_retention,
+                )
+                .values(input=None)
+            ).rowcount
+            without_feedback = ~sa.exists().where(
+                feedback.c.request_id == predictions.c.request_id,
+                feedback.c.item == predictions.c.item,
+            )
+            counts.expired = connection.execute(
+                predictions.delete().where(
+                    predictions.c.created_at < now - retention, without_feedback
+                )
+            ).rowcount
+            newest_kept = (
+                sa.select(predictions.c.id)
+                .order_by(predictions.c.id.desc())
+                .offset(max_rows - 1)
+                .limit(1)
+                .scalar_subquery()
+            )
+            counts.over_limit = connection.execute(
+                predictions.delete().where(predictions.c.id < newest_kept, without_feedback)
+            ).rowcount
+            return counts
+
+        return self._run(purge)
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    def feedback_figures(self, window: int) -> dict[int, VersionFigures]:
+        """Per model version: feedback count, and accuracy and recall over its last ``window``."""
+
+        def read(connection: Connection) -> dict[int, VersionFigures]:
+            totals: dict[int, int] = {
+                int(version): int(count)
+                for version, count in connection.execute(
+                    sa.select(feedback.c.model_version, sa.func.count()).group_by(
+                        feedback.c.model_version
+                    )
+                )
+            }
+            ranked = sa.select(
+                feedback.c.model_version,
+                feedback.c.label,
+                feedback.c.correct,
+                sa.func.row_number()
+                .over(partition_by=feedback.c.model_version, order_by=feedback.c.id.desc())
+                .label("rank"),
+            ).subquery()
+            recent = connection.execute(
+                sa.select(
+                    ranked.c.model_version,
+                    ranked.c.label,
+                    sa.func.count(),
+                    sa.func.sum(sa.case((ranked.c.correct, 1), else_=0)),
+                )
+                .where(ranked.c.rank <= window)
+                .group_by(ranked.c.model_version, ranked.c.label)
+            ).all()
+            per_version: dict[int, list[list[int]]] = {
+                int(v): [[0, 0] for _ in range(N_CLASSES)] for v in totals
+            }
+            for version, label, count, right in recent:
+                per_version[int(version)][int(label)] = [int(count), int(right or 0)]
+            return {
+                version: VersionFigures(
+                    version=version,
+                    feedback_total=int(totals[version]),
+                    window=sum(c for c, _ in classes),
+                    correct=sum(r for _, r in classes),
+                    per_class=tuple((c, r) for c, r in classes),
+                )
+                for version, classes in per_version.items()
+            }
+
+        return self._run(read)
+
+    def prediction_figures(self, version: int, window: int) -> PredictionFigures:
+        """The predicted digits, mean confidence and rejections of a version's last ``window``."""
+
+        def read(connection: Connection) -> PredictionFigures:
+            recent = (
+                sa.select(predictions.c.digit, predictions.c.confidence, predictions.c.accepted)
+                .where(predictions.c.model_version == version)
+                .order_by(predictions.c.id.desc())
+                .limit(window)
+                .subquery()
+            )
+            rows = connection.execute(
+                sa.select(
+                    recent.c.digit,
+                    sa.func.count(),
+                    sa.func.sum(recent.c.confidence),
+                    sa.func.sum(sa.case((recent.c.accepted.is_(False), 1), else_=0)),
+                    sa.func.count(recent.c.accepted),
+                ).group_by(recent.c.digit)
+            ).all()
+            digits = [0] * N_CLASSES
+            confidence = 0.0
+            rejected = judged = 0
+            for digit, count, summed, refused, with_option in rows:
+                digits[int(digit)] = int(count)
+                confidence += float(summed or 0.0)
+                rejected += int(refused or 0)
+                judged += int(with_option or 0)
+            total = sum(digits)
+            return PredictionFigures(
+                version=version,
+                window=total,
+                digits=tuple(digits),
+                mean_confidence=confidence / total if total else None,
+                rejected=rejected,
+                with_reject_option=judged,
+            )
+
+        return self._run(read)
+
+    def labelled_examples(self) -> list[LabelledExample]:
+        """Every feedback record whose input was kept (asked for or corrected), oldest first."""
+
+        def read(connection: Connection) -> list[LabelledExample]:
+            query = (
+                sa.select(
+                    feedback.c.request_id,
+                    feedback.c.item,
+                    feedback.c.created_at,
+                    feedback.c.label,
+                    feedback.c.predicted_digit,
+                    feedback.c.model_version,
+                    predictions.c.input,
+                )
+                .join(
+                    predictions,
+                    sa.and_(
+                        predictions.c.request_id == feedback.c.request_id,
+                        predictions.c.item == feedback.c.item,
+                    ),
+                )
+                # kept inputs only: asked for, or corrected (others wait for erasure)
+                .where(predictions.c.input.is_not(None), predictions.c.input_kept.is_not(None))
+                .order_by(feedback.c.id)
+            )
+            return [
+                LabelledExample(
+                    request_id=row.request_id,
+                    item=int(row.item),
+                    created_at=_aware(row.created_at),
+                    pixels=bytes(row.input),
+                    label=int(row.label),
+                    predicted_digit=int(row.predicted_digit),
+                    model_version=int(row.model_version),
+                )
+                for row in connection.execute(query)
+            ]
+
+        return self._run(read)
+
+
+def wait_for_feedback(
+    store: PredictionStore,
+    items: Sequence[FeedbackItem],
+    wait_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[FeedbackOutcome]:
+    """``store.add_feedback``, retried while a prediction is unknown for up to ``wait_seconds``:
+    the answer may still be on its way to the database (writes are batched off the request)."""
+    deadline = clock() + wait_seconds
+    while True:
+        try:
+            return store.add_feedback(items)
+        except UnknownPrediction:
+            if clock() >= deadline:
+                raise
+            sleep(0.05)
+
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "item"])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(predictions).on_conflict_do_nothing(
+            index_elements=["request_id", "item"]
+        )
+    return predictions.insert()
+
+
+def _predictions_by_key(
+    connection: Connection, keys: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    keys = list(keys)
+    request_ids = sorted({request_id for request_id, _ in keys})
+    query = sa.select(
+        predictions.c.id,
+        predictions.c.request_id,
+        predictions.c.item,
+        predictions.c.model_version,
+        predictions.c.digit,
+        predictions.c.input_kept,
+        predictions.c.input.is_not(None).label("has_input"),
+    ).where(predictions.c.request_id.in_(request_ids))
+    wanted = set(keys)
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in connection.execute(query):
+        key = (row.request_id, int(row.item))
+        if key in wanted:
+            found[key] = dict(row._mapping)
+    return found
+
+
+def _feedback_keys(connection: Connection, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    request_ids = sorted({request_id for request_id, _ in keys})
+    rows = connection.execute(
+        sa.select(feedback.c.request_id, feedback.c.item).where(
+            feedback.c.request_id.in_(request_ids)
+        )
+    )
+    return {(row.request_id, int(row.item)) for row in rows} & set(keys)
+
+
+def _describe(keys: Sequence[tuple[str, int]]) -> str:
+    shown = ", ".join(f"{rid!r}" + (f" image {item}" if item else "") for rid, item in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _unknown_message(keys: Sequence[tuple[str, int]]) -> str:
+    return (
+        f"no stored prediction for request id {_describe(keys)}: it is unknown, was deleted, or "
+        "was not recorded (store off or unreachable when it was answered)"
+    )
+
+
+def _duplicate_message(keys: Sequence[tuple[str, int]]) -> str:
+    return f"feedback for request id {_describe(keys)} was already given"
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything the store writes is UTC
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,371 @@
+"""The prediction recorder: answered requests go into a bounded queue; a thread writes them.
+
+The request path only appends a tuple to a deque (``record``, well under a microsecond). A thread
+per worker wakes every ``flush_seconds``, takes everything queued, computes the input statistics
+of the whole batch at once (numpy), feeds the live drift windows and answer metrics, and writes
+the records in one transaction. Whatever happens to the database, a prediction is never slowed
+or failed by it:
+
+- the queue is bounded in images per worker; when it is full, records are dropped and counted;
+- a write that fails (server down, read-only file) drops its records and counts them; the thread
+  tries again after ``RETRY_SECONDS`` and keeps dropping (and counting) until a write succeeds;
+- the first failure of an outage is logged once, and its end once with the count of the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from service.errors import StoreUnavailable
+from service.model.contract import PIXEL_MAX
+from service.model.drift import image_statistics
+from service.store.config import StoreConfig
+from service.store.database import STATISTIC_COLUMNS, PredictionStore
+from service.store.schema import KEPT_REQUESTED
+
+log = logging.getLogger(__name__)
+
+#: after a failed write, records are dropped without trying for this long
+RETRY_SECONDS = 1.0
+#: how often the retention rules run (each worker; they are idempotent)
+PURGE_SECONDS = 60.0
+
+DROP_QUEUE_FULL = "queue_full"
+DROP_STORE_UNAVAILABLE = "store_unavailable"
+
+
+class RecorderMetrics(Protocol):
+    """What the recorder reports; service.observability.live implements it."""
+
+    def count_written(self, records: int) -> None: ...
+
+    def count_dropped(self, reason: str, records: int) -> None: ...
+
+    def set_store_available(self, available: bool) -> None: ...
+
+    def observe_answers(
+        self, versions: np.ndarray, confidences: np.ndarray, accepted: np.ndarray | None
+    ) -> None: ...
+
+    def observe_drift(
+        self, versions: np.ndarray, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
+    ) -> None: ...
+
+
+class SilentRecorderMetrics:
+    """Recorder metrics that record nothing (tools and tests that do not scrape)."""
+
+    def count_written(self, records: int) -> None:
+        return None
+
+    def count_dropped(self, reason: str, records: int) -> None:
+        return None
+
+    def set_store_available(self, available: bool) -> None:
+        return None
+
+    def observe_answers(
+        self, versions: np.ndarray, confidences: np.ndarray, accepted: np.ndarray | None
+    ) -> None:
+        return None
+
+    def observe_drift(
+        self, versions: np.ndarray, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
+    ) -> None:
+        return None
+
+
+class _Answered(NamedTuple):  # a tuple: the cheapest record to build on the request path
+    request_id: str
+    route: str
+    model_version: int
+    answered_at: float  # time.time()
+    images: np.ndarray  # float32 [n, 784] in [0, 1], as the model saw them
+    labels: np.ndarray  # int64 [n]
+    probabilities: np.ndarray  # float32 [n, 10]
+    store_input: bool
+    accepted: np.ndarray | None  # bool [n], when the model has a reject option
+    reject_reasons: Sequence[str | None] | None
+
+
+class PredictionRecorder:
+    """One worker's queue and writer thread (start it after the fork)."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        store: PredictionStore | None,
+        metrics: RecorderMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        autostart: bool = True,
+    ) -> None:
+        """``autostart``: the first record starts the writer thread (False: call ``flush``)."""
+        self.config = config
+        self.autostart = autostart
+        self.store = store if config.enabled else None
+        self.metrics = metrics or SilentRecorderMetrics()
+        self.clock = clock
+        self._queue: deque[_Answered] = deque()
+        self._queued_images = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._migrated = False
+        self._retry_at = 0.0
+        self._outage_dropped = 0  # records dropped since the current outage began
+        self._full_dropped = 0
+        self._next_purge = 0.0
+        self.written = 0
+        self.dropped: dict[str, int] = {DROP_QUEUE_FULL: 0, DROP_STORE_UNAVAILABLE: 0}
+        # a forked child has no writer thread: the next record starts its own
+        forget = weakref.WeakMethod(self._forget_thread)
+        os.register_at_fork(after_in_child=lambda: _call(forget))
+
+    def _forget_thread(self) -> None:
+        self._thread = None
+        self._queue.clear()
+        self._queued_images = 0
+        self._lock = threading.Lock()
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def record(
+        self,
+        request_id: str,
+        route: str,
+        model_version: int,
+        images: np.ndarray,
+        labels: np.ndarray,
+        probabilities: np.ndarray,
+        *,
+        store_input: bool = False,
+        accepted: np.ndarray | None = None,
+        reject_reasons: Sequence[str | None] | None = None,
+    ) -> None:
+        """Queue one answered request (the arrays are kept, not copied: do not change them)."""
+        count = len(images)
+        with self._lock:
+            if self._queued_images + count > self.config.queue_images:
+                self._full_dropped += count
+                full = True
+            else:
+                self._queued_images += count
+                full = False
+        if full:
+            self.metrics.count_dropped(DROP_QUEUE_FULL, count)
+            self.dropped[DROP_QUEUE_FULL] += count
+            return
+        self._queue.append(
+            _Answered(
+                request_id,
+                route,
+                model_version,
+                self.clock(),
+                images,
+                labels,
+                probabilities,
+                store_input or self.config.store_inputs,
+                accepted,
+                reject_reasons,
+            )
+        )
+        if self._thread is None and self.autostart:
+            self.start()
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread of this process (again after a fork; idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._pid == _getpid() and self._thread.is_alive():
+                return
+            self._pid = _getpid()
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="prediction-recorder", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then end the thread."""
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+        self._thread = None
+
+    def flush(self) -> None:
+        """Process everything queued now, in the calling thread (tests, shutdown)."""
+        self._process(self._take())
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.config.flush_seconds)
+            self._wake.clear()
+            try:
+                self._process(self._take())
+                self._maybe_purge()
+            except Exception:  # a bug must not end the thread: log it and keep going
+                log.exception("the prediction recorder failed; its batch is lost")
+        self._process(self._take())
+
+    def _take(self) -> list[_Answered]:
+        taken = []
+        while self._queue:
+            taken.append(self._queue.popleft())
+        if taken:
+            with self._lock:
+                self._queued_images -= sum(len(item.images) for item in taken)
+                full, self._full_dropped = self._full_dropped, 0
+            if full:
+                log.warning("prediction store queue full: %d records dropped", full)
+        return taken
+
+    def _process(self, taken: list[_Answered]) -> None:
+        if not taken:
+            return
+        images = np.concatenate([item.images for item in taken]).astype(np.float32, copy=False)
+        labels = np.concatenate([np.asarray(item.labels, dtype=np.int64) for item in taken])
+        probabilities = np.concatenate([item.probabilities for item in taken])
+        confidences = probabilities[np.arange(len(labels)), labels].astype(np.float64)
+        versions = np.concatenate(
+            [np.full(len(item.images), item.model_version, dtype=np.int64) for item in taken]
+        )
+        accepted = None
+        if all(item.accepted is not None for item in taken):
+            accepted = np.concatenate([np.asarray(item.accepted, dtype=bool) for item in taken])
+        self.metrics.observe_answers(versions, confidences, accepted)
+        self.metrics.observe_drift(versions, images, labels, confidences)
+        if self.store is None:
+            return
+        rows = self._rows(taken, images, labels, confidences)
+        self._write(rows)
+
+    def _rows(
+        self,
+        taken: list[_Answered],
+        images: np.ndarray,
+        labels: np.ndarray,
+        confidences: np.ndarray,
+    ) -> list[dict[str, Any]]:
+        statistics = image_statistics(images).tolist()
+        keep_for_feedback = self.config.input_retention_seconds > 0
+        pixels = None
+        if keep_for_feedback or any(item.store_input for item in taken):
+            pixels = np.rint(images * PIXEL_MAX).astype(np.uint8)
+        digits = labels.tolist()
+        confidence_values = confidences.tolist()
+        rows: list[dict[str, Any]] = []
+        position = 0
+        for item in taken:
+            created = datetime.fromtimestamp(item.answered_at, UTC)
+            reasons = item.reject_reasons
+            for index in range(len(item.images)):
+                keep = item.store_input or keep_for_feedback
+                row = {
+                    "request_id": item.request_id,
+                    "item": index,
+                    "created_at": created,
+                    "model_version": item.model_version,
+                    "route": item.route,
+                    "digit": digits[position],
+                    "confidence": confidence_values[position],
+                    "accepted": None if item.accepted is None else bool(item.accepted[index]),
+                    "reject_reason": None if reasons is None else reasons[index],
+                    "input": pixels[position].tobytes() if keep and pixels is not None else None,
+                    "input_kept": KEPT_REQUESTED if item.store_input else None,
+                }
+                row.update(zip(STATISTIC_COLUMNS, statistics[position], strict=True))
+                rows.append(row)
+                position += 1
+        return rows
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        assert self.store is not None
+        now = time.monotonic()
+        if now < self._retry_at:
+            self._drop(len(rows))
+            return
+        try:
+            self.store.write_predictions(rows)  # the first write migrates the schema
+            self._migrated = True
+        except StoreUnavailable as exc:
+            self._retry_at = now + RETRY_SECONDS
+            if self._outage_dropped == 0:
+                log.warning(
+                    "prediction store unavailable (%s); dropping records until it answers", exc
+                )
+                self.metrics.set_store_available(False)
+            self._drop(len(rows))
+            return
+        if self._outage_dropped:
+            log.warning(
+                "prediction store answers again; %d records were dropped meanwhile",
+                self._outage_dropped,
+            )
+            self._outage_dropped = 0
+        self.metrics.set_store_available(True)
+        self.metrics.count_written(len(rows))
+        self.written += len(rows)
+
+    def _drop(self, count: int) -> None:
+        self._outage_dropped += count
+        self.dropped[DROP_STORE_UNAVAILABLE] += count
+        self.metrics.count_dropped(DROP_STORE_UNAVAILABLE, count)
+
+    def _maybe_purge(self) -> None:
+        now = time.monotonic()
+        if self.store is None or not self._migrated or now < self._next_purge:
+            return
+        if self._outage_dropped:
+            return
+        self._next_purge = now + PURGE_SECONDS
+        self.purge()
+
+    def purge(self) -> None:
+        """Apply the retention rules now (StoreUnavailable is logged, not raised)."""
+        if self.store is None:
+            return
+        config = self.config
+        try:
+            counts = self.store.purge(
+                datetime.now(UTC),
+                timedelta(seconds=config.input_retention_seconds),
+                timedelta(days=config.retention_days),
+                config.retention_rows,
+            )
+        except StoreUnavailable as exc:
+            log.warning("prediction store retention not applied: %s", exc)
+            return
+        if counts.inputs_erased or counts.expired or counts.over_limit:
+            log.info(
+                "prediction store retention: %d inputs erased, %d expired and %d surplus "
+                "records deleted",
+                counts.inputs_erased,
+                counts.expired,
+                counts.over_limit,
+            )
+
+
+def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
+def _getpid() -> int:
+    return os.getpid()

@@ -1,0 +1,76 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
+
+The schema never holds client addresses. ``predictions.input`` holds the 28x28 input the model
+saw (784 bytes, uint8, row-major, ink high) only while it may be needed: when the client asked
+for it to be kept (``input_kept = 'requested'``), when feedback corrected the answer
+(``'corrected'``), or, with ``input_kept`` NULL, for the input retention window, after which the
+writer erases it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+#: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite
+Identifier = BigInteger().with_variant(Integer(), "sqlite")
+
+#: why a prediction's input is kept beyond the retention window
+KEPT_REQUESTED = "requested"
+KEPT_CORRECTED = "corrected"
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False),
+    Column("item", Integer, nullable=False),  # the image's place in its request, from 0
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("digit", SmallInteger, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("accepted", Boolean, nullable=True),  # NULL when the model has no reject option
+    Column("reject_reason", String(64), nullable=True),
+    Column("ink_share", Float, nullable=False),
+    Column("bbox_height", Float, nullable=False),
+    Column("bbox_width", Float, nullable=False),
+    Column("centre_row", Float, nullable=False),
+    Column("centre_col", Float, nullable=False),
+    Column("stroke_thickness", Float, nullable=False),
+    Column("input", LargeBinary, nullable=True),
+    Column("input_kept", String(16), nullable=True),
+    UniqueConstraint("request_id", "item", name="uq_predictions_request_item"),
+    Index("ix_predictions_created_at", "created_at"),
+    Index("ix_predictions_version_id", "model_version", "id"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False),
+    Column("item", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model_version", Integer, nullable=False),  # the version that answered
+    Column("predicted_digit", SmallInteger, nullable=False),
+    Column("label", SmallInteger, nullable=False),
+    Column("correct", Boolean, nullable=False),
+    UniqueConstraint("request_id", "item", name="uq_feedback_request_item"),
+    Index("ix_feedback_version_id", "model_version", "id"),
+)

@@ -1,0 +1,159 @@
+"""The queue writer: batches off the request path, drops and counts when the database fails,
+resumes by itself; on a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.model.contract import N_PIXELS
+from service.model.drift import image_statistics
+from service.store import recorder as recorder_module
+from service.store.config import StoreConfig, sqlalchemy_url
+from service.store.database import STATISTIC_COLUMNS, PredictionStore
+from service.store.recorder import DROP_QUEUE_FULL, DROP_STORE_UNAVAILABLE, PredictionRecorder
+from service.store.schema import KEPT_REQUESTED
+
+
+def answered(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = (rng.integers(0, 256, (count, N_PIXELS)) / 255).astype(np.float32)
+    labels = rng.integers(0, 10, count)
+    probabilities = rng.dirichlet(np.ones(10), count).astype(np.float32)
+    return images, labels, probabilities
+
+
+@pytest.fixture
+def store(database_url: str):
+    opened = PredictionStore.open(sqlalchemy_url(database_url))
+    yield opened
+    opened.close()
+
+
+def test_records_reach_the_database_with_statistics_and_inputs(store: PredictionStore):
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(3)
+    recorder.record("batch", "/predict", 2, images, labels, probabilities)
+    recorder.record("asked", "/v2", 2, images[:1], labels[:1], probabilities[:1], store_input=True)
+    recorder.flush()
+    rows = store.predictions_of("batch")
+    assert [r["item"] for r in rows] == [0, 1, 2]
+    assert [r["digit"] for r in rows] == labels.tolist()
+    assert rows[1]["confidence"] == pytest.approx(float(probabilities[1, labels[1]]))
+    expected = image_statistics(images[2:3])[0]
+    assert [rows[2][c] for c in STATISTIC_COLUMNS] == pytest.approx(expected.tolist())
+    pixels = np.frombuffer(rows[0]["input"], dtype=np.uint8)
+    assert np.array_equal(pixels, np.rint(images[0] * 255).astype(np.uint8))
+    assert rows[0]["input_kept"] is None  # kept only for the retention window
+    assert store.predictions_of("asked")[0]["input_kept"] == KEPT_REQUESTED
+    assert recorder.written == 4
+
+
+def test_without_a_retention_window_only_asked_inputs_are_stored(store: PredictionStore):
+    recorder = PredictionRecorder(StoreConfig(input_retention_seconds=0), store, autostart=False)
+    images, labels, probabilities = answered(2)
+    recorder.record("plain", "/predict", 1, images[:1], labels[:1], probabilities[:1])
+    recorder.record(
+        "asked", "/predict", 1, images[1:], labels[1:], probabilities[1:], store_input=True
+    )
+    recorder.flush()
+    assert store.predictions_of("plain")[0]["input"] is None
+    assert store.predictions_of("asked")[0]["input"] is not None
+
+
+def test_the_store_turned_off_writes_nothing(tmp_path: Path):
+    path = tmp_path / "off.sqlite3"
+    store = PredictionStore.open(f"sqlite:///{path}")
+    recorder = PredictionRecorder(StoreConfig(enabled=False), store, autostart=False)
+    recorder.record("x", "/predict", 1, *answered(1))
+    recorder.flush()
+    assert recorder.store is None and recorder.written == 0 and not path.exists()
+
+
+def test_a_full_queue_drops_and_counts_without_waiting(store: PredictionStore):
+    recorder = PredictionRecorder(StoreConfig(queue_images=5), store, autostart=False)
+    images, labels, probabilities = answered(4)
+    started = time.perf_counter()
+    for number in range(3):
+        recorder.record(f"r{number}", "/predict", 1, images[:2], labels[:2], probabilities[:2])
+    assert time.perf_counter() - started < 0.05
+    assert recorder.dropped[DROP_QUEUE_FULL] == 2  # the third request (2 images) did not fit
+    recorder.flush()
+    assert recorder.written == 4 and store.predictions_of("r2") == []
+
+
+def make_read_only(path: Path) -> None:
+    # root ignores file modes: the immutable attribute stops root too
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+
+
+def make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o644)
+
+
+def test_a_read_only_sqlite_file_drops_counts_and_resumes(tmp_path: Path, monkeypatch, caplog):
+    monkeypatch.setattr(recorder_module, "RETRY_SECONDS", 0.0)
+    path = tmp_path / "store.sqlite3"
+    store = PredictionStore.open(f"sqlite:///{path}")
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(1)
+    recorder.record("before", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    make_read_only(path)
+    try:
+        for number in range(3):
+            recorder.record(f"gap{number}", "/predict", 1, images, labels, probabilities)
+            recorder.flush()
+        assert recorder.dropped[DROP_STORE_UNAVAILABLE] == 3
+    finally:
+        make_writable(path)
+    recorder.record("after", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    assert [len(store.predictions_of(r)) for r in ("before", "gap0", "after")] == [1, 0, 1]
+    outage_lines = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(outage_lines) == 1  # logged once per outage
+    assert any("3 records were dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stopped_postgresql_drops_counts_and_resumes(postgres_server, monkeypatch):
+    monkeypatch.setattr(recorder_module, "RETRY_SECONDS", 0.0)
+    store = PredictionStore.open(sqlalchemy_url(postgres_server.create_database()))
+    recorder = PredictionRecorder(StoreConfig(flush_seconds=0.05), store)
+    images, labels, probabilities = answered(1)
+    recorder.record("before", "/predict", 1, images, labels, probabilities)
+    deadline = time.monotonic() + 30
+    while recorder.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    postgres_server.stop()
+    try:
+        slowest = 0.0
+        for number in range(50):
+            started = time.perf_counter()
+            recorder.record(f"gap{number}", "/predict", 1, images, labels, probabilities)
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.01)
+        assert slowest < 0.2  # never the database's 2 s connect timeout (a shared machine)
+        deadline = time.monotonic() + 30
+        while recorder.dropped[DROP_STORE_UNAVAILABLE] < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert recorder.dropped[DROP_STORE_UNAVAILABLE] == 50
+    finally:
+        postgres_server.start()
+    recorder.record("after", "/predict", 1, images, labels, probabilities)
+    deadline = time.monotonic() + 30
+    while not store.predictions_of("after") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    recorder.stop()
+    assert len(store.predictions_of("after")) == 1 and store.predictions_of("gap7") == []
+    store.close()
