@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def tiny_model_repo(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run: 
 
 
 @pytest.fixture(scope="session")
-def postgres_server():
+def postgres_server() -> Iterator[Any]:
     """A real PostgreSQL cluster for the whole session, removed afterwards (tests/postgres.py)."""
     from tests.postgres import start_postgres
 
@@ -131,4 +132,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     server = request.getfixturevalue("postgres_server")
     if not server.running():  # a test stopped it and failed before restarting it
         server.start()
-    return server.create_database()
+    url: str = server.create_database()
+    return url

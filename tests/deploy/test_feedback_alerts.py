@@ -24,7 +24,7 @@ def promtool() -> str:
     return found
 
 
-def test_the_rules_are_valid_and_their_promtool_tests_pass():
+def test_the_rules_are_valid_and_their_promtool_tests_pass() -> None:
     check = subprocess.run(
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
@@ -39,7 +39,7 @@ def test_the_rules_are_valid_and_their_promtool_tests_pass():
     assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
 
 
-def test_the_drift_alert_uses_the_services_threshold():
+def test_the_drift_alert_uses_the_services_threshold() -> None:
     rules = {
         rule["alert"]: rule
         for group in yaml.safe_load(RULES.read_text())["groups"]

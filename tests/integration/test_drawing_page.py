@@ -172,7 +172,7 @@ def test_touch_drawing_at_phone_width(
 
 
 @pytest.mark.browser
-def test_wrong_answers_are_corrected_with_a_tap(page, committed_server) -> None:
+def test_wrong_answers_are_corrected_with_a_tap(page: Any, committed_server: Any) -> None:
     assert page.locator("#wrong").is_hidden()  # nothing to correct before an answer
     _draw_with_mouse(page, DIGIT_STROKES[4])
     answered = _answer(page)

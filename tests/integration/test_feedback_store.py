@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,8 +45,9 @@ def scrape(server: RunningServer) -> dict[tuple[str, frozenset[tuple[str, str]]]
     return samples
 
 
-def value(samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+def value(samples: Any, name: str, **labels: str) -> float | None:
+    found: float | None = samples.get((name, frozenset(labels.items())))
+    return found
 
 
 @dataclass
@@ -71,7 +73,7 @@ class StoreBackend:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path) -> StoreBackend:
+def backend(request: Any, tmp_path: Any) -> StoreBackend:
     """A SQLite file, then a database on the real PostgreSQL server."""
     if request.param == "sqlite":
         path = tmp_path / "store.sqlite3"
@@ -83,18 +85,21 @@ def backend(request, tmp_path) -> StoreBackend:
     return StoreBackend({"DATABASE_URL": url}, url, server)
 
 
-def predict(session: requests.Session, url: str, image: np.ndarray, query: str = "") -> dict:
+def predict(
+    session: requests.Session, url: str, image: np.ndarray, query: str = ""
+) -> dict[str, Any]:
     response = session.post(
         f"{url}/predict{query}", json={"images": [image.astype(int).tolist()]}, timeout=30
     )
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 @pytest.mark.slow
 def test_live_accuracy_matches_the_posted_labels_and_training_counts_them(
-    gunicorn_server: StartServer, backend: StoreBackend, mnist_data, tmp_path
-):
+    gunicorn_server: StartServer, backend: StoreBackend, mnist_data: Any, tmp_path: Any
+) -> None:
     server = gunicorn_server(env={**backend.env, "STORE_FLUSH_SECONDS": "0.1"}, workers=2)
     images, truth = mnist_data.test.images[:2000], mnist_data.test.labels[:2000]
 
@@ -183,7 +188,10 @@ def test_live_accuracy_matches_the_posted_labels_and_training_counts_them(
 
 
 def steady_load(
-    server: RunningServer, images: np.ndarray, stop: threading.Event, results: list
+    server: RunningServer,
+    images: np.ndarray,
+    stop: threading.Event,
+    results: list[tuple[float, float, int]],
 ) -> None:
     """One client posting single images back to back: (started, seconds, status) each."""
     with requests.Session() as session:
@@ -219,8 +227,8 @@ def make_read_only(path: Path, read_only: bool) -> None:
 
 @pytest.mark.slow
 def test_an_outage_never_fails_or_slows_a_prediction(
-    gunicorn_server: StartServer, backend: StoreBackend, mnist_data
-):
+    gunicorn_server: StartServer, backend: StoreBackend, mnist_data: Any
+) -> None:
     server = gunicorn_server(env={**backend.env, "STORE_FLUSH_SECONDS": "0.1"}, workers=2)
     images = mnist_data.test.images[:200].astype(int)
     stop = threading.Event()
@@ -286,7 +294,8 @@ def _count_rows(store: PredictionStore) -> int:
     from service.store.schema import predictions
 
     with store.engine.connect() as connection:
-        return int(connection.execute(sa.select(sa.func.count()).select_from(predictions)).scalar())
+        count = connection.execute(sa.select(sa.func.count()).select_from(predictions)).scalar()
+        return int(count or 0)
 
 
 def drift_threshold_of_the_alert_rule() -> float:
@@ -294,14 +303,16 @@ def drift_threshold_of_the_alert_rule() -> float:
     for group in rules["groups"]:
         for rule in group["rules"]:
             if rule.get("alert") == "MnistInputDrift":
-                return float(re.search(r"\)\s*>\s*([0-9.]+)", rule["expr"])[1])
+                found = re.search(r"\)\s*>\s*([0-9.]+)", rule["expr"])
+                assert found is not None, rule["expr"]
+                return float(found[1])
     raise AssertionError("no MnistInputDrift rule")
 
 
 @pytest.mark.parametrize("change", ["none", "inverted", "thick", "shifted"])
 def test_changed_inputs_move_the_drift_gauge_past_the_alert(
-    gunicorn_server: StartServer, mnist_data, tmp_path, change
-):
+    gunicorn_server: StartServer, mnist_data: Any, tmp_path: Any, change: Any
+) -> None:
     from scipy import ndimage
 
     threshold = drift_threshold_of_the_alert_rule()

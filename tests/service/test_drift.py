@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def bar(top: int, left: int, height: int, width: int) -> np.ndarray:
     return image.reshape(784)
 
 
-def test_statistics_of_simple_shapes():
+def test_statistics_of_simple_shapes() -> None:
     values = image_statistics(np.stack([bar(4, 10, 20, 3), np.zeros(784, np.float32)]))
     ink_share, height, width, row, col, thickness = values[0]
     assert ink_share == pytest.approx(60 / 784)
@@ -39,19 +40,19 @@ def test_statistics_of_simple_shapes():
     assert values[1].tolist() == [0.0, 0.0, 0.0, 13.5, 13.5, 0.0]  # a blank image
 
 
-def test_statistics_are_the_same_in_chunks_and_at_once():
+def test_statistics_are_the_same_in_chunks_and_at_once() -> None:
     images = np.random.default_rng(0).random((9000, 784), dtype=np.float32)
     whole = image_statistics(images)
     assert np.array_equal(whole[8500:], image_statistics(images[8500:]))
 
 
-def test_intensity_counts_split_every_pixel_into_one_bin():
+def test_intensity_counts_split_every_pixel_into_one_bin() -> None:
     image = np.array([0.0] * 700 + [0.1] * 20 + [0.3] * 20 + [0.6] * 20 + [0.8] * 14 + [1.0] * 10)
     counts = intensity_counts(image[np.newaxis].astype(np.float32))
     assert counts.tolist() == [[700, 20, 20, 20, 14, 10]]
 
 
-def test_population_stability_index():
+def test_population_stability_index() -> None:
     shares = [0.25, 0.25, 0.25, 0.25]
     assert population_stability_index(shares, [250, 250, 250, 250]) == pytest.approx(0, abs=1e-9)
     moved = population_stability_index(shares, [700, 100, 100, 100])
@@ -62,7 +63,7 @@ def test_population_stability_index():
         population_stability_index(shares, [0, 0, 0, 0])
 
 
-def test_the_committed_card_carries_a_reference_that_round_trips():
+def test_the_committed_card_carries_a_reference_that_round_trips() -> None:
     card = json.loads(CARD.read_text())
     reference = DriftReference.from_card(card)
     assert reference is not None and reference.sample_size == 60000
@@ -86,7 +87,7 @@ def answers(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.full(len(images), 0.999)
 
 
-def test_two_workers_windows_add_up_to_one(reference: DriftReference, mnist_data):
+def test_two_workers_windows_add_up_to_one(reference: DriftReference, mnist_data: Any) -> None:
     images = mnist_data.test.images[:600].astype(np.float32) / 255
     labels, confidences = answers(images)
     registries = [CollectorRegistry(), CollectorRegistry()]
@@ -103,7 +104,9 @@ def test_two_workers_windows_add_up_to_one(reference: DriftReference, mnist_data
     assert merged[4].psi == pytest.approx(expected.psi)
 
 
-def test_the_window_keeps_only_the_newest_inputs(reference: DriftReference, mnist_data):
+def test_the_window_keeps_only_the_newest_inputs(
+    reference: DriftReference, mnist_data: Any
+) -> None:
     normal = mnist_data.test.images[:300].astype(np.float32) / 255
     monitor = DriftMonitor(lambda version: reference, window=200)
     labels, confidences = answers(normal)
@@ -126,7 +129,9 @@ def test_the_window_keeps_only_the_newest_inputs(reference: DriftReference, mnis
         ("shifted", True),
     ],
 )
-def test_the_drift_score_separates_changed_inputs(reference, mnist_data, change, drifts):
+def test_the_drift_score_separates_changed_inputs(
+    reference: Any, mnist_data: Any, change: Any, drifts: Any
+) -> None:
     from scipy import ndimage
 
     images = mnist_data.test.images[1000:1500].astype(np.float32) / 255

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(database_url: str):
+def store(database_url: str) -> Iterator[PredictionStore]:
     opened = PredictionStore.open(sqlalchemy_url(database_url))
     opened.migrate()
     yield opened
@@ -58,11 +60,11 @@ def prediction_row(
     return row
 
 
-def test_statistic_columns_follow_the_drift_contract():
+def test_statistic_columns_follow_the_drift_contract() -> None:
     assert STATISTIC_COLUMNS == SCALAR_STATISTICS
 
 
-def test_migrate_is_idempotent_and_reaches_head(store: PredictionStore):
+def test_migrate_is_idempotent_and_reaches_head(store: PredictionStore) -> None:
     assert store.schema_revision() == "0001"
     store.migrate()  # a second worker starting does nothing
     assert store.schema_revision() == "0001"
@@ -70,7 +72,9 @@ def test_migrate_is_idempotent_and_reaches_head(store: PredictionStore):
     assert not columns & {"client", "address", "ip", "remote_addr", "user_agent"}
 
 
-def test_write_and_read_back_keeps_the_first_of_a_repeated_request_id(store: PredictionStore):
+def test_write_and_read_back_keeps_the_first_of_a_repeated_request_id(
+    store: PredictionStore,
+) -> None:
     store.write_predictions([prediction_row("a", digit=3), prediction_row("a", 1, digit=4)])
     store.write_predictions([prediction_row("a", digit=9)])  # a client reused its request id
     rows = store.predictions_of("a")
@@ -80,7 +84,7 @@ def test_write_and_read_back_keeps_the_first_of_a_repeated_request_id(store: Pre
 
 def test_feedback_is_tied_to_the_answering_version_and_keeps_corrected_inputs(
     store: PredictionStore,
-):
+) -> None:
     store.write_predictions(
         [
             prediction_row("wrong", digit=3, version=2),
@@ -100,7 +104,7 @@ def test_feedback_is_tied_to_the_answering_version_and_keeps_corrected_inputs(
     assert store.predictions_of("right")[0]["input_kept"] is None
 
 
-def test_unknown_and_duplicate_feedback_are_refused_whole(store: PredictionStore):
+def test_unknown_and_duplicate_feedback_are_refused_whole(store: PredictionStore) -> None:
     store.write_predictions([prediction_row("a"), prediction_row("b")])
     with pytest.raises(UnknownPrediction, match="'nope'"):
         store.add_feedback([FeedbackItem("a", 1), FeedbackItem("nope", 2)])
@@ -115,7 +119,7 @@ def test_unknown_and_duplicate_feedback_are_refused_whole(store: PredictionStore
     assert store.feedback_figures(10)[1].feedback_total == 1
 
 
-def test_feedback_waits_for_a_record_still_on_its_way(store: PredictionStore):
+def test_feedback_waits_for_a_record_still_on_its_way(store: PredictionStore) -> None:
     calls = []
 
     def sleep(seconds: float) -> None:
@@ -130,7 +134,7 @@ def test_feedback_waits_for_a_record_still_on_its_way(store: PredictionStore):
         wait_for_feedback(store, [FeedbackItem("never", 3)], 2, lambda s: None, lambda: next(clock))
 
 
-def test_live_figures_per_version_over_the_window(store: PredictionStore):
+def test_live_figures_per_version_over_the_window(store: PredictionStore) -> None:
     rows = [prediction_row(f"r{i}", digit=i % 10, version=1 + i % 2) for i in range(40)]
     store.write_predictions(rows)
     labels = {}
@@ -151,7 +155,7 @@ def test_live_figures_per_version_over_the_window(store: PredictionStore):
         assert figures[version].recall() == {d: sum(v) / len(v) for d, v in by_label.items()}
 
 
-def test_prediction_figures_count_digits_confidence_and_rejections(store: PredictionStore):
+def test_prediction_figures_count_digits_confidence_and_rejections(store: PredictionStore) -> None:
     store.write_predictions(
         [prediction_row(f"p{i}", digit=i % 2, accepted=i % 4 != 0) for i in range(8)]
     )
@@ -161,7 +165,9 @@ def test_prediction_figures_count_digits_confidence_and_rejections(store: Predic
     assert figures.to_json()["rejection_rate"] == 0.25
 
 
-def test_retention_erases_unkept_inputs_and_old_rows_but_keeps_feedback(store: PredictionStore):
+def test_retention_erases_unkept_inputs_and_old_rows_but_keeps_feedback(
+    store: PredictionStore,
+) -> None:
     old = NOW - timedelta(days=40)
     store.write_predictions(
         [
@@ -188,7 +194,7 @@ def test_retention_erases_unkept_inputs_and_old_rows_but_keeps_feedback(store: P
     assert counts.over_limit == 2
 
 
-def test_delete_by_request_id_removes_predictions_and_feedback(store: PredictionStore):
+def test_delete_by_request_id_removes_predictions_and_feedback(store: PredictionStore) -> None:
     store.write_predictions([prediction_row("x"), prediction_row("x", 1), prediction_row("y")])
     store.add_feedback([FeedbackItem("x", 2)])
     assert store.delete_request("x") == (2, 1)
@@ -197,7 +203,7 @@ def test_delete_by_request_id_removes_predictions_and_feedback(store: Prediction
     assert len(store.predictions_of("y")) == 1
 
 
-def test_labelled_examples_are_feedback_with_a_kept_input(store: PredictionStore):
+def test_labelled_examples_are_feedback_with_a_kept_input(store: PredictionStore) -> None:
     image = np.arange(784, dtype=np.uint8).tobytes()
     store.write_predictions(
         [
@@ -224,7 +230,7 @@ def test_labelled_examples_are_feedback_with_a_kept_input(store: PredictionStore
     assert examples[0].pixels == image and examples[0].created_at.tzinfo is not None
 
 
-def test_an_unreachable_database_raises_store_unavailable(tmp_path):
+def test_an_unreachable_database_raises_store_unavailable(tmp_path: Any) -> None:
     missing = PredictionStore.open(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.sqlite3'}")
     with pytest.raises(StoreUnavailable, match="prediction store failed"):
         missing.migrate()
@@ -233,14 +239,14 @@ def test_an_unreachable_database_raises_store_unavailable(tmp_path):
         down.write_predictions([prediction_row("a")])
 
 
-def _all(store: PredictionStore):
+def _all(store: PredictionStore) -> list[Any]:
     from service.store.schema import predictions
 
     with store.engine.connect() as connection:
         return list(connection.execute(sa.select(predictions.c.request_id)))
 
 
-def test_the_cli_deletes_by_request_id(database_url: str, monkeypatch, capsys):
+def test_the_cli_deletes_by_request_id(database_url: str, monkeypatch: Any, capsys: Any) -> None:
     from service.store.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, main
 
     store = PredictionStore.open(sqlalchemy_url(database_url))

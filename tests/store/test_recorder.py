@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,13 +31,13 @@ def answered(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @pytest.fixture
-def store(database_url: str):
+def store(database_url: str) -> Iterator[PredictionStore]:
     opened = PredictionStore.open(sqlalchemy_url(database_url))
     yield opened
     opened.close()
 
 
-def test_records_reach_the_database_with_statistics_and_inputs(store: PredictionStore):
+def test_records_reach_the_database_with_statistics_and_inputs(store: PredictionStore) -> None:
     recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
     images, labels, probabilities = answered(3)
     recorder.record("batch", "/predict", 2, images, labels, probabilities)
@@ -54,7 +56,7 @@ def test_records_reach_the_database_with_statistics_and_inputs(store: Prediction
     assert recorder.written == 4
 
 
-def test_without_a_retention_window_only_asked_inputs_are_stored(store: PredictionStore):
+def test_without_a_retention_window_only_asked_inputs_are_stored(store: PredictionStore) -> None:
     recorder = PredictionRecorder(StoreConfig(input_retention_seconds=0), store, autostart=False)
     images, labels, probabilities = answered(2)
     recorder.record("plain", "/predict", 1, images[:1], labels[:1], probabilities[:1])
@@ -66,7 +68,7 @@ def test_without_a_retention_window_only_asked_inputs_are_stored(store: Predicti
     assert store.predictions_of("asked")[0]["input"] is not None
 
 
-def test_the_store_turned_off_writes_nothing(tmp_path: Path):
+def test_the_store_turned_off_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "off.sqlite3"
     store = PredictionStore.open(f"sqlite:///{path}")
     recorder = PredictionRecorder(StoreConfig(enabled=False), store, autostart=False)
@@ -75,7 +77,7 @@ def test_the_store_turned_off_writes_nothing(tmp_path: Path):
     assert recorder.store is None and recorder.written == 0 and not path.exists()
 
 
-def test_a_full_queue_drops_and_counts_without_waiting(store: PredictionStore):
+def test_a_full_queue_drops_and_counts_without_waiting(store: PredictionStore) -> None:
     recorder = PredictionRecorder(StoreConfig(queue_images=5), store, autostart=False)
     images, labels, probabilities = answered(4)
     started = time.perf_counter()
@@ -102,7 +104,9 @@ def make_writable(path: Path) -> None:
         path.chmod(0o644)
 
 
-def test_a_read_only_sqlite_file_drops_counts_and_resumes(tmp_path: Path, monkeypatch, caplog):
+def test_a_read_only_sqlite_file_drops_counts_and_resumes(
+    tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
     monkeypatch.setattr(recorder_module, "RETRY_SECONDS", 0.0)
     path = tmp_path / "store.sqlite3"
     store = PredictionStore.open(f"sqlite:///{path}")
@@ -126,7 +130,9 @@ def test_a_read_only_sqlite_file_drops_counts_and_resumes(tmp_path: Path, monkey
     assert any("3 records were dropped" in r.getMessage() for r in caplog.records)
 
 
-def test_a_stopped_postgresql_drops_counts_and_resumes(postgres_server, monkeypatch):
+def test_a_stopped_postgresql_drops_counts_and_resumes(
+    postgres_server: Any, monkeypatch: Any
+) -> None:
     monkeypatch.setattr(recorder_module, "RETRY_SECONDS", 0.0)
     store = PredictionStore.open(sqlalchemy_url(postgres_server.create_database()))
     recorder = PredictionRecorder(StoreConfig(flush_seconds=0.05), store)

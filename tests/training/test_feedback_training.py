@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def fill_store(url: str, images: np.ndarray, labels: np.ndarray) -> None:
     store.close()
 
 
-def test_the_holdout_is_deterministic_and_about_its_share():
+def test_the_holdout_is_deterministic_and_about_its_share() -> None:
     chosen = [held_out(f"id-{n}", 0, 0.2) for n in range(5000)]
     assert chosen == [held_out(f"id-{n}", 0, 0.2) for n in range(5000)]
     assert 0.17 < np.mean(chosen) < 0.23
@@ -57,12 +58,12 @@ def test_the_holdout_is_deterministic_and_about_its_share():
     assert not any(held_out(f"id-{n}", 0, 0.0) for n in range(100))
 
 
-def test_redacted_urls_keep_no_password():
+def test_redacted_urls_keep_no_password() -> None:
     assert redact_url("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert redact_url("sqlite:////tmp/a.sqlite3") == "sqlite:////tmp/a.sqlite3"
 
 
-def test_training_with_feedback_counts_it_in_the_card(mnist_data, database_url):
+def test_training_with_feedback_counts_it_in_the_card(mnist_data: Any, database_url: Any) -> None:
     count = 150
     images = mnist_data.test.images[:count]
     labels = mnist_data.test.labels[:count]
@@ -99,7 +100,7 @@ def test_training_with_feedback_counts_it_in_the_card(mnist_data, database_url):
     assert accuracy == pytest.approx(float(np.mean(test_share.labels == 7)))
 
 
-def test_an_unreachable_feedback_database_is_a_data_error(mnist_data, capsys):
+def test_an_unreachable_feedback_database_is_a_data_error(mnist_data: Any, capsys: Any) -> None:
     config = TrainConfig(**TINY_CONFIG_VALUES, feedback="postgresql://me:secret@127.0.0.1:1/none")
     assert run(config, data=mnist_data) == EXIT_DATA
     err = capsys.readouterr().err
@@ -107,7 +108,9 @@ def test_an_unreachable_feedback_database_is_a_data_error(mnist_data, capsys):
     assert "secret" not in err
 
 
-def test_the_cli_publishes_with_feedback(mnist_data, tmp_path, mnist_data_dir):
+def test_the_cli_publishes_with_feedback(
+    mnist_data: Any, tmp_path: Any, mnist_data_dir: Any
+) -> None:
     from training.cli import main
 
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
