@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 "store on, SQLite": {**base, "STORE_PATH": str(scratch / "store.sqlite3")},
                 "store on, PostgreSQL": {**base, "DATABASE_URL": postgres.create_database()},
             }
+            for name in setups:
+                (scratch / name.split(",")[-1].strip()).mkdir()
             with contextlib.ExitStack() as stack:
                 servers = {
                     name: stack.enter_context(
