@@ -230,7 +230,9 @@ def test_no_valid_model_means_live_not_ready_says_why_and_serves_once_fixed(
     assert wait_until(lambda: "no valid model in" in server.log(), 30), server.log()
     assert requests.get(server.url + "/v2/health/live", timeout=5).status_code == 200
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 503
-    answer = requests.post(server.url + "/predict", json={"images": [[0] * 784]}, timeout=5)
+    _, _, selftest = committed_parts()
+    digit = {"images": [selftest["images"][0]]}
+    answer = requests.post(server.url + "/predict", json=digit, timeout=5)
     assert answer.status_code == 503 and "unreadable card.json" in answer.text
     time.sleep(2)
     assert server.alive()

@@ -23,9 +23,15 @@ import requests
 from service.model.repository import ModelRepository
 from tests.conftest import COMMITTED_MODELS
 from tests.integration.conftest import RunningServer
-from tests.service.conftest import external_data_model, follow_latest, publish_copy, set_state
+from tests.service.conftest import (
+    DIGITS,
+    external_data_model,
+    follow_latest,
+    publish_copy,
+    set_state,
+)
 
-BLANK = {"images": [[0] * 784]}
+DIGIT = {"images": [DIGITS[0].tolist()]}  # a real test digit: a blank image is refused
 
 
 def scratch_models(tmp_path: Path) -> Path:
@@ -39,7 +45,7 @@ def answered_versions(server: RunningServer, count: int = 10) -> list[int]:
     seen = []
     for _ in range(count):
         response = requests.post(
-            server.url + "/predict", json=BLANK, headers={"Connection": "close"}, timeout=5
+            server.url + "/predict", json=DIGIT, headers={"Connection": "close"}, timeout=5
         )
         assert response.status_code == 200, response.text
         seen.append(response.json()["model"]["version"])
@@ -70,7 +76,9 @@ def publish_without_selftest(models: Path) -> Path:
     source = models / "mnist" / "1"
     stage = models / "mnist" / ".stage-2"
     stage.mkdir()
-    shutil.copy(source / "model.onnx", stage / "model.onnx")
+    for path in source.iterdir():  # everything but selftest.json (novelty.npz included)
+        if path.is_file() and path.name not in ("selftest.json", "card.json"):
+            shutil.copy(path, stage / path.name)
     card = json.loads((source / "card.json").read_text())
     card["version"] = 2
     (stage / "card.json").write_text(json.dumps(card))

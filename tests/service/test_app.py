@@ -60,7 +60,7 @@ def test_an_app_on_an_empty_repository_is_live_not_ready_and_says_why(tmp_path: 
     client = app.test_client()
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 503
-    response = client.post("/predict", json={"images": [[0] * 784]})
+    response = client.post("/predict", json={"images": [committed_parts()[2]["images"][0]]})
     assert response.status_code == 503
     assert str(tmp_path) in json_of(response)["error"]["message"]
 

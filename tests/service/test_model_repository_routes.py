@@ -15,7 +15,7 @@ from service.app import create_app
 from service.config import ServiceConfig
 from service.model.repository import ModelRepository, ServingState, Trial
 from tests.conftest import COMMITTED_MODELS
-from tests.service.conftest import RecordingMetrics, publish_copy, selftest_digits
+from tests.service.conftest import DIGITS, RecordingMetrics, publish_copy
 
 TOKEN = "s3cret-admin"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -81,9 +81,8 @@ def test_promote_rollback_and_trials_over_http(admin: FlaskClient, models: Path)
     body = promoted.get_json()
     assert body["state"]["stable"] == 2 and body["gate"]["passed"]
     assert body["gate"]["test_images"] == 10_000
-    images, _ = selftest_digits()
-    assert admin.post("/predict", json={"images": images[:1].tolist()}).status_code == 200
-    answer = admin.post("/predict", json={"images": [[0] * 784]}).get_json()
+    assert admin.post("/predict", json={"images": [DIGITS[0].tolist()]}).status_code == 200
+    answer = admin.post("/predict", json={"images": [DIGITS[0].tolist()]}).get_json()
     assert answer["model"]["version"] == 2  # this worker converged before answering
     back = admin.post("/v2/repository/models/mnist/rollback", headers=ADMIN).get_json()
     assert back["state"]["stable"] == 1
@@ -116,14 +115,15 @@ def test_bad_admin_bodies_are_400_and_refusals_409(admin: FlaskClient, models: P
 def test_unload_and_load_over_http(admin: FlaskClient) -> None:
     assert admin.post("/v2/repository/models/mnist/unload", headers=ADMIN).status_code == 200
     assert admin.get("/v2/health/ready").status_code == 503
-    assert admin.post("/predict", json={"images": [[0] * 784]}).status_code == 503
+    digit = {"images": [DIGITS[0].tolist()]}
+    assert admin.post("/predict", json=digit).status_code == 503
     assert admin.post("/v2/repository/models/mnist/load", headers=ADMIN).status_code == 200
     assert admin.get("/v2/health/ready").status_code == 200
 
 
 def test_api_tokens_close_inference_and_nothing_else(models: Path) -> None:
     client = make_client(models, api_tokens=frozenset({"alpha", "beta"}))
-    body = {"images": [[0] * 784]}
+    body = {"images": [DIGITS[0].tolist()]}
     assert client.post("/predict", json=body).status_code == 401
     assert (
         client.post("/predict", json=body, headers={"Authorization": "Bearer x"}).status_code == 401
