@@ -19,7 +19,13 @@ import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from werkzeug.exceptions import HTTPException
+from gunicorn.http.errors import (
+    ChunkMissingTerminator,
+    InvalidChunkExtension,
+    InvalidChunkSize,
+    NoMoreData,
+)
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from service.errors import ServiceError
@@ -42,6 +48,15 @@ HTTP_ERROR_CODES = {
     429: "too_many_requests",
     431: "request_header_fields_too_large",
 }
+
+#: gunicorn's errors while the app reads a body that breaks its framing (a chunk size that is
+#: not hex, a chunk without its CRLF, a body cut short): the client's fault, a 400
+MALFORMED_BODY_ERRORS = (
+    InvalidChunkSize,
+    ChunkMissingTerminator,
+    InvalidChunkExtension,
+    NoMoreData,
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,8 @@ def render_error(error: BaseException, path: str, request_id: str) -> ErrorAnswe
     traceback and answered as a 500 that names ``request_id``, never with the traceback.
     """
     v2 = is_v2_path(path)
+    if isinstance(error, MALFORMED_BODY_ERRORS):
+        error = BadRequest(f"malformed chunked encoding in the request body: {error}")
     if isinstance(error, ServiceError):
         return _answer(int(error.status), error.code, error.message, v2, list(error.headers))
     if isinstance(error, HTTPException):

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -287,3 +288,75 @@ def test_every_line_the_server_writes_is_one_json_object(gunicorn_server: Any) -
         ("/predict", 200),
     ]
     assert any("Booting worker" in line["event"] for line in lines)
+
+
+def raw_exchange(server: RunningServer, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as written, read the answer until the server closes: (head, body)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(request)
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def chunked_post(path: str, body: bytes, content_type: str = "application/json") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+MALFORMED_CHUNKS = {
+    "size not hex": b"ZZ\r\nabc\r\n0\r\n\r\n",
+    "negative size": b"-5\r\nabc\r\n0\r\n\r\n",
+    "missing terminator": b"5\r\nabc\r\n0\r\n\r\n",
+}
+CHUNKED_ROUTES = {
+    "/predict": "application/json",
+    "/v2/models/mnist/infer": "application/json",
+    "/v2/models/mnist/explain": "application/json",
+    "/feedback": "application/json",
+}
+
+
+@pytest.mark.parametrize("path", sorted(CHUNKED_ROUTES))
+@pytest.mark.parametrize("case", sorted(MALFORMED_CHUNKS))
+def test_malformed_chunked_body_is_400_in_the_route_shape(
+    committed_server: RunningServer, path: str, case: str
+) -> None:
+    head, body = raw_exchange(
+        committed_server, chunked_post(path, MALFORMED_CHUNKS[case], CHUNKED_ROUTES[path])
+    )
+    assert head.startswith(b"HTTP/1.1 400"), head + body
+    error = json.loads(body)["error"]
+    message = error if path.startswith("/v2") else error["message"]
+    assert "malformed chunked encoding" in message, message
+    assert post_json(committed_server, {"images": [GOOD]}).status_code == 200
+
+
+def test_malformed_chunked_multipart_is_400(committed_server: RunningServer) -> None:
+    content_type = "multipart/form-data; boundary=xyz"
+    head, body = raw_exchange(
+        committed_server, chunked_post("/predict", MALFORMED_CHUNKS["size not hex"], content_type)
+    )
+    assert head.startswith(b"HTTP/1.1 400"), head + body
+    assert "malformed chunked encoding" in json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist/infer"])
+def test_chunk_larger_than_the_body_limit_is_413_at_once(
+    committed_server: RunningServer, path: str
+) -> None:
+    started = time.monotonic()
+    head, body = raw_exchange(
+        committed_server, chunked_post(path, b"FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n")
+    )
+    assert time.monotonic() - started < 5
+    assert head.startswith(b"HTTP/1.1 413"), head + body
+    error = json.loads(body)["error"]
+    message = error if path.startswith("/v2") else error["message"]
+    assert "over the limit of 16777216 bytes" in message, message
+    assert post_json(committed_server, {"images": [GOOD]}).status_code == 200
