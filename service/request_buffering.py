@@ -34,6 +34,7 @@ from service.error_render import render_server_error
 
 #: the request head ends at the first empty line (RFC 9112 section 2.1)
 _HEAD_END = b"\r\n\r\n"
+_HEX_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
 _EXPECT_CONTINUE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.I)
@@ -94,6 +95,7 @@ class RequestReading:
         self.chunk_cursor = 0  # where the next chunk-size line starts (chunked bodies)
         self.chunked = False
         self.continue_sent = False
+        self.oversized_chunk = False  # a chunk announced larger than the whole body may be
 
     def add(self, data: bytes) -> bool | None:
         """Append ``data``; True when the request is complete (or gunicorn's parser must see it
@@ -147,10 +149,13 @@ class RequestReading:
             if line_end < 0:
                 return len(buffer) - self.chunk_cursor > self.max_head_bytes
             size_text = bytes(buffer[self.chunk_cursor : line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                return True  # malformed: gunicorn's parser answers 400
+            if not _HEX_SIZE.fullmatch(size_text):
+                return True  # malformed (not hex, negative): the app answers 400
+            size = int(size_text, 16)
+            if size > self.max_body_bytes:
+                # waiting for it would hold the connection until the body deadline: refuse now
+                self.oversized_chunk = True
+                return True
             if size == 0:
                 # optional trailer fields, then an empty line
                 return buffer.startswith(b"\r\n", line_end + 2) or (
@@ -165,6 +170,13 @@ class RequestReading:
 def _timeout_answer() -> bytes:
     message = "the request did not arrive in time; send it faster or in one go"
     return render_server_error(408, "Request Timeout", message)
+
+
+def _too_large_answer(reading: RequestReading) -> bytes:
+    request_line = bytes(reading.buffer[: reading.buffer.find(b"\r\n")]).split(b" ")
+    path = request_line[1].decode("latin-1").split("?", 1)[0] if len(request_line) > 1 else ""
+    message = f"the body is over the limit of {reading.max_body_bytes} bytes"
+    return render_server_error(413, "Request Entity Too Large", message, path=path)
 
 
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
@@ -236,6 +248,11 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
             return
         had_head = reading.body_start is not None
         state = reading.add(data)
+        if state and reading.oversized_chunk:
+            with contextlib.suppress(OSError):
+                client.send(_too_large_answer(reading))
+            self._drop(conn)
+            return
         if state:
             self.poller.unregister(client)
             del self.reading[conn]
