@@ -83,8 +83,15 @@ def _prepare_multiproc_dir() -> None:
 def on_starting(server: Any) -> None:
     """In the master, before any worker: the metrics folder and the connection balance table,
     inherited at fork; and the import child_exit needs, done now rather than while Ctrl-C waits
-    (it takes seconds on a busy host)."""
+    (it takes seconds on a busy host). First the settings: a bad one stops the start here, before
+    anything listens or forks, with one line naming the variable (exit 2, as mnist-serve)."""
     from service.connection_balance import create_board
+    from service.serve import EXIT_BAD_SETTING, check_settings
+
+    problem = check_settings(os.environ)
+    if problem is not None:
+        server.log.error(problem)
+        sys.exit(EXIT_BAD_SETTING)
 
     _prepare_multiproc_dir()
     create_board(server.cfg.workers)

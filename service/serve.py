@@ -66,6 +66,21 @@ def gunicorn_command(
 
 #: exit code when the model repository is missing or holds no version (before anything listens)
 EXIT_NO_MODELS = 3
+#: exit code when a serving setting (an environment variable) holds a bad value, checked before
+#: anything listens or forks
+EXIT_BAD_SETTING = 2
+
+
+def check_settings(environ: Mapping[str, str]) -> str | None:
+    """Why the serving settings in ``environ`` cannot run (one line naming the variable), or
+    None when ServiceConfig accepts them."""
+    from service.config import ConfigError, ServiceConfig
+
+    try:
+        ServiceConfig.from_env(environ)
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def check_models_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
@@ -108,13 +123,18 @@ def check_models_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> st
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, check the model repository, then replace this process with gunicorn
-    (signals then reach it directly). Exit 3 with one line when there is nothing to serve."""
+    (signals then reach it directly). Exit 2 with one line naming the variable when a setting
+    is bad, 3 when there is nothing to serve."""
     args = build_parser().parse_args(argv)
+    command, env = gunicorn_command(args, os.environ)
+    problem = check_settings(env)
+    if problem is not None:
+        print(f"mnist-serve: {problem}", file=sys.stderr)
+        return EXIT_BAD_SETTING
     problem = check_models_dir(args, os.environ)
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_NO_MODELS
-    command, env = gunicorn_command(args, os.environ)
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces the process
 

@@ -4,6 +4,7 @@ before anything listens."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,9 +23,11 @@ STOPS = 20
 STOP_LIMIT_SECONDS = 2.0
 
 
-def _serve(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _serve(
+    port: int, log: Path, *extra: str, settings: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``python -m service.serve`` in a session of its own: a terminal's foreground group."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **(settings or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -102,3 +105,49 @@ def test_a_missing_model_repository_is_one_line_and_exit_3_before_listening(
     assert len(lines) == 1 and lines[0].startswith(f"mnist-serve: {words}")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+BAD_SETTINGS = {
+    "MAX_BATCH": ("0", "MAX_BATCH='0' is not valid"),
+    "MODEL_POLL_SECONDS": ("-1", "MODEL_POLL_SECONDS must be > 0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SETTINGS))
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2_before_listening(
+    name: str, tmp_path: Path
+) -> None:
+    value, words = BAD_SETTINGS[name]
+    port = free_port()
+    log = tmp_path / "serve.log"
+    process = _serve(port, log, "--models-dir", str(COMMITTED_MODELS), settings={name: value})
+    assert process.wait(timeout=60) == 2
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mnist-serve: {words}"), lines
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SETTINGS))
+def test_gunicorn_with_a_bad_setting_stops_before_listening_with_one_json_line(
+    name: str, tmp_path: Path
+) -> None:
+    value, words = BAD_SETTINGS[name]
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), name: value}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py"),
+            *("--bind", f"127.0.0.1:{port}", "service.app:create_app()"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).decode().splitlines()]
+    errors = [line for line in lines if line["level"] == "error"]
+    assert len(errors) == 1 and errors[0]["event"].startswith(words), lines
+    assert not any("Booting worker" in line["event"] for line in lines)
