@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import tomllib
 import typing
@@ -98,6 +99,13 @@ _AT_LEAST_1 = Range(1, None)
 _FRACTION = Range(0, 1)
 _OPEN_FRACTION = Range(0, 1, high_open=True)
 
+#: upper bounds that keep a run within one machine's memory and time: a setting past them is
+#: refused while the configuration is read, before any data is loaded
+MAX_LAYER_SIZE = 4096  # units in one hidden layer
+MAX_LAYERS = 8  # hidden layers
+MAX_WEIGHTS = 25_000_000  # weights of the whole network (200 MB in float64; adam keeps 3 copies)
+MNIST_TRAIN_IMAGES = 60_000
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -107,9 +115,11 @@ class TrainConfig:
     hidden_layers: tuple[int, ...] = field(
         default=(100,),
         metadata=_row(
-            "hidden layer sizes, e.g. 512,256",
+            f"hidden layer sizes, e.g. 512,256 (at most {MAX_LAYERS} layers, "
+            f"{MAX_WEIGHTS:,} weights in all)",
             "model",
             sklearn="hidden_layer_sizes",
+            range=Range(1, MAX_LAYER_SIZE),
             metavar="N[,N...]",
         ),
     )
@@ -129,7 +139,7 @@ class TrainConfig:
             "minibatch size, or 'auto' (min(200, images))",
             "solver",
             sklearn="batch_size",
-            range=_AT_LEAST_1,
+            range=Range(1, MNIST_TRAIN_IMAGES),
             solvers=EPOCH_SOLVERS,
         ),
     )
@@ -214,7 +224,7 @@ class TrainConfig:
             "most epochs (sgd, adam) or iterations (lbfgs)",
             "solver",
             sklearn="max_iter",
-            range=_AT_LEAST_1,
+            range=Range(1, 10_000),
         ),
     )
     tol: float = field(
@@ -261,7 +271,7 @@ class TrainConfig:
             "epochs without improvement before stopping",
             "validation and early stopping",
             sklearn="n_iter_no_change",
-            range=_AT_LEAST_1,
+            range=Range(1, 10_000),
             solvers=EPOCH_SOLVERS,
         ),
     )
@@ -271,7 +281,7 @@ class TrainConfig:
         metadata=_row(
             "train on the first N training images only (default all 60,000)",
             "data",
-            range=_AT_LEAST_1,
+            range=Range(1, MNIST_TRAIN_IMAGES),
             metavar="N",
         ),
     )
@@ -283,7 +293,7 @@ class TrainConfig:
     )
     augment_copies: int = field(
         default=1,
-        metadata=_row("distorted copies per image per epoch", "data", range=_NON_NEGATIVE),
+        metadata=_row("distorted copies per image per epoch", "data", range=Range(0, 32)),
     )
     augment_shift: float = field(
         default=2.0,
@@ -337,12 +347,12 @@ class TrainConfig:
     feedback_weight: int = field(
         default=3,
         metadata=_row("times each feedback example counts (it is repeated)", "feedback",
-                      range=_AT_LEAST_1, in_command=False),
+                      range=Range(1, 100), in_command=False),
     )  # fmt: skip
     feedback_cap: int = field(
         default=5000,
         metadata=_row("use at most the newest N feedback examples for training", "feedback",
-                      range=_AT_LEAST_1, in_command=False),
+                      range=Range(1, 1_000_000), in_command=False),
     )  # fmt: skip
     feedback_holdout: float = field(
         default=0.2,
@@ -355,7 +365,7 @@ class TrainConfig:
         metadata=_row(
             "BLAS threads while training (threadpoolctl); one is fastest on a shared machine",
             "run",
-            range=_AT_LEAST_1,
+            range=Range(1, 256),
         ),
     )
     min_accuracy: float = field(
@@ -482,7 +492,11 @@ class Setting:
         parts = [self.help]
         if default is not None:
             parts.append(f"default {default}")
-        if self.range is not None and not (self.range.low == 1 and self.range.high is None):
+        if (
+            self.range is not None
+            and self.name != "hidden_layers"  # its help says the bounds
+            and not (self.range.low == 1 and self.range.high is None)
+        ):
             parts.append(f"range {self.range}")
         if self.solvers != SOLVERS:
             parts.append(f"{'/'.join(self.solvers)} only")
@@ -583,6 +597,8 @@ def check_setting(setting: Setting, value: Any) -> None:
         ok = _is_number(value)
     elif setting.name == "hidden_layers":
         ok = isinstance(value, tuple) and bool(value) and all(_is_int(n) and n > 0 for n in value)
+        if ok:
+            _check_layers(setting, value)
     elif setting.name == "batch_size":
         ok = value == "auto" or _is_int(value)
     elif kind == int | None:
@@ -599,6 +615,26 @@ def check_setting(setting: Setting, value: Any) -> None:
         raise ConfigError(f"{setting.flag}: {value!r} is out of range {setting.range}")
 
 
+def _check_layers(setting: Setting, layers: tuple[int, ...]) -> None:
+    """ConfigError unless every size is in the setting's range and the network is not too big."""
+    too_big = [n for n in layers if setting.range is not None and n not in setting.range]
+    if too_big:
+        raise ConfigError(
+            f"{setting.flag}: layer size {too_big[0]} is out of range {setting.range}"
+        )
+    if len(layers) > MAX_LAYERS:
+        raise ConfigError(
+            f"{setting.flag}: {len(layers)} hidden layers; at most {MAX_LAYERS} are allowed"
+        )
+    sizes = (28 * 28, *layers, 10)
+    weights = sum(a * b for a, b in itertools.pairwise(sizes))
+    if weights > MAX_WEIGHTS:
+        raise ConfigError(
+            f"{setting.flag}: {','.join(map(str, layers))} makes {weights:,} weights; at most "
+            f"{MAX_WEIGHTS:,} are allowed (smaller or fewer layers)"
+        )
+
+
 def parse_layers(text: str) -> tuple[int, ...]:
     """``"512,256"`` -> ``(512, 256)``; ConfigError on anything else."""
     try:
@@ -610,6 +646,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
         ) from None
     if not layers or any(n <= 0 for n in layers):
         raise ConfigError(f"--hidden-layers: layer sizes must be positive, got {text!r}")
+    _check_layers(BY_NAME["hidden_layers"], layers)
     return layers
 
 
@@ -629,6 +666,8 @@ def parse_text(setting: Setting, text: str) -> Any:
             value = Path(text)
         else:
             value = text
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{setting.flag}: expected {_expected(setting)}, got {text!r}") from None
     check_setting(setting, value)
@@ -717,6 +756,10 @@ def load_toml(path: Path | str) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid UTF-8 TOML: byte {exc.start} cannot be decoded"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
