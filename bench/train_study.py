@@ -51,6 +51,9 @@ class _Lines:
     def close(self, summary: str) -> None:
         print(summary, file=sys.stderr, flush=True)
 
+    def abort(self) -> None:
+        pass
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse mnist-train's flags, fit, print the validation figures; the exit code."""

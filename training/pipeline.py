@@ -424,6 +424,8 @@ def run(
             f"unexpected error, please report it: {type(exc).__name__}: {exc} "
             f"(MNIST_TRAIN_TRACEBACK=1 shows the traceback)"
         )
+    if code != EXIT_OK and reporter is not None:
+        reporter.abort()  # the ending below is the only line left on stderr
     seconds = time.perf_counter() - started
     if code == EXIT_OK and trained is not None and version is not None:
         card = trained.card

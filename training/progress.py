@@ -34,6 +34,9 @@ class Reporter(Protocol):
     def close(self, summary: str) -> None:
         """Training finished; ``summary`` says how it ended."""
 
+    def abort(self) -> None:
+        """The run is ending on an error: clear whatever is live (the bar), print nothing."""
+
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
@@ -66,6 +69,9 @@ class SilentReporter:
     def close(self, summary: str) -> None:
         pass
 
+    def abort(self) -> None:
+        pass
+
 
 class JsonLinesReporter:
     """One JSON line per epoch on ``out`` (stdout); steps and the summary as text on ``err``."""
@@ -85,6 +91,9 @@ class JsonLinesReporter:
 
     def close(self, summary: str) -> None:
         print(summary, file=self.err, flush=True)
+
+    def abort(self) -> None:
+        pass
 
 
 class BarReporter:
@@ -125,6 +134,12 @@ class BarReporter:
             self._bar.close()
             self._bar = None
         print(summary, file=self.err, flush=True)
+
+    def abort(self) -> None:
+        if self._bar is not None:
+            self._bar.leave = False  # close() then clears the bar's line
+            self._bar.close()
+            self._bar = None
 
 
 def make_reporter(kind: Progress) -> Reporter:

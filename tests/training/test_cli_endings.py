@@ -40,8 +40,16 @@ def train_process(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
         **kwargs,
     )
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child: SIGINT back to its default disposition. A parent that ignores it (a
+    background job, CI) would otherwise pass that on, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_train(*argv: str, timeout: float = 300) -> tuple[int, str, str]:
@@ -209,6 +217,7 @@ def test_a_signal_during_training_ends_with_one_line(
         str(mnist_data_dir),
         "--models-dir",
         str(tmp_path),
+        start_new_session=True,  # a child of a background job would ignore SIGINT otherwise
     )
     assert process.stdout is not None
     first = process.stdout.readline()  # the first epoch's JSON line: training is under way
