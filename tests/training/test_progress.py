@@ -72,9 +72,9 @@ def test_cli_json_mode_prints_only_epoch_lines_on_stdout(
 ) -> None:
     assert main(quick_run_argv(mnist_data_dir, tmp_path, "--progress", "json")) == 0
     captured = capsys.readouterr()
-    lines = captured.out.splitlines()
-    assert len(lines) == 2
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [record["event"] for record in records] == ["epoch", "epoch", "end"]
+    assert [record["epoch"] for record in records[:2]] == [1, 2]
     # the long steps say what they are doing, on stderr
     for step in ("loading MNIST", "exporting to ONNX", "verifying ONNX", "published"):
         assert step in captured.err
