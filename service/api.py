@@ -27,6 +27,7 @@ from service.access import require_api_token
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
 from service.dispatch import Answer, InferenceRequest
 from service.errors import (
+    TOO_DEEP,
     BadRequest,
     InvalidImage,
     InvalidInput,
@@ -165,7 +166,9 @@ def _reject_constant(name: str) -> Any:
 def _parse_slowly(body: bytes) -> Any:
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
+    except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 

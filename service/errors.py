@@ -115,3 +115,9 @@ class StoreUnavailable(ServiceError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "store_unavailable"
+
+
+#: what a JSON body nested deeper than the parsers go (a hostile body) is told
+TOO_DEEP = (
+    "the JSON is nested too deeply (arrays or objects inside each other, 1,000 levels or more)"
+)

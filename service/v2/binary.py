@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import TOO_DEEP, BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_LENGTH_PREFIX = struct.Struct("<I")
@@ -84,7 +84,8 @@ def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], 
         else:
             hint = ""
             where = f"the first {end} bytes of the body ({HEADER_LENGTH})"
-        raise BadRequest(f"{where} is not a valid JSON inference request: {exc}{hint}") from exc
+        reason = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
+        raise BadRequest(f"{where} is not a valid JSON inference request: {reason}{hint}") from exc
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
     return header, BinarySection(memoryview(body)[end:])

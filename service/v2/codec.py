@@ -189,7 +189,12 @@ def _read_inputs(inputs: Any, binary: BinarySection, max_batch: int) -> np.ndarr
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(f"'inputs' must be a list holding the one input tensor {INPUT_NAME!r}")
     for tensor in inputs:
-        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if not isinstance(tensor, dict):
+            raise BadRequest(
+                f'each input must be an object {{"name": {INPUT_NAME!r}, "shape": [...], '
+                f'"datatype": ..., "data": [...]}}, got {tensor!r}'[:300]
+            )
+        name = tensor.get("name")
         if name != INPUT_NAME:
             raise BadRequest(
                 f"unknown input {name!r}: the mnist model has one input, {INPUT_NAME!r}"
@@ -269,8 +274,13 @@ def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarra
 def _array_of(data: list[Any], where: str) -> np.ndarray:
     try:
         array = np.array(data)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise BadRequest(f"{where}: 'data' is not a regular array of numbers ({exc})") from exc
+    except RecursionError as exc:
+        raise BadRequest(f"{where}: 'data' is nested too deeply") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(
+            f"{where}: 'data' is not a regular array of numbers: its nested lists must all have "
+            "the same length and hold numbers, not lists, at the same depth"
+        ) from exc
     if array.dtype.kind not in "iuf":
         raise BadRequest(f"{where}: 'data' must hold numbers only (no strings, booleans or null)")
     return array

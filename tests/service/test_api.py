@@ -285,3 +285,11 @@ def test_answers_for_a_few_images_and_for_many_are_the_same_numbers(count: int) 
     assert [a["confidence"] for a in answers] == rounded[np.arange(count), labels].tolist()
     ranked = predictions_json(labels, probabilities, images, api_module.PredictOptions(top_k=2))
     assert [a["probabilities"] for a in ranked] == rounded.tolist()
+
+
+def test_json_nested_too_deeply_is_a_clean_400(client: Any) -> None:
+    deep = b'{"images": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = client.post("/predict", data=deep, content_type="application/json")
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert "nested too deeply" in message and "recursion" not in message

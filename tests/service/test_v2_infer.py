@@ -332,3 +332,28 @@ def test_top_classes_format_and_ties() -> None:
     probabilities = np.array([[0.25, 0.5, 0.25, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32)
     # Triton prints the value with six decimals; equal scores keep the lower index first
     assert top_classes(probabilities, 3) == [["0.500000:1", "0.250000:0", "0.250000:2"]]
+
+
+RAGGED = [[0] * 784, [0, [1, 2]]]
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (json.dumps({"inputs": [5]}).encode(), "each input must be an object"),
+        (
+            json_request(
+                inputs=[{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": RAGGED}]
+            ),
+            "nested lists must all have the same length",
+        ),
+        (b'{"inputs": ' + DEEP + b"}", "nested too deeply"),
+    ],
+)
+def test_malformed_inputs_are_told_what_is_wrong_in_plain_words(body: bytes, words: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        parse_infer_request(body, None, MAX_BATCH)
+    assert words in raised.value.message
+    assert "None" not in raised.value.message and "sequence" not in raised.value.message
+    assert "recursion" not in raised.value.message
