@@ -129,7 +129,7 @@ def test_a_refused_request_shows_the_services_message(page: Any) -> None:
     page.locator("body[data-state='error']").wait_for(state="attached")
     error = page.locator("#error")
     assert error.is_visible()
-    assert "PNG or JPEG" in error.inner_text()
+    assert "send PNG, JPEG" in error.inner_text()
 
 
 @pytest.mark.browser
