@@ -24,6 +24,7 @@ import yaml
 from service.model.drift import DRIFT_THRESHOLD
 from service.store.config import sqlalchemy_url
 from service.store.database import PredictionStore
+from service.store.examples import DEFAULT_HOLDOUT, held_out
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 from tests.integration.conftest import RunningServer, StartServer
 from tests.postgres import PostgresServer
@@ -184,7 +185,11 @@ def test_live_accuracy_matches_the_posted_labels_and_training_counts_them(
     section = card["feedback"]
     assert section["examples_available"] == kept
     assert section["train_examples"] + section["test_examples"] == kept
-    assert section["test_examples"] > 0 and section["first"] <= section["last"]
+    # the held-out share is a salted hash of each request id (image 0): the count is exact
+    share = section.get("holdout_share", DEFAULT_HOLDOUT)
+    kept_ids = [answers[i][0] for i in posted if i % 2 or answers[i][1] != truth[i]]
+    assert section["test_examples"] == sum(held_out(rid, 0, share) for rid in kept_ids)
+    assert section["first"] <= section["last"]
 
 
 def steady_load(
