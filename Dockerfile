@@ -54,6 +54,8 @@ FROM base AS serve
 COPY --from=serve-venv /opt/venv /opt/venv
 COPY models/ /models/
 COPY service/gunicorn.conf.py /app/gunicorn.conf.py
+# the prediction store's folder: a volume mounted here starts owned by the service's user
+RUN mkdir /store && chown 10001:10001 /store
 WORKDIR /app
 ENV MODEL_DIR=/models
 USER 10001:10001

@@ -92,6 +92,10 @@ def test_compose_publishes_on_loopback_and_mounts_models_read_only(
     assert len(models) == 1 and models[0]["read_only"] is True
     assert models[0]["source"] == str(REPO_ROOT / "models")
     assert "healthcheck" in mnist and mnist["restart"] == "unless-stopped"
+    # the prediction store lives on a writable named volume, not beside the read-only models
+    (store,) = [v for v in mnist["volumes"] if v["target"] == "/store"]
+    assert store["type"] == "volume" and not store.get("read_only", False)
+    assert mnist["environment"]["STORE_PATH"].startswith("/store/")
 
     trainer = services["trainer"]
     assert trainer["profiles"] == ["train"] and trainer["build"]["target"] == "trainer"
