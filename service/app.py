@@ -87,7 +87,9 @@ def create_app(
     app.register_blueprint(openapi.create_blueprint(config))
     app.register_blueprint(metrics_route.create_blueprint(figures))
     app.register_blueprint(
-        feedback.create_blueprint(store if config.store.enabled else None, config.store)
+        feedback.create_blueprint(
+            store if config.store.enabled else None, config.store, config.admin_token
+        )
     )
     endpoints: list[InferenceEndpoint] = [
         api.PredictEndpoint(predictor, config, recorder),

@@ -4,6 +4,10 @@ Body: ``{"request_id": "...", "label": 7}`` (``"index": i`` names an image of a 
 0), or a list of such objects (at most ``MAX_FEEDBACK_ITEMS``). All are recorded or none: 202
 with what was recorded; 404 for a request id the store has no prediction for; 409 for feedback
 already given; 422 for a bad label, index or field; 503 when the store is off or unreachable.
+
+DELETE /feedback/<request_id> (behind ADMIN_TOKEN, like the other admin routes: 403 without it
+set, 401 without the right bearer token) deletes every prediction and feedback record of one
+request in one transaction: 200 with the counts, 404 when the store holds nothing of it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, request
 
-from service.errors import BadRequest, InvalidInput, StoreUnavailable, UnsupportedMediaType
+from service.access import require_admin
+from service.errors import (
+    BadRequest,
+    InvalidInput,
+    StoreUnavailable,
+    UnknownPrediction,
+    UnsupportedMediaType,
+)
 from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
 from service.store.config import StoreConfig
 from service.store.database import FeedbackItem, PredictionStore, wait_for_feedback
@@ -66,8 +77,11 @@ def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
     return FeedbackItem(request_id=request_id, label=label, item=index)
 
 
-def create_blueprint(store: PredictionStore | None, config: StoreConfig) -> Blueprint:
-    """POST /feedback on ``store`` (None: the store is off, and the route says so with 503)."""
+def create_blueprint(
+    store: PredictionStore | None, config: StoreConfig, admin_token: str | None = None
+) -> Blueprint:
+    """POST /feedback and DELETE /feedback/<request_id> on ``store`` (None: the store is off, and
+    the routes say so with 503); ``admin_token`` (ADMIN_TOKEN) guards the deletion."""
     blueprint = Blueprint("feedback", __name__)
 
     @blueprint.post(FEEDBACK_ROUTE)
@@ -81,5 +95,26 @@ def create_blueprint(store: PredictionStore | None, config: StoreConfig) -> Blue
         outcomes = wait_for_feedback(store, items, config.feedback_wait_seconds)
         body = orjson.dumps({"accepted": [outcome.to_json() for outcome in outcomes]})
         return Response(body, status=HTTPStatus.ACCEPTED, mimetype="application/json")
+
+    @blueprint.delete(FEEDBACK_ROUTE + "/<request_id>")
+    def delete_request(request_id: str) -> Response:
+        require_admin(request.headers.get("Authorization"), admin_token)
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidInput(f"the request id is longer than {MAX_REQUEST_ID} characters")
+        if store is None:
+            raise StoreUnavailable("the prediction store is off (STORE=off): it holds nothing")
+        gone_predictions, gone_feedback = store.delete_request(request_id)
+        if not gone_predictions and not gone_feedback:
+            raise UnknownPrediction(
+                f"the store holds no record of request id {request_id!r} (unknown, already "
+                "deleted, or not recorded)"
+            )
+        body = orjson.dumps(
+            {
+                "request_id": request_id,
+                "deleted": {"predictions": gone_predictions, "feedback": gone_feedback},
+            }
+        )
+        return Response(body, status=HTTPStatus.OK, mimetype="application/json")
 
     return blueprint

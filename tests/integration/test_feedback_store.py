@@ -352,3 +352,75 @@ def test_changed_inputs_move_the_drift_gauge_past_the_alert(
     score = value(samples, "mnist_drift_score", version="1")
     assert score is not None
     assert (score > threshold) is (change != "none"), score
+
+
+ADMIN_TOKEN = "feedback-admin-secret"
+
+
+def test_delete_a_request_behind_the_admin_token(
+    gunicorn_server: StartServer,
+    backend: StoreBackend,
+    mnist_data: Any,
+    committed_server: RunningServer,
+) -> None:
+    server = gunicorn_server(
+        env={**backend.env, "STORE_FLUSH_SECONDS": "0.05", "ADMIN_TOKEN": ADMIN_TOKEN}, workers=1
+    )
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    images = mnist_data.test.images[:3].astype(int).tolist()
+    with requests.Session() as session:
+        for request_id, batch in (("to-delete", images[:2]), ("to-keep", images[2:])):
+            answered = session.post(
+                server.url + "/predict",
+                json={"images": batch},
+                headers={"X-Request-ID": request_id},
+                timeout=30,
+            )
+            assert answered.status_code == 200, answered.text
+        told = session.post(
+            server.url + "/feedback", json={"request_id": "to-delete", "label": 3}, timeout=30
+        )
+        assert told.status_code == 202, told.text
+        kept = session.post(
+            server.url + "/feedback", json={"request_id": "to-keep", "label": 1}, timeout=30
+        )
+        assert kept.status_code == 202, kept.text
+
+        url = server.url + "/feedback/to-delete"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):
+            refused = session.delete(url, headers=headers, timeout=30)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "unauthorized"
+        deleted = session.delete(url, headers=admin, timeout=30)
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.headers["Content-Type"] == "application/json"
+        assert deleted.json() == {
+            "request_id": "to-delete",
+            "deleted": {"predictions": 2, "feedback": 1},
+        }
+        again = session.delete(url, headers=admin, timeout=30)
+        assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_request_id"
+        too_long = session.delete(server.url + "/feedback/" + "x" * 129, headers=admin, timeout=30)
+        assert too_long.status_code == 422, too_long.text
+        # feedback on a deleted answer is refused like any unknown one
+        late = session.post(
+            server.url + "/feedback",
+            json={"request_id": "to-delete", "label": 4, "index": 1},
+            timeout=30,
+        )
+        assert late.status_code == 404 and late.json()["error"]["code"] == "unknown_request_id"
+
+        # a server without ADMIN_TOKEN refuses the route and says how to turn it on
+        off = session.delete(
+            committed_server.url + "/feedback/to-delete", headers=admin, timeout=30
+        )
+        assert off.status_code == 403 and "ADMIN_TOKEN" in off.json()["error"]["message"]
+
+    store = PredictionStore.open(sqlalchemy_url(backend.url))
+    try:
+        assert store.predictions_of("to-delete") == []
+        assert len(store.predictions_of("to-keep")) == 1  # the other request is untouched
+    finally:
+        store.close()
+    samples = scrape(server)
+    assert value(samples, "mnist_feedback_records", version="1") == 1
