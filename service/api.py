@@ -39,7 +39,7 @@ from service.images import ImageLimits, encode_png_base64, preprocess_image
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
-from service.model.reject import RejectOption
+from service.model.reject import Decision, RejectOption
 from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
 from service.v2.binary import decompress_body
@@ -459,11 +459,14 @@ def predictions_json(
     images: np.ndarray,
     options: PredictOptions,
     reject: RejectOption | None = None,
+    decision: Decision | None = None,
 ) -> list[dict[str, Any]]:
     """One answer per image: digit, confidence, the ten probabilities, whether the digit is
-    accepted (and why not: low_confidence, not_a_digit), and what the query asked for."""
+    accepted (and why not: low_confidence, not_a_digit), and what the query asked for.
+    ``decision`` is ``reject``'s decision when already made."""
     digits = labels.tolist()
-    decision = (reject or NO_REJECTION).decide(images, probabilities)
+    if decision is None:
+        decision = (reject or NO_REJECTION).decide(images, probabilities)
     if len(digits) <= FEW_IMAGES and options.top_k is None and not options.return_input:
         # numpy's per-call overhead is most of the cost for a few images: the same rounding
         # (np.round: scale, round half to even, unscale) on Python floats, the same numbers
@@ -522,6 +525,7 @@ def answer_images(
     with tracing.step("inference"):
         prediction = predictor.predict(images)
     facts.model_version = prediction.model_version
+    decision = (prediction.reject or NO_REJECTION).decide(images, prediction.probabilities)
     if recorder is not None:
         recorder.record(
             facts.request_id,
@@ -531,10 +535,17 @@ def answer_images(
             prediction.labels,
             prediction.probabilities,
             store_input=options.store_input,
+            accepted=decision.accepted,
+            reject_reasons=decision.reasons,
         )
     answer = {
         "predictions": predictions_json(
-            prediction.labels, prediction.probabilities, images, options, prediction.reject
+            prediction.labels,
+            prediction.probabilities,
+            images,
+            options,
+            prediction.reject,
+            decision,
         ),
         "model": {"name": prediction.model_name, "version": prediction.model_version},
         "request_id": facts.request_id,

@@ -252,7 +252,8 @@ def current_families() -> list[Metric]:
 
 
 def feedback_families(figures: Mapping[int, VersionFigures]) -> list[Metric]:
-    """Feedback count, live accuracy and its window, and recall per digit, per version."""
+    """Feedback count, live accuracy and its window (all answers, and the accepted ones), and
+    recall per digit, per version."""
     total = GaugeMetricFamily(
         f"{NAMESPACE}_feedback_records",
         "Feedback records in the store for answers of this model version.",
@@ -268,6 +269,16 @@ def feedback_families(figures: Mapping[int, VersionFigures]) -> list[Metric]:
         "Feedback records live accuracy is computed from.",
         labels=["version"],
     )
+    accepted = GaugeMetricFamily(
+        f"{NAMESPACE}_live_accuracy_accepted",
+        "Live accuracy among the answers the reject option accepted (same window).",
+        labels=["version"],
+    )
+    accepted_window = GaugeMetricFamily(
+        f"{NAMESPACE}_live_accuracy_accepted_window",
+        "Feedback records in the window whose answer the reject option accepted.",
+        labels=["version"],
+    )
     recall = GaugeMetricFamily(
         f"{NAMESPACE}_live_recall",
         "Per true digit (the label people gave): share the version answered right, same window.",
@@ -279,9 +290,12 @@ def feedback_families(figures: Mapping[int, VersionFigures]) -> list[Metric]:
         window.add_metric([label], item.window)
         if item.accuracy is not None:
             accuracy.add_metric([label], item.accuracy)
+        accepted_window.add_metric([label], item.accepted_window)
+        if item.accepted_accuracy is not None:
+            accepted.add_metric([label], item.accepted_accuracy)
         for digit, value in item.recall().items():
             recall.add_metric([label, str(digit)], value)
-    return [total, accuracy, window, recall]
+    return [total, accuracy, window, accepted, accepted_window, recall]
 
 
 def drift_families(figures: Iterable[DriftFigures]) -> list[Metric]:

@@ -65,6 +65,9 @@ class FeedbackOutcome:
     predicted_digit: int
     correct: bool
     input_kept: bool
+    #: the answer's reject decision (None: recorded before decisions were)
+    accepted: bool | None = None
+    reject_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,8 @@ class FeedbackOutcome:
             "predicted_digit": self.predicted_digit,
             "correct": self.correct,
             "input_kept": self.input_kept,
+            "accepted": self.accepted,
+            "reject_reason": self.reject_reason,
         }
 
 
@@ -88,10 +93,18 @@ class VersionFigures:
     correct: int
     #: per true digit: (feedback records in the window with that label, of them answered right)
     per_class: tuple[tuple[int, int], ...]
+    #: feedback records in the window whose answer the reject option accepted, of them right
+    accepted_window: int = 0
+    accepted_correct: int = 0
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.window if self.window else None
+
+    @property
+    def accepted_accuracy(self) -> float | None:
+        """Live accuracy among the answers the service stood by (``"accepted": true``)."""
+        return self.accepted_correct / self.accepted_window if self.accepted_window else None
 
     def recall(self) -> dict[int, float]:
         """Recall per digit that has feedback in the window."""
@@ -103,6 +116,8 @@ class VersionFigures:
             "window": self.window,
             "correct": self.correct,
             "live_accuracy": self.accuracy,
+            "accepted_window": self.accepted_window,
+            "accepted_live_accuracy": self.accepted_accuracy,
             "recall": {str(digit): value for digit, value in self.recall().items()},
         }
 
@@ -320,6 +335,8 @@ class PredictionStore:
                         "predicted_digit": prediction["digit"],
                         "label": item.label,
                         "correct": correct,
+                        "accepted": prediction["accepted"],
+                        "reject_reason": prediction["reject_reason"],
                     }
                 )
                 keeps = prediction["has_input"] and (
@@ -340,6 +357,8 @@ class PredictionStore:
                         predicted_digit=prediction["digit"],
                         correct=correct,
                         input_kept=keeps,
+                        accepted=prediction["accepted"],
+                        reject_reason=prediction["reject_reason"],
                     )
                 )
             connection.execute(feedback.insert(), rows)
@@ -428,6 +447,7 @@ class PredictionStore:
                 feedback.c.model_version,
                 feedback.c.label,
                 feedback.c.correct,
+                feedback.c.accepted,
                 sa.func.row_number()
                 .over(partition_by=feedback.c.model_version, order_by=feedback.c.id.desc())
                 .label("rank"),
@@ -438,22 +458,35 @@ class PredictionStore:
                     ranked.c.label,
                     sa.func.count(),
                     sa.func.sum(sa.case((ranked.c.correct, 1), else_=0)),
+                    sa.func.sum(sa.case((ranked.c.accepted.is_(True), 1), else_=0)),
+                    sa.func.sum(
+                        sa.case(
+                            (sa.and_(ranked.c.accepted.is_(True), ranked.c.correct), 1), else_=0
+                        )
+                    ),
                 )
                 .where(ranked.c.rank <= window)
                 .group_by(ranked.c.model_version, ranked.c.label)
             ).all()
             per_version: dict[int, list[list[int]]] = {
-                int(v): [[0, 0] for _ in range(N_CLASSES)] for v in totals
+                int(v): [[0, 0, 0, 0] for _ in range(N_CLASSES)] for v in totals
             }
-            for version, label, count, right in recent:
-                per_version[int(version)][int(label)] = [int(count), int(right or 0)]
+            for version, label, count, right, accepted, accepted_right in recent:
+                per_version[int(version)][int(label)] = [
+                    int(count),
+                    int(right or 0),
+                    int(accepted or 0),
+                    int(accepted_right or 0),
+                ]
             return {
                 version: VersionFigures(
                     version=version,
                     feedback_total=int(totals[version]),
-                    window=sum(c for c, _ in classes),
-                    correct=sum(r for _, r in classes),
-                    per_class=tuple((c, r) for c, r in classes),
+                    window=sum(c[0] for c in classes),
+                    correct=sum(c[1] for c in classes),
+                    per_class=tuple((c[0], c[1]) for c in classes),
+                    accepted_window=sum(c[2] for c in classes),
+                    accepted_correct=sum(c[3] for c in classes),
                 )
                 for version, classes in per_version.items()
             }
@@ -585,6 +618,8 @@ def _predictions_by_key(
         predictions.c.item,
         predictions.c.model_version,
         predictions.c.digit,
+        predictions.c.accepted,
+        predictions.c.reject_reason,
         predictions.c.input_kept,
         predictions.c.input.is_not(None).label("has_input"),
     ).where(predictions.c.request_id.in_(request_ids))

@@ -29,6 +29,7 @@ import numpy as np
 from service.errors import StoreUnavailable
 from service.model.contract import PIXEL_MAX
 from service.model.drift import image_statistics
+from service.model.reject import Decision
 from service.store.config import StoreConfig
 from service.store.database import STATISTIC_COLUMNS, PredictionStore
 from service.store.schema import KEPT_REQUESTED
@@ -60,6 +61,12 @@ class RecorderMetrics(Protocol):
     def observe_drift(
         self, versions: np.ndarray, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
     ) -> None: ...
+
+
+class Decider(Protocol):
+    """The reject option of the version that answered (service.model.reject.RejectOption)."""
+
+    def decide(self, images: np.ndarray, probabilities: np.ndarray) -> Decision: ...
 
 
 class SilentRecorderMetrics:
@@ -94,8 +101,9 @@ class _Answered(NamedTuple):  # a tuple: the cheapest record to build on the req
     labels: np.ndarray  # int64 [n]
     probabilities: np.ndarray  # float32 [n, 10]
     store_input: bool
-    accepted: np.ndarray | None  # bool [n], when the model has a reject option
-    reject_reasons: Sequence[str | None] | None
+    accepted: Sequence[bool] | np.ndarray | None  # bool [n]: the answer's decision, if made
+    reject_reasons: Sequence[str | None] | None  # None, "low_confidence", "not_a_digit" each
+    reject: Decider | None  # decides in the writer thread when the answer did not
 
 
 class PredictionRecorder:
@@ -152,10 +160,15 @@ class PredictionRecorder:
         probabilities: np.ndarray,
         *,
         store_input: bool = False,
-        accepted: np.ndarray | None = None,
+        accepted: Sequence[bool] | np.ndarray | None = None,
         reject_reasons: Sequence[str | None] | None = None,
+        reject: Decider | None = None,
     ) -> None:
-        """Queue one answered request (the arrays are kept, not copied: do not change them)."""
+        """Queue one answered request (the arrays are kept, not copied: do not change them).
+
+        ``accepted`` and ``reject_reasons`` are the reject option's decision as the answer gave
+        it (service.model.reject.Decision); without them, ``reject`` (the answering version's
+        option) decides in the writer thread, off the request path."""
         count = len(images)
         with self._lock:
             if self._queued_images + count > self.config.queue_images:
@@ -180,6 +193,7 @@ class PredictionRecorder:
                 store_input or self.config.store_inputs,
                 accepted,
                 reject_reasons,
+                reject,
             )
         )
         if self._thread is None and self.autostart:
@@ -238,6 +252,7 @@ class PredictionRecorder:
     def _process(self, taken: list[_Answered]) -> None:
         if not taken:
             return
+        taken = [_decided(item) for item in taken]
         images = np.concatenate([item.images for item in taken]).astype(np.float32, copy=False)
         labels = np.concatenate([np.asarray(item.labels, dtype=np.int64) for item in taken])
         probabilities = np.concatenate([item.probabilities for item in taken])
@@ -245,9 +260,15 @@ class PredictionRecorder:
         versions = np.concatenate(
             [np.full(len(item.images), item.model_version, dtype=np.int64) for item in taken]
         )
-        accepted = None
-        if all(item.accepted is not None for item in taken):
-            accepted = np.concatenate([np.asarray(item.accepted, dtype=bool) for item in taken])
+        # an answer without a decision (none could be made) is not counted as rejected
+        accepted = np.concatenate(
+            [
+                np.ones(len(item.images), bool)
+                if item.accepted is None
+                else np.asarray(item.accepted, dtype=bool)
+                for item in taken
+            ]
+        )
         self.metrics.observe_answers(versions, confidences, accepted)
         self.metrics.observe_drift(versions, images, labels, confidences)
         if self.store is None:
@@ -369,3 +390,17 @@ def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
 
 def _getpid() -> int:
     return os.getpid()
+
+
+def _decided(item: _Answered) -> _Answered:
+    """``item`` with its reject decision: as answered, or made now by its version's option."""
+    if item.accepted is not None or item.reject is None:
+        return item
+    try:
+        decision = item.reject.decide(
+            item.images.astype(np.float32, copy=False), item.probabilities
+        )
+    except Exception:  # the record is still worth keeping without its decision
+        log.exception("the reject decision of a recorded answer failed")
+        return item
+    return item._replace(accepted=decision.accepted, reject_reasons=decision.reasons)

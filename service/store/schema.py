@@ -45,7 +45,9 @@ predictions = Table(
     Column("route", String(64), nullable=False),
     Column("digit", SmallInteger, nullable=False),
     Column("confidence", Float, nullable=False),
-    Column("accepted", Boolean, nullable=True),  # NULL when the model has no reject option
+    # the reject option's decision as answered: accepted, or why not ("low_confidence",
+    # "not_a_digit"); NULL for records written before decisions were recorded
+    Column("accepted", Boolean, nullable=True),
     Column("reject_reason", String(64), nullable=True),
     Column("ink_share", Float, nullable=False),
     Column("bbox_height", Float, nullable=False),
@@ -71,6 +73,9 @@ feedback = Table(
     Column("predicted_digit", SmallInteger, nullable=False),
     Column("label", SmallInteger, nullable=False),
     Column("correct", Boolean, nullable=False),
+    # the answer's decision, copied from its prediction (migration 0002)
+    Column("accepted", Boolean, nullable=True),
+    Column("reject_reason", String(64), nullable=True),
     UniqueConstraint("request_id", "item", name="uq_feedback_request_item"),
     Index("ix_feedback_version_id", "model_version", "id"),
 )

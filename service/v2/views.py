@@ -303,8 +303,13 @@ def answer_infer(
     facts.model_version = prediction.model_version
     if number is not None and prediction.model_version != number:
         raise NotFound(f"model {model!r} version {version} was replaced while answering")
+    reject: RejectOption = getattr(prediction, "reject", None) or RejectOption()
+    decision = None
+    if any(output.name in DECISION_OUTPUTS for output in request.outputs):
+        decision = reject.decide(request.images, prediction.probabilities)
     if recorder is not None:
         route = V2_INFER_ROUTE if version is None else V2_INFER_VERSION_ROUTE
+        # the decision goes with the record: the answer's, or made off the request path
         recorder.record(
             facts.request_id,
             route,
@@ -312,11 +317,10 @@ def answer_infer(
             request.images,
             prediction.labels,
             prediction.probabilities,
+            accepted=None if decision is None else decision.accepted,
+            reject_reasons=None if decision is None else decision.reasons,
+            reject=reject,
         )
-    decision = None
-    if any(output.name in DECISION_OUTPUTS for output in request.outputs):
-        reject: RejectOption = getattr(prediction, "reject", None) or RejectOption()
-        decision = reject.decide(request.images, prediction.probabilities)
     payload, binary_header_length = encode_infer_response(
         request,
         prediction.labels,

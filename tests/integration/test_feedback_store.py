@@ -424,3 +424,83 @@ def test_delete_a_request_behind_the_admin_token(
         store.close()
     samples = scrape(server)
     assert value(samples, "mnist_feedback_records", version="1") == 1
+
+
+def test_the_reject_decision_is_stored_and_live_accuracy_counts_accepted_answers(
+    gunicorn_server: StartServer, backend: StoreBackend, mnist_data: Any
+) -> None:
+    # a high MIN_CONFIDENCE so that a good share of real test digits is refused
+    server = gunicorn_server(
+        env={**backend.env, "STORE_FLUSH_SECONDS": "0.05", "MIN_CONFIDENCE": "0.995"}, workers=1
+    )
+    images = mnist_data.test.images[:60].astype(int)
+    truth = mnist_data.test.labels[:60].tolist()
+    bar = np.zeros((28, 28), dtype=int)
+    bar[13:15, 2:26] = 255  # a dash: not a digit
+    with requests.Session() as session:
+        answers = []
+        for number, image in enumerate([*images, bar.reshape(-1)]):
+            response = session.post(
+                server.url + "/predict",
+                json={"images": [image.tolist()]},
+                headers={"X-Request-ID": f"p{number}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["predictions"][0])
+        # V2 asking for the label only: the writer decides, off the request path
+        for number, image in enumerate(images[:20]):
+            body = {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 784],
+                        "datatype": "UINT8",
+                        "data": image.tolist(),
+                    }
+                ],
+                "outputs": [{"name": "label"}],
+            }
+            response = session.post(
+                server.url + "/v2/models/mnist/infer",
+                json=body,
+                headers={"X-Request-ID": f"v{number}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+        decided = [(a["accepted"], a["reject_reason"]) for a in answers]
+        assert decided[-1] == (False, "not_a_digit")
+        assert (True, None) in decided and (False, "low_confidence") in decided
+        feedback = [{"request_id": f"p{n}", "label": truth[n]} for n in range(60)]
+        told = session.post(server.url + "/feedback", json=feedback, timeout=30)
+        assert told.status_code == 202, told.text
+        outcomes = told.json()["accepted"]
+        assert [(o["accepted"], o["reject_reason"]) for o in outcomes] == decided[:60]
+
+    store = PredictionStore.open(sqlalchemy_url(backend.url))
+    try:
+        deadline = time.monotonic() + 20
+        while len(store.predictions_of("v19")) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for number in range(61):
+            (row,) = store.predictions_of(f"p{number}")
+            assert (row["accepted"], row["reject_reason"]) == decided[number]
+        for number in range(20):  # the same image, the same version: the same decision
+            (row,) = store.predictions_of(f"v{number}")
+            assert (row["accepted"], row["reject_reason"]) == decided[number], number
+    finally:
+        store.close()
+
+    accepted = [n for n in range(60) if answers[n]["accepted"]]
+    right = sum(answers[n]["digit"] == truth[n] for n in accepted)
+    samples = scrape(server)
+    assert value(samples, "mnist_live_accuracy_accepted_window", version="1") == len(accepted)
+    assert value(samples, "mnist_live_accuracy_accepted", version="1") == pytest.approx(
+        right / len(accepted), abs=1e-12
+    )
+    everything = sum(answers[n]["digit"] == truth[n] for n in range(60)) / 60
+    assert value(samples, "mnist_live_accuracy", version="1") == pytest.approx(everything)
+    refused = sum(not accepted for accepted, _ in decided) + sum(
+        not accepted for accepted, _ in decided[:20]
+    )
+    assert value(samples, "mnist_predictions_rejected_total", version="1") == refused

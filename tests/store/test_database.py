@@ -22,6 +22,7 @@ from service.store.database import (
 from service.store.schema import KEPT_CORRECTED, KEPT_REQUESTED
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+HEAD = "0002"
 
 
 @pytest.fixture
@@ -65,9 +66,9 @@ def test_statistic_columns_follow_the_drift_contract() -> None:
 
 
 def test_migrate_is_idempotent_and_reaches_head(store: PredictionStore) -> None:
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == HEAD
     store.migrate()  # a second worker starting does nothing
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == HEAD
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns("predictions")}
     assert not columns & {"client", "address", "ip", "remote_addr", "user_agent"}
 
@@ -153,6 +154,69 @@ def test_live_figures_per_version_over_the_window(store: PredictionStore) -> Non
         for i in recent:
             by_label.setdefault(labels[f"r{i}"], []).append(labels[f"r{i}"] == i % 10)
         assert figures[version].recall() == {d: sum(v) / len(v) for d, v in by_label.items()}
+
+
+def test_feedback_keeps_the_answers_decision_and_live_accuracy_counts_accepted_answers(
+    store: PredictionStore,
+) -> None:
+    # r0..r9 accepted, r10..r14 refused as low_confidence; every third answer wrong
+    store.write_predictions(
+        [prediction_row(f"r{i}", digit=i % 10, accepted=i < 10) for i in range(15)]
+    )
+    labels = {f"r{i}": i % 10 if i % 3 else (i + 1) % 10 for i in range(15)}
+    outcomes = store.add_feedback([FeedbackItem(rid, label) for rid, label in labels.items()], NOW)
+    assert [(o.accepted, o.reject_reason) for o in outcomes[9:11]] == [
+        (True, None),
+        (False, "low_confidence"),
+    ]
+    assert outcomes[10].to_json()["reject_reason"] == "low_confidence"
+    figures = store.feedback_figures(window=100)[1]
+    accepted_right = sum(labels[f"r{i}"] == i % 10 for i in range(10))
+    assert figures.window == 15 and figures.accepted_window == 10
+    assert figures.accepted_accuracy == accepted_right / 10
+    assert figures.accuracy == sum(labels[f"r{i}"] == i % 10 for i in range(15)) / 15
+    assert figures.to_json()["accepted_live_accuracy"] == accepted_right / 10
+
+
+def test_the_decision_migration_fills_in_existing_feedback(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from service.store.database import MIGRATIONS_DIR
+
+    store = PredictionStore.open(sqlalchemy_url(database_url))
+    try:
+        with store.engine.begin() as connection:  # a store made before decisions were kept
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            row = prediction_row("old", accepted=False)
+            connection.execute(sa.text("SELECT 1"))
+            from service.store.schema import feedback, predictions
+
+            connection.execute(predictions.insert(), [row])
+            connection.execute(
+                feedback.insert().values(
+                    request_id="old",
+                    item=0,
+                    created_at=NOW,
+                    model_version=1,
+                    predicted_digit=3,
+                    label=3,
+                    correct=True,
+                )
+            )
+        assert store.schema_revision() == "0001"
+        store.migrate()
+        assert store.schema_revision() == HEAD
+        figures = store.feedback_figures(window=10)[1]
+        assert figures.window == 1 and figures.accepted_window == 0  # it was refused
+        with store.engine.connect() as connection:
+            reason = connection.execute(sa.text("SELECT reject_reason FROM feedback")).scalar()
+        assert reason == "low_confidence"
+    finally:
+        store.close()
 
 
 def test_prediction_figures_count_digits_confidence_and_rejections(store: PredictionStore) -> None:
@@ -258,7 +322,7 @@ def test_the_cli_deletes_by_request_id(database_url: str, monkeypatch: Any, caps
     assert "deleted 1 prediction and 1 feedback records" in capsys.readouterr().out
     assert store.predictions_of("gone") == [] and len(store.predictions_of("stays")) == 1
     assert main(["delete", "gone"]) == EXIT_NOT_FOUND
-    assert main(["migrate"]) == EXIT_OK and "revision 0001" in capsys.readouterr().out
+    assert main(["migrate"]) == EXIT_OK and f"revision {HEAD}" in capsys.readouterr().out
     store.close()
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     assert main(["purge"]) == EXIT_UNAVAILABLE

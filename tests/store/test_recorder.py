@@ -163,3 +163,40 @@ def test_a_stopped_postgresql_drops_counts_and_resumes(
     recorder.stop()
     assert len(store.predictions_of("after")) == 1 and store.predictions_of("gap7") == []
     store.close()
+
+
+def test_the_reject_decision_is_recorded_as_answered_or_made_by_the_writer(
+    store: PredictionStore,
+) -> None:
+    from service.model.reject import RejectOption
+
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(3)
+    probabilities = probabilities.copy()
+    # /predict hands over the decision its answer gave
+    recorder.record(
+        "given",
+        "/predict",
+        1,
+        images,
+        labels,
+        probabilities,
+        accepted=[True, False, False],
+        reject_reasons=[None, "low_confidence", "not_a_digit"],
+    )
+    probabilities[0] = np.eye(10, dtype=np.float32)[labels[0]]  # one sure answer
+    # V2 without the decision outputs: the version's option decides in the writer thread
+    option = RejectOption(min_confidence=0.5)
+    recorder.record("later", "/v2", 1, images, labels, probabilities, reject=option)
+    recorder.flush()
+    given = store.predictions_of("given")
+    assert [(r["accepted"], r["reject_reason"]) for r in given] == [
+        (True, None),
+        (False, "low_confidence"),
+        (False, "not_a_digit"),
+    ]
+    expected = option.decide(images, probabilities)
+    later = store.predictions_of("later")
+    assert [r["accepted"] for r in later] == expected.accepted
+    assert [r["reject_reason"] for r in later] == expected.reasons
+    assert set(expected.accepted) == {True, False}  # the case tests both outcomes
