@@ -4,8 +4,14 @@ Runs wherever the service or the trainer is installed (onnxruntime and numpy, no
 Every change is one atomic write of the repository's labels.json; running servers pick it up
 within their poll interval (MODEL_POLL_SECONDS) or at once on SIGHUP.
 
+``diff`` and ``promote`` also score the versions on the held-out feedback examples of the
+prediction store the service is configured with (DATABASE_URL, STORE_PATH, STORE; the SQLite file
+beside the repository by default), when there is one (service.store.examples).
+
 Exit codes: 0 done, 2 bad usage or unknown version, 3 the MNIST test set is missing or corrupt,
-4 refused by the gate (the message has the figures), 5 the repository cannot be read or written.
+4 refused by the gate (the message has the figures), 5 the repository cannot be read or written,
+6 diff: the configured feedback store cannot be read (promote only warns: its gate is the MNIST
+test set).
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from service.config import ConfigError, ServiceConfig
+from service.errors import StoreUnavailable
 from service.model import lifecycle
 from service.model.repository import ModelRepository, RepositoryError, ServingState
 from service.model.testset import MnistTestSet, MnistUnavailable, load_test_set
@@ -28,6 +38,9 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_REFUSED = 4
 EXIT_REPOSITORY = 5
+EXIT_STORE = 6
+#: the held-out share when no card says (service.store.examples.DEFAULT_HOLDOUT)
+DEFAULT_HOLDOUT = 0.2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +228,116 @@ def show_version(repository: ModelRepository, number: int, out: TextIO) -> None:
     print("\n".join(lines), file=out)
 
 
+@dataclass(frozen=True)
+class FeedbackScores:
+    """Accuracy of some versions on the held-out feedback examples of the prediction store."""
+
+    examples: int
+    share: float
+    accuracy: dict[int, float | None]  # per version; None without examples
+
+    def describe(self, names: Mapping[int, str]) -> str:
+        if not self.examples:
+            return "held-out feedback: no examples yet (feedback with a kept input)"
+        parts = [f"{names[v]} {a:.2%}" for v, a in self.accuracy.items() if a is not None]
+        return (
+            f"held-out feedback ({self.examples:,} examples, share {self.share:g}): "
+            + ", ".join(parts)
+        )
+
+
+def feedback_store_url(settings: ServiceConfig, models_dir: Path) -> str | None:
+    """The store the service would use with these settings and this repository, or None: the
+    store is off, or its SQLite file does not exist yet (there is nothing to read, and reading
+    must not create one)."""
+    store = settings.store
+    if not store.enabled:
+        return None
+    url = store.url(models_dir)
+    if store.database_url:
+        return url
+    return url if Path(url.removeprefix("sqlite:///")).is_file() else None
+
+
+def holdout_share(repository: ModelRepository, numbers: Sequence[int]) -> float:
+    """The held-out share of the first of ``numbers`` whose card has a feedback section (the
+    share it was trained with, so none of its held-out examples were trained on)."""
+    for number in numbers:
+        try:
+            card = repository.get(number).read_card()
+        except RepositoryError:
+            continue
+        section = card.get("feedback")
+        share = section.get("holdout_share") if isinstance(section, Mapping) else None
+        if isinstance(share, int | float) and 0 < share <= 1:
+            return float(share)
+    return DEFAULT_HOLDOUT
+
+
+def feedback_scores(
+    repository: ModelRepository,
+    numbers: Sequence[int],
+    settings: ServiceConfig,
+    url: str,
+) -> FeedbackScores:
+    """Each version's accuracy on the store's held-out feedback examples (one read of the
+    store; the share from the cards, see holdout_share). StoreUnavailable when it cannot be read."""
+    from sqlalchemy.exc import ArgumentError
+
+    from service.store.examples import load_feedback  # SQLAlchemy only when a store is set
+
+    share = holdout_share(repository, numbers)
+    try:
+        _, test = load_feedback(url, share)
+    except ArgumentError as exc:  # a URL no driver speaks (the message holds no password)
+        raise StoreUnavailable(f"DATABASE_URL names no usable database driver: {exc}") from exc
+    accuracy: dict[int, float | None] = {}
+    for number in numbers:
+        if not len(test):
+            accuracy[number] = None
+            continue
+        model = lifecycle.validated(repository, number, settings)
+        labels = lifecycle.predict_labels(model, test.images)
+        accuracy[number] = float(np.mean(labels == test.labels))
+    return FeedbackScores(len(test), share, accuracy)
+
+
+def _report_promotion_feedback(
+    repository: ModelRepository,
+    outcome: lifecycle.Outcome,
+    number: int,
+    settings: ServiceConfig,
+    url: str | None,
+    tolerance: float,
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    """After a promotion: the held-out feedback accuracy of the new and the previous stable, and
+    a warning (not a refusal: the gate is the MNIST test set) when the new one is worse."""
+    if url is None:
+        return
+    previous = outcome.state.history[-1] if outcome.state.history else None
+    numbers = [number] if previous is None or previous == number else [number, previous]
+    try:
+        scores = feedback_scores(repository, numbers, settings, url)
+    except (StoreUnavailable, lifecycle.LifecycleError) as exc:
+        print(f"mnist-models: warning: no held-out feedback figures: {exc.message}", file=err)
+        return
+    names = {number: f"version {number}"}
+    if previous is not None:
+        names[previous] = f"previous stable {previous}"
+    print(scores.describe(names), file=out)
+    mine = scores.accuracy.get(number)
+    theirs = scores.accuracy.get(previous) if previous is not None else None
+    if mine is not None and theirs is not None and theirs - mine > tolerance:
+        print(
+            f"mnist-models: warning: version {number} is {(theirs - mine) * 100:.2f} points less "
+            f"accurate than version {previous} on the {scores.examples:,} held-out feedback "
+            "examples (promoted: the gate is the MNIST test set; mnist-models rollback undoes it)",
+            file=err,
+        )
+
+
 def _test_set(data_dir: Path | None, required: bool, err: TextIO) -> MnistTestSet | None:
     try:
         return load_test_set(data_dir)
@@ -250,6 +373,12 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: 
         )
         print("disagreements (row: A's digit, column: B's digit):", file=out)
         print("\n".join(result.table()), file=out)
+        url = feedback_store_url(settings, root)
+        if url is None:
+            print("held-out feedback: no prediction store (STORE=off, or none yet)", file=out)
+            return EXIT_OK
+        scores = feedback_scores(repository, [args.a, args.b], settings, url)
+        print(scores.describe({args.a: "A", args.b: "B"}), file=out)
         return EXIT_OK
     outcome: lifecycle.Outcome
     if command == "promote":
@@ -282,6 +411,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: 
     else:  # argparse only lets the commands above through
         raise AssertionError(command)
     print(outcome.message, file=out)
+    if command == "promote" and outcome.gate is not None:
+        url = feedback_store_url(settings, root)
+        _report_promotion_feedback(
+            repository, outcome, args.version, settings, url, args.tolerance, out, err
+        )
     return EXIT_OK
 
 
@@ -296,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MnistUnavailable as exc:
         print(f"mnist-models: {exc}", file=sys.stderr)
         return EXIT_DATA
+    except StoreUnavailable as exc:
+        print(f"mnist-models: the feedback store cannot be read: {exc.message}", file=sys.stderr)
+        return EXIT_STORE
     except ConfigError as exc:
         print(f"mnist-models: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
