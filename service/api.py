@@ -19,7 +19,7 @@ import orjson
 from flask import Blueprint, Response
 from PIL import Image
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
 from service import json_arrays
@@ -34,6 +34,7 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
+    body_over_limit,
 )
 from service.images import ImageLimits, encode_png_base64, preprocess_image
 from service.model import contract
@@ -380,6 +381,8 @@ def images_from_upload(
         others = [name for name in req.files if name != MULTIPART_FIELD]
     except ValueError as exc:
         raise BadRequest(f"malformed multipart body: {exc}") from None
+    except RequestEntityTooLarge:
+        raise form_over_limits(req) from None
     if not parts:
         named = f" (found {sorted(set(others))})" if others else ""
         raise InvalidInput(f'send one or more multipart file parts named "image"{named}')
@@ -390,15 +393,20 @@ def images_from_upload(
     return np.stack([decoded[index] for index in range(len(parts))])
 
 
+def form_over_limits(req: Request) -> PayloadTooLarge:
+    """The 413 of a multipart form werkzeug refused: too many parts, or a field too large."""
+    return PayloadTooLarge(
+        f"the multipart form is over its limits: at most {req.max_form_parts} parts, and "
+        f"{req.max_form_memory_size} bytes in a field that is not a file"
+    )
+
+
 def request_body(req: InferenceRequest, config: ServiceConfig) -> bytes:
     """The whole body; PayloadTooLarge when it is over the limit, chunked bodies included."""
-    body = req.body(config.max_body_bytes)  # a Content-Length over the limit raises 413 here
+    body = req.body(config.max_body_bytes)  # a body over the limit, chunked or not, is a 413
     length = req.content_length
     if length is not None and len(body) < length:
         raise ClientDisconnected()  # the client went away mid-body: never parse a cut body
-    if length is None and len(body) >= config.max_body_bytes:
-        # werkzeug cuts a chunked body at the limit without a word: never parse a cut body
-        raise PayloadTooLarge(f"the body is over the limit of {config.max_body_bytes} bytes")
     # gzip and deflate inflate to at most the body limit (a bomb costs nothing); others are 415
     return decompress_body(body, req.header("Content-Encoding"), config.max_body_bytes)
 
@@ -439,7 +447,11 @@ def images_from_request(
             )
         return decode_images({0: data}, limits, budget)[0][np.newaxis]
     if kind == MULTIPART_TYPE:
-        if (req.header("Content-Encoding") or "identity").strip().lower() != "identity":
+        length = req.content_length
+        if length is not None and length > config.max_body_bytes:
+            raise body_over_limit(config.max_body_bytes)
+        compressed = (req.header("Content-Encoding") or "identity").strip().lower() != "identity"
+        if compressed or length is None:  # chunked: read whole first, so its limit is exact
             req = inflated(req, config)
         upload = upload_request(req, config)
         try:

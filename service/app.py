@@ -13,18 +13,21 @@ points (gunicorn.conf.py, serve.py) import this module.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.utils import cached_property
 
 from service import api, feedback, images, openapi, page
 from service.config import ServiceConfig
-from service.dispatch import InferenceDispatcher, InferenceEndpoint
+from service.dispatch import InferenceDispatcher, InferenceEndpoint, read_body
 from service.error_render import render_error
-from service.errors import ModelUnavailable
+from service.errors import ModelUnavailable, NotFound, body_over_limit
 from service.model.explain import Explainer
 from service.model.predictor import Predictor
 from service.model.repository import ModelRepository
@@ -44,6 +47,20 @@ log = logging.getLogger(__name__)
 PREDICTOR_KEY = "mnist.predictor"
 #: where the app keeps its PredictionRecorder (the prediction store's queue and writer)
 RECORDER_KEY = "mnist.recorder"
+
+
+class BoundedRequest(Request):
+    """Flask's request, whose body is read as the inference routes read theirs
+    (service.dispatch.read_body): a body over MAX_CONTENT_LENGTH, chunked ones included, is the
+    service's 413 naming the limit, never a body silently cut at it."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """The whole body, read once (at most MAX_CONTENT_LENGTH bytes are ever held)."""
+        limit = self.max_content_length
+        if limit is None:
+            return super().stream
+        return io.BytesIO(read_body(self.environ, limit))
 
 
 def create_app(
@@ -134,13 +151,52 @@ def serve_with_layers(
         if rule is not None:
             facts_of(request.environ).route = rule.rule
 
+    @app.before_request
+    def _answer_options() -> Response | None:
+        # OPTIONS on a route: 204, its methods in Allow, no body (RFC 9110, section 9.3.7)
+        if request.method != "OPTIONS" or request.routing_exception is not None:
+            return None  # not OPTIONS, or no such route: the routing error (404) is rendered
+        allowed = allowed_methods(app, request.path)
+        if not allowed:  # only a catch-all matched (the /v2 one): no such route
+            raise NotFound(f"no route {request.path}; OPTIONS lists the methods of a route")
+        answer = Response(status=204, headers={"Allow": ", ".join(allowed)})
+        answer.headers.remove("Content-Type")
+        return answer
+
+    app.request_class = BoundedRequest
+
     @app.errorhandler(Exception)
     def _render(error: Exception) -> Any:
+        if isinstance(error, RequestEntityTooLarge):  # werkzeug's form limits, or the body's
+            limit, length = config.max_body_bytes, request.content_length
+            over = length is not None and length > limit
+            error = body_over_limit(limit) if over else api.form_over_limits(request)
         answer = render_error(error, request.path, facts_of(request.environ).request_id)
         return Response(answer.body, status=answer.status, headers=answer.headers)
 
     dispatcher = InferenceDispatcher(app.wsgi_app, endpoints, on_request)
     app.wsgi_app = RequestObservability(dispatcher, request_tracing)  # type: ignore[method-assign]
+
+
+#: the endpoints of catch-all rules: they answer every path below them with 404 or 405
+CATCH_ALL_ENDPOINTS = frozenset({"v2.unknown_route"})
+
+
+def allowed_methods(app: Flask, path: str) -> list[str]:
+    """The methods the routes of ``app`` answer on ``path`` (HEAD with GET, and OPTIONS), sorted;
+    empty when no route but a catch-all matches it."""
+    adapter = app.url_map.bind("localhost")
+    methods = set()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        try:
+            endpoint, _ = adapter.match(path, method=method)
+        except HTTPException:  # NotFound, MethodNotAllowed or a redirect: not routed there
+            continue
+        if endpoint not in CATCH_ALL_ENDPOINTS:
+            methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods | {"OPTIONS"}) if methods else []
 
 
 def watch_models(app: object) -> bool:

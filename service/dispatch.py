@@ -23,9 +23,10 @@ from urllib.parse import parse_qsl
 
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
 from werkzeug.datastructures import MultiDict
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.wsgi import get_content_length
 
 from service.error_render import render_error, status_line
+from service.errors import body_over_limit
 from service.observability.wsgi import (
     Environ,
     RequestFacts,
@@ -102,23 +103,32 @@ class InferenceRequest:
         return get_content_length(self.environ)
 
     def body(self, max_bytes: int) -> bytes:
-        """The whole body as sent (still compressed, if it is).
+        """The whole body as sent (still compressed, if it is); see :func:`read_body`."""
+        return read_body(self.environ, max_bytes)
 
-        Raises werkzeug's RequestEntityTooLarge when Content-Length is over ``max_bytes``;
-        a body without Content-Length (chunked) is cut at ``max_bytes``, as werkzeug does:
-        the caller says whether a cut body is too large.
-        """
-        length = self.content_length
-        stream = self.environ["wsgi.input"]
-        if (
-            length is not None
-            and 0 < length <= max_bytes
-            and "HTTP_TRANSFER_ENCODING" not in (self.environ)
-        ):
-            data: bytes = stream.read(length)  # the common case: no wrapper stream
-            return data
-        data = get_input_stream(self.environ, max_content_length=max_bytes).read()
+
+def read_body(environ: Environ, max_bytes: int) -> bytes:
+    """The whole body of the request ``environ`` describes, as sent.
+
+    Raises PayloadTooLarge (413, naming ``max_bytes``) when the body is longer than
+    ``max_bytes``: at once when Content-Length says so, and for a chunked body once byte
+    ``max_bytes + 1`` arrives (never a body silently cut at the limit). A body without
+    Content-Length from a server that does not end the stream itself (no
+    ``wsgi.input_terminated``) is read as empty, as werkzeug does.
+    """
+    length = get_content_length(environ)
+    if length is not None and length > max_bytes:
+        raise body_over_limit(max_bytes)
+    stream = environ["wsgi.input"]
+    if length is not None:
+        data: bytes = stream.read(length) if length > 0 else b""
         return data
+    if "wsgi.input_terminated" not in environ:
+        return b""
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise body_over_limit(max_bytes)
+    return data
 
 
 class InferenceEndpoint(Protocol):

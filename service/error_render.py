@@ -29,6 +29,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from service.errors import ServiceError
+from service.observability.request_log import REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +110,26 @@ def render_error(error: BaseException, path: str, request_id: str) -> ErrorAnswe
     return _answer(500, "internal_error", message, v2, [])
 
 
-def render_server_error(status: int, reason: str, message: str, *, path: str = "") -> bytes:
+def render_server_error(
+    status: int, reason: str, message: str, *, request_id: str, path: str = ""
+) -> bytes:
     """The whole HTTP/1.1 answer (head and body) the server gives itself, outside the app: a
-    malformed request line or headers too large (gunicorn), a request too slow to arrive (the
-    buffering worker). The connection is closed after it. ``path``, when known, chooses the
-    shape (``/v2``: the Open Inference Protocol's)."""
+    malformed request line or headers too large (gunicorn), a request too slow to arrive or too
+    large to read (the buffering worker). It carries ``request_id`` in X-Request-ID, as every
+    answer of the app does; the connection is closed after it. ``path``, when known, chooses
+    the shape (``/v2``: the Open Inference Protocol's)."""
     payload: dict[str, object] = (
         {"error": message}
         if is_v2_path(path)
-        else {"error": {"code": _code_of(reason), "message": message}}
+        else {
+            "error": {"code": HTTP_ERROR_CODES.get(status) or _code_of(reason), "message": message}
+        }
     )
     body = _encode(payload, machinery=not is_v2_path(path))
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: {JSON_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {JSON_TYPE}\r\nContent-Length: {len(body)}\r\n"
+        f"{REQUEST_ID_HEADER}: {request_id}\r\n\r\n"
     )
     return head.encode("latin-1") + body
 

@@ -56,6 +56,12 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+def body_over_limit(limit: int) -> PayloadTooLarge:
+    """The one answer to a request body longer than ``limit`` bytes (MAX_BODY_BYTES), whichever
+    part of the service notices it: the buffering worker, the inference routes or Flask's."""
+    return PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+
+
 class NotFound(ServiceError):
     """No such route, model or version."""
 

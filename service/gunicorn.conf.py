@@ -105,21 +105,15 @@ def pre_fork(server: Any, worker: Any) -> None:
     assign_slot(worker)
 
 
-def _write_json_error(sock: Any, status_int: int, reason: str, mesg: object) -> None:
-    """gunicorn's own error answers (request line or headers too large, bad HTTP) as our JSON."""
-    from gunicorn import util
-
-    from service.error_render import render_server_error
-
-    util.write_nonblock(sock, render_server_error(status_int, reason, str(mesg)))
-
-
 def post_fork(server: Any, worker: Any) -> None:
-    """In each new worker: gunicorn answers malformed HTTP itself, in HTML unless told otherwise."""
+    """In each new worker: gunicorn answers malformed HTTP itself, in HTML unless told otherwise;
+    the service's writer answers in JSON, with an X-Request-ID and a request log line."""
     from gunicorn import util
+
+    from service.request_buffering import write_error
 
     # the one function gunicorn's Worker.handle_error writes with; every other path is Flask's
-    util.write_error = _write_json_error
+    util.write_error = write_error
 
 
 def post_worker_init(worker: Any) -> None:

@@ -9,6 +9,11 @@ submits the connection to the thread pool only when the request is complete, so 
 client costs a file descriptor and its buffer, never a thread. Each request must arrive within a
 deadline (``ReadDeadlines``); past it the client gets a JSON 408 and the connection is closed.
 
+Every answer the server gives itself, outside the app (this worker's 408 and 413, gunicorn's
+own 400/414/431 to malformed HTTP through :func:`write_error`), is rendered by
+service.error_render, carries an X-Request-ID (the client's, when sane) and writes the request
+log line and count, as the app's answers do (:func:`server_answer`).
+
 gunicorn offers no read deadline of its own; a proxy in front (deploy/nginx) does the same job
 for the compose stack and Kubernetes ingresses, but ``mnist-serve`` alone must survive too.
 """
@@ -21,16 +26,21 @@ import os
 import re
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service import draining
 from service.error_render import render_server_error
+from service.errors import body_over_limit
+from service.observability.request_log import request_id_from
+from service.observability.wsgi import observe_server_answer
 
 #: the request head ends at the first empty line (RFC 9112 section 2.1)
 _HEAD_END = b"\r\n\r\n"
@@ -38,6 +48,7 @@ _HEX_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
 _EXPECT_CONTINUE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.I)
+_REQUEST_ID = re.compile(rb"\r\nx-request-id[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.I)
 _RECV_BYTES = 256 * 1024
 
 
@@ -95,7 +106,9 @@ class RequestReading:
         self.chunk_cursor = 0  # where the next chunk-size line starts (chunked bodies)
         self.chunked = False
         self.continue_sent = False
-        self.oversized_chunk = False  # a chunk announced larger than the whole body may be
+        # answer 413 from the worker: a chunk announced larger than the whole body may be, or
+        # a Content-Length over the limit whose client waits for 100 Continue
+        self.refused_as_too_large = False
 
     def add(self, data: bytes) -> bool | None:
         """Append ``data``; True when the request is complete (or gunicorn's parser must see it
@@ -131,7 +144,10 @@ class RequestReading:
             return True  # ambiguous: gunicorn's parser answers 400
         length = int(lengths.pop())
         if length > self.max_body_bytes:
-            return True  # the app refuses it (413) without reading it
+            # the app refuses it (413) without reading it; a client that waits for 100 Continue
+            # is refused at once, before it sends a body nobody reads
+            self.refused_as_too_large = _EXPECT_CONTINUE.search(head) is not None
+            return True
         self.expected_end = self.body_start + length
         if len(self.buffer) >= self.expected_end:
             return True
@@ -154,7 +170,7 @@ class RequestReading:
             size = int(size_text, 16)
             if size > self.max_body_bytes:
                 # waiting for it would hold the connection until the body deadline: refuse now
-                self.oversized_chunk = True
+                self.refused_as_too_large = True
                 return True
             if size == 0:
                 # optional trailer fields, then an empty line
@@ -167,16 +183,74 @@ class RequestReading:
             self.chunk_cursor = following
 
 
-def _timeout_answer() -> bytes:
+@dataclass(frozen=True)
+class RequestStart:
+    """What is known of a request the server answers itself: its method, its path (without the
+    query) and the X-Request-ID its client sent; empty when they never arrived or are garbled."""
+
+    method: str = ""
+    path: str = ""
+    sent_request_id: str | None = None
+
+    @classmethod
+    def from_bytes(cls, received: bytes) -> RequestStart:
+        """From the raw bytes of the request (its head, or the part of it that arrived)."""
+        line_end = received.find(b"\r\n")
+        words = (received if line_end < 0 else received[:line_end]).split(b" ")
+        head_end = received.find(_HEAD_END)
+        found = _REQUEST_ID.search(received[: None if head_end < 0 else head_end + 2])
+        return cls(
+            method=words[0][:32].decode("latin-1") if len(words) > 1 else "",
+            path=words[1].split(b"?", 1)[0].decode("latin-1") if len(words) > 1 else "",
+            sent_request_id=found.group(1).decode("latin-1") if found else None,
+        )
+
+    @classmethod
+    def from_parsed(cls, req: Any) -> RequestStart:
+        """From gunicorn's parsed request (``method``, ``path``, ``headers`` as (NAME, value))."""
+        sent = [value for name, value in req.headers if name == "X-REQUEST-ID"]
+        return cls(str(req.method or ""), str(req.path or ""), sent[0] if sent else None)
+
+
+def server_answer(status: int, reason: str, message: str, start: RequestStart) -> bytes:
+    """The whole HTTP answer the server gives itself (``status``, e.g. 408 with ``reason``
+    "Request Timeout"): the service's JSON error with an X-Request-ID, after writing its
+    request log line and counting it (route ``<unmatched>``)."""
+    request_id = request_id_from(start.sent_request_id)
+    observe_server_answer(
+        request_id=request_id,
+        method=start.method,
+        path=start.path,
+        status=status,
+        request_bytes=None,
+    )
+    return render_server_error(
+        status, reason, message or reason, request_id=request_id, path=start.path
+    )
+
+
+#: what the thread answering a request works on, for gunicorn's error answers (write_error)
+_in_thread = threading.local()
+
+
+def write_error(sock: socket.socket, status: int, reason: str, message: object) -> None:
+    """gunicorn's own error answers (malformed request line or headers, a request line or
+    headers too large) as the service's: JSON, X-Request-ID, a log line. Installed as
+    ``gunicorn.util.write_error``, the one function gunicorn's ``handle_error`` writes with."""
+    start = getattr(_in_thread, "start", None) or RequestStart()
+    util.write_nonblock(sock, server_answer(status, reason, str(message), start))
+
+
+def _timeout_answer(reading: RequestReading) -> bytes:
     message = "the request did not arrive in time; send it faster or in one go"
-    return render_server_error(408, "Request Timeout", message)
+    start = RequestStart.from_bytes(bytes(reading.buffer[: reading.max_head_bytes]))
+    return server_answer(408, "Request Timeout", message, start)
 
 
 def _too_large_answer(reading: RequestReading) -> bytes:
-    request_line = bytes(reading.buffer[: reading.buffer.find(b"\r\n")]).split(b" ")
-    path = request_line[1].decode("latin-1").split("?", 1)[0] if len(request_line) > 1 else ""
-    message = f"the body is over the limit of {reading.max_body_bytes} bytes"
-    return render_server_error(413, "Request Entity Too Large", message, path=path)
+    start = RequestStart.from_bytes(bytes(reading.buffer[: reading.max_head_bytes]))
+    message = body_over_limit(reading.max_body_bytes).message
+    return server_answer(413, "Request Entity Too Large", message, start)
 
 
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
@@ -248,7 +322,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
             return
         had_head = reading.body_start is not None
         state = reading.add(data)
-        if state and reading.oversized_chunk:
+        if state and reading.refused_as_too_large:
             with contextlib.suppress(OSError):
                 client.send(_too_large_answer(reading))
             self._drop(conn)
@@ -278,7 +352,27 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
             conn.init()
             unreader = conn.parser.unreader
             unreader.unread(unreader.take_buffered() + buffered)
-        return super().handle(conn)
+        _in_thread.received = buffered  # for handle_error, when gunicorn could not parse them
+        try:
+            return super().handle(conn)
+        finally:
+            _in_thread.received = b""
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        """gunicorn's answer to a request it (or the app) failed on, written by
+        :func:`write_error` with what is known of the request."""
+        received: bytes = getattr(_in_thread, "received", b"")
+        if received:  # what the client sent, even when gunicorn could not parse it
+            start = RequestStart.from_bytes(received[: self.max_head_bytes])
+        elif req is not None:
+            start = RequestStart.from_parsed(req)
+        else:
+            start = RequestStart()
+        _in_thread.start = start
+        try:
+            super().handle_error(req, client, addr, exc)
+        finally:
+            _in_thread.start = None
 
     # --- deadlines: called by ThreadWorker.run() once per loop turn ----------------------------
 
@@ -295,7 +389,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
         for conn in expired:
             if self.reading[conn].buffer:
                 with contextlib.suppress(OSError):
-                    conn.sock.send(_timeout_answer())
+                    conn.sock.send(_timeout_answer(self.reading[conn]))
             self._drop(conn)
 
     def _drop(self, conn: TConn) -> None:

@@ -110,6 +110,28 @@ class RequestObservability:
         return body
 
 
+def observe_server_answer(
+    *, request_id: str, method: str, path: str, status: int, request_bytes: int | None
+) -> None:
+    """The log line and the request count of an answer the server gave outside the app (a
+    malformed request, a request too slow or too large to read): route ``<unmatched>``, no
+    latency (the request never arrived whole)."""
+    metrics.observe_request(UNMATCHED_ROUTE, status, None, None)
+    log_request(
+        line_fields(
+            request_id=request_id,
+            method=method,
+            route=UNMATCHED_ROUTE,
+            path=path,
+            status=status,
+            latency_ms=None,
+            model_version=None,
+            batch_size=None,
+            request_bytes=request_bytes,
+        )
+    )
+
+
 def _content_length(environ: Environ) -> int | None:
     text = environ.get("CONTENT_LENGTH", "")
     return int(text) if text and text.isascii() and text.isdigit() else None

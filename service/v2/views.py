@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import flask
 import numpy as np
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from service import draining
 from service.access import require_api_token
 from service.dispatch import Answer, InferenceRequest
-from service.errors import MethodNotAllowed, ModelUnavailable, NotFound, PayloadTooLarge
+from service.errors import MethodNotAllowed, ModelUnavailable, NotFound
 from service.model.contract import (
     INPUT_NAME,
     N_CLASSES,
@@ -132,11 +132,7 @@ class InferEndpoint:
         resolve_model(self.predictor, model, version)
         limit = self.config.max_body_bytes
         with tracing.step("decode"):
-            try:
-                raw = request.body(limit)
-            except RequestEntityTooLarge:
-                message = f"the request body is over the limit of {limit} bytes"
-                raise PayloadTooLarge(message) from None
+            raw = request.body(limit)
             body = decompress_body(raw, request.header("Content-Encoding"), limit)
         answer = answer_infer(
             self.predictor, model, version, body, request.header(HEADER_LENGTH),

@@ -1,0 +1,443 @@
+"""Malformed and hostile HTTP against a real gunicorn: every answer is a 4xx JSON error that says
+what was wrong, carries an X-Request-ID and writes a request log line, and the worker lives on.
+
+Requests are written byte for byte on raw sockets (odd framings no HTTP client would send): bodies
+over MAX_BODY_BYTES on every route that takes one, in every framing; requests gunicorn or the
+buffering worker answer themselves (request line or headers too large, malformed HTTP, a head too
+slow to arrive); OPTIONS, HEAD and unknown methods.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.integration.conftest import RunningServer, start_gunicorn
+
+LIMIT = 100_000
+ADMIN = "edge-admin-secret"
+API = "edge-api-secret"
+HEAD_TIMEOUT = 1.0
+JSON = "application/json"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One worker (a worker that dies shows as a new request id prefix), small limits, both
+    kinds of token on, so every route gets past its token check to the body."""
+    running = start_gunicorn(
+        tmp_path_factory.mktemp("hostile"),
+        {
+            "MAX_BODY_BYTES": str(LIMIT),
+            "REQUEST_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
+            "REQUEST_BODY_TIMEOUT": "3",
+            "ADMIN_TOKEN": ADMIN,
+            "API_TOKENS": API,
+        },
+        workers=1,
+        threads=4,
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def worker_prefix(server: RunningServer) -> str:
+    """The random per-process prefix of the worker's request ids, taken before any hostility."""
+    return requests.get(server.url + "/v2/health/live", timeout=10).headers["X-Request-ID"][:16]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def error_message(self) -> str:
+        """The message of a JSON error in either shape (V2's string, or the simple API's)."""
+        error = json.loads(self.body)["error"]
+        return error if isinstance(error, str) else str(error["message"])
+
+
+def _address(server: RunningServer) -> tuple[str, int]:
+    url = urlsplit(server.url)
+    assert url.hostname is not None and url.port is not None
+    return url.hostname, url.port
+
+
+def _read_answer(sock: socket.socket, method: str = "") -> Answer:
+    """One HTTP answer read off ``sock`` (skipping a 100 Continue), by its Content-Length."""
+    received = b""
+    while True:
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"the server closed without a whole answer: {received!r}")
+            received += chunk
+        head, _, received = received.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 100 "):
+            break
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
+    while len(received) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return Answer(status, headers, received[:length])
+
+
+def exchange(server: RunningServer, request: bytes, method: str = "") -> Answer:
+    """Send ``request`` as written; the answer (the connection may stay open: never waited on)."""
+    with socket.create_connection(_address(server), timeout=15) as sock:
+        sock.sendall(request)
+        return _read_answer(sock, method)
+
+
+def http(
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    *,
+    version: str = "HTTP/1.1",
+    length: bool = True,
+) -> bytes:
+    """A request as bytes: Host, the bearer token the route needs, ``headers``, Content-Length."""
+    token = ADMIN if path.startswith("/v2/repository") else API
+    fields = {"Host": "127.0.0.1", "Authorization": f"Bearer {token}", **(headers or {})}
+    if length and body and "Transfer-Encoding" not in fields:
+        fields.setdefault("Content-Length", str(len(body)))
+    head = f"{method} {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def chunked(body: bytes, size: int = 0x8000) -> bytes:
+    pieces = [body[start : start + size] for start in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+def assert_json_error(answer: Answer, status: int) -> None:
+    assert answer.status == status, answer
+    assert answer.headers["content-type"] == JSON, answer
+    assert re.fullmatch(r"[!-~]{1,128}", answer.headers.get("x-request-id", "")), answer
+    assert answer.error_message()
+
+
+# -- 413: one answer, naming the limit, whatever route and framing ------------------------------
+
+#: every route that takes a body: (path, Content-Type)
+BODY_ROUTES = {
+    "predict json": ("/predict", JSON),
+    "predict png": ("/predict", "image/png"),
+    "predict multipart": ("/predict", "multipart/form-data; boundary=edge"),
+    "v2 infer": ("/v2/models/mnist/infer", JSON),
+    "v2 infer of a version": ("/v2/models/mnist/versions/1/infer", JSON),
+    "v2 infer binary": ("/v2/models/mnist/infer", "application/octet-stream"),
+    "v2 explain": ("/v2/models/mnist/explain", JSON),
+    "feedback": ("/feedback", JSON),
+    "admin load": ("/v2/repository/models/mnist/load", JSON),
+    "admin index": ("/v2/repository/index", JSON),
+}
+OVERSIZED = b" " * (LIMIT + 1)
+FRAMINGS = {
+    "content-length": lambda path, kind: http("POST", path, {"Content-Type": kind}, OVERSIZED),
+    "chunked": lambda path, kind: http(
+        "POST", path, {"Content-Type": kind, "Transfer-Encoding": "chunked"}, chunked(OVERSIZED)
+    ),
+    "expect 100-continue": lambda path, kind: http(
+        "POST",
+        path,
+        {"Content-Type": kind, "Expect": "100-continue", "Content-Length": str(LIMIT + 1)},
+    ),
+    "HTTP/1.0": lambda path, kind: http(
+        "POST", path, {"Content-Type": kind}, OVERSIZED, version="HTTP/1.0"
+    ),
+    "one chunk over the limit": lambda path, kind: http(
+        "POST", path, {"Content-Type": kind, "Transfer-Encoding": "chunked"}, b"ffffffff\r\n{}"
+    ),
+}
+
+
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+@pytest.mark.parametrize("route", sorted(BODY_ROUTES))
+def test_a_body_over_the_limit_is_one_json_413_naming_the_limit(
+    server: RunningServer, route: str, framing: str
+) -> None:
+    path, kind = BODY_ROUTES[route]
+    answer = exchange(server, FRAMINGS[framing](path, kind))
+    assert_json_error(answer, 413)
+    assert answer.error_message() == f"the request body is over the limit of {LIMIT} bytes"
+    error = json.loads(answer.body)["error"]
+    if not path.startswith("/v2"):
+        assert error["code"] == "payload_too_large"
+
+
+def test_a_multipart_form_of_too_many_parts_is_a_413_saying_so(server: RunningServer) -> None:
+    parts = b"".join(
+        b'--edge\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % number
+        for number in range(1100)  # the limit is MAX_BATCH (1,024) + 16 parts
+    )
+    body = parts + b"--edge--\r\n"
+    kind = "multipart/form-data; boundary=edge"
+    answer = exchange(server, http("POST", "/predict", {"Content-Type": kind}, body))
+    assert_json_error(answer, 413)
+    assert "multipart form is over its limits: at most" in answer.error_message()
+
+
+# -- the server's own answers: X-Request-ID, a log line, the request count -----------------------
+
+#: (request, status): answered by gunicorn or the buffering worker, never by the app
+SERVER_ANSWERS = {
+    "request line too long": (
+        b"GET /v2/health/ready?q=" + b"q" * 5000 + b" HTTP/1.1\r\nX-Request-ID: edge-414\r\n\r\n",
+        414,
+    ),
+    "a header too large": (
+        b"GET / HTTP/1.1\r\nX-Request-ID: edge-431\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+        431,
+    ),
+    "too many headers": (
+        b"GET / HTTP/1.1\r\nX-Request-ID: edge-431-many\r\n"
+        + b"".join(b"X-H%d: 1\r\n" % n for n in range(100))
+        + b"\r\n",
+        431,
+    ),
+    "a header name with a space": (
+        b"GET / HTTP/1.1\r\nX-Request-ID: edge-400-name\r\nBad Header: 1\r\n\r\n",
+        400,
+    ),
+    "two Content-Lengths": (
+        b"POST /predict HTTP/1.1\r\nX-Request-ID: edge-400-lengths\r\n"
+        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}x",
+        400,
+    ),
+    "a lower-case method": (b"get / HTTP/1.1\r\nX-Request-ID: edge-400-method\r\n\r\n", 400),
+    "a chunk over the limit": (
+        b"POST /predict HTTP/1.1\r\nX-Request-ID: edge-413-chunk\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nffffffff\r\n{}",
+        413,
+    ),
+    "a body over the limit after Expect": (
+        b"POST /v2/models/mnist/infer HTTP/1.1\r\nX-Request-ID: edge-413-expect\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 100001\r\n\r\n",
+        413,
+    ),
+}
+
+
+def _request_lines(server: RunningServer) -> list[dict[str, object]]:
+    lines = []
+    for text in server.log().splitlines():
+        if '"event":"request"' in text:
+            lines.append(json.loads(text))
+    return lines
+
+
+def _counted(server: RunningServer, status: int) -> float:
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("mnist_http_requests_total{") and (
+            f'status="{status}"' in line and 'route="<unmatched>"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("case", sorted(SERVER_ANSWERS))
+def test_the_servers_own_answers_carry_the_request_id_and_are_logged_and_counted(
+    server: RunningServer, case: str
+) -> None:
+    request, status = SERVER_ANSWERS[case]
+    sent_id = re.search(rb"X-Request-ID: (\S+)", request)
+    assert sent_id is not None
+    counted = _counted(server, status)
+    answer = exchange(server, request)
+    assert_json_error(answer, status)
+    assert answer.headers["x-request-id"] == sent_id.group(1).decode()
+    assert answer.headers["connection"] == "close"
+    line = _wait_for_line(server, answer.headers["x-request-id"])
+    assert line["status"] == status
+    assert line["route"] == "<unmatched>"
+    assert _counted(server, status) == counted + 1
+
+
+def _wait_for_line(server: RunningServer, request_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [line for line in _request_lines(server) if line["request_id"] == request_id]
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no request line for {request_id}:\n{server.log()[-3000:]}")
+
+
+def test_garbage_gets_a_fresh_request_id(server: RunningServer) -> None:
+    answer = exchange(server, b"\x00\x01\x02 garbage\r\n\r\n")
+    assert_json_error(answer, 400)
+    assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"])
+    assert _wait_for_line(server, answer.headers["x-request-id"])["status"] == 400
+
+
+def test_a_head_too_slow_to_arrive_is_a_408_with_the_request_id(server: RunningServer) -> None:
+    with socket.create_connection(_address(server), timeout=15) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nX-Request-ID: edge-408\r\nContent-Ty")
+        started = time.monotonic()
+        answer = _read_answer(sock)
+    assert time.monotonic() - started < HEAD_TIMEOUT + 3
+    assert_json_error(answer, 408)
+    assert answer.headers["x-request-id"] == "edge-408"
+    line = _wait_for_line(server, "edge-408")
+    assert (line["status"], line["method"], line["path"]) == (408, "POST", "/predict")
+
+
+# -- methods: OPTIONS, HEAD, unknown ones ---------------------------------------------------------
+
+OPTIONS_ALLOW = {
+    "/predict": "OPTIONS, POST",
+    "/v2/models/mnist/infer": "OPTIONS, POST",
+    "/v2/models/mnist/versions/1/infer": "OPTIONS, POST",
+    "/v2/health/ready": "GET, HEAD, OPTIONS",
+    "/feedback": "OPTIONS, POST",
+    "/metrics": "GET, HEAD, OPTIONS",
+    "/": "GET, HEAD, OPTIONS",
+}
+
+
+@pytest.mark.parametrize("path", sorted(OPTIONS_ALLOW))
+def test_options_is_204_with_the_routes_methods_and_no_body(
+    server: RunningServer, path: str
+) -> None:
+    answer = exchange(server, http("OPTIONS", path))
+    assert answer.status == 204, answer
+    assert answer.headers["allow"] == OPTIONS_ALLOW[path]
+    assert answer.body == b""
+    assert "content-type" not in answer.headers
+    assert answer.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/v2/nowhere"])
+def test_options_on_no_route_is_a_json_404(server: RunningServer, path: str) -> None:
+    assert_json_error(exchange(server, http("OPTIONS", path)), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("FOO", "/predict", "OPTIONS, POST"),
+        ("PROPFIND", "/", "GET, HEAD, OPTIONS"),
+        ("TRACE", "/metrics", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/v2/models/mnist/infer", "POST"),
+        ("PUT", "/feedback", "OPTIONS, POST"),
+    ],
+)
+def test_an_unknown_or_wrong_method_is_a_json_405_with_allow(
+    server: RunningServer, method: str, path: str, allow: str
+) -> None:
+    answer = exchange(server, http(method, path))
+    assert_json_error(answer, 405)
+    assert ", ".join(sorted(answer.headers["allow"].split(", "))) == allow
+
+
+def test_head_answers_like_get_without_a_body(server: RunningServer) -> None:
+    answer = exchange(server, http("HEAD", "/v2/health/ready"), method="HEAD")
+    assert (answer.status, answer.headers["content-type"]) == (200, JSON)
+    wrong = exchange(server, http("HEAD", "/predict"), method="HEAD")
+    assert (wrong.status, wrong.headers["content-type"]) == (405, JSON)
+    assert wrong.headers["allow"] == "OPTIONS, POST"
+
+
+# -- odd framings and headers: a 4xx JSON each, and the worker lives on ---------------------------
+
+#: request bytes -> the status they get
+HOSTILE = {
+    "Content-Length and Transfer-Encoding": (
+        http(
+            "POST",
+            "/predict",
+            {"Content-Type": JSON, "Content-Length": "2", "Transfer-Encoding": "chunked"},
+            b"2\r\n{}\r\n0\r\n\r\n",
+        ),
+        400,
+    ),
+    "Transfer-Encoding gzip": (
+        http("POST", "/predict", {"Content-Type": JSON, "Transfer-Encoding": "gzip"}, b"{}"),
+        400,
+    ),
+    "a negative Content-Length": (
+        http("POST", "/predict", {"Content-Type": JSON, "Content-Length": "-1"}, b"{}"),
+        400,
+    ),
+    "a chunk size not hex": (
+        http(
+            "POST",
+            "/v2/models/mnist/infer",
+            {"Content-Type": JSON, "Transfer-Encoding": "chunked"},
+            b"zz\r\n{}\r\n0\r\n\r\n",
+        ),
+        400,
+    ),
+    "a chunk without its CRLF": (
+        http(
+            "POST",
+            "/feedback",
+            {"Content-Type": JSON, "Transfer-Encoding": "chunked"},
+            b"2\r\n{}XX0\r\n\r\n",
+        ),
+        400,
+    ),
+    "an unknown expectation": (
+        http("POST", "/predict", {"Content-Type": JSON, "Expect": "teapot"}, b"{}"),
+        417,
+    ),
+    "an obsolete folded header": (b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n", 400),
+    "a NUL in a header": (b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400),
+    "HTTP/0.9": (b"GET /\r\n\r\n", 400),
+    "HTTP/9.9": (b"GET / HTTP/9.9\r\n\r\n", 400),
+    "an HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "a path that is not ASCII": (b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "a Content-Type that is not ASCII": (
+        http("POST", "/predict", {"Content-Type": "\xff\xfe"}, b"{}"),
+        415,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_odd_framings_and_headers_get_a_json_4xx(
+    server: RunningServer, worker_prefix: str, case: str
+) -> None:
+    request, status = HOSTILE[case]
+    assert_json_error(exchange(server, request), status)
+    alive = requests.get(server.url + "/v2/health/live", timeout=10)
+    assert alive.status_code == 200
+    assert alive.headers["X-Request-ID"][:16] == worker_prefix  # the same worker process
+
+
+def test_after_all_of_it_the_same_worker_still_predicts(
+    server: RunningServer, worker_prefix: str
+) -> None:
+    answer = requests.post(
+        server.url + "/predict",
+        json={"images": [[0] * 784]},
+        headers={"Authorization": f"Bearer {API}"},
+        timeout=30,
+    )
+    assert answer.status_code in (200, 422), answer.text  # a blank image may be refused
+    assert answer.headers["X-Request-ID"][:16] == worker_prefix
+    assert "Traceback" not in server.log()
