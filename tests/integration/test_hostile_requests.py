@@ -441,3 +441,106 @@ def test_after_all_of_it_the_same_worker_still_predicts(
     assert answer.status_code in (200, 422), answer.text  # a blank image may be refused
     assert answer.headers["X-Request-ID"][:16] == worker_prefix
     assert "Traceback" not in server.log()
+
+
+# -- the OpenAPI document declares every status a route really answers ---------------------------
+
+#: path parameters: a value that exists, and one that does not
+PARAMETERS = {
+    "model": ("mnist", "fashion"),
+    "version": ("1", "99"),
+    "name": ("app.js", "no-such-file.txt"),
+    "request_id": ("edge-no-such-request", "r" * 300),
+}
+#: routes whose plain (empty or ``{}``) request would change what serves: only bad ones are sent
+STATE_CHANGING = "/v2/repository/models/"
+BAD_CHUNK = b"zz\r\n{}\r\n0\r\n\r\n"
+
+
+def _fill(template: str, missing: str = "") -> str:
+    """The path of ``template`` with existing values, except ``missing`` (one that does not)."""
+    path = template
+    for name, (present, absent) in PARAMETERS.items():
+        path = path.replace("{" + name + "}", absent if name == missing else present)
+    assert "{" not in path, path
+    return path
+
+
+def _bad_requests(template: str, method: str) -> list[bytes]:
+    """Every kind of bad request this module knows, as ``method`` on the route ``template``."""
+    method = method.upper()
+    path = _fill(template)
+    json_type = {"Content-Type": JSON}
+    sent = [
+        http(method, path + "?q=" + "q" * 5000),  # 414
+        http(method, path, {"X-Big": "b" * 9000}),  # 431
+        http(method, path, {"Bad Header": "1"}),  # 400 from gunicorn
+        http(method, path, {"Authorization": "Bearer wrong"}),  # 401 where a token is needed
+        http(method, path + "?top_k=many&version=x&limit=-1"),  # odd query parameters
+    ]
+    sent += [
+        http(method, _fill(template, name)) for name in PARAMETERS if "{" + name + "}" in template
+    ]
+    if method == "POST":
+        sent += [
+            http(method, path, json_type, b"{"),  # malformed JSON
+            http(method, path, {"Content-Type": "text/csv"}, b"1,2"),
+            http(method, path, {**json_type, "Content-Encoding": "br"}, b"xx"),
+            http(method, path, {**json_type, "Content-Encoding": "gzip"}, b"xx"),
+            http(method, path, json_type, OVERSIZED),  # 413
+            http(method, path, {**json_type, "Expect": "100-continue", "Content-Length": "100001"}),
+            http(
+                method,
+                path,
+                {**json_type, "Transfer-Encoding": "chunked"},
+                b"zz\r\n{}\r\n0\r\n\r\n",
+            ),
+            http(method, _fill(template, "model"), json_type, b"{"),
+        ]
+        if not template.startswith(STATE_CHANGING):
+            sent += [http(method, path, json_type, b"{}"), http(method, path, json_type)]
+    else:
+        sent.append(http(method, path))
+    return sent
+
+
+def _slow_heads(server: RunningServer, operations: list[tuple[str, str]]) -> dict[str, int]:
+    """The status each operation answers to a head that never ends (all at once: one deadline)."""
+    sockets = {}
+    for template, method in operations:
+        sock = socket.create_connection(_address(server), timeout=15)
+        sock.sendall(f"{method.upper()} {_fill(template)} HTTP/1.1\r\nHost: x\r\nX-Slo".encode())
+        sockets[f"{method} {template}"] = sock
+    try:
+        return {key: _read_answer(sock).status for key, sock in sockets.items()}
+    finally:
+        for sock in sockets.values():
+            sock.close()
+
+
+def test_every_status_a_route_answers_is_in_the_openapi_document(server: RunningServer) -> None:
+    document = requests.get(server.url + "/openapi.json", timeout=10).json()
+    operations = [
+        (template, method)
+        for template, item in document["paths"].items()
+        for method in item
+        if method != "parameters"
+    ]
+    assert len(operations) > 30
+    seen: dict[str, set[int]] = {f"{method} {template}": set() for template, method in operations}
+    for template, method in operations:
+        for request in _bad_requests(template, method):
+            answer = exchange(server, request)
+            assert answer.status != 500, (template, method, request[:200], answer)
+            seen[f"{method} {template}"].add(answer.status)
+    for key, status in _slow_heads(server, operations).items():
+        seen[key].add(status)
+    undeclared = {}
+    for template, method in operations:
+        declared = {int(status) for status in document["paths"][template][method]["responses"]}
+        missing = seen[f"{method} {template}"] - declared
+        if missing:
+            undeclared[f"{method} {template}"] = sorted(missing)
+    assert not undeclared, json.dumps(undeclared, indent=0)
+    # the requests reached the routes' own checks, not only the server's
+    assert {400, 401, 404, 408, 413, 414, 415, 431} <= set().union(*seen.values())
