@@ -260,9 +260,9 @@ def feedback_store_url(settings: ServiceConfig, models_dir: Path) -> str | None:
 
 
 def holdout_share(repository: ModelRepository, numbers: Sequence[int]) -> float:
-    """The held-out share of the first of ``numbers`` whose card has a feedback section (the
+    """The held-out share of the newest of ``numbers`` whose card has a feedback section (the
     share it was trained with, so none of its held-out examples were trained on)."""
-    for number in numbers:
+    for number in sorted(numbers, reverse=True):
         try:
             card = repository.get(number).read_card()
         except RepositoryError:
