@@ -544,3 +544,42 @@ def test_every_status_a_route_answers_is_in_the_openapi_document(server: Running
     assert not undeclared, json.dumps(undeclared, indent=0)
     # the requests reached the routes' own checks, not only the server's
     assert {400, 401, 404, 408, 413, 414, 415, 431} <= set().union(*seen.values())
+
+
+def test_without_a_model_every_status_a_route_answers_is_declared_too(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An empty repository: the routes answer 503 (or 404, 409...) where they would serve."""
+    models = tmp_path_factory.mktemp("no-model")
+    (models / "mnist").mkdir()
+    empty = start_gunicorn(
+        tmp_path_factory.mktemp("hostile-no-model"),
+        {"MODEL_DIR": str(models), "ADMIN_TOKEN": ADMIN, "API_TOKENS": API},
+        workers=1,
+        wait=False,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "no valid model in" not in empty.log():
+            assert time.monotonic() < deadline and empty.alive(), empty.log()
+            time.sleep(0.1)
+        document = requests.get(empty.url + "/openapi.json", timeout=10).json()
+        pixels = {"images": [[0] * 783 + [255]]}
+        tensor = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8"}]}
+        tensor["inputs"][0]["data"] = pixels["images"][0]
+        undeclared = {}
+        for template, item in document["paths"].items():
+            for method in (name for name in item if name != "parameters"):
+                sent = [http(method.upper(), _fill(template))]
+                if method == "post":
+                    body = json.dumps(pixels if template == "/predict" else tensor).encode()
+                    sent.append(http("POST", _fill(template), {"Content-Type": JSON}, body))
+                seen = {exchange(empty, request).status for request in sent}
+                declared = {int(status) for status in item[method]["responses"]}
+                if seen - declared:
+                    undeclared[f"{method} {template}"] = sorted(seen - declared)
+        assert not undeclared, json.dumps(undeclared, indent=0)
+        answer = exchange(empty, http("GET", "/v2/health/ready"))
+        assert answer.status == 503
+    finally:
+        empty.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.request_buffering import ReadDeadlines, RequestReading
+from service.request_buffering import ReadDeadlines, RequestReading, RequestStart
 
 HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\n"
 
@@ -55,6 +55,44 @@ def test_complete_when_the_request_is(pieces: list[bytes], verdicts: list[bool |
 def test_chunked_body_over_the_limit_goes_to_the_parser() -> None:
     big = b"".join(b"64\r\n" + b"a" * 100 + b"\r\n" for _ in range(11))
     assert _feed([HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + big]) == [True]
+
+
+@pytest.mark.parametrize(
+    ("head", "refused"),
+    [
+        (HEAD + b"Content-Length: 5000\r\n\r\n", False),  # the app answers, body drained
+        (HEAD + b"Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n", True),
+        (HEAD + b"Content-Length: 500\r\nExpect: 100-continue\r\n\r\n", False),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\nFFFFF\r\n", True),
+    ],
+    ids=["over", "over-expecting-continue", "within-expecting-continue", "one-chunk-over"],
+)
+def test_the_worker_refuses_itself_only_bodies_nobody_sent_yet(head: bytes, refused: bool) -> None:
+    reading = RequestReading(max_head_bytes=200, max_body_bytes=1000)
+    reading.add(head)
+    assert reading.refused_as_too_large is refused
+
+
+@pytest.mark.parametrize(
+    ("received", "start"),
+    [
+        (
+            b"POST /predict?top_k=3 HTTP/1.1\r\nx-request-id:  mine-1 \r\nHost: x\r\n\r\n",
+            RequestStart("POST", "/predict", "mine-1"),
+        ),
+        (b"GET /v2/health/ready HTTP/1.1\r\nHo", RequestStart("GET", "/v2/health/ready", None)),
+        (b"\x00garbage", RequestStart("", "", None)),
+        (
+            b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nX-Request-ID: next\r\n\r\n",
+            RequestStart("GET", "/", None),  # a pipelined request's id is not this one's
+        ),
+    ],
+    ids=["whole-head", "cut-head", "garbage", "pipelined"],
+)
+def test_what_the_server_knows_of_a_request_it_answers_itself(
+    received: bytes, start: RequestStart
+) -> None:
+    assert RequestStart.from_bytes(received) == start
 
 
 def test_deadlines_from_the_environment() -> None:
