@@ -23,10 +23,14 @@ from gunicorn.http.errors import (
     ChunkMissingTerminator,
     InvalidChunkExtension,
     InvalidChunkSize,
+    InvalidResponseHeader,
+    InvalidResponseHeaderName,
     NoMoreData,
+    ParseException,
 )
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import WebsocketMismatch
 
 from service.errors import ServiceError
 from service.observability.request_log import REQUEST_ID_HEADER
@@ -57,7 +61,12 @@ MALFORMED_BODY_ERRORS = (
     ChunkMissingTerminator,
     InvalidChunkExtension,
     NoMoreData,
+    ParseException,  # any other met while the body is read: trailer fields too large or malformed
 )
+#: gunicorn's parse errors that are the app's fault (a response header it cannot send)
+APP_HEADER_ERRORS = (InvalidResponseHeader, InvalidResponseHeaderName)
+#: werkzeug's answer when a request asks for a WebSocket: it says so, in our words
+NO_WEBSOCKETS = "this service has no WebSocket endpoints: send plain HTTP, without Upgrade"
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,10 @@ def render_error(error: BaseException, path: str, request_id: str) -> ErrorAnswe
     traceback and answered as a 500 that names ``request_id``, never with the traceback.
     """
     v2 = is_v2_path(path)
-    if isinstance(error, MALFORMED_BODY_ERRORS):
+    if isinstance(error, MALFORMED_BODY_ERRORS) and not isinstance(error, APP_HEADER_ERRORS):
         error = BadRequest(f"malformed chunked encoding in the request body: {error}")
+    elif isinstance(error, WebsocketMismatch):
+        error = BadRequest(NO_WEBSOCKETS)
     if isinstance(error, ServiceError):
         return _answer(int(error.status), error.code, error.message, v2, list(error.headers))
     if isinstance(error, HTTPException):

@@ -119,7 +119,10 @@ class RequestReading:
         if self.body_start is None:
             head_end = self.buffer.find(_HEAD_END, max(0, previous - len(_HEAD_END) + 1))
             if head_end < 0:
-                return len(self.buffer) > self.max_head_bytes
+                # lines ended by a bare LF never make the CRLF CRLF end of a head: gunicorn's
+                # parser answers them now (400), not the head deadline (408)
+                bare_lf = self.buffer.find(b"\n\n", max(0, previous - 1)) >= 0
+                return bare_lf or len(self.buffer) > self.max_head_bytes
             verdict = self._read_head(head_end)
             if verdict is not False:
                 return verdict

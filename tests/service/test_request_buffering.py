@@ -32,6 +32,7 @@ def _feed(pieces: list[bytes], max_body: int = 1000) -> list[bool | None]:
         ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n0\r\nT: 1\r\n\r\n"], [True]),
         ([HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"], [True]),
         ([b"GET /" + b"a" * 300], [True]),
+        ([b"GET / HTTP/1.1\nHost: x\n", b"\n"], [False, True]),
     ],
     ids=[
         "get",
@@ -46,6 +47,7 @@ def _feed(pieces: list[bytes], max_body: int = 1000) -> list[bool | None]:
         "chunked-extension-trailer",
         "chunked-malformed",
         "head-over-limit",
+        "bare-lf",
     ],
 )
 def test_complete_when_the_request_is(pieces: list[bytes], verdicts: list[bool | None]) -> None:
