@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -27,15 +28,52 @@ def _copy_of_committed_models() -> Path:
     """
     root = Path(tempfile.mkdtemp(prefix="mnist-committed-models-"))
     atexit.register(shutil.rmtree, root, True)
+    _fill_with_committed_model(root)
+    return root
+
+
+def _fill_with_committed_model(root: Path) -> None:
     source = REPO_ROOT / "models" / "mnist" / str(COMMITTED_VERSION)
     shutil.copytree(source, root / "mnist" / str(COMMITTED_VERSION))
     with ModelRepository(root).changing_state() as change:
         change.state = ServingState(stable=COMMITTED_VERSION)
-    return root
 
 
 #: a session-long temporary copy of the committed model repository (read-only for tests)
 COMMITTED_MODELS = _copy_of_committed_models()
+
+
+def _fingerprint(root: Path) -> dict[str, str]:
+    """Every file below ``root`` with the SHA-256 of its bytes."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def committed_models_stay_as_they_are() -> Iterator[None]:
+    """Fails the module that changed the shared COMMITTED_MODELS (e.g. a server it started took a
+    repository API call: unload, promote, publish) and puts the repository back, so the modules
+    after it do not fail for it. A test that changes a repository serves a copy of its own."""
+    before = _fingerprint(COMMITTED_MODELS)
+    yield
+    after = _fingerprint(COMMITTED_MODELS)
+    if after != before:
+        changed = sorted(
+            name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+        )
+        for entry in COMMITTED_MODELS.iterdir():  # the folder itself stays: servers name it
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        _fill_with_committed_model(COMMITTED_MODELS)
+        pytest.fail(
+            f"this module changed the shared committed model repository ({', '.join(changed)}); "
+            "serve a copy of it instead (shutil.copytree(COMMITTED_MODELS, ...))"
+        )
 
 
 def _mnist_data_dir() -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.conftest import COMMITTED_MODELS
 from tests.integration.conftest import RunningServer, start_gunicorn
 
 LIMIT = 100_000
@@ -32,10 +34,14 @@ JSON = "application/json"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One worker (a worker that dies shows as a new request id prefix), small limits, both
-    kinds of token on, so every route gets past its token check to the body."""
+    kinds of token on, so every route gets past its token check to the body; a repository of
+    its own (the repository API calls among the requests change it)."""
+    folder = tmp_path_factory.mktemp("hostile")
+    shutil.copytree(COMMITTED_MODELS, folder / "models")
     running = start_gunicorn(
-        tmp_path_factory.mktemp("hostile"),
+        folder,
         {
+            "MODEL_DIR": str(folder / "models"),
             "MAX_BODY_BYTES": str(LIMIT),
             "REQUEST_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
             "REQUEST_BODY_TIMEOUT": "3",
