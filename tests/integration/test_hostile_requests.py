@@ -511,8 +511,9 @@ def _bad_requests(template: str, method: str) -> list[bytes]:
         http(method, path, {"X-Big": "b" * 9000}),  # 431
         http(method, path, {"Bad Header": "1"}),  # 400 from gunicorn
         http(method, path, {"Authorization": "Bearer wrong"}),  # 401 where a token is needed
-        http(method, path + "?top_k=many&version=x&limit=-1"),  # odd query parameters
     ]
+    if not template.startswith(STATE_CHANGING):  # a plain request there would do what it says
+        sent.append(http(method, path + "?top_k=many&version=x&limit=-1"))  # odd parameters
     sent += [
         http(method, _fill(template, name)) for name in PARAMETERS if "{" + name + "}" in template
     ]
@@ -570,6 +571,8 @@ def test_every_status_a_route_answers_is_in_the_openapi_document(server: Running
             seen[f"{method} {template}"].add(answer.status)
     for key, status in _slow_heads(server, operations).items():
         seen[key].add(status)
+    # only bad requests went to the routes that change what serves: the model still serves
+    assert exchange(server, http("GET", "/v2/health/ready")).status == 200
     undeclared = {}
     for template, method in operations:
         declared = {int(status) for status in document["paths"][template][method]["responses"]}
