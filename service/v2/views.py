@@ -241,7 +241,9 @@ def create_blueprint(
         allowed = _methods_routed_elsewhere(flask.request.path)
         if allowed:
             message = f"{flask.request.method} /v2/{rest} is not allowed; use {', '.join(allowed)}"
-            raise MethodNotAllowed(message, allowed)
+            # Allow lists what OPTIONS lists: HEAD with GET, and OPTIONS itself
+            header = sorted({*allowed, "OPTIONS", *(["HEAD"] if "GET" in allowed else [])})
+            raise MethodNotAllowed(message, header)
         raise NotFound(f"no Open Inference Protocol endpoint {flask.request.method} /v2/{rest}")
 
     return blueprint

@@ -348,7 +348,8 @@ def test_options_on_no_route_is_a_json_404(server: RunningServer, path: str) -> 
         ("FOO", "/predict", "OPTIONS, POST"),
         ("PROPFIND", "/", "GET, HEAD, OPTIONS"),
         ("TRACE", "/metrics", "GET, HEAD, OPTIONS"),
-        ("DELETE", "/v2/models/mnist/infer", "POST"),
+        ("DELETE", "/v2/models/mnist/infer", "OPTIONS, POST"),
+        ("POST", "/v2/health/ready", "GET, HEAD, OPTIONS"),
         ("PUT", "/feedback", "OPTIONS, POST"),
     ],
 )

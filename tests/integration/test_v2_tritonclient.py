@@ -249,7 +249,7 @@ def test_wrong_method_and_unknown_route_keep_the_v2_error_shape(committed_server
     base = committed_server.url.rstrip("/")
     wrong_method = requests.get(base + "/v2/models/mnist/infer", timeout=30)
     assert wrong_method.status_code == 405
-    assert wrong_method.headers["Allow"] == "POST"
+    assert wrong_method.headers["Allow"] == "OPTIONS, POST"
     assert isinstance(wrong_method.json()["error"], str)
     unknown = requests.get(base + "/v2/models/mnist/trace/setting", timeout=30)  # not served
     assert unknown.status_code == 404

@@ -268,8 +268,11 @@ def test_wrong_method_is_405_in_v2_shape(
 ) -> None:
     response = getattr(client, method)(path)
     assert response.status_code == 405
-    assert response.headers["Allow"] == allowed
+    # Allow lists what OPTIONS lists: HEAD with GET, and OPTIONS itself
+    header = {"GET": "GET, HEAD, OPTIONS", "POST": "OPTIONS, POST"}[allowed]
+    assert response.headers["Allow"] == header
     assert f"use {allowed}" in response.get_json()["error"]
+    assert client.options(path).headers["Allow"] == header
 
 
 def test_model_config_agrees_with_the_triton_config_file(client: FlaskClient) -> None:
