@@ -153,10 +153,16 @@ def serve_with_layers(
 
     @app.before_request
     def _answer_options() -> Response | None:
-        # OPTIONS on a route: 204, its methods in Allow, no body (RFC 9110, section 9.3.7)
-        if request.method != "OPTIONS" or request.routing_exception is not None:
-            return None  # not OPTIONS, or no such route: the routing error (404) is rendered
-        allowed = allowed_methods(app, request.path)
+        # OPTIONS on a route: 204, its methods in Allow, no body (RFC 9110, section 9.3.7);
+        # "OPTIONS *" asks about the server: every method some route takes
+        if request.method != "OPTIONS":
+            return None
+        if request.environ.get("RAW_URI") == "*":
+            allowed = server_methods(app)
+        elif request.routing_exception is not None:
+            return None  # no such route: the routing error (404) is rendered
+        else:
+            allowed = allowed_methods(app, request.path)
         if not allowed:  # only a catch-all matched (the /v2 one): no such route
             raise NotFound(f"no route {request.path}; OPTIONS lists the methods of a route")
         answer = Response(status=204, headers={"Allow": ", ".join(allowed)})
@@ -197,6 +203,15 @@ def allowed_methods(app: Flask, path: str) -> list[str]:
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+def server_methods(app: Flask) -> list[str]:
+    """Every method some route of ``app`` answers (the catch-all ones left out), sorted."""
+    methods: set[str] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint not in CATCH_ALL_ENDPOINTS:
+            methods |= rule.methods or set()
+    return sorted(methods)
 
 
 def watch_models(app: object) -> bool:

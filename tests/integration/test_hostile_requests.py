@@ -337,6 +337,13 @@ def test_options_is_204_with_the_routes_methods_and_no_body(
     assert answer.headers["x-request-id"]
 
 
+def test_options_asterisk_lists_the_methods_of_the_server(server: RunningServer) -> None:
+    answer = exchange(server, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.status == 204, answer
+    assert answer.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, POST"
+    assert answer.body == b""
+
+
 @pytest.mark.parametrize("path", ["/nowhere", "/v2/nowhere"])
 def test_options_on_no_route_is_a_json_404(server: RunningServer, path: str) -> None:
     assert_json_error(exchange(server, http("OPTIONS", path)), 404)
