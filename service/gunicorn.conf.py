@@ -5,7 +5,6 @@ the worker reads REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT and MAX_BODY_BYTES i
 flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override them.
 """
 
-import contextlib
 import os
 import shutil
 import signal
@@ -86,6 +85,7 @@ def on_starting(server: Any) -> None:
     (it takes seconds on a busy host). First the settings: a bad one stops the start here, before
     anything listens or forks, with one line naming the variable (exit 2, as mnist-serve)."""
     from service.connection_balance import create_board
+    from service.request_buffering import hold_stop_signals_across_fork
     from service.serve import EXIT_BAD_SETTING, check_settings
 
     problem = check_settings(os.environ)
@@ -95,7 +95,16 @@ def on_starting(server: Any) -> None:
 
     _prepare_multiproc_dir()
     create_board(server.cfg.workers)
+    hold_stop_signals_across_fork()
     import service.observability.metrics  # noqa: F401
+
+
+def when_ready(server: Any) -> None:
+    """In the master, once its own handlers are in place: a master started by a re-exec (USR2)
+    inherits the stop signals blocked by the fork it came from; let them in."""
+    from service.request_buffering import STOP_SIGNALS
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -117,36 +126,20 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In each worker's main thread: start hot reload and its SIGHUP handler; report capacity;
-    leave at once on SIGINT and SIGQUIT."""
+    """In each worker's main thread: start hot reload and its SIGHUP handler; report capacity.
+    (SIGINT and SIGQUIT: service.request_buffering.leave_now, from the worker's init_signals.)"""
     from service.app import watch_models
     from service.observability.metrics import set_capacity
 
     watch_models(worker.wsgi)
     set_capacity(worker.cfg.threads)
-    signal.signal(signal.SIGINT, _leave_now)
-    signal.signal(signal.SIGQUIT, _leave_now)
-
-
-def _leave_now(signum: int, frame: Any) -> None:
-    """A worker's quick shutdown (Ctrl-C, or the master's SIGQUIT): exit now, nothing to finish.
-
-    gunicorn's gthread handler first calls ThreadPoolExecutor.shutdown(), which takes the pool's
-    lock; when the signal lands while the main thread is inside submit() (holding that lock) the
-    handler waits for itself, the worker hangs until graceful_timeout and the master SIGKILLs it,
-    logging "Perhaps out of memory?". This handler takes no lock.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        # a flush from a handler that interrupted a write raises "reentrant call": never let an
-        # exception out of here, it would land in the interrupted code and the worker live on
-        with contextlib.suppress(OSError, RuntimeError, ValueError):
-            stream.flush()
-    os._exit(0)
 
 
 def worker_int(worker: Any) -> None:
     """gunicorn's hook for a worker's SIGINT/SIGQUIT, in case its own handler runs: exit now."""
-    _leave_now(signal.SIGQUIT, None)
+    from service.request_buffering import leave_now
+
+    leave_now(signal.SIGQUIT, None)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -25,7 +25,9 @@ import errno
 import os
 import re
 import selectors
+import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -256,6 +258,48 @@ def _too_large_answer(reading: RequestReading) -> bytes:
     return server_answer(413, "Request Entity Too Large", message, start)
 
 
+#: the signals that stop a worker: SIGTERM gracefully, SIGINT (Ctrl-C) and SIGQUIT at once
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGTERM})
+
+
+def hold_stop_signals_across_fork() -> None:
+    """In gunicorn's master, once: every worker is born with the stop signals blocked, and they
+    wait, pending, until its own handlers are in place (BufferingThreadWorker.init_signals).
+
+    Without it a stop signal that reaches a worker between fork() and gunicorn's init_signals()
+    runs the handler inherited from the master, which only queues the signal in the worker's
+    copy of the master's queue: the signal is lost, the worker boots and serves on until
+    graceful_timeout, and the master SIGKILLs it ("Perhaps out of memory?").
+    """
+    master = os.getpid()
+
+    def block() -> None:
+        if os.getpid() == master:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def unblock() -> None:
+        if os.getpid() == master:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    os.register_at_fork(before=block, after_in_parent=unblock)
+
+
+def leave_now(signum: int, frame: Any) -> None:
+    """A worker's quick shutdown (Ctrl-C, or the master's SIGQUIT): exit now, nothing to finish.
+
+    gunicorn's gthread handler first calls ThreadPoolExecutor.shutdown(), which takes the pool's
+    lock; when the signal lands while the main thread is inside submit() (holding that lock) the
+    handler waits for itself, the worker hangs until graceful_timeout and the master SIGKILLs it,
+    logging "Perhaps out of memory?". This handler takes no lock.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        # a flush from a handler that interrupted a write raises "reentrant call": never let an
+        # exception out of here, it would land in the interrupted code and the worker live on
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            stream.flush()
+    os._exit(0)
+
+
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gthread, but a request is read whole in the event loop before a thread handles it."""
 
@@ -273,6 +317,14 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
             self.max_head_bytes = 1024 * 1024
         # connections still sending a request, with what they sent so far
         self.reading: dict[TConn, RequestReading] = {}
+
+    def init_signals(self) -> None:
+        """gunicorn's handlers, SIGINT and SIGQUIT replaced by :func:`leave_now`; then the stop
+        signals that arrived since the fork (held by :func:`hold_stop_signals_across_fork`)."""
+        super().init_signals()
+        signal.signal(signal.SIGINT, leave_now)
+        signal.signal(signal.SIGQUIT, leave_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: readiness turns false at once (service.draining), then gunicorn's graceful

@@ -4,6 +4,7 @@ before anything listens."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,14 +54,40 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90)
     raise AssertionError("mnist-serve was not ready in time")
 
 
+def _stuck_workers(master: int) -> str:
+    """What the kernel says of the master's children still alive: state, pending, blocked and
+    caught signals, and where each thread waits (for a failure message)."""
+    lines = []
+    children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+    for pid in children.stdout.split():
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            keep = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "Threads")
+            lines.append(
+                f"worker {pid}: " + "; ".join(row for row in status if row.split(":")[0] in keep)
+            )
+            for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+                comm = (task / "comm").read_text().strip()
+                lines.append(
+                    f"  thread {task.name} {comm}: waits in {(task / 'wchan').read_text()}"
+                )
+    return "\n".join(lines) or "no worker left"
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     seconds = []
+    stuck = []
     for _ in range(STOPS):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        process = _serve(port, log, "--models-dir", str(COMMITTED_MODELS), "--workers", "2")
+        process = _serve(
+            port,
+            log,
+            *("--models-dir", str(COMMITTED_MODELS), "--workers", "2"),
+            settings={"STORE_PATH": str(tmp_path / "store.sqlite3")},
+        )
         try:
             _wait_ready(url, process)
             # busy the way a user leaves it: requests answered, a keep-alive connection open
@@ -71,7 +98,11 @@ def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
             started = time.monotonic()
             os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
             try:
-                process.wait(timeout=30)
+                try:
+                    process.wait(timeout=STOP_LIMIT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    stuck.append(_stuck_workers(process.pid))
+                    process.wait(timeout=30)
             finally:
                 seconds.append(time.monotonic() - started)
                 idle.close()
@@ -82,6 +113,7 @@ def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
                 process.wait()
     text = log.read_text(errors="replace")
     print(f"Ctrl-C stops: {', '.join(f'{s:.2f}' for s in seconds)} s; max {max(seconds):.2f} s")
+    assert not stuck, "\n".join(stuck)
     assert "SIGKILL" not in text and "out of memory" not in text
     assert max(seconds) < STOP_LIMIT_SECONDS, seconds
 

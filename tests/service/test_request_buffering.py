@@ -107,3 +107,48 @@ def test_deadlines_from_the_environment() -> None:
         ReadDeadlines.from_env({"REQUEST_HEAD_TIMEOUT": "soon"})
     with pytest.raises(SystemExit, match="above 0"):
         ReadDeadlines.from_env({"REQUEST_BODY_TIMEOUT": "0"})
+
+
+def test_a_worker_is_born_with_the_stop_signals_held_and_its_master_is_not() -> None:
+    """hold_stop_signals_across_fork, in a process of its own (the hook stays for its life): the
+    child of a fork has SIGINT, SIGQUIT and SIGTERM blocked (pending until its handlers are in
+    place), the forking process has them unblocked again, a grandchild's parent is untouched."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import json, os, signal
+        from service.request_buffering import STOP_SIGNALS, hold_stop_signals_across_fork
+
+        def held():
+            return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+        hold_stop_signals_across_fork()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            mine = held()
+            os.kill(os.getpid(), signal.SIGTERM)  # held: pending, not fatal
+            grandchild = os.fork()  # a fork in the worker is not the master's
+            if grandchild == 0:
+                os._exit(0)
+            os.waitpid(grandchild, 0)
+            os.write(write, json.dumps([mine, held()]).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(os.read(read, 1000).decode())
+        print(json.dumps(held()))
+        print(json.dumps(sorted(int(s) for s in STOP_SIGNALS)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    child, parent, stop = (json.loads(line) for line in done.stdout.strip().splitlines())
+    child_mask, child_after_own_fork = child
+    assert set(stop) <= set(child_mask)
+    assert child_after_own_fork == child_mask
+    assert not set(stop) & set(parent)
