@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from service.errors import DuplicateFeedback, InvalidInput, StoreUnavailable, UnknownPrediction
 from service.model.contract import N_CLASSES
+from service.model.drift import SCALAR_STATISTICS
 from service.store.schema import KEPT_CORRECTED, feedback, predictions
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x6D6E697374  # "mnist"
 _MIGRATION_ATTEMPTS = 4
 _MIGRATION_THREAD_LOCK = threading.Lock()
-#: statistics columns of a prediction record, in service.model.drift.SCALAR_STATISTICS order
-STATISTIC_COLUMNS = (
-    "ink_share",
-    "bbox_height",
-    "bbox_width",
-    "centre_row",
-    "centre_col",
-    "stroke_thickness",
-)
+#: statistics columns of a prediction record: the drift monitor's per-image statistics
+STATISTIC_COLUMNS = SCALAR_STATISTICS
 T = TypeVar("T")
 
 
