@@ -21,6 +21,8 @@ from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 from tests.service.conftest import committed_parts, publish_copy
 
 SETTINGS = ServiceConfig()
+#: the committed model's test accuracy as its card states it (test_committed_model checks the card)
+COMMITTED_ACCURACY: float = committed_parts()[1]["metrics"]["test_accuracy"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,8 @@ def test_promote_refuses_a_worse_version_with_the_figures(with_tiny: Path, test_
         lifecycle.promote(repository, 2, SETTINGS, test_set)
     message = refused.value.message
     assert "points less accurate than stable version 1" in message
-    assert "version 1: 98.92%" in message and "10,000 MNIST test images" in message
+    assert f"version 1: {COMMITTED_ACCURACY:.2%}" in message
+    assert "10,000 MNIST test images" in message
     assert state(with_tiny) == ServingState(stable=1)
     outcome = lifecycle.promote(repository, 2, SETTINGS, test_set, force=True)
     assert "forced past the gate" in outcome.message
@@ -74,7 +77,7 @@ def test_promote_refuses_a_worse_version_with_the_figures(with_tiny: Path, test_
 def test_promote_refuses_a_card_that_lies(repo: Path, test_set: Any) -> None:
     metrics = {**committed_parts()[1]["metrics"], "test_accuracy": 0.9999}
     publish_copy(repo, card_changes={"metrics": metrics})
-    lies = r"its card lies: it claims 99\.99%, it scores 98\.92%"
+    lies = rf"its card lies: it claims 99\.99%, it scores {COMMITTED_ACCURACY:.2%}"
     with pytest.raises(lifecycle.Refused, match=lies):
         lifecycle.promote(ModelRepository(repo), 2, SETTINGS, test_set)
 
@@ -117,7 +120,7 @@ def test_trials_and_prune_never_touch_labelled_versions(with_tiny: Path, test_se
 
 def test_diff_gives_agreement_disagreements_and_accuracies(with_tiny: Path, test_set: Any) -> None:
     result = lifecycle.diff(ModelRepository(with_tiny), 1, 2, SETTINGS, test_set)
-    assert result.accuracy_a == pytest.approx(0.9892)
+    assert result.accuracy_a == pytest.approx(COMMITTED_ACCURACY, abs=5e-5)
     assert 0.7 < result.accuracy_b < 0.95
     disagreeing = int(result.disagreements.sum())
     assert disagreeing == round((1 - result.agreement) * 10_000)
@@ -143,7 +146,7 @@ def test_the_cli_lists_shows_refuses_and_exits_with_documented_codes(
     listed = run_cli(*common, "list")
     assert listed.returncode == 0
     lines = listed.stdout.splitlines()
-    assert lines[1].split()[:3] == ["1", "stable", "98.92%"]
+    assert lines[1].split()[:3] == ["1", "stable", f"{COMMITTED_ACCURACY:.2%}"]
     assert lines[2].split()[:2] == ["2", "candidate"] and "784-32-10" in lines[2]
     shown = run_cli(*common, "show", "2")
     assert "report: " in shown.stdout and "summary.md" in shown.stdout

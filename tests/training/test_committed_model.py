@@ -83,3 +83,19 @@ def test_the_readme_quotes_the_committed_models_accuracy() -> None:
     intro = (REPO_ROOT / "README.md").read_text().split("## The two commands")[0]
     assert f"models/mnist/{latest.version}" in intro
     assert f"**{accuracy * 100:.2f} %**" in intro
+
+
+def test_the_committed_model_was_trained_with_the_default_recipe() -> None:
+    """The README's reproduce command (training/recipes/default.toml) is what trained it."""
+    import tomllib
+
+    from ..conftest import REPO_ROOT
+
+    recipe = tomllib.loads((REPO_ROOT / "training" / "recipes" / "default.toml").read_text())
+    trained_with = VERSIONS[-1].read_card()["config"]
+    differing = {
+        key: (value, trained_with.get(key))
+        for key, value in recipe.items()
+        if trained_with.get(key) != value
+    }
+    assert not differing, f"recipe value vs the committed card's config: {differing}"
