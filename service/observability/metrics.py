@@ -14,6 +14,7 @@ full disk is an error, not a SIGBUS (service.observability.metric_files).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import os
@@ -303,11 +304,10 @@ def service_metrics() -> ServiceMetrics:
             multiprocess_mode = multiprocess_dir() is not None
             if multiprocess_mode:
                 metric_files.install()
-                if not getattr(values.ValueClass, "_multiprocess", False):
-                    # prometheus_client chose in-memory values when it was imported, before the
-                    # variable was set (e.g. a test imported it first); every metric created from
-                    # now on must write to the shared files instead, or other workers never see it.
-                    values.ValueClass = values.get_value_class()
+                # every metric created from now on writes to the shared files (also when
+                # prometheus_client chose in-memory values at import, before the variable was
+                # set), through the sample class whose writes a request can batch
+                values.ValueClass = metric_files.MultiProcessSample
             try:
                 _metrics = ServiceMetrics.create(multiprocess_mode)
             except Exception as exc:
@@ -327,17 +327,20 @@ def observe_inference(
     """Record one onnxruntime run: its latency, its batch size and the digits it predicted."""
     metrics = service_metrics()
     version = str(model_version)
-    metrics.child(metrics.inference_latency, version).observe(seconds)
-    metrics.child(metrics.inferences, version, "answer").inc(batch_size)
-    metrics.batch_size.observe(batch_size)
+    samples: list[tuple[Any, float]] = []
+    _observed(samples, metrics.child(metrics.inference_latency, version), seconds)
+    samples.append((metrics.child(metrics.inferences, version, "answer")._value, batch_size))
+    _observed(samples, metrics.batch_size, batch_size)
     flat = np.asarray(labels, dtype=np.int64).ravel()
     if flat.size == 1:  # the common case, without a bincount
-        metrics.child(metrics.predictions, str(int(flat[0])), version).inc()
-        return
-    counts = np.bincount(flat, minlength=N_CLASSES)
-    for digit, count in enumerate(counts.tolist()):
-        if count:
-            metrics.child(metrics.predictions, str(digit), version).inc(count)
+        samples.append((metrics.child(metrics.predictions, str(int(flat[0])), version)._value, 1))
+    else:
+        counts = np.bincount(flat, minlength=N_CLASSES)
+        for digit, count in enumerate(counts.tolist()):
+            if count:
+                counted = metrics.child(metrics.predictions, str(digit), version)
+                samples.append((counted._value, count))
+    _record(samples)
 
 
 @never_fails
@@ -403,7 +406,9 @@ def collect_samples() -> dict[str, list[tuple[dict[str, str], float]]]:
 @never_fails
 def observe_preprocessing(seconds: float) -> None:
     """Record the time spent decoding and preparing the images of one request."""
-    service_metrics().preprocessing_latency.observe(seconds)
+    samples: list[tuple[Any, float]] = []
+    _observed(samples, service_metrics().preprocessing_latency, seconds)
+    _record(samples)
 
 
 @never_fails
@@ -432,16 +437,61 @@ def _count_reload(outcome: ReloadOutcome) -> None:
     service_metrics().reloads.labels(outcome).inc()
 
 
+class _RequestSamples(threading.local):
+    """The samples of the request this thread is answering, written when it is answered."""
+
+    pending: list[tuple[Any, float]] | None = None
+
+
+_request_samples = _RequestSamples()
+
+
+def _observed(samples: list[tuple[Any, float]], histogram: Any, amount: float) -> None:
+    """Add what ``histogram.observe(amount)`` writes: the sum, and the first bucket whose upper
+    bound is >= amount (prometheus_client's Histogram, one label set)."""
+    samples.append((histogram._sum, amount))
+    index = bisect.bisect_left(histogram._upper_bounds, amount)
+    if index < len(histogram._buckets):  # a NaN falls in no bucket, as in observe()
+        samples.append((histogram._buckets[index], 1.0))
+
+
+def _record(samples: list[tuple[Any, float]]) -> None:
+    """Write ``samples`` now, or with the rest of this thread's request when one is open."""
+    pending = _request_samples.pending
+    if pending is None:
+        metric_files.add_all(samples, write_failures.record)
+    else:
+        pending.extend(samples)
+
+
 @never_fails
 def request_started() -> None:
-    """One more request in flight (the outer WSGI layer calls it as a request enters)."""
+    """One more request in flight (the outer WSGI layer calls it as a request enters); the
+    samples recorded in this thread until request_finished are written together then."""
+    _request_samples.pending = []
     service_metrics().in_flight.inc()
 
 
-@never_fails
-def request_finished() -> None:
-    """One request fewer in flight (the outer WSGI layer calls it once the app answered)."""
-    service_metrics().in_flight.dec()
+def request_finished(
+    route: str | None = None,
+    status: int = 500,
+    version: int | None = None,
+    seconds: float | None = None,
+) -> None:
+    """One request fewer in flight, the request counted (unless ``route`` is None: it failed
+    without an answer) and timed, and every sample held since request_started written, all
+    under one lock; a sample that cannot be written is counted and the rest are still written."""
+    pending = _request_samples.pending
+    _request_samples.pending = None
+    samples = [] if pending is None else pending
+    try:
+        metrics = service_metrics()
+        samples.append((metrics.in_flight._value, -1.0))
+        if route is not None:
+            _request_samples_of(metrics, samples, route, status, version, seconds)
+    except Exception as exc:  # metrics must never fail a request
+        write_failures.record(exc)
+    metric_files.add_all(samples, write_failures.record)
 
 
 @never_fails
@@ -526,8 +576,21 @@ class _RegistryCollector:
 @never_fails
 def observe_request(route: str, status: int, version: int | None, seconds: float | None) -> None:
     """Count one answered request by route template, status and model version, and time it."""
-    metrics = service_metrics()
+    samples: list[tuple[Any, float]] = []
+    _request_samples_of(service_metrics(), samples, route, status, version, seconds)
+    metric_files.add_all(samples, write_failures.record)
+
+
+def _request_samples_of(
+    metrics: ServiceMetrics,
+    samples: list[tuple[Any, float]],
+    route: str,
+    status: int,
+    version: int | None,
+    seconds: float | None,
+) -> None:
     code = str(status)
-    metrics.child(metrics.requests, route, code, "" if version is None else str(version)).inc()
+    counted = metrics.child(metrics.requests, route, code, "" if version is None else str(version))
+    samples.append((counted._value, 1.0))
     if seconds is not None:
-        metrics.child(metrics.request_latency, route, code).observe(seconds)
+        _observed(samples, metrics.child(metrics.request_latency, route, code), seconds)
