@@ -285,3 +285,78 @@ def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(
     # counters keep what the dead worker counted
     key = ("mnist_predictions_total", frozenset({"digit": "5", "version": "3"}.items()))
     assert after_death[key] == 2
+
+
+REQUEST = """
+import json, os, sys
+from service.observability import metrics
+from prometheus_client import CollectorRegistry, multiprocess
+
+def merged(name, **labels):
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+seen = {}
+metrics.request_started()
+metrics.observe_preprocessing(0.0003)
+metrics.observe_inference(0.001, 2, [7, 1], 3)
+seen["in_flight_during"] = merged("mnist_http_requests_in_flight")
+seen["predictions_during"] = merged("mnist_predictions_total")
+metrics.request_finished("/predict", 200, 3, 0.002)
+seen["in_flight_after"] = merged("mnist_http_requests_in_flight")
+seen["predictions_after"] = merged("mnist_predictions_total", version="3")
+seen["requests_after"] = merged("mnist_http_requests_total", route="/predict", status="200")
+seen["latency_le_0_0025"] = merged(
+    "mnist_http_request_duration_seconds_bucket", route="/predict", le="0.0025"
+)
+seen["latency_le_0_001"] = merged(
+    "mnist_http_request_duration_seconds_bucket", route="/predict", le="0.001"
+)
+seen["preprocessing_count"] = merged("mnist_preprocessing_duration_seconds_count")
+seen["inference_sum"] = merged("mnist_inference_duration_seconds_sum", version="3")
+pid = os.fork()
+if pid == 0:  # a forked worker writes its own file, named after its pid
+    metrics.observe_request("/child", 200, None, None)
+    os._exit(0)
+os.waitpid(pid, 0)
+seen["child_files"] = sorted(
+    name for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if str(pid) in name
+)
+seen["child_requests"] = merged("mnist_http_requests_total", route="/child")
+print(json.dumps(seen))
+"""
+
+
+def test_a_requests_samples_are_written_together_when_it_is_answered(tmp_path: Path) -> None:
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", REQUEST],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    seen = json.loads(done.stdout)
+    # in flight at once; the request's other samples wait until it is answered
+    assert seen["in_flight_during"] == 1
+    assert seen["predictions_during"] == 0
+    assert seen["in_flight_after"] == 0
+    assert seen["predictions_after"] == 2
+    assert seen["requests_after"] == 1
+    # histogram buckets are cumulative in the exposition: 2 ms is in le=0.0025, not le=0.001
+    assert seen["latency_le_0_0025"] == 1
+    assert seen["latency_le_0_001"] == 0
+    assert seen["preprocessing_count"] == 1
+    assert seen["inference_sum"] == pytest.approx(0.001)
+    # a forked child writes its own file (its pid renewed at the fork, not read per write)
+    assert seen["child_files"]
+    assert all(name.startswith("counter_") for name in seen["child_files"])
+    assert seen["child_requests"] == 1
