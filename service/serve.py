@@ -8,13 +8,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from service.command_line import OneLineParser
+
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.app:create_app()"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of mnist-serve."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mnist-serve",
         description="Serve the MNIST model repository over HTTP (gunicorn + Flask + onnxruntime).",
     )

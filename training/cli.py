@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from service.command_line import OneLineParser
 from training.config import (
     BY_NAME,
     SETTINGS,
@@ -118,31 +118,6 @@ def config_from_args(args: argparse.Namespace, *, strict_solver: bool = True) ->
                 f"drop {setting.flag} or choose --solver {setting.solvers[-1]}"
             )
     return config
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the flag (not the whole usage block)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        """argparse checks required flags before it reports unknown ones; an unknown flag is the
-        first thing to name (``--bogus`` is not "--out is required"), so look for those first."""
-        required = [action for action in self._actions if action.required]
-        if required:
-            for action in required:
-                action.required = False
-            try:
-                _, unknown = super().parse_known_args(args, argparse.Namespace())
-            finally:
-                for action in required:
-                    action.required = True
-            if unknown:
-                self.error(f"unrecognized arguments: {' '.join(unknown)}")
-        return super().parse_known_args(args, namespace)
 
 
 #: the modules of the training extra; a serve-only install lacks them

@@ -407,7 +407,8 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``mnist-train sweep``: the sweep's own flags plus every single-run flag."""
-    from training.cli import OneLineParser, add_train_arguments
+    from service.command_line import OneLineParser
+    from training.cli import add_train_arguments
 
     parser = OneLineParser(
         prog="mnist-train sweep",

@@ -8,10 +8,12 @@ within their poll interval (MODEL_POLL_SECONDS) or at once on SIGHUP.
 prediction store the service is configured with (DATABASE_URL, STORE_PATH, STORE; the SQLite file
 beside the repository by default), when there is one (service.store.examples).
 
-Exit codes: 0 done, 2 bad usage or unknown version, 3 the MNIST test set is missing or corrupt,
-4 refused by the gate (the message has the figures), 5 the repository cannot be read or written,
+Exit codes: 0 done, 2 bad usage (a value out of range) or unknown version, 3 the MNIST test set
+is missing or corrupt, 4 refused: the version fails the gate (the message has the figures) or the
+service's validation (--force passes only the gate), 5 the repository cannot be read or written,
 6 diff: the configured feedback store cannot be read (promote only warns: its gate is the MNIST
-test set).
+test set), 7 nothing to do in this serving state (no earlier stable version to roll back to, no
+labels.json yet, a trial of the stable version). 141: standard output was closed early.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from service.command_line import OneLineParser, number_in, quiet_on_closed_output, whole_number
 from service.config import ConfigError, ServiceConfig
 from service.errors import StoreUnavailable
 from service.model import lifecycle
@@ -39,18 +42,24 @@ EXIT_DATA = 3
 EXIT_REFUSED = 4
 EXIT_REPOSITORY = 5
 EXIT_STORE = 6
+EXIT_NOTHING_TO_DO = 7
 #: the held-out share when no card says (service.store.examples.DEFAULT_HOLDOUT)
 DEFAULT_HOLDOUT = 0.2
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of mnist-models."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mnist-models",
         description="Manage the versions of the MNIST model repository: which one is stable, "
         "canary or shadow. Changes reach running servers within MODEL_POLL_SECONDS.",
+        epilog="exit codes: 0 done, 2 bad usage or unknown version, 3 MNIST test set missing or "
+        "corrupt, 4 refused (the gate, or the version fails validation: --force passes only the "
+        "gate), 5 repository unreadable or not writable, 6 feedback store unreadable (diff), "
+        "7 nothing to do in this serving state (e.g. no earlier stable to roll back to), "
+        "141 standard output closed early",
     )
-    where = argparse.ArgumentParser(add_help=False)
+    where = OneLineParser(add_help=False)
     for target in (parser, where):
         # accepted before or after the command; after it, only when given (SUPPRESS)
         default = None if target is parser else argparse.SUPPRESS
@@ -74,36 +83,47 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "show", parents=[where], help="one version's card in words and its report's path"
     )
-    show.add_argument("version", type=int)
+    version = whole_number(1)
+    show.add_argument("version", type=version)
     compare = commands.add_parser(
         "diff",
         parents=[where],
         help="two versions on the MNIST test set: agreement, disagreements, accuracy",
     )
-    compare.add_argument("a", type=int)
-    compare.add_argument("b", type=int)
+    compare.add_argument("a", type=version)
+    compare.add_argument("b", type=version)
     for name, text in (
         ("promote", "make a version stable if it passes the gate (test accuracy vs stable)"),
         ("canary", "let a version answer a share of the requests (passes the gate first)"),
         ("shadow", "run a version on a sample of the requests after stable answered"),
     ):
         command = commands.add_parser(name, parents=[where], help=text)
-        command.add_argument("version", type=int)
-        command.add_argument("--force", action="store_true", help="override the gate")
+        command.add_argument("version", type=version)
+        command.add_argument(
+            "--force",
+            action="store_true",
+            help="pass the accuracy gate anyway (never validation)",
+        )
         command.add_argument(
             "--tolerance",
-            type=float,
+            type=number_in(0.0, 1.0, what="an accuracy share"),
             default=lifecycle.DEFAULT_TOLERANCE,
             help=f"accuracy a version may lose against stable (default "
             f"{lifecycle.DEFAULT_TOLERANCE}, i.e. 0.2 points)",
         )
         if name == "canary":
             command.add_argument(
-                "--percent", type=float, required=True, help="share of answers, 0 < P <= 100"
+                "--percent",
+                type=number_in(0.0, 100.0, low_open=True, what="a percentage"),
+                required=True,
+                help="share of answers, 0 < P <= 100",
             )
         if name == "shadow":
             command.add_argument(
-                "--sample", type=float, required=True, help="share of requests run, 0 < R <= 1"
+                "--sample",
+                type=number_in(0.0, 1.0, low_open=True, what="a share"),
+                required=True,
+                help="share of requests run, 0 < R <= 1",
             )
     commands.add_parser(
         "rollback", parents=[where], help="make the previous stable version stable again"
@@ -114,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[where],
         help="delete old candidates (never stable, the trial or the rollback target)",
     )
-    prune.add_argument("--keep", type=int, required=True, help="candidates to keep, newest first")
+    prune.add_argument(
+        "--keep", type=whole_number(0), required=True, help="candidates to keep, newest first"
+    )
     commands.add_parser(
         "state", parents=[where], help="labels.json as JSON (what the servers follow)"
     )
@@ -419,11 +441,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: 
     return EXIT_OK
 
 
+@quiet_on_closed_output
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mnist-models``; one line on stderr and a documented code on failure."""
     args = build_parser().parse_args(argv)
     try:
         return run(args, os.environ, sys.stdout, sys.stderr)
+    except BrokenPipeError:
+        raise  # the reader went away: quiet_on_closed_output ends quietly
     except lifecycle.LifecycleError as exc:
         print(f"mnist-models: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -7,12 +7,15 @@ worker converges on it within its poll interval (service.model.watcher).
 The promote gate (also for a canary, which answers real requests): the version must pass the
 service's own validation (files, card, graph, self-test), its test accuracy measured here on the
 MNIST test set must match what its card claims (within ``CARD_TOLERANCE``), and it must not be
-worse than ``stable`` by more than ``tolerance``. ``force`` overrides the gate, never validation
-of the repository's integrity (an unknown version is still refused).
+worse than ``stable`` by more than ``tolerance``. ``force`` overrides the accuracy figures only,
+never validation: a version the service would not load (a damaged model.onnx, an unreadable card,
+a failed self-test) is refused even when forced, or it would be labelled stable while every
+server keeps serving the old one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -61,11 +64,26 @@ class UnknownVersion(LifecycleError):
     exit_code = 2
 
 
+class OutOfRange(LifecycleError):
+    """A share or count outside its range (the command lines refuse these while parsing)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_value"
+    exit_code = 2
+
+
 class Refused(LifecycleError):
-    """The gate refused the version; the message carries the figures."""
+    """The gate refused the version, or it fails validation; the message says why."""
 
     code = "refused"
     exit_code = 4
+
+
+class NothingToDo(LifecycleError):
+    """The request does not fit the serving state: no earlier stable version to roll back to,
+    no labels.json yet, a trial of the stable version itself. The repository is fine."""
+
+    exit_code = 7
 
 
 class RepositoryNotWritable(LifecycleError):
@@ -212,13 +230,10 @@ def _gate_or_refuse(
     tolerance: float,
     force: bool,
     what: str,
-) -> GateReport | None:
-    try:
-        candidate = validated(repository, number, settings)
-    except Refused:
-        if force:
-            return None
-        raise
+) -> GateReport:
+    if not (math.isfinite(tolerance) and 0.0 <= tolerance <= 1.0):  # NaN would pass every check
+        raise OutOfRange(f"the tolerance must be between 0 and 1, not {tolerance}")
+    candidate = validated(repository, number, settings)  # even when forced
     stable = None
     if state.stable is not None and state.stable != number:
         try:
@@ -271,7 +286,7 @@ def _pinned(state: ServingState) -> ServingState:
     if state.stable is not None:
         return state
     # no labels.json yet: what the policy serves now becomes explicit
-    raise LifecycleError(
+    raise NothingToDo(
         "the repository has no labels.json yet; publish a version or promote one to create it"
     )
 
@@ -298,9 +313,10 @@ def promote(
             history = (*history, state.stable)[-HISTORY_LENGTH:]
         trial = state.trial if state.trial is None or state.trial.version != number else None
         change.state = ServingState(stable=number, trial=trial, history=history)
-    forced = " (forced past the gate)" if force and (report is None or not report.passed) else ""
-    figures = f"; {report.describe()}" if report is not None else ""
-    return Outcome(f"promoted version {number} to stable{forced}{figures}", change.state, report)
+    forced = " (forced past the gate)" if force and not report.passed else ""
+    return Outcome(
+        f"promoted version {number} to stable{forced}; {report.describe()}", change.state, report
+    )
 
 
 def rollback(repository: ModelRepository) -> Outcome:
@@ -312,7 +328,7 @@ def rollback(repository: ModelRepository) -> Outcome:
         while history and history[-1] not in present:
             history.pop()  # pruned or deleted since: cannot go back to it
         if not history:
-            raise LifecycleError(f"no earlier stable version to roll back to from {state.stable}")
+            raise NothingToDo(f"no earlier stable version to roll back to from {state.stable}")
         back = history.pop()
         trial = state.trial if state.trial is None or state.trial.version != back else None
         change.state = replace(state, stable=back, history=tuple(history), trial=trial)
@@ -336,23 +352,19 @@ def start_trial(
 
     A canary answers real requests, so it passes the promote gate; a shadow only validation.
     """
-    if not 0.0 < share <= 1.0:
-        raise LifecycleError(f"the {mode} share must be in (0, 1], not {share}")
+    if not 0.0 < share <= 1.0:  # NaN fails too
+        raise OutOfRange(f"the {mode} share must be in (0, 1], not {share}")
     with _Change(repository) as change:
         state = _pinned(change.state)
         if number == state.stable:
-            raise LifecycleError(f"version {number} is stable; a trial needs another version")
+            raise NothingToDo(f"version {number} is stable; a trial needs another version")
         report = None
         if mode == "canary":
             report = _gate_or_refuse(
                 repository, number, state, settings, test_set, tolerance, force, "canary"
             )
         else:
-            try:
-                validated(repository, number, settings)
-            except Refused:
-                if not force:
-                    raise
+            validated(repository, number, settings)  # even when forced
         trial = Trial(mode=mode, version=number, share=share)
         change.state = replace(state, trial=trial)
     return Outcome(
@@ -383,7 +395,7 @@ def prune(repository: ModelRepository, keep: int) -> Outcome:
     """Delete all but the ``keep`` newest unlabelled versions; never stable, the trial's version
     or the version rollback would return to."""
     if keep < 0:
-        raise LifecycleError(f"--keep must be 0 or more, not {keep}")
+        raise OutOfRange(f"keep must be 0 or more, not {keep}")
     state = repository.read_state()
     protected = set(state.versions())
     if state.history:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from service.command_line import OneLineParser
 from service.config import ConfigError, ServiceConfig
 from service.errors import StoreUnavailable
 from service.store.database import PredictionStore
@@ -23,7 +24,7 @@ EXIT_NOT_FOUND = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mnist-store",
         description="Maintain the prediction and feedback store (the service's settings apply).",
     )

@@ -155,7 +155,7 @@ def test_the_cli_lists_shows_refuses_and_exits_with_documented_codes(
     assert refused.stderr.startswith("mnist-models: refused to promote version 2")
     assert len(refused.stderr.strip().splitlines()) == 1
     assert run_cli(*common, "show", "9").returncode == 2
-    assert run_cli(*common, "rollback").returncode == 5
+    assert run_cli(*common, "rollback").returncode == 7  # nothing to roll back to
     nowhere = ["--models-dir", str(with_tiny), "--data-dir", "/nonexistent"]
     missing = run_cli(*nowhere, "diff", "1", "2")
     assert missing.returncode == 3

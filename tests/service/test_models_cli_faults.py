@@ -1,0 +1,131 @@
+"""mnist-models refuses bad values while parsing, never forces past validation, ends quietly on a
+closed pipe, and every failure is one line with its documented exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.model.cli import main
+from service.model.repository import ModelRepository, ServingState
+from tests.conftest import COMMITTED_MODELS, REPO_ROOT
+from tests.service.conftest import publish_copy
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """The committed repository (1 stable) plus 2: model.onnx with bytes appended, 3: card.json
+    is ``null``, 4: an equal copy of 1 (passes the gate)."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(COMMITTED_MODELS, root)
+    with (publish_copy(root).path / "model.onnx").open("ab") as onnx_file:
+        onnx_file.write(b"appended bytes")
+    (publish_copy(root).path / "card.json").write_text("null")
+    publish_copy(root)
+    return root
+
+
+def models(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "STORE": "off"}
+    return subprocess.run(
+        [sys.executable, "-m", "service.model.cli", "--models-dir", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def state(root: Path) -> ServingState:
+    return ModelRepository(root).read_state()
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["promote", "4", "--tolerance", "nan"], "--tolerance"),
+        (["promote", "4", "--tolerance", "-0.01"], "--tolerance"),
+        (["promote", "4", "--tolerance", "inf"], "--tolerance"),
+        (["canary", "4", "--percent", "20", "--tolerance", "nan"], "--tolerance"),
+        (["canary", "4", "--percent", "150", "--force"], "--percent"),
+        (["canary", "4", "--percent", "nan"], "--percent"),
+        (["canary", "4", "--percent", "0"], "--percent"),
+        (["shadow", "4", "--sample", "2"], "--sample"),
+        (["shadow", "4", "--sample=-inf"], "--sample"),
+        (["prune", "--keep", "-1"], "--keep"),
+        (["show", "0"], "version"),
+    ],
+)
+def test_values_out_of_range_are_usage_errors_of_one_line(
+    repo: Path, args: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main(["--models-dir", str(repo), *args])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"argument {flag}: '" in err, err
+    assert state(repo) == ServingState(stable=1)  # nothing changed
+    assert [v.version for v in ModelRepository(repo).versions()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["promote", "2", "--force"], "model.onnx sha256"),
+        (["promote", "3", "--force"], "card.json is not a JSON object"),
+        (["canary", "2", "--percent", "20", "--force"], "model.onnx sha256"),
+        (["shadow", "3", "--sample", "0.5", "--force"], "card.json is not a JSON object"),
+    ],
+)
+def test_force_never_passes_validation(
+    repo: Path,
+    args: list[str],
+    why: str,
+    mnist_data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--models-dir", str(repo), "--data-dir", str(mnist_data_dir), *args]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnist-models: version {args[1]} fails validation: ") and why in err
+    assert len(err.strip().splitlines()) == 1
+    assert state(repo) == ServingState(stable=1)
+
+
+def test_exit_codes_of_refused_requests(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--models-dir", str(repo), "rollback"]) == 7  # nothing to roll back to
+    assert main(["--models-dir", str(repo), "canary", "1", "--percent", "5"]) == 7  # stable
+    assert main(["--models-dir", str(repo), "diff", "1", "3"]) == 4  # fails validation
+    assert main(["--models-dir", str(repo), "show", "9"]) == 2  # no such version
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["mnist-models"] * 4
+
+
+def test_a_closed_standard_output_ends_quietly(repo: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "STORE": "off"}
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "service.model.cli", "--models-dir", str(repo), "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()  # like `| head -0`: the reader is gone before anything is written
+    with listing.stderr:
+        assert listing.wait(timeout=60) == 141
+        assert listing.stderr.read() == b""
+
+
+def test_every_exit_code_is_documented() -> None:
+    from service.model import cli
+
+    doc = (REPO_ROOT / "docs" / "lifecycle.md").read_text()
+    help_text = cli.build_parser().format_help()
+    for code in (2, 3, 4, 5, 6, 7, 141):
+        assert f"{code} " in help_text.split("exit codes:")[1]
+        assert f"{code} " in doc.split("Exit codes:")[1].split("\n\n")[0]
