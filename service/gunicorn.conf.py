@@ -13,19 +13,16 @@ import tempfile
 from typing import Any
 
 from service.observability.request_log import logging_config
+from service.serve import GUNICORN_LOG_LEVELS, SettingError, env_int
 
 
 def _env_int(name: str, default: int, lowest: int = 1) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
+    """A bad value is reported by on_starting (check_settings: one line, exit 2); until then the
+    default stands in."""
     try:
-        value = int(text)
-    except ValueError:
-        raise SystemExit(f"{name}={text!r} is not an integer") from None
-    if value < lowest:
-        raise SystemExit(f"{name}={value} must be at least {lowest}")
-    return value
+        return env_int(os.environ, name, default, lowest)
+    except SettingError:
+        return default
 
 
 # onnxruntime (1.29 and later) starts a telemetry uploader that warns in the log when it cannot
@@ -52,7 +49,9 @@ limit_request_field_size = 8190
 # the app logs one JSON line per request itself (service.observability.request_log)
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "").strip().lower() or "info"
+if loglevel not in GUNICORN_LOG_LEVELS:
+    loglevel = "info"  # on_starting stops the start, naming the variable
 # every line in one JSON format: gunicorn's own error (and, if switched on, access) lines and
 # every logger of the service and its libraries, as the request lines are written
 logconfig_dict = logging_config(loglevel, access=accesslog is not None)

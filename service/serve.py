@@ -1,14 +1,22 @@
-"""mnist-serve: run the service under gunicorn with the project's one configuration file."""
+"""mnist-serve: run the service under gunicorn with the project's one configuration file.
+
+Everything that can be checked before gunicorn starts is checked here, so a bad setting is one
+line and an exit code rather than worker tracebacks: exit 2 a bad flag or environment variable
+(the service's, gunicorn's, the store URL's database driver, the tracing exporter), 3 no model to
+serve, 4 the address cannot be bound (in use, not an address of this machine).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from service.command_line import OneLineParser
+from service.command_line import OneLineParser, quiet_on_closed_output, whole_number
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.app:create_app()"
@@ -19,11 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mnist-serve",
         description="Serve the MNIST model repository over HTTP (gunicorn + Flask + onnxruntime).",
+        epilog="exit codes: 2 bad flag or setting (one line naming it), 3 no model to serve, "
+        "4 the address cannot be bound; before anything listens",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="gunicorn worker processes (default 2)"
+        "--port", type=whole_number(1, 65535), default=8000, help="TCP port (default 8000)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=whole_number(1),
+        default=None,
+        help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)",
     )
     parser.add_argument(
         "--models-dir",
@@ -32,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model repository (default $MODEL_DIR or ./models)",
     )
     parser.add_argument(
-        "--model-version", type=int, default=None, help="pin one version (default: the highest)"
+        "--model-version",
+        type=whole_number(1),
+        default=None,
+        help="pin one version (default: the highest)",
     )
     return parser
 
@@ -41,10 +59,6 @@ def gunicorn_command(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str]]:
     """The gunicorn argv and environment that mnist-serve execs."""
-    if not 0 < args.port < 65536:
-        raise SystemExit(f"mnist-serve: --port {args.port} is not a TCP port")
-    if args.workers is not None and args.workers < 1:
-        raise SystemExit("mnist-serve: --workers must be at least 1")
     env = dict(environ)
     if args.models_dir is not None:
         env["MODEL_DIR"] = str(args.models_dir.resolve())
@@ -73,15 +87,90 @@ EXIT_NO_MODELS = 3
 EXIT_BAD_SETTING = 2
 
 
+#: exit code when the address cannot be bound (in use, not an address of this machine)
+EXIT_ADDRESS = 4
+#: gunicorn's settings from the environment (service/gunicorn.conf.py): name, default, lowest
+GUNICORN_INTEGERS = (
+    ("WEB_CONCURRENCY", 2, 1),
+    ("GUNICORN_THREADS", 4, 1),
+    ("GUNICORN_TIMEOUT", 30, 1),
+)
+GUNICORN_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class SettingError(ValueError):
+    """An environment variable of gunicorn's holds a value it cannot run with."""
+
+
+def env_int(environ: Mapping[str, str], name: str, default: int, lowest: int = 1) -> int:
+    """The integer setting ``name`` (``default`` when unset or empty); SettingError names it."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingError(f"{name}={text!r}: expected an integer >= {lowest}") from None
+    if value < lowest:
+        raise SettingError(f"{name}={text!r}: expected an integer >= {lowest}")
+    return value
+
+
 def check_settings(environ: Mapping[str, str]) -> str | None:
     """Why the serving settings in ``environ`` cannot run (one line naming the variable), or
-    None when ServiceConfig accepts them."""
+    None: ServiceConfig's variables, gunicorn's (GUNICORN_INTEGERS, GUNICORN_LOG_LEVEL), the
+    request buffering's deadlines, the store URL (a dialect and driver this install has), the
+    OpenTelemetry exporter. Nothing is connected to; importing the checks is all it costs."""
     from service.config import ConfigError, ServiceConfig
+    from service.observability.tracing import TracingConfig
+    from service.request_buffering import ReadDeadlines
+    from service.store.config import usable_database_url
 
     try:
-        ServiceConfig.from_env(environ)
+        for name, default, lowest in GUNICORN_INTEGERS:
+            env_int(environ, name, default, lowest)
+    except SettingError as error:
+        return str(error)
+    level = environ.get("GUNICORN_LOG_LEVEL", "").strip()
+    if level and level.lower() not in GUNICORN_LOG_LEVELS:
+        return f"GUNICORN_LOG_LEVEL={level!r}: expected one of {', '.join(GUNICORN_LOG_LEVELS)}"
+    try:
+        config = ServiceConfig.from_env(environ)
+        if config.store.enabled and config.store.database_url:
+            usable_database_url(config.store.database_url)
     except ConfigError as error:
         return str(error)
+    try:
+        ReadDeadlines.from_env(environ)
+    except SystemExit as error:  # it says which variable, for the workers that read it
+        return str(error.code)
+    try:
+        TracingConfig.from_env(environ)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def check_address(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (one line naming it), or None. Binds a socket
+    the way gunicorn does (SO_REUSEADDR) and closes it at once."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        found = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+        )
+    except (socket.gaierror, UnicodeError) as error:
+        why = error.strerror if isinstance(error, socket.gaierror) else str(error)
+        return f"--host {host}: not an address or a name this machine can resolve ({why})"
+    family, kind, protocol, _, address = found[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"{shown}: the address is already in use (another server listens there)"
+            return f"{shown}: cannot listen there: {error.strerror}"
     return None
 
 
@@ -123,10 +212,12 @@ def check_models_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> st
     return None
 
 
+@quiet_on_closed_output
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the flags, check the model repository, then replace this process with gunicorn
-    (signals then reach it directly). Exit 2 with one line naming the variable when a setting
-    is bad, 3 when there is nothing to serve."""
+    """Parse the flags, check the settings, the model repository and the address, then replace
+    this process with gunicorn (signals then reach it directly). Exit 2 with one line naming the
+    variable when a setting is bad, 3 when there is nothing to serve, 4 when the address cannot
+    be bound."""
     args = build_parser().parse_args(argv)
     command, env = gunicorn_command(args, os.environ)
     problem = check_settings(env)
@@ -137,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_NO_MODELS
+    problem = check_address(args.host, args.port)
+    if problem is not None:
+        print(f"mnist-serve: {problem}", file=sys.stderr)
+        return EXIT_ADDRESS
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces the process
 

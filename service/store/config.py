@@ -112,6 +112,39 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+#: the databases the store's schema and migrations are written for (SQLAlchemy dialect names)
+DIALECTS = ("postgresql", "sqlite")
+
+
+def usable_database_url(url: str, name: str = "DATABASE_URL") -> str:
+    """``url`` as SQLAlchemy's URL (sqlalchemy_url) once its dialect is one of DIALECTS and its
+    driver is installed; StoreConfigError names ``name`` and says why otherwise. Connects to
+    nothing. The message never shows the URL's password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    full = sqlalchemy_url(url)
+    try:
+        parsed = make_url(full)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise StoreConfigError(
+            f"{name}: not a database URL (postgresql://user:pass@host/db or sqlite:///path)"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() not in DIALECTS:
+        raise StoreConfigError(
+            f"{name}={shown!r}: the store speaks {' and '.join(DIALECTS)} only "
+            "(postgresql://user:pass@host/db or sqlite:///path)"
+        )
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError) as exc:
+        raise StoreConfigError(
+            f"{name}={shown!r}: no driver {parsed.get_driver_name()!r} installed ({exc})"
+        ) from None
+    return full
+
+
 def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     text = environ.get(name, "").strip().lower()
     if not text:

@@ -142,14 +142,24 @@ def test_a_missing_model_repository_is_one_line_and_exit_3_before_listening(
 BAD_SETTINGS = {
     "MAX_BATCH": ("0", "MAX_BATCH='0' is not valid"),
     "MODEL_POLL_SECONDS": ("-1", "MODEL_POLL_SECONDS must be > 0"),
+    "GUNICORN_THREADS": ("-3", "GUNICORN_THREADS='-3': expected an integer >= 1"),
+    "DATABASE_URL": ("bogus://x", "DATABASE_URL='bogus://x': the store speaks postgresql"),
+    "OTEL_TRACES_EXPORTER": ("bogus", "OTEL_TRACES_EXPORTER='bogus': this service exports otlp"),
+}
+#: read by gunicorn itself before its configuration file (a traceback there): mnist-serve only
+BAD_SERVE_SETTINGS = {
+    **BAD_SETTINGS,
+    "WEB_CONCURRENCY": ("x", "WEB_CONCURRENCY='x': expected an integer >= 1"),
+    "GUNICORN_TIMEOUT": ("abc", "GUNICORN_TIMEOUT='abc': expected an integer >= 1"),
+    "DATABASE_URL": ("mysql://u:secret@h/db", "DATABASE_URL='mysql://u:***@h/db': the store"),
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD_SETTINGS))
+@pytest.mark.parametrize("name", sorted(BAD_SERVE_SETTINGS))
 def test_a_bad_setting_is_one_line_naming_it_and_exit_2_before_listening(
     name: str, tmp_path: Path
 ) -> None:
-    value, words = BAD_SETTINGS[name]
+    value, words = BAD_SERVE_SETTINGS[name]
     port = free_port()
     log = tmp_path / "serve.log"
     process = _serve(port, log, "--models-dir", str(COMMITTED_MODELS), settings={name: value})
@@ -183,3 +193,40 @@ def test_gunicorn_with_a_bad_setting_stops_before_listening_with_one_json_line(
     errors = [line for line in lines if line["level"] == "error"]
     assert len(errors) == 1 and errors[0]["event"].startswith(words), lines
     assert not any("Booting worker" in line["event"] for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--port", "99999"], "mnist-serve: error: argument --port: '99999' is not an integer"),
+        (["--workers", "0"], "mnist-serve: error: argument --workers: '0' is not an integer"),
+    ],
+)
+def test_a_bad_flag_is_one_line_and_exit_2(args: list[str], words: str, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    process = _serve(free_port(), log, "--models-dir", str(COMMITTED_MODELS), *args)
+    assert process.wait(timeout=60) == 2
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(words), lines
+
+
+def test_an_address_that_cannot_be_bound_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "in-use.log"
+        process = _serve(port, log, "--models-dir", str(COMMITTED_MODELS))
+        assert process.wait(timeout=60) == 4
+        lines = log.read_text().strip().splitlines()
+        assert lines == [
+            f"mnist-serve: 127.0.0.1:{port}: the address is already in use "
+            "(another server listens there)"
+        ]
+    log = tmp_path / "foreign.log"
+    # an address of no interface here (TEST-NET-1, RFC 5737): numeric, so no name lookup
+    process = _serve(free_port(), log, "--models-dir", str(COMMITTED_MODELS), "--host", "192.0.2.1")
+    assert process.wait(timeout=60) == 4
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnist-serve: 192.0.2.1:"), lines
+    assert "cannot listen there" in lines[0]

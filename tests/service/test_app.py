@@ -164,9 +164,9 @@ def test_mnist_serve_builds_the_gunicorn_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flags", [["--port", "0"], ["--port", "70000"], ["--workers", "0"]])
 def test_mnist_serve_refuses_bad_flags(flags: list[str]) -> None:
-    args = serve.build_parser().parse_args(flags)
-    with pytest.raises(SystemExit):
-        serve.gunicorn_command(args, {})
+    with pytest.raises(SystemExit) as ended:
+        serve.build_parser().parse_args(flags)
+    assert ended.value.code == 2
 
 
 def _gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
@@ -201,8 +201,10 @@ def test_the_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPat
     settings = _gunicorn_settings(monkeypatch, BIND="0.0.0.0:9000", WEB_CONCURRENCY="4")
     assert settings["bind"] == ["0.0.0.0:9000"]
     assert settings["workers"] == 4
-    with pytest.raises(SystemExit, match="WEB_CONCURRENCY"):
-        _gunicorn_settings(monkeypatch, WEB_CONCURRENCY="lots")
+    # a bad value: the default until on_starting's check_settings stops the start (exit 2)
+    assert _gunicorn_settings(monkeypatch, WEB_CONCURRENCY="lots")["workers"] == 2
+    problem = serve.check_settings({"WEB_CONCURRENCY": "lots"})
+    assert problem == "WEB_CONCURRENCY='lots': expected an integer >= 1"
 
 
 def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path) -> None:
