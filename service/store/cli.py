@@ -1,7 +1,9 @@
 """``mnist-store``: delete a request's records, apply retention, migrate the prediction store.
 
 Reads the service's own settings (DATABASE_URL, STORE_PATH, MODEL_DIR, STORE_*). Exit codes:
-0 done, 2 bad usage or settings, 3 the store cannot be reached, 4 nothing found to delete.
+0 done, 2 bad usage or settings (DATABASE_URL naming no database or driver this install has),
+3 the store cannot be reached, 4 nothing found to delete, 5 the store is off (STORE=off),
+141 standard output closed early. Failures are one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,21 +14,28 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from service.command_line import OneLineParser
+from service.command_line import OneLineParser, quiet_on_closed_output
 from service.config import ConfigError, ServiceConfig
 from service.errors import StoreUnavailable
+from service.store.config import usable_database_url
 from service.store.database import PredictionStore
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
+EXIT_STORE_OFF = 5
+EXIT_CODES = (
+    "exit codes: 0 done, 2 bad usage or settings, 3 the store cannot be reached, 4 nothing "
+    "found to delete, 5 the store is off (STORE=off), 141 standard output closed early"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mnist-store",
         description="Maintain the prediction and feedback store (the service's settings apply).",
+        epilog=EXIT_CODES,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     delete = commands.add_parser("delete", help="delete every record of one request id")
@@ -36,15 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_output
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mnist-store``; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         config = ServiceConfig.from_env(os.environ)
+        if not config.store.enabled:
+            print(
+                f"mnist-store: the store is off (STORE=off): nothing to {args.command}",
+                file=sys.stderr,
+            )
+            return EXIT_STORE_OFF
+        url = config.store.url(config.model_dir)
+        if config.store.database_url:
+            url = usable_database_url(config.store.database_url)
     except ConfigError as exc:
         print(f"mnist-store: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    store = PredictionStore.open(config.store.url(config.model_dir))
+    store = PredictionStore.open(url)
     try:
         if args.command == "delete":
             predictions, feedback = store.delete_request(args.request_id)
@@ -73,3 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
