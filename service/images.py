@@ -2,8 +2,8 @@
 
 The steps follow how MNIST itself was made (LeCun et al.): grayscale, ink high, crop to the ink,
 fit into a 20x20 box keeping the aspect ratio (antialiased), then translate so the centre of mass
-sits at the centre of the 28x28 field. Only numpy and Pillow are used, so the serving image stays
-slim.
+sits at the centre of the 28x28 field. Pillow decodes; the analysis runs on uint8 arrays with
+OpenCV's headless build (one thread: ``use_one_thread``), at most 200 px on the longest side.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ from service.model.contract import IMAGE_SIDE, N_PIXELS
 DIGIT_BOX = 20
 #: pictures are reduced to this longest side before analysis: MNIST's digits are 20 px tall
 WORKING_SIDE = 160
+#: larger pictures are reduced by Pillow while decoded (by whole factors first, little memory);
+#: up to this side, OpenCV's area averaging reduces the analysed channels (faster)
+LARGE_SIDE = 4 * WORKING_SIDE
 #: smaller pictures are enlarged to about this side first, so strokes span several pixels
 MIN_WORKING_SIDE = 96
-#: the paper's brightness is estimated on a thumbnail of this longest side
+#: the paper's brightness is estimated on a thumbnail of about this longest side
 BACKGROUND_SIDE = 64
 #: ...with a closing as wide as this share of the thumbnail (wider than any stroke)
 BACKGROUND_KERNEL = 0.25
@@ -58,6 +61,10 @@ MAX_FILL = 0.8
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _SQUARE = np.ones((3, 3), np.uint8)
 EXIF_ORIENTATION = 0x0112
+
+#: one reading of a picture: uint8 darkness [H, W] (ink dark), its thumbnail, and the thumbnail's
+#: median over a window a third of its side
+_Reading = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # Magic numbers of formats people commonly send by mistake, for a message that names them.
 _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -113,26 +120,25 @@ def preprocess_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.nda
 
 def preprocess_picture(image: Image.Image) -> np.ndarray:
     """An already decoded picture (any Pillow mode) as the float32 [784] MNIST-like field."""
-    readings, decisive = _darkness(*_channels(image))
+    readings, decisive = _darkness(*_analysis_size(*_channels(image)))
     if decisive:
-        ink = _ink(readings[0])
+        ink = _ink(*readings[0])
         try:
             strokes = _digit_strokes(ink)
         except InvalidImage:
             decisive = False
         else:
-            decisive = _fill(strokes) <= MAX_FILL and _plausible_width(_relative_width(strokes))
+            width = _relative_width(strokes)
+            decisive = _fill(strokes) <= MAX_FILL and _plausible_width(width)
     if not decisive:
-        ink, strokes = _likelier_digit(readings)
-    return _mnist_field(_normalised_strokes(ink, strokes)).reshape(N_PIXELS)
+        ink, strokes, width = _likelier_digit(readings)
+    return _mnist_field(_normalised_strokes(ink, strokes, width)).reshape(N_PIXELS)
 
 
 def _fill(strokes: np.ndarray) -> float:
-    """The share of the strokes' bounding box that they cover."""
-    rows = np.flatnonzero(strokes.any(axis=1))
-    cols = np.flatnonzero(strokes.any(axis=0))
-    box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
-    return float(strokes.sum()) / float(box)
+    """The share of the strokes' bounding box (uint8 0/1 mask) that they cover."""
+    _, _, width, height = cv2.boundingRect(strokes)
+    return cv2.countNonZero(strokes) / float(width * height)
 
 
 def _plausible_width(width: float) -> bool:
@@ -140,28 +146,28 @@ def _plausible_width(width: float) -> bool:
     return low / 2 <= width <= high * 2
 
 
-def _likelier_digit(candidates: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _likelier_digit(candidates: list[_Reading]) -> tuple[np.ndarray, np.ndarray, float]:
     """Of two readings of a picture (the likelier first), the first whose strokes look like a
     digit's (they fill at most MAX_FILL of their box and are plausibly wide); else the one whose
     strokes fill less of their box: read the wrong way round, the "ink" is the paper."""
     readings = []
     problem: InvalidImage | None = None
-    for darkness in candidates:
-        ink = _ink(darkness)
+    for reading in candidates:
+        ink = _ink(*reading)
         try:
             strokes = _digit_strokes(ink)
         except InvalidImage as exc:
             problem = problem or exc
             continue
-        fill = _fill(strokes)
-        if fill <= MAX_FILL and _plausible_width(_relative_width(strokes)):
-            return ink, strokes
-        readings.append((fill, ink, strokes))
+        fill, width = _fill(strokes), _relative_width(strokes)
+        if fill <= MAX_FILL and _plausible_width(width):
+            return ink, strokes, width
+        readings.append((fill, ink, strokes, width))
     if not readings:
         assert problem is not None
         raise problem
-    _, ink, strokes = min(readings, key=lambda reading: reading[0])
-    return ink, strokes
+    _, ink, strokes, width = min(readings, key=lambda reading: reading[0])
+    return ink, strokes, width
 
 
 def encode_png_base64(pixels: np.ndarray) -> str:
@@ -215,7 +221,7 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
             oriented = ImageOps.exif_transpose(image)
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"the image cannot be decoded ({_reason(exc)})") from exc
-    if max(oriented.size) > WORKING_SIDE:
+    if max(oriented.size) > LARGE_SIDE:
         oriented = _reduced(oriented)
     return oriented
 
@@ -251,52 +257,88 @@ def _channels(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         return gray, gray
     has_alpha = "A" in mode or "transparency" in image.info
     if not has_alpha:
-        if mode in ("L", "1", "P") and mode != "P":
-            gray = np.asarray(image.convert("L"))
+        # reduced before the channels are compared: a quarter of the pixels or fewer to handle
+        if mode in ("L", "1"):
+            gray = _block_reduced(np.asarray(image if mode == "L" else image.convert("L")))
             return gray, gray
-        rgb = np.asarray(image.convert("RGB"))
-        return rgb.min(axis=2), rgb.max(axis=2)
+        rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
+        return _darkest_lightest(_block_reduced(rgb))
     rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
     alpha = rgba[..., 3:] / 255.0
     on_black = rgba[..., :3] * alpha
     on_white = on_black + 255.0 * (1.0 - alpha)
     chosen = max(on_white, on_black, key=lambda rgb: float(rgb.mean(axis=2).std()))
-    rgb8 = np.rint(chosen).astype(np.uint8)
-    return rgb8.min(axis=2), rgb8.max(axis=2)
+    return _darkest_lightest(np.rint(chosen).astype(np.uint8))
 
 
-def _working_size(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tiny pictures enlarged (each pixel repeated) so strokes span several analysis pixels."""
+def _darkest_lightest(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [H, W] darkest and lightest channel of uint8 [H, W, 3] (with OpenCV: numpy's
+    reduction over the last axis is several times slower)."""
+    red, green, blue = cv2.split(rgb)
+    darkest, lightest = cv2.min(cv2.min(red, green), blue), cv2.max(cv2.max(red, green), blue)
+    if np.array_equal(darkest, lightest):
+        return darkest, darkest  # grey: one channel, analysed once
+    return darkest, lightest
+
+
+def _block_reduced(values: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] or [H, W, C] reduced by a whole factor, so that the longest side is at most
+    5/4 of WORKING_SIDE: each k x k block averaged (OpenCV's fast path for area averaging; a
+    fractional factor costs ten times more). The pixels beyond the last whole block are dropped."""
+    height, width = values.shape[:2]
+    factor = math.ceil(max(height, width) / (1.25 * WORKING_SIDE))
+    if factor <= 1:
+        return values
+    rows, cols = max(factor, height // factor * factor), max(factor, width // factor * factor)
+    size = (cols // factor, rows // factor)
+    return np.asarray(cv2.resize(values[:rows, :cols], size, interpolation=cv2.INTER_AREA))
+
+
+def _analysis_size(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both channels at the analysis size: reduced by a whole factor (``_block_reduced``);
+    tiny pictures enlarged (each pixel repeated) so strokes span several pixels."""
     height, width = dark.shape
+    if max(height, width) > 1.25 * WORKING_SIDE:
+        reduced = _block_reduced(dark)
+        return (reduced, reduced) if light is dark else (reduced, _block_reduced(light))
     if max(height, width) >= MIN_WORKING_SIDE:
         return dark, light
     factor = max(1, min(math.ceil(MIN_WORKING_SIDE / max(height, width)), 64))
     size = (width * factor, height * factor)
     # whole pixels repeated: area averaging back down to the 20x20 box then gives MNIST-sized
     # inputs back almost unchanged (a bilinear enlargement would blur them on the way)
-    return (
-        cv2.resize(dark, size, interpolation=cv2.INTER_NEAREST),
-        cv2.resize(light, size, interpolation=cv2.INTER_NEAREST),
-    )
+    enlarged = cv2.resize(dark, size, interpolation=cv2.INTER_NEAREST)
+    if light is dark:
+        return enlarged, enlarged
+    return enlarged, cv2.resize(light, size, interpolation=cv2.INTER_NEAREST)
 
 
 def _thumbnail(values: np.ndarray) -> np.ndarray:
-    """The picture reduced by area averaging to at most BACKGROUND_SIDE on its longest side."""
+    """The picture reduced by a whole factor, averaging k x k blocks, to about BACKGROUND_SIDE on
+    its longest side (the pixels beyond the last whole block dropped)."""
     height, width = values.shape
-    scale = min(1.0, BACKGROUND_SIDE / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if size == (width, height):
+    factor = round(max(height, width) / BACKGROUND_SIDE)
+    if factor <= 1:
         return values
-    return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+    rows, cols = max(factor, height // factor * factor), max(factor, width // factor * factor)
+    size = (cols // factor, rows // factor)
+    return np.asarray(cv2.resize(values[:rows, :cols], size, interpolation=cv2.INTER_AREA))
+
+
+def _spread(values: np.ndarray) -> float:
+    """The brightest minus the darkest value."""
+    low, high, _, _ = cv2.minMaxLoc(values)
+    return float(high - low)
 
 
 def _odd(value: float) -> int:
     return max(3, int(value) // 2 * 2 + 1)
 
 
-def _darkness(dark: np.ndarray, light: np.ndarray) -> tuple[list[np.ndarray], bool]:
-    """Two readings, uint8 [H, W], with the ink dark and the paper light: the likelier first;
-    and whether the thumbnail decided it clearly.
+def _darkness(dark: np.ndarray, light: np.ndarray) -> tuple[list[_Reading], bool]:
+    """Two readings, each uint8 [H, W] with the ink dark and the paper light, with its thumbnail
+    and the thumbnail's local median: the likelier first; and whether the thumbnail decided it
+    clearly.
 
     A photo of a sheet on a darker desk is first cropped to the sheet (``_on_the_sheet``). The
     polarity is then decided around the strokes, not from the image border: each pixel of a
@@ -305,28 +347,37 @@ def _darkness(dark: np.ndarray, light: np.ndarray) -> tuple[list[np.ndarray], bo
     surroundings, darker or lighter, is the ink. When the call is close, or the strokes found
     fill most of their box (paper read as ink), both readings are tried (``_likelier_digit``).
     """
-    dark, light = _working_size(dark, light)
-    if int(dark.max()) - int(dark.min()) < MIN_CONTRAST and (
-        int(light.max()) - int(light.min()) < MIN_CONTRAST
-    ):
+    if _spread(dark) < MIN_CONTRAST and _spread(light) < MIN_CONTRAST:
         raise InvalidImage("the image shows no digit: it is blank (no ink)")
-    dark, light = _on_the_sheet(dark, light)
-    small_dark, small_light = _thumbnail(dark), _thumbnail(light)
+    small_light = _thumbnail(light)
+    dark, light, cropped = _on_the_sheet(dark, light, small_light)
+    if cropped:
+        small_light = _thumbnail(light)
+    small_dark = small_light if dark is light else _thumbnail(dark)
     window = _odd(min(small_dark.shape) / 3)
-    darker = cv2.subtract(cv2.medianBlur(small_dark, window), small_dark)
-    lighter = cv2.subtract(small_light, cv2.medianBlur(small_light, window))
+    median_dark = cv2.medianBlur(small_dark, window)
+    median_light = median_dark if small_light is small_dark else cv2.medianBlur(small_light, window)
+    darker = cv2.subtract(median_dark, small_dark)
+    lighter = cv2.subtract(small_light, median_light)
     margin = np.full_like(darker, MIN_CONTRAST // 2)
     dark_score = int(cv2.subtract(darker, margin).sum(dtype=np.int64))
     light_score = int(cv2.subtract(lighter, margin).sum(dtype=np.int64))
-    readings = [dark, cv2.bitwise_not(light)]
+    readings = [
+        (dark, small_dark, median_dark),
+        # the median of the inverted values is the inverted median
+        (cv2.bitwise_not(light), cv2.bitwise_not(small_light), cv2.bitwise_not(median_light)),
+    ]
     if light_score > dark_score:
         readings.reverse()
     decisive = max(light_score, dark_score) >= POLARITY_MARGIN * min(light_score, dark_score)
     return readings, decisive
 
 
-def _on_the_sheet(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both channels cropped to the sheet of paper when the picture shows one on a darker desk.
+def _on_the_sheet(
+    dark: np.ndarray, light: np.ndarray, small: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Both channels cropped to the sheet of paper when the picture shows one on a darker desk
+    (``small``: the thumbnail of ``light``), and whether they were.
 
     On a thumbnail, Otsu's threshold splits light from dark; the largest light component is a
     sheet when it covers at least SHEET_AREA of the picture, fills SHEET_FILL of its bounding box
@@ -334,11 +385,10 @@ def _on_the_sheet(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.n
     is darker than 40% of its brightness (a desk, not a shadow). White strokes on black fill far
     less of their box, so they are never taken for a sheet.
     """
-    small = _thumbnail(light)
     _, bright = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     count, _, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=4)
     if count <= 1:
-        return dark, light
+        return dark, light, False
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     left, top, width, height, area = (int(v) for v in stats[largest])
     rows, cols = small.shape
@@ -346,24 +396,28 @@ def _on_the_sheet(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.n
     framed = left >= margin or top >= margin or cols - left - width >= margin
     framed = framed or rows - top - height >= margin
     if not framed or area < SHEET_AREA * rows * cols or area < SHEET_FILL * width * height:
-        return dark, light
+        return dark, light, False
     # a desk, not a shadow: what lies around the sheet is far darker than the sheet
     sheet = small[top : top + height, left : left + width]
     outside = np.ones(small.shape, dtype=bool)
     outside[top : top + height, left : left + width] = False
     if np.median(small[outside]) > DARK_SURROUND_FRACTION * np.median(sheet):
-        return dark, light
+        return dark, light, False
     scale = dark.shape[0] / rows
     inset = 1  # leave the sheet's own edge (and its shadow) out
     y0, y1 = round((top + inset) * scale), round((top + height - inset) * scale)
     x0, x1 = round((left + inset) * scale), round((left + width - inset) * scale)
     if y1 - y0 < 8 or x1 - x0 < 8:
-        return dark, light
-    return dark[y0:y1, x0:x1], light[y0:y1, x0:x1]
+        return dark, light, False
+    if dark is light:
+        sheet = dark[y0:y1, x0:x1]
+        return sheet, sheet, True
+    return dark[y0:y1, x0:x1], light[y0:y1, x0:x1], True
 
 
-def _ink(darkness: np.ndarray) -> np.ndarray:
-    """uint8 [H, W] ink, 0..255: how much darker each pixel is than the paper around it.
+def _ink(darkness: np.ndarray, small: np.ndarray, median: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] ink, 0..255: how much darker each pixel is than the paper around it
+    (``small``: the thumbnail of ``darkness``; ``median``: its median over a third of it).
 
     The paper's local brightness is a morphological closing of a thumbnail (which removes every
     dark structure narrower than a quarter of the picture: the strokes), smoothed and enlarged.
@@ -371,7 +425,6 @@ def _ink(darkness: np.ndarray) -> np.ndarray:
     median of a third of the picture around a pixel is darker than 40% of the brightest paper,
     in a region reaching the picture's edge, that pixel is desk, not paper, and carries no ink.
     """
-    small = _thumbnail(darkness)
     side = _odd(max(small.shape) * BACKGROUND_KERNEL)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))  # separable: fast
     paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE)
@@ -380,7 +433,7 @@ def _ink(darkness: np.ndarray) -> np.ndarray:
     # own; and where the neighbourhood is mostly dark (the desk beside a sheet, which the closing
     # bridges), there is no paper to write on
     floor = max(int(paper.max() * DARK_SURROUND_FRACTION), 1)
-    surround = _touching_edge(cv2.medianBlur(small, _odd(min(small.shape) / 3)) < floor)
+    surround = _touching_edge(median < floor)
     height, width = darkness.shape
     if paper.shape != darkness.shape:
         paper = cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -405,22 +458,23 @@ def _touching_edge(mask: np.ndarray) -> np.ndarray:
 
 
 def _digit_strokes(ink: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the digit's strokes; ruled and grid lines, specks and stray marks left out."""
+    """uint8 [H, W], 1 on the digit's strokes; ruled and grid lines, specks and stray marks left
+    out."""
     smooth = cv2.GaussianBlur(ink, (3, 3), 0)
     otsu, _ = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    mask = (smooth > max(otsu, MIN_INK * 255.0)).view(np.uint8)
-    if not mask.any():
+    _, mask = cv2.threshold(smooth, max(otsu, MIN_INK * 255.0), 1, cv2.THRESH_BINARY)
+    if not cv2.hasNonZero(mask):
         raise InvalidImage("the image shows no digit: no ink found")
     mask = _without_lines(mask)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     kept = _digit_components(stats, ink.shape)
     if len(kept) == 1:
-        chosen = labels == kept[0]
+        chosen = (labels == kept[0]).view(np.uint8)
     else:
-        table = np.zeros(count, dtype=bool)
-        table[kept] = True
+        table = np.zeros(count, dtype=np.uint8)
+        table[kept] = 1
         chosen = table[labels]
-    if cv2.mean(ink, chosen.view(np.uint8))[0] < MIN_INK_LEVEL * 255.0:
+    if cv2.mean(ink, chosen)[0] < MIN_INK_LEVEL * 255.0:
         raise InvalidImage("the image shows no digit: the ink is too faint")
     return np.asarray(chosen)
 
@@ -433,8 +487,8 @@ def _without_lines(mask: np.ndarray) -> np.ndarray:
     drawn from edge to edge) and stays.
     """
     height, width = mask.shape
-    long_rows = mask.sum(axis=1, dtype=np.int32).max() >= width * LINE_LENGTH
-    long_cols = mask.sum(axis=0, dtype=np.int32).max() >= height * LINE_LENGTH
+    long_rows = cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).max() >= width * LINE_LENGTH
+    long_cols = cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).max() >= height * LINE_LENGTH
     if not (long_rows or long_cols):
         return mask  # no row or column holds enough ink for a line: the usual case, and cheap
     across = cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, int(width * LINE_LENGTH)), 1))
@@ -443,12 +497,12 @@ def _without_lines(mask: np.ndarray) -> np.ndarray:
         np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, across)),
         np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, down)),
     )
-    if not lines.any():
+    if not cv2.hasNonZero(lines):
         return mask
     # the ink a line hides under its own width: grow the lines a pixel before taking them out
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
     rest = mask & (1 - lines)
-    if int(rest.sum()) < LINES_ONLY_FRACTION * int(mask.sum()):
+    if cv2.countNonZero(rest) < LINES_ONLY_FRACTION * cv2.countNonZero(mask):
         return mask
     return np.asarray(rest)
 
@@ -512,43 +566,43 @@ def _digit_components(stats: np.ndarray, shape: tuple[int, ...]) -> list[int]:
 
 
 def stroke_width(strokes: np.ndarray) -> float:
-    """Mean stroke width of a bool mask in pixels: twice the area over the outline's length."""
-    mask = strokes.astype(np.uint8)
+    """Mean stroke width of a mask (bool, or uint8 0/1) in pixels: twice the area over the
+    outline's length."""
+    mask = strokes if strokes.dtype == np.uint8 else strokes.astype(np.uint8)
     inner = cv2.erode(mask, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    outline = int(mask.sum()) - int(inner.sum())
-    return 2.0 * float(mask.sum()) / max(outline, 1)
+    area = cv2.countNonZero(mask)
+    return 2.0 * area / max(area - cv2.countNonZero(inner), 1)
 
 
 def _relative_width(strokes: np.ndarray) -> float:
-    """The strokes' width in pixels of the 20x20 box the digit will be fitted into."""
-    rows = np.flatnonzero(strokes.any(axis=1))
-    cols = np.flatnonzero(strokes.any(axis=0))
-    size = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
-    return float(stroke_width(strokes) * DIGIT_BOX / size)
+    """The strokes' (uint8 0/1 mask) width in pixels of the 20x20 box the digit will fill."""
+    _, _, width, height = cv2.boundingRect(strokes)
+    return stroke_width(strokes) * DIGIT_BOX / max(width, height)
 
 
-def _normalised_strokes(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
+def _normalised_strokes(ink: np.ndarray, strokes: np.ndarray, width: float) -> np.ndarray:
     """float32 ink 0..1 of the digit alone, its stroke width brought into MNIST's range.
 
     MNIST's strokes, once the digit fits the 20x20 box, are STROKE_WIDTH_RANGE pixels wide (the
     5th to 95th percentile over the training digits, measured with ``stroke_width``); a marker
     digit is eroded and a thin pen digit dilated to the nearest end of that range.
     """
-    rows = np.flatnonzero(strokes.any(axis=1))
-    cols = np.flatnonzero(strokes.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    left, top, box_width, box_height = cv2.boundingRect(strokes)
+    bottom, right = top + box_height, left + box_width
     margin = 3
     window = (
         slice(max(top - margin, 0), bottom + margin),
         slice(max(left - margin, 0), right + margin),
     )
-    ink, strokes = ink[window].astype(np.float32) / 255.0, strokes[window]
-    level = float(np.percentile(ink[strokes], 90))
+    ink, strokes = ink[window], strokes[window]
+    level = float(np.percentile(ink[strokes.view(bool)], 90)) / 255.0  # uint8: quicker
     floor = MIN_INK / 2
-    region = cv2.dilate(strokes.astype(np.uint8), _SQUARE).astype(bool)
-    field = np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0) * region
+    # (ink / 255 - floor) / (level - floor), clipped to 0..1, only on and next to the strokes
+    gain = 1.0 / (255.0 * max(level - floor, 1e-3))
+    field = np.clip(ink.astype(np.float32) * np.float32(gain) - np.float32(floor * 255.0 * gain),
+                    0.0, 1.0)  # fmt: skip
+    field *= cv2.dilate(strokes, _SQUARE)
     size = max(bottom - top, right - left)
-    width = _relative_width(strokes)
     low, high = STROKE_WIDTH_RANGE
     change = 0.0
     if width > high:
@@ -565,23 +619,21 @@ def _normalised_strokes(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
 
 def _mnist_field(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit into 20x20 keeping the aspect, centre by mass in 28x28."""
-    rows = np.flatnonzero((ink > 0).any(axis=1))
-    cols = np.flatnonzero((ink > 0).any(axis=0))
-    if rows.size == 0:
+    left, top, width, height = cv2.boundingRect((ink > 0).view(np.uint8))
+    if width == 0 or height == 0:
         raise InvalidImage("the image shows no digit: no ink left")
-    crop = np.ascontiguousarray(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
-    height, width = crop.shape
+    crop = np.ascontiguousarray(ink[top : top + height, left : left + width])
     scale = DIGIT_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # area averaging when shrinking is the anti-aliasing MNIST's size normalisation used
     method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     patch = np.clip(cv2.resize(crop, size, interpolation=method), 0.0, 1.0)
-    mass = float(patch.sum())
+    moments = cv2.moments(patch)
+    mass = moments["m00"]
     if mass <= 0.0:
         raise InvalidImage("the image shows no digit: no ink left after scaling")
     # MNIST's centres of mass sit at index 14.0 (measured on the test set)
-    centre_row = float((patch.sum(axis=1) * np.arange(patch.shape[0])).sum()) / mass
-    centre_col = float((patch.sum(axis=0) * np.arange(patch.shape[1])).sum()) / mass
+    centre_row, centre_col = moments["m01"] / mass, moments["m10"] / mass
     top = _clamped(round(IMAGE_SIDE / 2 - centre_row), IMAGE_SIDE - patch.shape[0])
     left = _clamped(round(IMAGE_SIDE / 2 - centre_col), IMAGE_SIDE - patch.shape[1])
     field = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
