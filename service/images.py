@@ -60,6 +60,8 @@ SHEET_FILL = 0.75
 MAX_FILL = 0.8
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _SQUARE = np.ones((3, 3), np.uint8)
+#: reaches across a removed ruled line (up to 2 px wide, grown by a pixel each side)
+_BRIDGE = np.ones((5, 5), np.uint8)
 EXIF_ORIENTATION = 0x0112
 
 #: one reading of a picture: uint8 darkness [H, W] (ink dark), its thumbnail, and the thumbnail's
@@ -465,7 +467,7 @@ def _digit_strokes(ink: np.ndarray) -> np.ndarray:
     _, mask = cv2.threshold(smooth, max(otsu, MIN_INK * 255.0), 1, cv2.THRESH_BINARY)
     if not cv2.hasNonZero(mask):
         raise InvalidImage("the image shows no digit: no ink found")
-    mask = _without_lines(mask)
+    mask, ruled = _without_lines(mask)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     kept = _digit_components(stats, ink.shape)
     if len(kept) == 1:
@@ -474,23 +476,28 @@ def _digit_strokes(ink: np.ndarray) -> np.ndarray:
         table = np.zeros(count, dtype=np.uint8)
         table[kept] = 1
         chosen = table[labels]
+    if ruled is not None:
+        # where the digit crossed a ruled line, its pieces end on either side of the removed
+        # band: bring back the ink under the band next to them, so the strokes join again
+        chosen |= cv2.dilate(chosen, _BRIDGE) & ruled
     if cv2.mean(ink, chosen)[0] < MIN_INK_LEVEL * 255.0:
         raise InvalidImage("the image shows no digit: the ink is too faint")
     return np.asarray(chosen)
 
 
-def _without_lines(mask: np.ndarray) -> np.ndarray:
-    """The mask without straight horizontal or vertical lines that run across most of the picture.
+def _without_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mask without straight horizontal or vertical lines that run across most of the
+    picture, and the ink taken out with them (None when nothing was).
 
     Ruled and grid paper: an opening with a line-shaped element three quarters of the picture long
-    keeps only such lines. When nothing but lines would be left, the "line" is the digit (a one
-    drawn from edge to edge) and stays.
+    keeps only such lines. When nothing but lines would be left (less ink than one line across
+    the picture), the "line" is the digit (a one drawn from edge to edge) and stays.
     """
     height, width = mask.shape
     long_rows = cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).max() >= width * LINE_LENGTH
     long_cols = cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).max() >= height * LINE_LENGTH
     if not (long_rows or long_cols):
-        return mask  # no row or column holds enough ink for a line: the usual case, and cheap
+        return mask, None  # no row or column holds enough ink for a line: usual, and cheap
     across = cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, int(width * LINE_LENGTH)), 1))
     down = cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(3, int(height * LINE_LENGTH))))
     lines = np.maximum(
@@ -498,13 +505,14 @@ def _without_lines(mask: np.ndarray) -> np.ndarray:
         np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, down)),
     )
     if not cv2.hasNonZero(lines):
-        return mask
+        return mask, None
     # the ink a line hides under its own width: grow the lines a pixel before taking them out
-    lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    lines = cv2.dilate(lines, _SQUARE)
     rest = mask & (1 - lines)
-    if cv2.countNonZero(rest) < LINES_ONLY_FRACTION * cv2.countNonZero(mask):
-        return mask
-    return np.asarray(rest)
+    left = cv2.countNonZero(rest)
+    if left < LINES_ONLY_FRACTION * cv2.countNonZero(mask) and left < max(height, width):
+        return mask, None
+    return np.asarray(rest), np.asarray(mask & lines)
 
 
 def _digit_components(stats: np.ndarray, shape: tuple[int, ...]) -> list[int]:
