@@ -37,6 +37,8 @@ BACKGROUND_SIDE = 64
 BACKGROUND_KERNEL = 0.25
 #: a surround darker than this share of the paper's brightness is measured against the paper
 DARK_SURROUND_FRACTION = 0.4
+#: a dark region is a desk when it runs along the picture's edge for this share of its side
+DESK_CONTACT = 0.5
 #: an image whose ink and background differ by less than this (of 255) shows no digit
 MIN_CONTRAST = 32
 #: ink (relative darkness against the local paper) below this is paper; strokes reach beyond
@@ -60,6 +62,10 @@ SHEET_FILL = 0.75
 MAX_FILL = 0.8
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _SQUARE = np.ones((3, 3), np.uint8)
+#: ruled lines are at most this many pixels wide in the analysed picture
+RULE_WIDTH = 4
+_THICK_DOWN = np.ones((RULE_WIDTH + 1, 1), np.uint8)
+_THICK_ACROSS = np.ones((1, RULE_WIDTH + 1), np.uint8)
 #: reaches across a removed ruled line (up to 2 px wide, grown by a pixel each side)
 _BRIDGE = np.ones((5, 5), np.uint8)
 EXIF_ORIENTATION = 0x0112
@@ -439,7 +445,10 @@ def _ink(darkness: np.ndarray, small: np.ndarray, median: np.ndarray) -> np.ndar
     height, width = darkness.shape
     if paper.shape != darkness.shape:
         paper = cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR)
-    ink = cv2.divide(cv2.subtract(paper, darkness), np.maximum(paper, np.uint8(floor)), scale=255)
+    # paper darker than the floor (inside a blot of marker wider than the closing) is no paper:
+    # ink is measured against the floor there, so a thick stroke does not turn hollow
+    paper = np.maximum(paper, np.uint8(floor))
+    ink = cv2.divide(cv2.subtract(paper, darkness), paper, scale=255)
     if surround.any():
         paper_here = (~surround).view(np.uint8)
         ink = ink * np.asarray(
@@ -449,13 +458,14 @@ def _ink(darkness: np.ndarray, small: np.ndarray, median: np.ndarray) -> np.ndar
 
 
 def _touching_edge(mask: np.ndarray) -> np.ndarray:
-    """The parts of a bool mask connected to the picture's edge (a desk, not a marker's stroke)."""
+    """The parts of a bool mask that run along the picture's edge for at least DESK_CONTACT of
+    its longest side (a desk, not a marker's stroke that reaches the edge)."""
     if not mask.any():
         return mask
     count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=4)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    table = np.zeros(count, dtype=bool)
-    table[edge[edge > 0]] = True
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    table = np.bincount(border, minlength=count) >= DESK_CONTACT * max(mask.shape)
+    table[0] = False
     return np.asarray(table[labels])
 
 
@@ -500,10 +510,12 @@ def _without_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return mask, None  # no row or column holds enough ink for a line: usual, and cheap
     across = cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, int(width * LINE_LENGTH)), 1))
     down = cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(3, int(height * LINE_LENGTH))))
-    lines = np.maximum(
-        np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, across)),
-        np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, down)),
-    )
+    rows = cv2.morphologyEx(mask, cv2.MORPH_OPEN, across)
+    cols = cv2.morphologyEx(mask, cv2.MORPH_OPEN, down)
+    # a rule is thin: what is thicker than RULE_WIDTH across it is a stroke (a one's long bar)
+    rows = cv2.subtract(rows, cv2.morphologyEx(rows, cv2.MORPH_OPEN, _THICK_DOWN))
+    cols = cv2.subtract(cols, cv2.morphologyEx(cols, cv2.MORPH_OPEN, _THICK_ACROSS))
+    lines = cv2.max(rows, cols)
     if not cv2.hasNonZero(lines):
         return mask, None
     # the ink a line hides under its own width: grow the lines a pixel before taking them out
