@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 from flask import Blueprint, Response
+from flask import request as flask_request
 from PIL import Image
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
 from service import json_arrays
 from service.access import require_api_token
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
-from service.dispatch import Answer, InferenceRequest
+from service.dispatch import Answer, InferenceRequest, read_decoded_body
 from service.errors import (
     TOO_DEEP,
     BadRequest,
@@ -37,13 +38,13 @@ from service.errors import (
     body_over_limit,
 )
 from service.images import ImageLimits, encode_png_base64, preprocess_image
+from service.json_body import check_depth
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
 from service.model.reject import Decision, RejectOption
 from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
-from service.v2.binary import decompress_body
 
 if TYPE_CHECKING:
     from service.store.recorder import PredictionRecorder
@@ -209,6 +210,7 @@ def images_from_json_objects(
         # orjson is strict and fast; the standard parser, on this rare path, says what was wrong
         # (NaN, Infinity) or reads what orjson refuses but is still only out of range (1e999)
         payload = _parse_slowly(body)
+    check_depth(payload, body)  # the one answer to a hostile depth, whichever parser read it
     if not isinstance(payload, dict):
         raise InvalidInput('the body must be a JSON object {"images": [...]}')
     if "images" not in payload:
@@ -403,12 +405,7 @@ def form_over_limits(req: Request) -> PayloadTooLarge:
 
 def request_body(req: InferenceRequest, config: ServiceConfig) -> bytes:
     """The whole body; PayloadTooLarge when it is over the limit, chunked bodies included."""
-    body = req.body(config.max_body_bytes)  # a body over the limit, chunked or not, is a 413
-    length = req.content_length
-    if length is not None and len(body) < length:
-        raise ClientDisconnected()  # the client went away mid-body: never parse a cut body
-    # gzip and deflate inflate to at most the body limit (a bomb costs nothing); others are 415
-    return decompress_body(body, req.header("Content-Encoding"), config.max_body_bytes)
+    return read_decoded_body(req.environ, config.max_body_bytes)
 
 
 def inflated(req: InferenceRequest, config: ServiceConfig) -> InferenceRequest:
@@ -664,6 +661,8 @@ class ExplainEndpoint:
 
     def answer(self, request: InferenceRequest) -> Answer:
         """The explanations of the request's images; a ServiceError says what was wrong."""
+        # it runs the model (and shows its activations): the inference token, as /predict
+        require_api_token(request.header("Authorization"), self.config.api_tokens)
         check_model(request.args["model"])
         query = request.query_string
         options = parse_options(request.query()) if query else PredictOptions()
@@ -695,6 +694,8 @@ def create_blueprint(
 
     @blueprint.get(WEIGHTS_ROUTE)
     def first_layer(model: str) -> Response:
+        # the model's weights are worth as much as its answers: the inference token guards them
+        require_api_token(flask_request.headers.get("Authorization"), config.api_tokens)
         check_model(model)
         body = orjson.dumps(first_layer_json(weights_of.current()))
         return Response(body, mimetype=JSON_TYPE)

@@ -25,7 +25,7 @@ from werkzeug.utils import cached_property
 
 from service import api, feedback, images, openapi, page
 from service.config import ServiceConfig
-from service.dispatch import InferenceDispatcher, InferenceEndpoint, read_body
+from service.dispatch import InferenceDispatcher, InferenceEndpoint, read_decoded_body
 from service.error_render import render_error
 from service.errors import ModelUnavailable, NotFound, body_over_limit
 from service.model.explain import Explainer
@@ -51,8 +51,9 @@ RECORDER_KEY = "mnist.recorder"
 
 class BoundedRequest(Request):
     """Flask's request, whose body is read as the inference routes read theirs
-    (service.dispatch.read_body): a body over MAX_CONTENT_LENGTH, chunked ones included, is the
-    service's 413 naming the limit, never a body silently cut at it."""
+    (service.dispatch.read_decoded_body): a body over MAX_CONTENT_LENGTH, chunked ones included,
+    is the service's 413 naming the limit, never a body silently cut at it; gzip and deflate are
+    inflated, any other Content-Encoding is a 415."""
 
     @cached_property
     def stream(self) -> IO[bytes]:
@@ -60,7 +61,7 @@ class BoundedRequest(Request):
         limit = self.max_content_length
         if limit is None:
             return super().stream
-        return io.BytesIO(read_body(self.environ, limit))
+        return io.BytesIO(read_decoded_body(self.environ, limit))
 
 
 def create_app(

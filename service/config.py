@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.model.contract import MAX_BATCH_SIZE
 
@@ -108,15 +108,26 @@ class ServiceConfig:
                 environ, "MAX_MODEL_BYTES", _positive_int, defaults.max_model_bytes
             ),
             admin_token=environ.get("ADMIN_TOKEN", "").strip() or None,
-            api_tokens=frozenset(
-                token.strip() for token in environ.get("API_TOKENS", "").split(",") if token.strip()
-            ),
+            api_tokens=_api_tokens(environ),
             mnist_data_dir=Path(environ["MNIST_DATA_DIR"])
             if environ.get("MNIST_DATA_DIR")
             else None,
             min_confidence=_read(environ, "MIN_CONFIDENCE", _probability, None),
             store=_store_config(environ),
         )
+
+
+def _api_tokens(environ: Mapping[str, str]) -> frozenset[str]:
+    """The tokens of API_TOKENS (comma-separated); ConfigError when it is set but holds none,
+    which would otherwise leave inference open while the operator thinks it is closed."""
+    text = environ.get("API_TOKENS", "")
+    tokens = frozenset(token.strip() for token in text.split(",") if token.strip())
+    if text.strip() and not tokens:
+        raise ConfigError(
+            f"API_TOKENS={text!r} holds no token (only commas and spaces): set comma-separated "
+            "tokens, or leave it unset for open inference"
+        )
+    return tokens
 
 
 def _probability(text: str) -> float:
@@ -139,6 +150,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: what a setting read by each parser must be, for the message of a bad one
+_EXPECTED: dict[Callable[[str], Any], str] = {
+    _positive_int: "a positive integer",
+    _probability: "a number from 0 to 1",
+}
+
+
 def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
     text = environ.get(name, "").strip()
     if not text:
@@ -146,5 +164,5 @@ def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], T], defa
     try:
         return parse(text)
     except ValueError:
-        expected = "a positive integer" if parse is _positive_int else "a number"
+        expected = _EXPECTED.get(parse, "a number")
         raise ConfigError(f"{name}={text!r} is not valid: expected {expected}") from None

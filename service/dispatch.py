@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wsgi import get_content_length
 
 from service.error_render import render_error, status_line
@@ -34,6 +35,7 @@ from service.observability.wsgi import (
     WsgiApp,
     facts_of,
 )
+from service.v2.binary import decompress_body
 
 #: werkzeug's default converter: one path segment
 _SEGMENT = "[^/]+"
@@ -129,6 +131,21 @@ def read_body(environ: Environ, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise body_over_limit(max_bytes)
     return data
+
+
+def read_decoded_body(environ: Environ, max_bytes: int) -> bytes:
+    """The whole body of the request ``environ`` describes, with its Content-Encoding undone.
+
+    Every route with a body reads it here (the inference endpoints, and Flask's routes through
+    service.app.BoundedRequest): :func:`read_body`'s 413; ClientDisconnected when the client
+    went away mid-body (a cut body is never parsed); gzip and deflate inflated to at most
+    ``max_bytes`` (a bomb costs nothing, a larger body is a 413); any other encoding a 415.
+    """
+    body = read_body(environ, max_bytes)
+    length = get_content_length(environ)
+    if length is not None and len(body) < length:
+        raise ClientDisconnected()
+    return decompress_body(body, environ.get("HTTP_CONTENT_ENCODING"), max_bytes)
 
 
 class InferenceEndpoint(Protocol):

@@ -26,6 +26,7 @@ from service.errors import (
     UnknownPrediction,
     UnsupportedMediaType,
 )
+from service.json_body import check_depth, echo, parse_json, shorten
 from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
 from service.store.config import StoreConfig
 from service.store.database import FeedbackItem, PredictionStore, wait_for_feedback
@@ -41,10 +42,8 @@ def parse_feedback(body: bytes) -> list[FeedbackItem]:
     """The feedback items of a JSON body; BadRequest or InvalidInput says what is wrong."""
     if not body.strip():
         raise BadRequest('the body is empty; expected JSON {"request_id": "...", "label": 0-9}')
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+    payload = parse_json(body)
+    check_depth(payload, body)
     entries = payload if isinstance(payload, list) else [payload]
     if not entries:
         raise InvalidInput("the list is empty: send at least one feedback object")
@@ -59,7 +58,9 @@ def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
         raise InvalidInput(f'{where}expected an object {{"request_id": "...", "label": 0-9}}')
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
-        raise InvalidInput(f"{where}unknown field(s) {unknown}; accepted: index, label, request_id")
+        raise InvalidInput(
+            f"{where}unknown field(s) {shorten(str(unknown))}; accepted: index, label, request_id"
+        )
     request_id = entry.get("request_id")
     if not isinstance(request_id, str) or not request_id.strip():
         raise InvalidInput(f'{where}"request_id" must be the request id of an answer (a string)')
@@ -67,7 +68,7 @@ def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
         raise InvalidInput(f'{where}"request_id" is longer than {MAX_REQUEST_ID} characters')
     label = entry.get("label")
     if type(label) is not int or not 0 <= label < N_CLASSES:
-        shown = "missing" if "label" not in entry else orjson.dumps(label).decode()[:40]
+        shown = "missing" if "label" not in entry else echo(label)
         raise InvalidInput(f'{where}"label" must be an integer 0..9 (the right digit), not {shown}')
     index = entry.get("index", 0)
     if type(index) is not int or not 0 <= index < MAX_BATCH_SIZE:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from service.errors import TOO_DEEP, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.json_body import check_depth
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_LENGTH_PREFIX = struct.Struct("<I")
@@ -86,6 +87,7 @@ def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], 
             where = f"the first {end} bytes of the body ({HEADER_LENGTH})"
         reason = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
         raise BadRequest(f"{where} is not a valid JSON inference request: {reason}{hint}") from exc
+    check_depth(header, memoryview(body)[:end])
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
     return header, BinarySection(memoryview(body)[end:])

@@ -17,18 +17,23 @@ interval (MODEL_POLL_SECONDS).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import flask
 
 from service.access import require_admin
 from service.config import ServiceConfig
-from service.errors import BadRequest, NotFound
+from service.errors import InvalidInput, NotFound, UnsupportedMediaType
+from service.json_body import echo, json_object, shorten
 from service.model import lifecycle
 from service.model.predictor import Predictor
 from service.model.repository import ModelRepository
 from service.model.testset import MnistTestSet, MnistUnavailable, load_test_set
+
+JSON_TYPE = "application/json"
+#: the largest version number a call names (Triton's versions are int64)
+MAX_VERSION = 2**63 - 1
 
 
 class _TestSetCache:
@@ -51,34 +56,43 @@ class _TestSetCache:
             return self._value
 
 
-def _body() -> dict[str, Any]:
+def _body(fields: Collection[str] = ()) -> dict[str, Any]:
+    """The request's JSON object (``{}`` when the body is empty) holding only ``fields``."""
     request = flask.request
-    if not request.get_data(cache=True):
-        return {}
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    return data
+    body = request.get_data(cache=True)
+    if body.strip() and request.mimetype not in ("", JSON_TYPE):
+        raise UnsupportedMediaType(
+            f"{shorten(request.mimetype)} is not accepted; send {JSON_TYPE} (or no Content-Type)"
+        )
+    return json_object(body, fields, request.path)
 
 
 def _integer(body: dict[str, Any], key: str) -> int:
     value = body.get(key)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise BadRequest(f"{key!r} must be a positive integer, not {value!r}")
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_VERSION):
+        shown = "missing" if key not in body else echo(value)
+        raise InvalidInput(
+            f"{key!r} must be a version number, an integer 1..{MAX_VERSION}, not {shown}"
+        )
     return value
 
 
-def _number(body: dict[str, Any], key: str) -> float:
-    value = body.get(key)
-    if not (isinstance(value, int | float) and not isinstance(value, bool)):
-        raise BadRequest(f"{key!r} must be a number, not {value!r}")
+def _number(body: dict[str, Any], key: str, low: float, high: float, meaning: str) -> float:
+    """``body[key]``, a number in (low, high]; InvalidInput names the key, range and value."""
+    value: Any = body.get(key)
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (is_number and low < value <= high):  # NaN and 1e999 fail the range test
+        shown = "missing" if key not in body else echo(value)
+        raise InvalidInput(
+            f"{key!r} must be a number in ({low:g}, {high:g}] ({meaning}), not {shown}"
+        )
     return float(value)
 
 
 def _flag(body: dict[str, Any], key: str) -> bool:
     value = body.get(key, False)
     if not isinstance(value, bool):
-        raise BadRequest(f"{key!r} must be true or false, not {value!r}")
+        raise InvalidInput(f"{key!r} must be true or false, not {echo(value)}")
     return value
 
 
@@ -114,7 +128,7 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
 
     @blueprint.post("/index")
     def index() -> Any:
-        body = _body()
+        body = _body(("ready",))
         ready_only = _flag(body, "ready")
         state = repository().read_state()
         loaded = set(predictor.loaded_versions())
@@ -140,10 +154,14 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
                 rows.append(row)
         return flask.jsonify(rows)
 
-    def route(name: str, action: Callable[[str, dict[str, Any]], lifecycle.Outcome]) -> None:
+    def route(
+        name: str,
+        action: Callable[[str, dict[str, Any]], lifecycle.Outcome],
+        fields: Collection[str] = (),
+    ) -> None:
         def view(model: str) -> Any:
             check_model(model)
-            return applied(action(model, _body()))
+            return applied(action(model, _body(fields)))
 
         blueprint.add_url_rule(f"/models/<model>/{name}", f"{name}", view, methods=["POST"])
 
@@ -158,6 +176,7 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
             test_sets.get(),
             force=_flag(body, "force"),
         ),
+        ("version", "force"),
     )
     route("rollback", lambda model, body: lifecycle.rollback(repository()))
     route(
@@ -166,11 +185,12 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
             repository(),
             "canary",
             _integer(body, "version"),
-            _number(body, "percent") / 100.0,
+            _number(body, "percent", 0, 100, "the share of requests, in percent") / 100.0,
             config,
             test_sets.get(),
             force=_flag(body, "force"),
         ),
+        ("version", "percent", "force"),
     )
     route(
         "shadow",
@@ -178,11 +198,12 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
             repository(),
             "shadow",
             _integer(body, "version"),
-            _number(body, "sample"),
+            _number(body, "sample", 0, 1, "the share of requests the shadow also runs"),
             config,
             None,
             force=_flag(body, "force"),
         ),
+        ("version", "sample", "force"),
     )
     route("end-trial", lambda model, body: lifecycle.end_trial(repository()))
     return blueprint

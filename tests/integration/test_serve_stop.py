@@ -145,6 +145,9 @@ BAD_SETTINGS = {
     "GUNICORN_THREADS": ("-3", "GUNICORN_THREADS='-3': expected an integer >= 1"),
     "DATABASE_URL": ("bogus://x", "DATABASE_URL='bogus://x': the store speaks postgresql"),
     "OTEL_TRACES_EXPORTER": ("bogus", "OTEL_TRACES_EXPORTER='bogus': this service exports otlp"),
+    # only empty entries would otherwise leave inference open while it looks closed
+    "API_TOKENS": (", ", "API_TOKENS=', ' holds no token"),
+    "MIN_CONFIDENCE": ("2", "MIN_CONFIDENCE='2' is not valid: expected a number from 0 to 1"),
 }
 #: read by gunicorn itself before its configuration file (a traceback there): mnist-serve only
 BAD_SERVE_SETTINGS = {

@@ -69,6 +69,9 @@ def test_blank_values_mean_the_default() -> None:
         ("MAX_IMAGE_BYTES", "-1"),
         ("MAX_IMAGE_PIXELS", "many"),
         ("MAX_REQUEST_PIXELS", "0"),
+        ("MIN_CONFIDENCE", "2"),
+        ("API_TOKENS", ", "),
+        ("API_TOKENS", ",,"),
     ],
 )
 def test_an_invalid_value_names_the_variable(name: str, value: str) -> None:
@@ -80,3 +83,11 @@ def test_the_config_is_frozen() -> None:
     config = ServiceConfig()
     with pytest.raises(FrozenInstanceError):
         config.max_batch = 3  # type: ignore[misc]
+
+
+def test_a_bad_setting_says_what_it_must_be() -> None:
+    with pytest.raises(ConfigError, match="expected a number from 0 to 1"):
+        ServiceConfig.from_env({"MIN_CONFIDENCE": "2"})
+    with pytest.raises(ConfigError, match="holds no token"):
+        ServiceConfig.from_env({"API_TOKENS": " , "})
+    assert ServiceConfig.from_env({"API_TOKENS": " a, ,b "}).api_tokens == {"a", "b"}

@@ -101,10 +101,10 @@ def test_promote_rollback_and_trials_over_http(admin: FlaskClient, models: Path)
     assert ended.get_json()["state"]["trial"] is None
 
 
-def test_bad_admin_bodies_are_400_and_refusals_409(admin: FlaskClient, models: Path) -> None:
+def test_bad_admin_bodies_are_422_and_refusals_409(admin: FlaskClient, models: Path) -> None:
     for body in ({"version": "2"}, {"version": 0}, {"version": 2, "force": "yes"}):
         response = admin.post("/v2/repository/models/mnist/promote", json=body, headers=ADMIN)
-        assert response.status_code == 400, body
+        assert response.status_code == 422, body
     missing = admin.post("/v2/repository/models/mnist/promote", json={"version": 9}, headers=ADMIN)
     assert missing.status_code == 404
     nothing = admin.post("/v2/repository/models/mnist/rollback", headers=ADMIN)
@@ -134,7 +134,16 @@ def test_api_tokens_close_inference_and_nothing_else(models: Path) -> None:
         "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}]
     }
     assert client.post("/v2/models/mnist/infer", json=infer).status_code == 401
+    # the routes that run the model or show its weights, whatever the body
+    assert client.post("/v2/models/mnist/explain", json=body).status_code == 401
+    png = client.post("/v2/models/mnist/explain", data=b"\x89PNG", content_type="image/png")
+    assert png.status_code == 401
+    assert client.get("/v2/models/mnist/explain/weights").status_code == 401
+    token = {"Authorization": "Bearer alpha"}
+    assert client.post("/v2/models/mnist/explain", json=body, headers=token).status_code == 200
+    assert client.get("/v2/models/mnist/explain/weights", headers=token).status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models/mnist/versions/1/card").status_code == 200
     open_client = make_client(models)
     assert open_client.post("/predict", json=body).status_code == 200
 

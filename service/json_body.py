@@ -1,0 +1,139 @@
+"""JSON request bodies of the routes answered by Flask (admin, feedback), and echoing client
+input in error messages.
+
+One parser, so that every such route tells the same things the same way: ``malformed JSON: ...``
+(NaN and Infinity included: they are not JSON), :data:`service.errors.TOO_DEEP` for a hostile
+nesting depth, and a field outside the route's own refused by name. Echoes of client values are
+cut at :data:`MAX_ECHO` characters with an ellipsis, and never recurse into a deep value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+import orjson
+
+from service.errors import TOO_DEEP, BadRequest, InvalidInput
+
+#: the longest echo of a client's value in an error message (characters, before the ellipsis)
+MAX_ECHO = 60
+#: orjson's own nesting limit is 1024; the standard parser's recursion limit is about 1000:
+#: this depth (and more) is refused the one way, whichever parser met it
+MAX_DEPTH = 1000
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    """``text``, or its first ``limit`` characters and an ellipsis when it is longer."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class WrittenNumber(float):
+    """A JSON number too large for a float (``1e999``): infinite, but echoed as written."""
+
+    text: str
+
+    def __new__(cls, text: str) -> WrittenNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+def echo(value: Any, limit: int = MAX_ECHO) -> str:
+    """A client's JSON value as it would be written, for an error message (at most ``limit``
+    characters and an ellipsis); a value too deep to write is named by its kind."""
+    if isinstance(value, WrittenNumber):
+        text = value.text
+    elif isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)  # orjson writes no integer beyond 64 bits
+    else:
+        try:
+            text = orjson.dumps(value).decode()
+        except (orjson.JSONEncodeError, TypeError):  # nested deeper than orjson writes
+            text = "a list" if isinstance(value, list) else "an object"
+    return shorten(text, limit)
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"malformed JSON: {name} is not JSON (a number must be finite)")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document of ``body``; BadRequest (400) says what is wrong with a malformed one.
+
+    Strict JSON (RFC 8259): NaN, Infinity and -Infinity are refused. A number too large for a
+    float (``1e999``) is read as a :class:`WrittenNumber`, so that the route's range check
+    names it as written.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        orjson_error = exc
+    if "depth limit" in str(orjson_error):
+        raise BadRequest(f"malformed JSON: {TOO_DEEP}")
+    try:
+        # the standard parser says where a bad document breaks, and reads 1e999
+        return json.loads(body, parse_constant=_no_constant, parse_float=_float)
+    except RecursionError:
+        raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def _float(text: str) -> float:
+    number = float(text)
+    return number if number not in (float("inf"), float("-inf")) else WrittenNumber(text)
+
+
+def depth(value: Any) -> int:
+    """How many lists and objects are inside each other in ``value`` (0 for a number)."""
+    deepest = 0
+    level = [value]
+    while level:
+        containers = [item for item in level if isinstance(item, list | dict)]
+        if not containers:
+            break
+        deepest += 1
+        level = [
+            child
+            for item in containers
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return deepest
+
+
+def check_depth(document: Any, body: bytes | memoryview) -> None:
+    """BadRequest with :data:`TOO_DEEP` when ``document`` (parsed from ``body``) holds lists and
+    objects :data:`MAX_DEPTH` deep; a body with fewer opening brackets is passed at once."""
+    data = bytes(body) if isinstance(body, memoryview) else body
+    if data.count(b"[") + data.count(b"{") >= MAX_DEPTH and depth(document) >= MAX_DEPTH:
+        raise BadRequest(f"malformed JSON: {TOO_DEEP}")
+
+
+def json_object(body: bytes, fields: Collection[str], route: str) -> dict[str, Any]:
+    """The JSON object of ``body`` (``{}`` for an empty body), holding only ``fields``.
+
+    BadRequest for malformed or too deeply nested JSON; InvalidInput (422) for a body that is
+    not an object, or holds a field outside ``fields`` (named, with the accepted ones).
+    """
+    if not body.strip():
+        return {}
+    document = parse_json(body)
+    check_depth(document, body)
+    if not isinstance(document, dict):
+        raise InvalidInput(f"the body of {route} must be a JSON object, not {echo(document)}")
+    unknown = sorted(set(document) - set(fields))
+    if unknown:
+        accepted = ", ".join(sorted(fields)) or "none"
+        raise InvalidInput(
+            f"unknown field(s) {shorten(str(unknown))} in the body of {route}; accepted: {accepted}"
+        )
+    return document
