@@ -424,6 +424,8 @@ def parse_card(text: str | bytes) -> ModelCard:
         document = json.loads(text)
     except ValueError as exc:
         raise CardError(f"not JSON: {exc}") from exc
+    except RecursionError:  # a hostile file: arrays or objects nested thousands deep
+        raise CardError("unreadable: JSON nested too deeply to read") from None
     return ModelCard.from_json(document)
 
 

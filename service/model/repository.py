@@ -106,7 +106,7 @@ class ModelVersion:
         """The parsed card.json; RepositoryError when it is missing or not a JSON object."""
         try:
             card = json.loads(self.card_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise RepositoryError(f"version {self.version}: unreadable {CARD_FILE}: {exc}") from exc
         if not isinstance(card, dict):
             raise RepositoryError(f"version {self.version}: {CARD_FILE} is not a JSON object")
@@ -387,6 +387,10 @@ class ModelRepository:
             data = json.loads(text)
         except ValueError as exc:
             raise RepositoryError(f"{LABELS_FILE} is not JSON: {exc}") from exc
+        except RecursionError:  # a hostile file: arrays or objects nested thousands deep
+            raise RepositoryError(
+                f"{LABELS_FILE} is unreadable: JSON nested too deeply to read"
+            ) from None
         return ServingState.from_json(data)
 
     def snapshot(self) -> tuple[ServingState, dict[int, ModelVersion]]:

@@ -155,6 +155,8 @@ def read_selftest(version: ModelVersion, card: contract.ModelCard) -> dict[str, 
         selftest = json.loads(data)
     except ValueError as exc:
         raise ModelRejected(f"the selftest file {name} is not JSON: {exc}") from exc
+    except RecursionError:  # a hostile file: arrays or objects nested thousands deep
+        raise ModelRejected(f"the selftest file {name} is JSON nested too deeply to read") from None
     if not isinstance(selftest, dict):
         raise ModelRejected(f"the selftest file {name} is not a JSON object")
     return selftest

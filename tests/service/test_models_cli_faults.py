@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from service.errors import ModelUnavailable
 from service.model.cli import main
-from service.model.repository import ModelRepository, ServingState
+from service.model.repository import ModelRepository, RepositoryError, ServingState
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 from tests.service.conftest import publish_copy
 
@@ -129,3 +131,46 @@ def test_every_exit_code_is_documented() -> None:
     for code in (2, 3, 4, 5, 6, 7, 141):
         assert f"{code} " in help_text.split("exit codes:")[1]
         assert f"{code} " in doc.split("Exit codes:")[1].split("\n\n")[0]
+
+
+def hostile_labels(root: Path) -> None:
+    """labels.json as arrays nested 100,000 deep: valid JSON that Python's parser cannot read."""
+    (root / "mnist" / "labels.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def test_a_hostile_labels_json_is_one_line_and_exit_5(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile_labels(repo)
+    assert main(["--models-dir", str(repo), "list"]) == 5
+    assert main(["--models-dir", str(repo), "rollback"]) == 5
+    lines = capsys.readouterr().err.strip().splitlines()
+    unreadable = "labels.json is unreadable: JSON nested too deeply to read"
+    assert lines == [
+        f"mnist-models: repository error: {unreadable}",
+        f"mnist-models: cannot read the serving state: {unreadable}",
+    ]
+
+
+def test_a_worker_with_a_hostile_labels_json_is_live_not_ready_and_says_why(
+    model_repo: Path, make_predictor: Any
+) -> None:
+    hostile_labels(model_repo)
+    predictor = make_predictor()
+    with pytest.raises(
+        ModelUnavailable, match=r"labels\.json is unreadable: JSON nested too deeply"
+    ):
+        predictor.load()
+    (model_repo / "mnist" / "labels.json").write_text('{"stable": 1}')  # repaired: it serves
+    assert predictor.load().version == 1
+
+
+def test_a_hostile_card_or_selftest_is_a_validation_failure(repo: Path) -> None:
+    from service.model.contract import CardError, parse_card
+
+    with pytest.raises(CardError, match="nested too deeply"):
+        parse_card("{" + '"a":{' * 100_000 + "}" * 100_001)
+    card = repo / "mnist" / "3" / "card.json"
+    card.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RepositoryError, match=r"unreadable card\.json"):
+        ModelRepository(repo).get(3).read_card()
