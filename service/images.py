@@ -201,22 +201,23 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
         # formats= keeps every other decoder (and its attack surface) out of reach
         image = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError as exc:
+        name = signature_format(data)
+        if name in limits.formats:  # an accepted format whose header its decoder refused
+            reason = _header_error(data, name)
+            raise InvalidImage(f"the {name} image cannot be decoded ({reason})") from exc
         raise InvalidImage(f"{_describe_unaccepted(data)}; send {accepted}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own header check fired first (far beyond our limit)
+        # Pillow's own header check fired first (far beyond our limit): its true size
+        size = header_size(data, limits.formats)
+        if size is not None:
+            check_size(*size, limits)
         raise InvalidImage(
             f"the image claims too many pixels; the limit is {limits.max_pixels} pixels"
         ) from exc
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"the image cannot be decoded ({_reason(exc)})") from exc
     width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidImage(f"the image is {width}x{height} pixels; it has no pixels")
-    if width * height > limits.max_pixels:
-        raise InvalidImage(
-            f"the image is {width}x{height} = {width * height} pixels; "
-            f"the limit is {limits.max_pixels} pixels"
-        )
+    check_size(width, height, limits)
     try:
         if image.format == "JPEG":
             # let libjpeg decode at 1/2..1/8 scale: a phone photo then costs a fraction
@@ -664,6 +665,69 @@ def _mnist_field(ink: np.ndarray) -> np.ndarray:
 def _clamped(offset: int, largest: int) -> int:
     """An offset kept inside the field, so an off-balance digit is not cut."""
     return min(max(offset, 0), largest)
+
+
+def check_size(width: int, height: int, limits: ImageLimits) -> None:
+    """InvalidImage (422) naming the size when a ``width`` x ``height`` image has no pixels or
+    more than ``limits.max_pixels``."""
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the image is {width}x{height} pixels; it has no pixels")
+    if width * height > limits.max_pixels:
+        raise InvalidImage(
+            f"the image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_pixels} pixels"
+        )
+
+
+def _parse_header(data: bytes, name: str) -> Image.Image:
+    """``data`` opened by the decoder of format ``name`` itself: the header read, nothing decoded,
+    and Pillow's decompression-bomb check skipped (the caller checks the size it reads)."""
+    Image.init()
+    factory, _ = Image.OPEN[name]
+    return factory(io.BytesIO(data), "")
+
+
+def header_size(data: bytes, formats: tuple[str, ...]) -> tuple[int, int] | None:
+    """(width, height) as the header of ``data`` says, in the first of ``formats`` that reads
+    it; None when none does. Nothing is decoded, whatever size the header claims."""
+    named = signature_format(data)
+    Image.init()
+    for name in (named,) if named in formats else formats:
+        accept = Image.OPEN[name][1]
+        if accept is not None and not accept(data[:64]):
+            continue  # not this format's signature: as Image.open would skip it
+        try:
+            with _parse_header(data, name) as image:
+                width, height = image.size
+                return int(width), int(height)
+        except _DECODE_ERRORS:
+            continue
+    return None
+
+
+def _header_error(data: bytes, name: str) -> str:
+    """Why the decoder of ``name`` refuses the header of ``data``."""
+    try:
+        with _parse_header(data, name) as image:
+            width, height = image.size
+    except _DECODE_ERRORS as exc:
+        if isinstance(exc, struct.error | EOFError) or "buffer" in str(exc):
+            return "the data ends inside its header"
+        if "not identified" in str(exc):  # Pillow's words for a header its decoder refuses
+            return "its header is broken or declares no pixels"
+        return _reason(exc)
+    return f"its header says {width}x{height} pixels but nothing more can be read"
+
+
+def signature_format(data: bytes) -> str | None:
+    """The format the first bytes of ``data`` announce (PNG, JPEG, GIF...), or None."""
+    head = data[:16].lstrip()
+    for signature, name in _KNOWN_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
 
 
 def _describe_unaccepted(data: bytes) -> str:

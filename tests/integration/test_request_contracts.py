@@ -6,9 +6,11 @@ Content-Encoding is undone or refused; admin values are refused naming the field
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
+import re
 import shutil
 import zlib
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import requests
 from PIL import Image
 
 from tests.conftest import COMMITTED_MODELS
+from tests.image_headers import HUGE, huge_png
 from tests.integration.conftest import RunningServer, start_gunicorn
 from tests.integration.test_hostile_requests import ADMIN, API, JSON, exchange, http
 
@@ -185,3 +188,29 @@ def test_every_body_is_inflated_and_an_unknown_encoding_is_a_415(
         answer = exchange(server, http("POST", path, headers, body))
         assert answer.status == 415, answer
         assert encoding in answer.error_message()
+
+
+@pytest.mark.parametrize("name", sorted(HUGE))
+def test_an_image_header_claiming_billions_of_pixels_is_a_422_with_its_true_size(
+    server: RunningServer, name: str
+) -> None:
+    image = HUGE[name]()
+    kind = f"image/{name.lower()}"
+    for path in ("/predict", "/v2/models/mnist/explain"):
+        answer = exchange(server, http("POST", path, {"Content-Type": kind}, image))
+        assert answer.status == 422, answer
+        message = answer.error_message()
+        assert re.search(r"the image is \d+x\d+ = \d+ pixels; the limit is 25000000", message)
+        assert "4611686018427387904" not in message
+    packed = base64.b64encode(image).decode()
+    as_json = json.dumps({"images": [packed]}).encode()
+    answer = exchange(server, http("POST", "/predict", {"Content-Type": JSON}, as_json))
+    assert answer.status == 422 and "image 0: the image is" in answer.error_message()
+
+
+def test_a_png_with_a_broken_header_is_undecodable_not_unaccepted(server: RunningServer) -> None:
+    answer = exchange(
+        server, http("POST", "/predict", {"Content-Type": "image/png"}, huge_png(0, 0))
+    )
+    assert answer.status == 422
+    assert answer.error_message().startswith("image 0: the PNG image cannot be decoded")

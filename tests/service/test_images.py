@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from service.errors import InvalidImage
 from service.images import DIGIT_BOX, ImageLimits, encode_png_base64, preprocess_image
 from service.model.contract import IMAGE_SIDE, N_PIXELS
+from tests.image_headers import huge_bmp, huge_gif, huge_jpeg, huge_png
 
 # A seven: asymmetric, so a wrong rotation or mirror shows up in the comparison.
 SEVEN = [(0.22, 0.18), (0.78, 0.18), (0.42, 0.85)]
@@ -311,3 +312,38 @@ def test_encode_png_base64_round_trips(reference: np.ndarray) -> None:
 def test_encode_png_base64_rejects_wrong_size() -> None:
     with pytest.raises(ValueError, match="784"):
         encode_png_base64(np.zeros(100, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("image", "size"),
+    [
+        (huge_png(60000, 60000), "60000x60000 = 3600000000"),
+        (huge_bmp(30000, 30000), "30000x30000 = 900000000"),
+        (huge_gif(65535, 65535), "65535x65535 = 4294836225"),
+        (huge_jpeg(60000, 60000), "60000x60000 = 3600000000"),
+        (huge_png(6000, 5000), "6000x5000 = 30000000"),
+    ],
+)
+def test_a_huge_header_is_refused_with_its_true_size_in_every_format(
+    image: bytes, size: str
+) -> None:
+    with pytest.raises(InvalidImage) as refused:
+        preprocess_image(image)
+    assert refused.value.message == f"the image is {size} pixels; the limit is 25000000 pixels"
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (huge_png(0, 0), "the PNG image cannot be decoded (its header is broken"),
+        (b"GIF89a\x00\x00\x00", "the GIF image cannot be decoded (the data ends inside"),
+        (huge_gif(8, 8)[:12], "the GIF image cannot be decoded"),
+    ],
+)
+def test_an_accepted_format_with_a_broken_header_is_called_undecodable_not_unaccepted(
+    image: bytes, words: str
+) -> None:
+    with pytest.raises(InvalidImage) as refused:
+        preprocess_image(image)
+    assert refused.value.message.startswith(words), refused.value.message
+    assert "not accepted" not in refused.value.message
