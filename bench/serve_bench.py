@@ -7,7 +7,10 @@ ratio to each floor as the median of the paired rounds (each round runs the thre
 back, in turn first). A round in which one process did more than 70 % of the server's CPU is
 flagged (at concurrency >= 2; one keep-alive connection is always one worker's). Bounded in time:
 about 6 x (duration + 2 s) plus start-up.
-Usage: python bench/serve_bench.py [--duration 12] [--rounds 12]
+With --previous-models DIR a fourth server in every round serves the same code on the model
+repository DIR (e.g. the committed model before a retrain, from ``git archive``), and the ratio of
+the current model's req/s to it is printed the same way.
+Usage: python bench/serve_bench.py [--duration 12] [--rounds 12] [--previous-models DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from pathlib import Path
 
 import loadgen
 import numpy as np
@@ -27,11 +31,18 @@ APPS = (
     ("Flask-parse floor", loadgen.REFERENCE_APP, "/ready"),
     ("raw WSGI floor", loadgen.RAW_APP, "/ready"),
 )
+#: the row of --previous-models: the service's code on another model repository
+PREVIOUS = "service, previous model"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
+    parser.add_argument(
+        "--previous-models",
+        type=Path,
+        help="a model repository to serve beside the current one (same code), for a paired ratio",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,10 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {loadgen.machine_note()}; model {model.relative_to(models_dir)}")
 
     env = {"MODEL_DIR": str(models_dir)}
+    apps = [(name, app, ready, env) for name, app, ready in APPS]
+    if args.previous_models:
+        previous = {"MODEL_DIR": str(args.previous_models.resolve())}
+        apps.append((PREVIOUS, loadgen.SERVICE_APP, "/v2/health/ready", previous))
     with loadgen.scratch_dir() as scratch, contextlib.ExitStack() as stack:
         servers = {
-            name: stack.enter_context(loadgen.gunicorn_server(app, env, scratch, ready))
-            for name, app, ready in APPS
+            name: stack.enter_context(loadgen.gunicorn_server(app, app_env, scratch, ready))
+            for name, app, ready, app_env in apps
         }
         _, answer = loadgen.post(servers["service /predict"].url, body)
         digit = json.loads(answer)["predictions"][0]["digit"]
@@ -69,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
             for c in concurrencies
             for name, server in servers.items()
         ]
-        arrange = loadgen.rotate_groups(len(APPS))
+        arrange = loadgen.rotate_groups(len(apps))
         results = loadgen.measure_rounds(
             cases, args.duration, args.rounds, scratch, wrk, arrange=arrange
         )
 
     rows = []
     for c in concurrencies:
-        for name, _, _ in APPS:
+        for name, *_ in apps:
             result = results[f"{name} {c}"]
             rows.append(
                 [
@@ -97,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = {}
     for c in concurrencies:
         ours = results[f"service /predict {c}"]
-        for floor, _, _ in APPS[1:]:
+        for floor, *_ in apps[1:]:
             ratio, per_round = loadgen.paired_ratio(ours, results[f"{floor} {c}"])
             verdicts[floor, c] = ratio
             ratio_rows.append(
