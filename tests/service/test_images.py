@@ -206,6 +206,16 @@ def test_uneven_paper_shading_does_not_become_ink(ink: np.ndarray, reference: np
     _assert_like(preprocess_image(_jpeg(Image.fromarray(photo).convert("RGB"))), reference, 0.05)
 
 
+def test_a_markers_long_bar_is_no_ruled_line() -> None:
+    # a one drawn with a felt marker from top to bottom: one solid stroke, not two thin edges
+    canvas = Image.new("L", (280, 280), 248)
+    ImageDraw.Draw(canvas).line([(150, 8), (125, 272)], fill=20, width=48)
+    field = preprocess_image(_png(canvas)).reshape(IMAGE_SIDE, IMAGE_SIDE)
+    middle = field[IMAGE_SIDE // 2]
+    inked = np.flatnonzero(middle > 0.1)
+    assert inked.size >= 3 and float(middle[inked[0] + 1 : inked[-1]].min()) > 0.5, middle
+
+
 @pytest.mark.parametrize("value", [0, 128, 255])
 def test_blank_images_are_refused(value: int) -> None:
     with pytest.raises(InvalidImage, match="no digit"):
