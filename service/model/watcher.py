@@ -4,6 +4,9 @@ Every ``MODEL_POLL_SECONDS`` (at once on SIGHUP) the watcher reads the repositor
 (labels.json, else the config's version policy) and its versions, and makes the worker's loaded
 set match it, whatever happened before:
 - a version to serve is validated in a fresh session, then swapped in by replacing one reference;
+- a loaded version whose files change on disk and fail validation keeps serving the copy
+  validated before (the session in memory is still good); the rejection is logged, counted and
+  shown by the repository index;
 - a rejected version is looked at again when any of its files changes (size, mtime, inode) and on
   SIGHUP (which re-examines every version, checksums included); a rejection is logged and counted
   once per change of its files or reason;
@@ -210,25 +213,35 @@ class ModelWatcher:
             return held.model
         rejected = self._rejected.get(number)
         if rejected is not None and rejected[0] == fingerprint and not force:
-            return None  # failed before and unchanged since
+            # failed before and unchanged since: the copy validated earlier (if any) serves on
+            return held.model if held is not None else None
         try:
             validated = validate_version(
                 version, self.repository.name, self.settings, self._session_factory
             )
         except ModelRejected as exc:
             reason = str(exc)
-            self._held.pop(number, None)
             if rejected != (fingerprint, reason):  # once per change of the files or the reason
                 self.metrics.count_reload("failure")
-                log.warning("rejected %s version %d: %s", self.repository.name, number, reason)
+                if held is None:
+                    log.warning("rejected %s version %d: %s", self.repository.name, number, reason)
+                else:
+                    log.warning(
+                        "the files of %s version %d changed on disk and are rejected (%s); "
+                        "this worker keeps serving the copy it validated before",
+                        self.repository.name,
+                        number,
+                        reason,
+                    )
             self._rejected[number] = (fingerprint, reason)
-            return None
-        if held is not None and held.model.model.sha256 == validated.model.sha256:
-            held.fingerprint = fingerprint
-            return held.model  # re-examined (SIGHUP) and unchanged: keep the session serving
+            # a failed publish leaves the service answering: the validated session is still good
+            return held.model if held is not None else None
         if rejected is not None:
             log.info("%s version %d passes validation now", self.repository.name, number)
         self._rejected.pop(number, None)
+        if held is not None and held.model.model.sha256 == validated.model.sha256:
+            held.fingerprint = fingerprint
+            return held.model  # re-examined (SIGHUP) and unchanged: keep the session serving
         self._held[number] = _Held(fingerprint, validated)
         if self._converged_once:
             self.metrics.count_reload("success")

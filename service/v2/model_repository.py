@@ -139,6 +139,11 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
             row: dict[str, Any] = {"name": predictor.name, "version": str(number)}
             if number in loaded:
                 row["state"] = "READY"
+                if number in rejected:  # its files changed on disk and failed validation
+                    row["reason"] = (
+                        f"serving the copy validated before; the files on disk are rejected: "
+                        f"{rejected[number]}"
+                    )
             else:
                 row["state"] = "UNAVAILABLE"
                 label = state.label_of(number)

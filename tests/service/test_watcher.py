@@ -281,3 +281,45 @@ def test_labels_json_round_trips_and_refuses_nonsense(tmp_path: Path) -> None:
             ServingState.from_json(bad)
     _, card, _ = committed_parts()
     assert sha256_bytes(b"") != card.get("sha256")
+
+
+def test_a_loaded_version_damaged_on_disk_keeps_serving_its_validated_copy(
+    tmp_path: Path, make_predictor: Any
+) -> None:
+    """A failed publish leaves the service answering: the session in memory is still good."""
+    version = publish_copy(tmp_path)
+    predictor = make_predictor()
+    predictor.load()
+    good = version.model_path.read_bytes()
+    version.model_path.write_bytes(good + b"xx")  # what `printf xx >> model.onnx` does
+    predictor.check_for_update()
+    assert predictor.predict(selftest_digits()[0]).model_version == 1
+    assert 1 in predictor.watcher.rejections()
+    assert metrics_of(predictor).reloads == ["failure"]
+    predictor.check_for_update()  # unchanged since: neither retried nor counted again
+    assert metrics_of(predictor).reloads == ["failure"]
+    assert predictor.loaded.version == 1
+    version.model_path.write_bytes(good)  # repaired: the rejection is gone
+    predictor.check_for_update()
+    assert predictor.watcher.rejections() == {}
+    assert predictor.loaded.version == 1
+    set_state(tmp_path, stable=1, loaded=False)  # a deliberate unload still stops it
+    predictor.check_for_update()
+    with pytest.raises(ModelUnavailable, match="unloaded"):
+        predictor.predict(selftest_digits()[0])
+
+
+def test_a_damaged_loaded_version_that_is_then_deleted_stops_being_served(
+    tmp_path: Path, make_predictor: Any
+) -> None:
+    publish_copy(tmp_path)
+    second = publish_copy(tmp_path)
+    follow_latest(tmp_path)
+    predictor = make_predictor()
+    assert predictor.load().version == 2
+    second.model_path.write_bytes(second.model_path.read_bytes() + b"xx")
+    predictor.check_for_update()
+    assert predictor.loaded.version == 2
+    shutil.rmtree(second.path)
+    predictor.check_for_update()
+    assert predictor.loaded.version == 1
