@@ -42,7 +42,7 @@ from service.images import (
     header_size,
     preprocess_image,
 )
-from service.json_body import check_depth
+from service.json_body import WrittenNumber, check_depth, written_float
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
@@ -169,7 +169,8 @@ def _reject_constant(name: str) -> Any:
 
 def _parse_slowly(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        # a number too large for a float (1e400) is echoed as written: "1e400 is outside 0..255"
+        return json.loads(body, parse_constant=_reject_constant, parse_float=written_float)
     except RecursionError:
         raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
     except ValueError as exc:
@@ -291,7 +292,7 @@ def _pixel_image(index: int, item: list[Any]) -> np.ndarray:
         raise InvalidInput(f"image {index} has {len(item)} values: {SHAPE_HINT}")
     for pixel, value in enumerate(flat):
         kind = type(value)
-        if kind is not int and kind is not float:
+        if kind is not int and kind is not float and kind is not WrittenNumber:
             raise InvalidInput(
                 f"image {index}, pixel {pixel}: {_json_type(value)} is not a number 0..255"
             )

@@ -33,6 +33,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import WebsocketMismatch
 
 from service.errors import ServiceError
+from service.json_body import cut_long_runs
 from service.observability.request_log import REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def render_server_error(
     large to read (the buffering worker). It carries ``request_id`` in X-Request-ID, as every
     answer of the app does; the connection is closed after it. ``path``, when known, chooses
     the shape (``/v2``: the Open Inference Protocol's)."""
+    message = cut_long_runs(message)
     payload: dict[str, object] = (
         {"error": message}
         if is_v2_path(path)
@@ -158,6 +160,7 @@ def _answer(
     *,
     machinery: bool = False,
 ) -> ErrorAnswer:
+    message = cut_long_runs(message)  # a client's long input echoed anywhere in it
     payload: dict[str, object] = (
         {"error": message} if v2 else {"error": {"code": code, "message": message}}
     )

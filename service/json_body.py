@@ -10,6 +10,7 @@ cut at :data:`MAX_ECHO` characters with an ellipsis, and never recurse into a de
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -22,6 +23,20 @@ MAX_ECHO = 60
 #: orjson's own nesting limit is 1024; the standard parser's recursion limit is about 1000:
 #: this depth (and more) is refused the one way, whichever parser met it
 MAX_DEPTH = 1000
+
+
+#: the longest run of characters without a space an error message keeps (client input echoed
+#: anywhere: a 400-digit number, a 3000-character method); longer runs are cut with an ellipsis
+MAX_RUN = 80
+_LONG_RUN = re.compile(rf"\S{{{MAX_RUN + 1},}}")
+
+
+def cut_long_runs(message: str) -> str:
+    """``message`` with every run of more than :data:`MAX_RUN` non-space characters cut to its
+    first MAX_RUN and an ellipsis: the error renderer's guard for echoes of client input."""
+    if len(message) <= MAX_RUN:
+        return message
+    return _LONG_RUN.sub(lambda found: found.group()[:MAX_RUN] + "…", message)
 
 
 def shorten(text: str, limit: int = MAX_ECHO) -> str:
@@ -81,14 +96,16 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {TOO_DEEP}")
     try:
         # the standard parser says where a bad document breaks, and reads 1e999
-        return json.loads(body, parse_constant=_no_constant, parse_float=_float)
+        return json.loads(body, parse_constant=_no_constant, parse_float=written_float)
     except RecursionError:
         raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
-def _float(text: str) -> float:
+def written_float(text: str) -> float:
+    """A JSON number's float, a :class:`WrittenNumber` when it is too large for one (the
+    standard parser's ``parse_float``)."""
     number = float(text)
     return number if number not in (float("inf"), float("-inf")) else WrittenNumber(text)
 

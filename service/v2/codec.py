@@ -15,6 +15,7 @@ import numpy as np
 
 from service import json_arrays
 from service.errors import BadRequest
+from service.json_body import echo
 from service.model.contract import (
     IMAGE_SIDE,
     INPUT_NAME,
@@ -238,12 +239,15 @@ def _read_input(tensor: Mapping[str, Any], binary: BinarySection, max_batch: int
 
 
 def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
+    if isinstance(shape, list):
+        # orjson reads an integer beyond 64 bits as a float: it is still the integer written
+        shape = [_written_integer(d) for d in shape]
     if not (
         isinstance(shape, list)
         and shape
         and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
     ):
-        raise BadRequest(f"{where}: 'shape' must be a list of integers, got {shape!r}")
+        raise BadRequest(f"{where}: 'shape' must be a list of integers, got {echo(shape)}")
     if shape[1:] not in ([N_PIXELS], [IMAGE_SIDE, IMAGE_SIDE]) or shape[0] < 0:
         raise BadRequest(f"{where}: shape {shape} is not {ACCEPTED_SHAPES}")
     if shape[0] == 0:
@@ -251,6 +255,13 @@ def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
     if shape[0] > max_batch:
         raise BadRequest(f"{where}: batch of {shape[0]} images is over the limit of {max_batch}")
     return shape
+
+
+def _written_integer(value: Any) -> Any:
+    """``value``, or the integer a whole float beyond int64 stands for (as the client wrote it)."""
+    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+        return int(value)
+    return value
 
 
 def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarray:

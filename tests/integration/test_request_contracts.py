@@ -214,3 +214,42 @@ def test_a_png_with_a_broken_header_is_undecodable_not_unaccepted(server: Runnin
     )
     assert answer.status == 422
     assert answer.error_message().startswith("image 0: the PNG image cannot be decoded")
+
+
+def _infer(shape: str = "[1, 784]", name: str = "input", datatype: str = "UINT8") -> bytes:
+    return (
+        f'{{"inputs": [{{"name": "{name}", "shape": {shape}, "datatype": "{datatype}", '
+        f'"data": [0]}}]}}'
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/predict", b'{"images": [[1e400' + b", 0" * 783 + b"]]}", "pixel 0: 1e400 is outside"),
+        ("/v2/models/mnist/infer", _infer("[100000000000000000000, 784]"), "100000000000000000000"),
+        ("/v2/models/mnist/infer", _infer("[" + "9" * 400 + ", 784]"), "9" * 70),
+        ("/predict", b'{"images": [[' + b"9" * 400 + b", 0" * 783 + b"]]}", "9" * 70),
+        ("/v2/models/mnist/infer", _infer(name="x" * 3000), "x" * 70),
+        ("/v2/models/mnist/infer", _infer(datatype="x" * 3000), "x" * 70),
+    ],
+)
+def test_client_input_is_echoed_as_written_and_cut_when_long(
+    server: RunningServer, path: str, body: bytes, words: str
+) -> None:
+    answer = exchange(server, http("POST", path, {"Content-Type": JSON}, body))
+    assert answer.status in (400, 413, 422), answer
+    message = answer.error_message()
+    assert words in message, message
+    assert "Infinity" not in message and "e+20" not in message
+    assert len(message) < 400, message
+    if words[-1] in "9x":  # a long echo: cut, with an ellipsis
+        assert "…" in message and words[-1] * 81 not in message, message
+
+
+def test_a_long_method_is_cut_in_the_answer(server: RunningServer) -> None:
+    answer = exchange(server, b"X" * 3000 + b" /predict HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.status == 400
+    assert "X" * 70 in answer.error_message() and "X" * 81 not in answer.error_message()
+    assert answer.error_message().endswith("…")
+    assert len(answer.body) < 500
