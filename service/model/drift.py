@@ -67,6 +67,7 @@ MIN_SHARE = 1e-4
 DRIFT_THRESHOLD = 0.25
 _CHUNK = 8192
 _BLANK_CENTRE = (IMAGE_SIDE - 1) / 2
+_POSITIONS = np.arange(IMAGE_SIDE, dtype=np.float64)
 
 
 def image_statistics(images: np.ndarray) -> np.ndarray:
@@ -82,25 +83,33 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     count = len(flat)
     square = flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE)
     ink: np.ndarray = square >= INK_THRESHOLD
-    area = ink.sum(axis=(1, 2)).astype(np.float64)
+    area = np.count_nonzero(ink.reshape(count, N_PIXELS), axis=1).astype(np.float64)
     rows = np.asarray(ink.any(axis=2))
     cols = np.asarray(ink.any(axis=1))
     has_ink = area > 0
     height = np.where(has_ink, IMAGE_SIDE - rows[:, ::-1].argmax(1) - rows.argmax(1), 0)
     width = np.where(has_ink, IMAGE_SIDE - cols[:, ::-1].argmax(1) - cols.argmax(1), 0)
-    positions = np.arange(IMAGE_SIDE, dtype=np.float64)
     mass = square.sum(axis=(1, 2), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        centre_row = np.where(mass > 0, square.sum(axis=2) @ positions / mass, _BLANK_CENTRE)
-        centre_col = np.where(mass > 0, square.sum(axis=1) @ positions / mass, _BLANK_CENTRE)
-        padded = np.pad(ink, ((0, 0), (1, 1), (1, 1)))
-        perimeter = (padded[:, 1:, :] != padded[:, :-1, :]).sum(axis=(1, 2)) + (
-            padded[:, :, 1:] != padded[:, :, :-1]
-        ).sum(axis=(1, 2))
-        thickness = np.where(has_ink, 2.0 * area / np.maximum(perimeter, 1), 0.0)
-    return np.column_stack(
-        [area / N_PIXELS, height, width, centre_row, centre_col, thickness]
-    ).astype(np.float64)
+        centre_row = np.where(mass > 0, square.sum(axis=2) @ _POSITIONS / mass, _BLANK_CENTRE)
+        centre_col = np.where(mass > 0, square.sum(axis=1) @ _POSITIONS / mass, _BLANK_CENTRE)
+    # the ink's perimeter: edges between an ink pixel and a non-ink one (or the border), i.e.
+    # changes between neighbours plus ink on the four borders (integer counts, exact)
+    perimeter = (
+        np.count_nonzero((ink[:, 1:, :] != ink[:, :-1, :]).reshape(count, -1), axis=1)
+        + np.count_nonzero((ink[:, :, 1:] != ink[:, :, :-1]).reshape(count, -1), axis=1)
+        + np.count_nonzero(ink[:, (0, -1), :].reshape(count, -1), axis=1)
+        + np.count_nonzero(ink[:, :, (0, -1)].reshape(count, -1), axis=1)
+    )
+    thickness = np.where(has_ink, 2.0 * area / np.maximum(perimeter, 1), 0.0)
+    out = np.empty((count, len(SCALAR_STATISTICS)), dtype=np.float64)
+    out[:, 0] = area / N_PIXELS
+    out[:, 1] = height
+    out[:, 2] = width
+    out[:, 3] = centre_row
+    out[:, 4] = centre_col
+    out[:, 5] = thickness
+    return out
 
 
 def intensity_counts(images: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ counts, ``POST /feedback`` answers 503).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -36,6 +37,22 @@ _MIGRATION_ATTEMPTS = 4
 _MIGRATION_THREAD_LOCK = threading.Lock()
 #: statistics columns of a prediction record: the drift monitor's per-image statistics
 STATISTIC_COLUMNS = SCALAR_STATISTICS
+#: the columns a prediction record is written with, in the order of ``write_prediction_tuples``
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "item",
+    "created_at",
+    "model_version",
+    "route",
+    "digit",
+    "confidence",
+    "accepted",
+    "reject_reason",
+    *STATISTIC_COLUMNS,
+    "input",
+    "input_kept",
+)
+_CREATED_AT = PREDICTION_COLUMNS.index("created_at")
 T = TypeVar("T")
 
 
@@ -273,12 +290,32 @@ class PredictionStore:
     # -- predictions -----------------------------------------------------------------------------
 
     def write_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert prediction records in one transaction; a repeated (request id, image) keeps the
-        first record. Returns how many rows were offered."""
+        """Insert prediction records (one mapping per row, a missing nullable column is NULL) in
+        one transaction; a repeated (request id, image) keeps the first record. Returns how many
+        rows were offered."""
+        return self.write_prediction_tuples(
+            [tuple(row.get(name) for name in PREDICTION_COLUMNS) for row in rows]
+        )
+
+    def write_prediction_tuples(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """``write_predictions`` for rows given as tuples in ``PREDICTION_COLUMNS`` order (what
+        the writer thread builds: no mapping per row). ``created_at`` is an aware datetime;
+        ``input`` bytes (784, uint8) or None.
+
+        One DB-API ``executemany`` of one statement: SQLAlchemy's per-row parameter processing
+        is skipped; the values are already of the driver's types, except ``created_at``, which
+        goes through the dialect's own bind processor (SQLite stores it as text)."""
         if not rows:
             return 0
-        insert = _insert_ignoring_duplicates(self.dialect)
-        self._run(lambda connection: connection.execute(insert, list(rows)))
+        statement = _insert_statement(self.engine.dialect)
+        created = predictions.c.created_at.type.dialect_impl(self.engine.dialect).bind_processor(
+            self.engine.dialect
+        )
+        if created is not None:
+            at = _CREATED_AT
+            rows = [(*row[:at], created(row[at]), *row[at + 1 :]) for row in rows]
+        parameters = rows if isinstance(rows, list) else list(rows)
+        self._run(lambda connection: connection.exec_driver_sql(statement, parameters))
         return len(rows)
 
     def predictions_of(self, request_id: str) -> list[dict[str, Any]]:
@@ -587,18 +624,19 @@ def wait_for_feedback(
             sleep(0.05)
 
 
-def _insert_ignoring_duplicates(dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "item"])
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(predictions).on_conflict_do_nothing(
-            index_elements=["request_id", "item"]
-        )
-    return predictions.insert()
+@functools.cache
+def _insert_statement(dialect: Dialect) -> str:
+    """The DB-API text of a prediction insert that ignores a repeated (request id, image):
+    ``INSERT ... ON CONFLICT (request_id, item) DO NOTHING`` (SQLite >= 3.24, PostgreSQL),
+    positional placeholders in ``PREDICTION_COLUMNS`` order, names quoted by the dialect."""
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return (
+        f"INSERT INTO {quote(predictions.name)} "
+        f"({', '.join(quote(name) for name in PREDICTION_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(PREDICTION_COLUMNS))}) "
+        f"ON CONFLICT ({quote('request_id')}, {quote('item')}) DO NOTHING"
+    )
 
 
 def _predictions_by_key(

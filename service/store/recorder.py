@@ -27,11 +27,11 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from service.errors import StoreUnavailable
-from service.model.contract import PIXEL_MAX
+from service.model.contract import N_PIXELS, PIXEL_MAX
 from service.model.drift import image_statistics
 from service.model.reject import Decision
 from service.store.config import StoreConfig
-from service.store.database import STATISTIC_COLUMNS, PredictionStore
+from service.store.database import PredictionStore
 from service.store.schema import KEPT_REQUESTED
 
 log = logging.getLogger(__name__)
@@ -253,22 +253,17 @@ class PredictionRecorder:
         if not taken:
             return
         taken = [_decided(item) for item in taken]
+        sizes = [len(item.images) for item in taken]
         images = np.concatenate([item.images for item in taken]).astype(np.float32, copy=False)
-        labels = np.concatenate([np.asarray(item.labels, dtype=np.int64) for item in taken])
+        labels = np.concatenate([item.labels for item in taken]).astype(np.int64, copy=False)
         probabilities = np.concatenate([item.probabilities for item in taken])
         confidences = probabilities[np.arange(len(labels)), labels].astype(np.float64)
-        versions = np.concatenate(
-            [np.full(len(item.images), item.model_version, dtype=np.int64) for item in taken]
-        )
+        versions = np.repeat(np.array([item.model_version for item in taken], np.int64), sizes)
         # an answer without a decision (none could be made) is not counted as rejected
-        accepted = np.concatenate(
-            [
-                np.ones(len(item.images), bool)
-                if item.accepted is None
-                else np.asarray(item.accepted, dtype=bool)
-                for item in taken
-            ]
-        )
+        flags: list[bool] = []
+        for item, size in zip(taken, sizes, strict=True):
+            flags.extend([True] * size if item.accepted is None else item.accepted)
+        accepted = np.array(flags, dtype=bool)
         self.metrics.observe_answers(versions, confidences, accepted)
         self.metrics.observe_drift(versions, images, labels, confidences)
         if self.store is None:
@@ -282,47 +277,54 @@ class PredictionRecorder:
         images: np.ndarray,
         labels: np.ndarray,
         confidences: np.ndarray,
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[Any, ...]]:
+        """The batch's rows in ``PREDICTION_COLUMNS`` order: numbers computed for the whole
+        batch at once, each input a slice of one uint8 buffer."""
         statistics = image_statistics(images).tolist()
         keep_for_feedback = self.config.input_retention_seconds > 0
-        pixels = None
+        pixels = b""
         if keep_for_feedback or any(item.store_input for item in taken):
-            pixels = np.rint(images * PIXEL_MAX).astype(np.uint8)
+            pixels = np.rint(images * PIXEL_MAX).astype(np.uint8).tobytes()
         digits = labels.tolist()
         confidence_values = confidences.tolist()
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
+        append = rows.append
         position = 0
         for item in taken:
             created = datetime.fromtimestamp(item.answered_at, UTC)
+            keep = item.store_input or keep_for_feedback
+            kept = KEPT_REQUESTED if item.store_input else None
+            accepted = item.accepted
             reasons = item.reject_reasons
             for index in range(len(item.images)):
-                keep = item.store_input or keep_for_feedback
-                row = {
-                    "request_id": item.request_id,
-                    "item": index,
-                    "created_at": created,
-                    "model_version": item.model_version,
-                    "route": item.route,
-                    "digit": digits[position],
-                    "confidence": confidence_values[position],
-                    "accepted": None if item.accepted is None else bool(item.accepted[index]),
-                    "reject_reason": None if reasons is None else reasons[index],
-                    "input": pixels[position].tobytes() if keep and pixels is not None else None,
-                    "input_kept": KEPT_REQUESTED if item.store_input else None,
-                }
-                row.update(zip(STATISTIC_COLUMNS, statistics[position], strict=True))
-                rows.append(row)
+                start = position * N_PIXELS
+                append(
+                    (
+                        item.request_id,
+                        index,
+                        created,
+                        item.model_version,
+                        item.route,
+                        digits[position],
+                        confidence_values[position],
+                        None if accepted is None else bool(accepted[index]),
+                        None if reasons is None else reasons[index],
+                        *statistics[position],
+                        pixels[start : start + N_PIXELS] if keep else None,
+                        kept,
+                    )
+                )
                 position += 1
         return rows
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
         assert self.store is not None
         now = time.monotonic()
         if now < self._retry_at:
             self._drop(len(rows))
             return
         try:
-            self.store.write_predictions(rows)  # the first write migrates the schema
+            self.store.write_prediction_tuples(rows)  # the first write migrates the schema
             self._migrated = True
         except StoreUnavailable as exc:
             self._retry_at = now + RETRY_SECONDS

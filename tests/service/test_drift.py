@@ -40,6 +40,15 @@ def test_statistics_of_simple_shapes() -> None:
     assert values[1].tolist() == [0.0, 0.0, 0.0, 13.5, 13.5, 0.0]  # a blank image
 
 
+def test_stroke_thickness_counts_holes_and_the_image_border() -> None:
+    image = np.zeros((28, 28), dtype=np.float32)
+    image[:5, :5] = 1.0  # a 5x5 square in the corner, touching two borders ...
+    image[2, 2] = 0.0  # ... with a one-pixel hole: perimeter 20 outside + 4 inside
+    values = image_statistics(image.reshape(1, 784))
+    assert values[0, 0] == pytest.approx(24 / 784)
+    assert values[0, 5] == pytest.approx(2 * 24 / 24)
+
+
 def test_statistics_are_the_same_in_chunks_and_at_once() -> None:
     images = np.random.default_rng(0).random((9000, 784), dtype=np.float32)
     whole = image_statistics(images)

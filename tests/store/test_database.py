@@ -14,12 +14,13 @@ from service.errors import DuplicateFeedback, StoreUnavailable, UnknownPredictio
 from service.model.drift import SCALAR_STATISTICS
 from service.store.config import sqlalchemy_url
 from service.store.database import (
+    PREDICTION_COLUMNS,
     STATISTIC_COLUMNS,
     FeedbackItem,
     PredictionStore,
     wait_for_feedback,
 )
-from service.store.schema import KEPT_CORRECTED, KEPT_REQUESTED
+from service.store.schema import KEPT_CORRECTED, KEPT_REQUESTED, predictions
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 HEAD = "0002"
@@ -63,6 +64,26 @@ def prediction_row(
 
 def test_statistic_columns_follow_the_drift_contract() -> None:
     assert STATISTIC_COLUMNS == SCALAR_STATISTICS
+
+
+def test_prediction_columns_are_every_column_but_the_id() -> None:
+    assert sorted(PREDICTION_COLUMNS) == sorted(c.name for c in predictions.c if c.name != "id")
+
+
+def test_rows_as_tuples_are_stored_as_rows_as_mappings(store: PredictionStore) -> None:
+    rows = [prediction_row("m", digit=5), prediction_row("m", 1, accepted=False)]
+    store.write_predictions(rows)
+    tuples = [
+        tuple({**row, "request_id": "t"}.get(name) for name in PREDICTION_COLUMNS) for row in rows
+    ]
+    store.write_prediction_tuples(tuples)
+    mapped, tupled = store.predictions_of("m"), store.predictions_of("t")
+    assert len(mapped) == len(tupled) == 2
+    for a, b in zip(mapped, tupled, strict=True):
+        assert {k: v for k, v in a.items() if k not in ("id", "request_id")} == {
+            k: v for k, v in b.items() if k not in ("id", "request_id")
+        }
+    assert mapped[1]["accepted"] is False and mapped[0]["accepted"] is None
 
 
 def test_migrate_is_idempotent_and_reaches_head(store: PredictionStore) -> None:
