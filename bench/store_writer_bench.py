@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,8 +116,11 @@ def measure(records: int, batch: int, models_dir: Path, profile: bool) -> dict[s
 
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
-    if recorder.written != total or any(recorder.dropped.values()):
-        raise SystemExit(f"written {recorder.written} of {total}, dropped {recorder.dropped}")
+    written, dropped = recorder.written, dict(recorder.dropped)
+    recorder.store.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+    if written != total or any(dropped.values()):
+        raise SystemExit(f"written {written} of {total}, dropped {dropped}")
     return {
         "flush_us_per_record": flush_cpu / records * 1e6,
         "record_us_per_record": record_cpu / records * 1e6,
