@@ -629,3 +629,39 @@ def test_without_a_model_every_status_a_route_answers_is_declared_too(
         assert answer.status == 503
     finally:
         empty.stop()
+
+
+def test_every_method_a_path_does_not_take_is_a_declared_405_with_allow(
+    server: RunningServer,
+) -> None:
+    """Every path of the document, with every method it does not document: a JSON 405 whose
+    Allow header lists exactly the documented methods, and a 405 each operation declares."""
+    document = requests.get(server.url + "/openapi.json", timeout=10).json()
+    wrong = {}
+    for template, item in document["paths"].items():
+        documented = {name.upper() for name in item if name != "parameters"}
+        for operation in documented:
+            if "405" not in item[operation.lower()]["responses"]:
+                wrong[f"{operation} {template}"] = "405 not declared"
+        for method in sorted({"GET", "POST", "PUT", "DELETE", "PATCH"} - documented):
+            answer = exchange(server, http(method, _fill(template)))
+            allowed = set(answer.headers.get("allow", "").split(", ")) - {"HEAD", "OPTIONS"}
+            if answer.status != 405 or allowed != documented:
+                wrong[f"{method} {template}"] = f"{answer.status} allow={sorted(allowed)}"
+            else:
+                assert_json_error(answer, 405)
+    assert not wrong, json.dumps(wrong, indent=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("app.js", "text/javascript"), ("style.css", "text/css")]
+)
+def test_a_page_asset_has_a_content_type_the_document_declares(
+    server: RunningServer, name: str, kind: str
+) -> None:
+    document = requests.get(server.url + "/openapi.json", timeout=10).json()
+    declared = document["paths"]["/page/{name}"]["get"]["responses"]["200"]["content"]
+    answer = requests.get(f"{server.url}/page/{name}", timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].partition(";")[0] == kind
+    assert kind in declared
