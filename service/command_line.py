@@ -81,7 +81,11 @@ def quiet_on_closed_output(main: EntryPoint) -> EntryPoint:
     @functools.wraps(main)
     def entry(argv: Sequence[str] | None = None) -> int:
         try:
-            code = main(argv)
+            try:
+                code = main(argv)
+            except SystemExit:  # argparse's --help and usage errors
+                sys.stdout.flush()
+                raise
             sys.stdout.flush()  # what is still buffered may meet the closed pipe only now
         except BrokenPipeError:
             return _closed_output()

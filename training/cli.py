@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.command_line import OneLineParser
+from service.command_line import OneLineParser, quiet_on_closed_output
 from training.config import (
     BY_NAME,
     SETTINGS,
@@ -117,7 +117,21 @@ def config_from_args(args: argparse.Namespace, *, strict_solver: bool = True) ->
                 f"{setting.flag}: scikit-learn's {config.solver} ignores it ({users} only); "
                 f"drop {setting.flag} or choose --solver {setting.solvers[-1]}"
             )
+    if config.feedback is not None:
+        _check_feedback_url(config.feedback)
     return config
+
+
+def _check_feedback_url(url: str) -> None:
+    """ConfigError unless --feedback names a database and driver this install has (nothing is
+    connected to yet; an unreachable database is exit 3 later, when the data is read)."""
+    from service.config import ConfigError as ServiceConfigError
+    from service.store.config import usable_database_url
+
+    try:
+        usable_database_url(url, name="--feedback")
+    except ServiceConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 #: the modules of the training extra; a serve-only install lacks them
@@ -170,6 +184,7 @@ def _exit_codes() -> dict[int, str]:
     return EXIT_CODES
 
 
+@quiet_on_closed_output
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mnist-train`` and ``python -m training``; returns the exit code."""
     from training.pipeline import EXIT_INTERRUPTED, EXIT_USAGE

@@ -54,7 +54,7 @@ class Range:
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, int | float) or isinstance(value, bool):
             return False
-        if math.isnan(value):
+        if not math.isfinite(value):  # NaN fails every comparison; no setting means infinity
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False

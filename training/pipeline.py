@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from service.command_line import EXIT_BROKEN_PIPE
 from service.errors import StoreUnavailable
 from service.model.contract import (
     SELFTEST_FILE,
@@ -78,6 +79,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_NOT_PROMOTED: "--promote refused by the promote gate: published as a candidate",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
+    EXIT_BROKEN_PIPE: "standard output closed early (`| head`); nothing more is done",
 }
 
 
@@ -416,6 +418,8 @@ def run(
         code, message = EXIT_TERMINATED, "terminated; nothing was published"
     except MemoryError:
         code, message = EXIT_BUG, "out of memory; try --train-limit or fewer --augment-copies"
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: the entry point ends quietly (141)
     except Exception as exc:  # the promise is one line, never a traceback: a bug says so
         if os.environ.get("MNIST_TRAIN_TRACEBACK"):
             raise

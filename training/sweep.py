@@ -44,6 +44,13 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_NOT_PUBLISHED = 4
 EXIT_CLUSTER = 5
+EXIT_WRITE = 6
+EXIT_CODES = (
+    "exit codes: 0 done, 2 bad usage or configuration (an --out that is not a writable folder), "
+    "3 MNIST files missing or corrupt, 4 --publish-best: the best run not published, 5 the Dask "
+    "cluster cannot be used, 6 --out could not be written at the end, 141 standard output closed "
+    "early"
+)
 #: how long to wait for a Dask scheduler before giving up (--dask-timeout)
 CONNECT_SECONDS = 10.0
 
@@ -407,7 +414,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``mnist-train sweep``: the sweep's own flags plus every single-run flag."""
-    from service.command_line import OneLineParser
+    from service.command_line import OneLineParser, number_in
     from training.cli import add_train_arguments
 
     parser = OneLineParser(
@@ -415,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every activation x solver x seed combination in parallel and compare "
         "them: results.csv/.md, runs.csv and loss_curves.png in --out. Publishes nothing unless "
         "--publish-best.",
+        epilog=EXIT_CODES,
     )
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument(
@@ -449,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--dask-timeout",
-        type=float,
+        type=number_in(0.0, low_open=True, what="seconds"),
         default=CONNECT_SECONDS,
         metavar="SECONDS",
         help=f"seconds to wait for the Dask scheduler (default {CONNECT_SECONDS:g})",
@@ -466,6 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in ("activation", "solver", "seed", "progress"):
             action.help = argparse.SUPPRESS
     return parser
+
+
+def output_problem(out: Path) -> str | None:
+    """Why the sweep could not write its table into ``out`` (one line naming it), or None when
+    ``out`` is a writable folder or could be made in one. Checked before any run (a sweep takes
+    minutes); creates nothing (the folder is made when the table is written)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: exists and is not a folder"
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: {existing} cannot be written (permissions)"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -498,6 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mnist-train sweep: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    problem = output_problem(args.out)
+    if problem is not None:
+        print(f"mnist-train sweep: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     command = shlex.join(["mnist-train", "sweep", *args_list])
     print(
         f"sweep: {len(configs)} runs ({len(plan.activations)} activations x {len(plan.solvers)} "
@@ -514,7 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterError as exc:
         print(f"mnist-train sweep: {exc}", file=sys.stderr)
         return EXIT_CLUSTER
-    written = write_outputs(args.out, results, base, command)
+    try:
+        written = write_outputs(args.out, results, base, command)
+    except OSError as exc:  # a disk that filled up, a folder removed during the sweep
+        print(
+            f"mnist-train sweep: cannot write the results into {args.out}: {exc}", file=sys.stderr
+        )
+        return EXIT_WRITE
     print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     print((args.out / RESULTS_MD).read_text(encoding="utf-8").split("\n![")[0])
     if args.publish_best:

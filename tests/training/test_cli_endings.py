@@ -297,3 +297,51 @@ def test_every_exit_code_is_documented_in_help_and_readme() -> None:
     for code in EXIT_CODES:
         assert f"{code} " in help_text
         assert f"`{code}`" in readme, code
+
+
+# -- bad settings are refused before any work: one line, exit 2 -----------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("flag", ["--alpha", "--learning-rate-init", "--tol", "--min-accuracy"])
+def test_nan_and_infinite_numbers_are_refused_while_parsing(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main([f"{flag}={value}", "--models-dir", "/nonexistent/never-made"])
+    assert ended.value.code == EXIT_USAGE
+    line = assert_one_line_no_traceback(capsys.readouterr().err)
+    assert line.startswith(f"mnist-train: error: argument {flag}: {flag}: {value} is out of range")
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("bogus://x", "--feedback='bogus://x': the store speaks postgresql and sqlite only"),
+        ("mysql://u:secret@h/db", "--feedback='mysql://u:***@h/db': the store speaks"),
+    ],
+)
+def test_a_feedback_url_nothing_here_speaks_is_a_configuration_error(
+    url: str, words: str, tmp_path: Path
+) -> None:
+    code, _, err = run_train("--feedback", url, "--models-dir", str(tmp_path / "m"), timeout=60)
+    assert code == EXIT_USAGE
+    line = assert_one_line_no_traceback(err)
+    assert line.startswith("mnist-train: configuration error: ") and words in line, line
+    assert "secret" not in line and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("out", ["/etc/passwd", "{tmp}/a-file/results"])
+def test_a_sweep_checks_its_out_folder_before_any_run(out: str, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    out = out.format(tmp=tmp_path)
+    started = time.monotonic()
+    code, stdout, err = run_train(
+        *("sweep", "--activations", "relu,tanh", "--solvers", "adam,sgd", "--epochs", "3"),
+        *("--out", out, "--models-dir", str(tmp_path / "m")),
+        timeout=60,
+    )
+    assert code == EXIT_USAGE and stdout == ""
+    line = assert_one_line_no_traceback(err)  # no "sweep: 4 runs" line: nothing ran
+    assert line.startswith(f"mnist-train sweep: --out {out}: "), line
+    assert time.monotonic() - started < 30
