@@ -353,7 +353,11 @@ def start_trial(
     A canary answers real requests, so it passes the promote gate; a shadow only validation.
     """
     if not 0.0 < share <= 1.0:  # NaN fails too
-        raise OutOfRange(f"the {mode} share must be in (0, 1], not {share}")
+        raise OutOfRange(
+            f"a canary's percent must be in (0, 100], not {share * 100:g}"
+            if mode == "canary"
+            else f"a shadow's sample must be in (0, 1], not {share:g}"
+        )
     with _Change(repository) as change:
         state = _pinned(change.state)
         if number == state.stable:

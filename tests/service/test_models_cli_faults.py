@@ -174,3 +174,19 @@ def test_a_hostile_card_or_selftest_is_a_validation_failure(repo: Path) -> None:
     card.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(RepositoryError, match=r"unreadable card\.json"):
         ModelRepository(repo).get(3).read_card()
+
+
+def test_the_lifecycle_refuses_shares_and_tolerances_out_of_range(repo: Path) -> None:
+    from service.config import ServiceConfig
+    from service.model import lifecycle
+
+    repository, settings = ModelRepository(repo), ServiceConfig()
+    with pytest.raises(lifecycle.OutOfRange, match=r"percent must be in \(0, 100\], not 150$"):
+        lifecycle.start_trial(repository, "canary", 4, 1.5, settings, None)
+    with pytest.raises(lifecycle.OutOfRange, match="sample must be in"):
+        lifecycle.start_trial(repository, "shadow", 4, float("nan"), settings, None)
+    for tolerance in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(lifecycle.OutOfRange, match="tolerance must be between 0 and 1"):
+            lifecycle.promote(repository, 4, settings, None, tolerance=tolerance)
+    assert lifecycle.OutOfRange.exit_code == 2
+    assert state(repo) == ServingState(stable=1)
