@@ -77,6 +77,14 @@ def echo(value: Any, limit: int = MAX_ECHO) -> str:
     return shorten(text, limit)
 
 
+def shown(value: Any, limit: int = MAX_ECHO) -> str:
+    """``value`` as Python writes it (``'x'``, ``True``) when it is flat, as :func:`echo` when it
+    is a list or object (never recursing into a hostile depth); cut at ``limit`` characters."""
+    if isinstance(value, list | dict):
+        return echo(value, limit)
+    return shorten(repr(value), limit)
+
+
 def _no_constant(name: str) -> Any:
     raise BadRequest(f"malformed JSON: {name} is not JSON (a number must be finite)")
 

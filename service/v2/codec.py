@@ -15,7 +15,7 @@ import numpy as np
 
 from service import json_arrays
 from service.errors import BadRequest
-from service.json_body import echo
+from service.json_body import echo, shown
 from service.model.contract import (
     IMAGE_SIDE,
     INPUT_NAME,
@@ -78,7 +78,7 @@ def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) 
         )
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise BadRequest(f"'id' must be a string, got {request_id!r}")
+        raise BadRequest(f"'id' must be a string, got {shown(request_id)}")
     parameters = _parameters(header, "the request")
     if "sequence_id" in parameters:
         raise BadRequest("the mnist model is not a sequence model: drop sequence_id")
@@ -182,7 +182,7 @@ def _parameters(holder: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 def _flag(parameters: Mapping[str, Any], key: str, where: str, default: bool = False) -> bool:
     value = parameters.get(key, default)
     if not isinstance(value, bool):
-        raise BadRequest(f"{where}: parameter {key} must be true or false, got {value!r}")
+        raise BadRequest(f"{where}: parameter {key} must be true or false, got {shown(value)}")
     return value
 
 
@@ -193,12 +193,12 @@ def _read_inputs(inputs: Any, binary: BinarySection, max_batch: int) -> np.ndarr
         if not isinstance(tensor, dict):
             raise BadRequest(
                 f'each input must be an object {{"name": {INPUT_NAME!r}, "shape": [...], '
-                f'"datatype": ..., "data": [...]}}, got {tensor!r}'[:300]
+                f'"datatype": ..., "data": [...]}}, got {shown(tensor)}'
             )
         name = tensor.get("name")
         if name != INPUT_NAME:
             raise BadRequest(
-                f"unknown input {name!r}: the mnist model has one input, {INPUT_NAME!r}"
+                f"unknown input {shown(name)}: the mnist model has one input, {INPUT_NAME!r}"
             )
     if len(inputs) > 1:
         raise BadRequest(f"input {INPUT_NAME!r} is given {len(inputs)} times")
@@ -208,9 +208,9 @@ def _read_inputs(inputs: Any, binary: BinarySection, max_batch: int) -> np.ndarr
 def _read_input(tensor: Mapping[str, Any], binary: BinarySection, max_batch: int) -> np.ndarray:
     where = f"input {INPUT_NAME!r}"
     datatype = tensor.get("datatype")
-    if datatype not in INPUT_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in INPUT_DATATYPES:
         raise BadRequest(
-            f"{where}: datatype {datatype!r} is not supported; send FP32 (pixels in 0..1) or "
+            f"{where}: datatype {shown(datatype)} is not supported; send FP32 (pixels in 0..1) or "
             "UINT8 (raw pixels 0..255)"
         )
     dtype = INPUT_DATATYPES[datatype]
@@ -333,7 +333,7 @@ def _read_outputs(outputs: Any, default_binary: bool) -> tuple[RequestedOutput, 
         name = item.get("name") if isinstance(item, dict) else None
         if name not in OUTPUT_NAMES and name not in DECISION_OUTPUTS:
             raise BadRequest(
-                f"unknown output {name!r}: the mnist model has outputs {list(OUTPUT_NAMES)}"
+                f"unknown output {shown(name)}: the mnist model has outputs {list(OUTPUT_NAMES)}"
                 f" (and the reject option's {list(DECISION_OUTPUTS)})"
             )
         if name in requested:
@@ -358,6 +358,6 @@ def _classification(parameters: Mapping[str, Any], name: str) -> int | None:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= N_CLASSES:
         raise BadRequest(
             f"output {name!r}: classification must be a whole number from 1 to {N_CLASSES}, "
-            f"got {count!r}"
+            f"got {shown(count)}"
         )
     return count

@@ -228,10 +228,10 @@ def _infer(shape: str = "[1, 784]", name: str = "input", datatype: str = "UINT8"
     [
         ("/predict", b'{"images": [[1e400' + b", 0" * 783 + b"]]}", "pixel 0: 1e400 is outside"),
         ("/v2/models/mnist/infer", _infer("[100000000000000000000, 784]"), "100000000000000000000"),
-        ("/v2/models/mnist/infer", _infer("[" + "9" * 400 + ", 784]"), "9" * 70),
-        ("/predict", b'{"images": [[' + b"9" * 400 + b", 0" * 783 + b"]]}", "9" * 70),
-        ("/v2/models/mnist/infer", _infer(name="x" * 3000), "x" * 70),
-        ("/v2/models/mnist/infer", _infer(datatype="x" * 3000), "x" * 70),
+        ("/v2/models/mnist/infer", _infer("[" + "9" * 400 + ", 784]"), "9" * 50),
+        ("/predict", b'{"images": [[' + b"9" * 400 + b", 0" * 783 + b"]]}", "9" * 50),
+        ("/v2/models/mnist/infer", _infer(name="x" * 3000), "x" * 50),
+        ("/v2/models/mnist/infer", _infer(datatype="x" * 3000), "x" * 50),
     ],
 )
 def test_client_input_is_echoed_as_written_and_cut_when_long(
@@ -253,3 +253,29 @@ def test_a_long_method_is_cut_in_the_answer(server: RunningServer) -> None:
     assert "X" * 70 in answer.error_message() and "X" * 81 not in answer.error_message()
     assert answer.error_message().endswith("…")
     assert len(answer.body) < 500
+
+
+_DEEP = "[" * 990 + "]" * 990
+_PIXELS = ",".join(["0"] * 392 + ["255"] * 392)
+_DIGIT = f'{{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [{_PIXELS}]}}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"inputs": [' + _DEEP + "]}",
+        '{"id": ' + _DEEP + ', "inputs": []}',
+        '{"inputs": [{"name": ' + _DEEP + "}]}",
+        '{"inputs": [{"name": "input", "shape": [1, 784], "datatype": ' + _DEEP + "}]}",
+        '{"inputs": [{"name": "input", "shape": [1, 784], "datatype": {"a": 1}}]}',
+        '{"inputs": [' + _DIGIT + '], "outputs": [{"name": ' + _DEEP + "}]}",
+        '{"inputs": [' + _DIGIT + '], "parameters": {"binary_data_output": ' + _DEEP + "}}",
+    ],
+)
+def test_a_value_just_under_the_depth_limit_anywhere_in_a_v2_request_is_a_400(
+    server: RunningServer, body: str
+) -> None:
+    sent = http("POST", "/v2/models/mnist/infer", {"Content-Type": JSON}, body.encode())
+    answer = exchange(server, sent)
+    assert answer.status == 400, answer
+    assert len(answer.error_message()) < 400
