@@ -190,3 +190,32 @@ def test_the_lifecycle_refuses_shares_and_tolerances_out_of_range(repo: Path) ->
             lifecycle.promote(repository, 4, settings, None, tolerance=tolerance)
     assert lifecycle.OutOfRange.exit_code == 2
     assert state(repo) == ServingState(stable=1)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql+asyncpg://u:secret@h/db", "no driver 'asyncpg' installed"),
+        ("postgresql://u:secret@h:port/db", "DATABASE_URL: not a database URL"),
+        ("nourl", "DATABASE_URL 'nourl' is not a URL"),
+    ],
+)
+def test_a_store_url_nothing_here_speaks_is_exit_6_for_diff_and_a_warning_for_promote(
+    repo: Path,
+    url: str,
+    words: str,
+    mnist_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.delenv("STORE", raising=False)
+    common = ["--models-dir", str(repo), "--data-dir", str(mnist_data_dir)]
+    assert main([*common, "diff", "1", "4"]) == 6
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-models: the feedback store cannot be read: ") and words in err
+    assert len(err.strip().splitlines()) == 1 and "secret" not in err
+    assert main([*common, "promote", "4"]) == 0  # promoted: the store's figures only report
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-models: warning: no held-out feedback figures: ") and words in err
+    assert state(repo) == ServingState(stable=4, history=(1,))
