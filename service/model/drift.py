@@ -245,10 +245,16 @@ def build_reference(
 
 
 def live_bins(
-    reference: DriftReference, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
+    reference: DriftReference,
+    images: np.ndarray,
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    statistics: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per statistic, the bin counts of these images: int64 [N, bins] (one row per image)."""
-    values = image_statistics(images)
+    """Per statistic, the bin counts of these images: int64 [N, bins] (one row per image).
+
+    ``statistics``: ``image_statistics(images)`` when the caller has it already."""
+    values = image_statistics(images) if statistics is None else statistics
     counts: dict[str, np.ndarray] = {}
     for column, name in enumerate(SCALAR_STATISTICS):
         histogram = reference.histograms[name]

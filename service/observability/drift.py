@@ -91,15 +91,23 @@ class DriftMonitor:
         images: np.ndarray,
         labels: np.ndarray,
         confidences: np.ndarray,
+        statistics: np.ndarray | None = None,
     ) -> list[int]:
-        """Take answered inputs into the windows of their versions; the versions updated."""
+        """Take answered inputs into the windows of their versions; the versions updated.
+        ``statistics``: their ``image_statistics`` (float64 [N, 6]) when already computed."""
         updated = []
         for version in np.unique(versions).tolist():
             window = self._window(int(version))
             if window is None:
                 continue  # the version's card has no reference: nothing to compare with
             chosen = versions == version
-            bins = live_bins(window.reference, images[chosen], labels[chosen], confidences[chosen])
+            bins = live_bins(
+                window.reference,
+                images[chosen],
+                labels[chosen],
+                confidences[chosen],
+                None if statistics is None else statistics[chosen],
+            )
             with self._lock:
                 window.add(np.concatenate([bins[name] for name in STATISTICS], axis=1))
             updated.append(int(version))

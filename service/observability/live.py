@@ -154,11 +154,16 @@ class LiveMetrics:
                     self.rejections.labels(str(version)).inc(refused)
 
     def observe_drift(
-        self, versions: np.ndarray, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
+        self,
+        versions: np.ndarray,
+        images: np.ndarray,
+        labels: np.ndarray,
+        confidences: np.ndarray,
+        statistics: np.ndarray | None = None,
     ) -> None:
         if self.drift is None:
             return
-        for version in self.drift.add(versions, images, labels, confidences):
+        for version in self.drift.add(versions, images, labels, confidences, statistics):
             snapshot = self.drift.snapshot(version)
             if snapshot is None:
                 continue

@@ -59,7 +59,12 @@ class RecorderMetrics(Protocol):
     ) -> None: ...
 
     def observe_drift(
-        self, versions: np.ndarray, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
+        self,
+        versions: np.ndarray,
+        images: np.ndarray,
+        labels: np.ndarray,
+        confidences: np.ndarray,
+        statistics: np.ndarray | None = None,
     ) -> None: ...
 
 
@@ -87,7 +92,12 @@ class SilentRecorderMetrics:
         return None
 
     def observe_drift(
-        self, versions: np.ndarray, images: np.ndarray, labels: np.ndarray, confidences: np.ndarray
+        self,
+        versions: np.ndarray,
+        images: np.ndarray,
+        labels: np.ndarray,
+        confidences: np.ndarray,
+        statistics: np.ndarray | None = None,
     ) -> None:
         return None
 
@@ -264,11 +274,12 @@ class PredictionRecorder:
         for item, size in zip(taken, sizes, strict=True):
             flags.extend([True] * size if item.accepted is None else item.accepted)
         accepted = np.array(flags, dtype=bool)
+        statistics = image_statistics(images)  # once: for the drift windows and the rows
         self.metrics.observe_answers(versions, confidences, accepted)
-        self.metrics.observe_drift(versions, images, labels, confidences)
+        self.metrics.observe_drift(versions, images, labels, confidences, statistics)
         if self.store is None:
             return
-        rows = self._rows(taken, images, labels, confidences)
+        rows = self._rows(taken, images, labels, confidences, statistics)
         self._write(rows)
 
     def _rows(
@@ -277,10 +288,11 @@ class PredictionRecorder:
         images: np.ndarray,
         labels: np.ndarray,
         confidences: np.ndarray,
+        statistics: np.ndarray,
     ) -> list[tuple[Any, ...]]:
         """The batch's rows in ``PREDICTION_COLUMNS`` order: numbers computed for the whole
         batch at once, each input a slice of one uint8 buffer."""
-        statistics = image_statistics(images).tolist()
+        statistic_rows = statistics.tolist()
         keep_for_feedback = self.config.input_retention_seconds > 0
         pixels = b""
         if keep_for_feedback or any(item.store_input for item in taken):
@@ -309,7 +321,7 @@ class PredictionRecorder:
                         confidence_values[position],
                         None if accepted is None else bool(accepted[index]),
                         None if reasons is None else reasons[index],
-                        *statistics[position],
+                        *statistic_rows[position],
                         pixels[start : start + N_PIXELS] if keep else None,
                         kept,
                     )
