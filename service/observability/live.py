@@ -34,7 +34,7 @@ from service.observability.drift import (
     ReferenceSource,
     drift_figures,
 )
-from service.observability.metrics import multiprocess_dir, service_metrics
+from service.observability.metrics import multiprocess_dir, observe_many, service_metrics
 from service.store.database import PredictionStore, VersionFigures
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,7 @@ class LiveMetrics:
     ) -> None:
         for version in np.unique(versions).tolist():
             chosen = versions == version
-            child = self.confidence.labels(str(version))
-            for value in confidences[chosen].tolist():
-                child.observe(value)
+            observe_many(self.confidence.labels(str(version)), confidences[chosen])
             if accepted is not None:
                 refused = int(np.count_nonzero(~accepted[chosen]))
                 if refused:

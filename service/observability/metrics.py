@@ -455,6 +455,22 @@ def _observed(samples: list[tuple[Any, float]], histogram: Any, amount: float) -
         samples.append((histogram._buckets[index], 1.0))
 
 
+@never_fails
+def observe_many(histogram: Any, amounts: np.ndarray) -> None:
+    """What ``histogram.observe(a)`` for every ``a`` in ``amounts`` (float [N]) writes, as one
+    addition per bucket touched and one to the sum (prometheus_client's Histogram, one label
+    set): the store's writer observes a whole flush at once."""
+    if len(amounts) == 0:
+        return
+    buckets = histogram._buckets
+    samples: list[tuple[Any, float]] = [(histogram._sum, float(np.sum(amounts)))]
+    # the first bucket whose upper bound is >= amount; a NaN falls in no bucket, as in observe()
+    indices = np.searchsorted(np.asarray(histogram._upper_bounds), amounts, side="left")
+    counts = np.bincount(indices, minlength=len(buckets) + 1)[: len(buckets)]
+    samples.extend((buckets[i], float(n)) for i, n in enumerate(counts.tolist()) if n)
+    _record(samples)
+
+
 def _record(samples: list[tuple[Any, float]]) -> None:
     """Write ``samples`` now, or with the rest of this thread's request when one is open."""
     pending = _request_samples.pending

@@ -360,3 +360,29 @@ def test_a_requests_samples_are_written_together_when_it_is_answered(tmp_path: P
     assert seen["child_files"]
     assert all(name.startswith("counter_") for name in seen["child_files"])
     assert seen["child_requests"] == 1
+
+
+def test_observe_many_writes_what_observing_one_by_one_writes() -> None:
+    """The writer's bulk observation: the same buckets, count and sum as one observe() per
+    value (a value on a bucket's bound, above the last bound, and NaN included)."""
+    from prometheus_client import Histogram
+
+    amounts = np.array([0.0, 0.1, 0.25, 0.5, 0.5000001, 0.9, 1.0, 7.0, np.nan, 0.33, 0.99])
+    registry = CollectorRegistry()
+    one = Histogram("one", "one by one", buckets=(0.25, 0.5, 1.0), registry=registry)
+    many = Histogram("many", "all at once", buckets=(0.25, 0.5, 1.0), registry=registry)
+    for amount in amounts.tolist():
+        one.observe(amount)
+    metrics.observe_many(many, amounts)
+    metrics.observe_many(many, amounts[:0])  # nothing observed: nothing written
+
+    def samples(name: str) -> dict[str, float]:
+        (family,) = [f for f in registry.collect() if f.name == name]
+        return {s.name.removeprefix(name) + str(s.labels): s.value for s in family.samples}
+
+    by_one, by_many = samples("one"), samples("many")
+    assert np.isnan(by_one["_sum{}"]) and np.isnan(by_many.pop("_sum{}"))
+    by_one.pop("_sum{}")
+    by_one.pop("_created{}", None), by_many.pop("_created{}", None)
+    assert by_many == by_one
+    assert by_one["_count{}"] == 10  # NaN: counted in no bucket, as observe() does
