@@ -5,8 +5,9 @@ batch of 256, V2 binary and V2 JSON FP32 batches of 256 at concurrency 2; onnxru
 the same batch of 256 in this process (one intra-op thread: the model on one core); and first, in
 this process, the CPU time of preprocessing the PNG upload's 280x280 photo (decoding included,
 one OpenCV thread; target: at most 2 ms p50). With
---baseline DIR, the JSON batch is also sent to a second service run from that checkout (for
-example today's main: git worktree add /tmp/baseline main), paired with ours.
+--baseline DIR, the JSON single image, the JSON batch and the PNG upload are also sent to a
+second service run from that checkout (for example today's main: git worktree add /tmp/baseline
+main), each paired with ours.
 Rows that are compared run side by side in every round, in turn first (loadgen.rotate_groups);
 each ratio is the median of the rounds' ratios. Every row records the server's CPU per request
 and how it split over the worker processes. Target: V2 binary batch-256 >= 30,000 images/s.
@@ -19,7 +20,7 @@ import argparse
 import contextlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import loadgen
@@ -42,6 +43,11 @@ class Case:
     body: loadgen.PostBody
     connections: int
     labels: np.ndarray
+
+
+def _baseline(name: str) -> str:
+    """The row of ``name`` served by the --baseline checkout."""
+    return f"{name}, baseline"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     pixels, labels = loadgen.mnist_test_digits(args.data_dir, BATCH)
     single, batch = args.single_concurrency, args.batch_concurrency
     json_batch = f"JSON batch of {BATCH}"
-    baseline_batch = f"JSON batch of {BATCH}, baseline"
+    json_single, png_upload = "JSON single image", "PNG upload 280x280 RGB"
+    compared = (json_single, json_batch, png_upload)  # the rows --baseline runs on both
     v2_batch = f"V2 binary batch of {BATCH}"
     ort_batch = f"onnxruntime alone, batch of {BATCH}"
     # groups of rows compared with each other; each group is rotated round by round
     groups: list[list[Case]] = [
         [
-            Case("JSON single image", json_body(pixels[:1]), single, labels[:1]),
+            Case(json_single, json_body(pixels[:1]), single, labels[:1]),
             Case("V2 binary single image", v2_binary_body(pixels[:1]), single, labels[:1]),
         ],
         [Case(json_batch, json_body(pixels), batch, labels)],
@@ -187,10 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             Case(v2_batch, v2_binary_body(pixels), batch, labels),
             Case(f"V2 JSON FP32 batch of {BATCH}", v2_json_body(pixels), batch, labels),
         ],
-        [Case("PNG upload 280x280 RGB", png_body(pixels[0]), single, labels[:1])],
+        [Case(png_upload, png_body(pixels[0]), single, labels[:1])],
     ]
     if args.baseline is not None:
-        groups[1].append(Case(baseline_batch, json_body(pixels), batch, labels))
+        for group in groups:
+            group.extend(
+                replace(case, name=_baseline(case.name))
+                for case in list(group)
+                if case.name in compared
+            )
 
     model = loadgen.latest_model(models_dir)
     scaled = (pixels / np.float32(255)).astype(np.float32)
@@ -212,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         servers = {case.name: service for group in groups for case in group}
         if args.baseline is not None:
-            servers[baseline_batch] = stack.enter_context(
+            baseline = stack.enter_context(
                 loadgen.gunicorn_server(
                     loadgen.SERVICE_APP, env, scratch, "/v2/health/ready", args.baseline
                 )
             )
+            servers.update({_baseline(name): baseline for name in compared})
         for group in groups:
             for case in group:
                 url = servers[case.name].url
@@ -271,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         ("V2 binary batch / onnxruntime alone", v2_batch, ort_batch),
     ]
     if args.baseline is not None:
-        pairs.append((f"JSON batch / baseline ({args.baseline})", json_batch, baseline_batch))
+        pairs.extend(
+            (f"{name} / baseline ({args.baseline})", name, _baseline(name)) for name in compared
+        )
     ratio_rows = []
     for label, ours, theirs in pairs:
         ratio, per_round = loadgen.paired_ratio(results[ours], results[theirs])
