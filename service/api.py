@@ -6,7 +6,6 @@ import base64
 import binascii
 import functools
 import io
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -26,7 +25,6 @@ from service.access import require_api_token
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ServiceConfig
 from service.dispatch import Answer, InferenceRequest, read_decoded_body
 from service.errors import (
-    TOO_DEEP,
     BadRequest,
     InvalidImage,
     InvalidInput,
@@ -42,7 +40,7 @@ from service.images import (
     header_size,
     preprocess_image,
 )
-from service.json_body import WrittenNumber, check_depth, written_float
+from service.json_body import WrittenNumber, check_depth, parse_json_slowly
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
@@ -168,13 +166,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def _parse_slowly(body: bytes) -> Any:
-    try:
-        # a number too large for a float (1e400) is echoed as written: "1e400 is outside 0..255"
-        return json.loads(body, parse_constant=_reject_constant, parse_float=written_float)
-    except RecursionError:
-        raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+    # a number too large for a float (1e400) is echoed as written: "1e400 is outside 0..255"
+    return parse_json_slowly(body, on_constant=_reject_constant)
 
 
 def images_from_json(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import orjson
@@ -102,9 +102,15 @@ def parse_json(body: bytes) -> Any:
         orjson_error = exc
     if "depth limit" in str(orjson_error):
         raise BadRequest(f"malformed JSON: {TOO_DEEP}")
+    return parse_json_slowly(body)
+
+
+def parse_json_slowly(body: bytes, on_constant: Callable[[str], Any] = _no_constant) -> Any:
+    """``body`` read by the standard parser, which says where a bad document breaks and reads
+    ``1e999`` as a :class:`WrittenNumber`; ``on_constant`` raises for NaN and Infinity (by
+    default a 400). BadRequest (400) for a malformed or too deeply nested document."""
     try:
-        # the standard parser says where a bad document breaks, and reads 1e999
-        return json.loads(body, parse_constant=_no_constant, parse_float=written_float)
+        return json.loads(body, parse_constant=on_constant, parse_float=written_float)
     except RecursionError:
         raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
     except ValueError as exc:
