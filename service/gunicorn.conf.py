@@ -115,13 +115,18 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 def post_fork(server: Any, worker: Any) -> None:
     """In each new worker: gunicorn answers malformed HTTP itself, in HTML unless told otherwise;
-    the service's writer answers in JSON, with an X-Request-ID and a request log line."""
+    the service's writer answers in JSON, with an X-Request-ID and a request log line. A worker
+    of another class gets the stop signals held across its fork at once."""
     from gunicorn import util
 
-    from service.request_buffering import write_error
+    from service.request_buffering import STOP_SIGNALS, BufferingThreadWorker, write_error
 
     # the one function gunicorn's Worker.handle_error writes with; every other path is Flask's
     util.write_error = write_error
+    if not isinstance(worker, BufferingThreadWorker):
+        # a worker class of gunicorn's own (e.g. --worker-class gthread) never lets in the stop
+        # signals the master held across the fork (hold_stop_signals_across_fork): let them in
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -118,6 +118,37 @@ def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
     assert max(seconds) < STOP_LIMIT_SECONDS, seconds
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_gunicorns_own_worker_class_stops_too(stop: signal.Signals, tmp_path: Path) -> None:
+    """With --worker-class gthread (no init_signals of ours) the workers still get the stop
+    signals the master holds across fork(): a stop takes seconds, not graceful_timeout."""
+    log = tmp_path / "serve.log"
+    port = free_port()
+    process = _serve(
+        port,
+        log,
+        *("--models-dir", str(COMMITTED_MODELS), "--workers", "2"),
+        settings={
+            "GUNICORN_CMD_ARGS": "--worker-class gthread",
+            "STORE_PATH": str(tmp_path / "store.sqlite3"),
+        },
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", process)
+        started = time.monotonic()
+        os.killpg(process.pid, stop)
+        process.wait(timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text(errors="replace")
+    assert "Using worker: gthread" in text
+    assert "SIGKILL" not in text
+    assert seconds < 10, seconds  # graceful_timeout is 20 s
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
