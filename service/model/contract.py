@@ -308,6 +308,9 @@ class NoveltySection:
     fitted_on: str = ""
     max_aspect: float | None = None  # width / height of the ink's box; wider is no digit
     aspect: str | None = None
+    #: whose subspace the distance is to: "nearest" (the nearest of the ten) or "predicted" (the
+    #: digit the model predicts: an input far from what it is read as is no digit)
+    subspace: str = "nearest"
 
 
 @dataclass(frozen=True)

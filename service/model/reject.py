@@ -2,8 +2,10 @@
 
 A version's card may carry a ``reject`` section (written by training/calibrate.py): a
 temperature for the probabilities, ``min_confidence`` (Chow's rule on the temperature-scaled top
-probability) and the not-a-digit detector, the squared distance of the 28x28 input to the
-nearest of ten per-class PCA subspaces stored in ``novelty.npz`` beside the model. A card
+probability) and the not-a-digit detector, the squared distance of the 28x28 input to a
+per-class PCA subspace stored in ``novelty.npz`` beside the model: the subspace of the digit the
+model predicts (card ``novelty.subspace`` "predicted") or, in older cards, the nearest of the ten
+("nearest"). A card
 without it still gets ``min_confidence`` from ``MIN_CONFIDENCE`` when set (else every digit is
 accepted) and no not-a-digit check.
 """
@@ -53,6 +55,8 @@ class RejectOption:
     _offsets: np.ndarray | None = field(default=None, repr=False)
     _mean_norms: np.ndarray | None = field(default=None, repr=False)
     _components: int = 0
+    #: the distance to the predicted digit's subspace (else to the nearest of the ten)
+    _to_predicted: bool = False
 
     @classmethod
     def from_card(
@@ -69,6 +73,8 @@ class RejectOption:
         max_aspect = novelty.max_aspect
         if not (0.01 <= temperature <= 100.0 and 0.0 <= threshold <= 1.0):
             raise RejectSectionError("the card's temperature or min_confidence is out of range")
+        if novelty.subspace not in ("nearest", "predicted"):
+            raise RejectSectionError(f"the card's novelty.subspace {novelty.subspace!r} is unknown")
         if "/" in name or "\\" in name or name.startswith("."):
             raise RejectSectionError(f"the subspaces file {name!r} is not a plain file name")
         try:
@@ -90,11 +96,13 @@ class RejectOption:
             _offsets=offsets.astype(np.float32),
             _mean_norms=np.einsum("cp,cp->c", means, means).astype(np.float32),
             _components=count,
+            _to_predicted=novelty.subspace == "predicted",
         )
 
-    def novelty(self, images: np.ndarray) -> np.ndarray | None:
-        """float32 [N]: squared distance of float32 [N, 784] images (0..1) to the nearest class
-        subspace, or None without subspaces. One matrix product for all ten classes."""
+    def novelty(self, images: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray | None:
+        """float32 [N]: squared distance of float32 [N, 784] images (0..1) to a class subspace, or
+        None without subspaces: to the subspace of ``predicted`` (int [N], the model's digits)
+        when the card says so, else to the nearest. One matrix product for all ten classes."""
         if self._weights is None or self._offsets is None or self._mean_norms is None:
             return None
         classes = len(self._mean_norms)
@@ -105,7 +113,13 @@ class RejectOption:
         distances = (
             norms - 2.0 * products[:, split:] + self._mean_norms - (projected**2).sum(axis=2)
         )
-        return np.asarray(np.maximum(distances.min(axis=1), 0.0))
+        if self._to_predicted:
+            if predicted is None:
+                raise ValueError("this card's distance is to the predicted digit's subspace")
+            chosen = distances[np.arange(len(distances)), predicted]
+        else:
+            chosen = distances.min(axis=1)
+        return np.asarray(np.maximum(chosen, 0.0))
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
@@ -120,7 +134,7 @@ class RejectOption:
         """Accept or reject each of float32 images [N, 784] given the model's probabilities."""
         confidence = self.calibrated(probabilities).max(axis=1)
         low = confidence < self.min_confidence
-        scores = self.novelty(images)
+        scores = self.novelty(images, probabilities.argmax(axis=1))
         strange = (
             scores > self.novelty_threshold
             if scores is not None and self.novelty_threshold is not None

@@ -19,7 +19,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import ServiceConfig
 from service.model.contract import parse_card
-from service.model.reject import LOW_CONFIDENCE, NOT_A_DIGIT, RejectOption
+from service.model.reject import LOW_CONFIDENCE, NOT_A_DIGIT, RejectOption, RejectSectionError
 from service.model.reject import ink_aspect as serving_aspect
 from training.calibrate import Subspaces, ink_aspect, with_temperature
 
@@ -53,10 +53,37 @@ def test_serving_computes_the_distance_training_calibrated(option: RejectOption)
         subspaces = Subspaces(archive["means"], archive["components"])
     images = np.random.default_rng(0).random((20, 784), dtype=np.float32)
     images[:10] *= images[:10] > 0.8  # sparse, digit-like ink
-    served = option.novelty(images)
+    predicted = np.arange(20) % 10
+    served = option.novelty(images, predicted)
+    assert served is not None
+    np.testing.assert_allclose(served, subspaces.scores(images, predicted), rtol=1e-3)
+    np.testing.assert_allclose(ink_aspect(images), serving_aspect(images))
+
+
+def _card_with_subspace(subspace: str | None) -> Any:
+    document = json.loads((VERSION / "card.json").read_text())
+    if subspace is None:
+        del document["reject"]["novelty"]["subspace"]  # a card written before the field
+    else:
+        document["reject"]["novelty"]["subspace"] = subspace
+    return parse_card(json.dumps(document))
+
+
+def test_an_older_card_measures_to_the_nearest_subspace() -> None:
+    older = RejectOption.from_card(_card_with_subspace(None), VERSION)
+    with np.load(VERSION / "novelty.npz") as archive:
+        subspaces = Subspaces(archive["means"], archive["components"])
+    images = np.random.default_rng(3).random((8, 784), dtype=np.float32)
+    served = older.novelty(images, np.zeros(8, dtype=np.int64))
     assert served is not None
     np.testing.assert_allclose(served, subspaces.scores(images), rtol=1e-3)
-    np.testing.assert_allclose(ink_aspect(images), serving_aspect(images))
+    to_zero = subspaces.scores(images, np.zeros(8, dtype=np.int64))
+    assert (served <= to_zero + 1e-3).all() and (served < to_zero - 1e-3).any()
+
+
+def test_an_unknown_subspace_rule_is_refused() -> None:
+    with pytest.raises(RejectSectionError, match=r"novelty\.subspace"):
+        RejectOption.from_card(_card_with_subspace("farthest"), VERSION)
 
 
 def test_temperature_is_the_same_in_training_and_serving(option: RejectOption) -> None:
