@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,10 +25,13 @@ from service.model.validation import ValidatedModel
 
 log = logging.getLogger(__name__)
 
-#: comparisons waiting at most; beyond it they are dropped (and counted), never waited for
-DEFAULT_QUEUE_SIZE = 2048
-#: comparisons run together in one onnxruntime call when they queue up
-DEFAULT_RUN_BATCH = 128
+#: images waiting at most (float32 [N, 784]: 25 MB); beyond it comparisons are dropped (and
+#: counted), never waited for
+DEFAULT_QUEUE_IMAGES = 8192
+#: images run together in one onnxruntime call at most when comparisons queue up
+DEFAULT_RUN_IMAGES = 1024
+#: seconds between two runs of the queued comparisons (how late a comparison's figures may be)
+DEFAULT_DRAIN_SECONDS = 0.05
 
 
 class TrialMetrics(Protocol):
@@ -66,17 +69,28 @@ class Comparison:
 
 
 class TrialRunner:
-    """A per-process thread that runs queued comparisons in batches."""
+    """A per-process thread that runs queued comparisons in batches.
+
+    The request path only counts images under a lock no one holds for long and appends to a
+    deque (it wakes no thread); the thread wakes every ``drain_seconds`` and runs whatever queued
+    since, so at any request rate a trial costs one onnxruntime run and one metrics update per
+    batch rather than per request, and the request threads never hand the GIL to a thread woken
+    for each comparison."""
 
     def __init__(
         self,
         metrics: TrialMetrics,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        run_batch: int = DEFAULT_RUN_BATCH,
+        queue_images: int = DEFAULT_QUEUE_IMAGES,
+        run_images: int = DEFAULT_RUN_IMAGES,
+        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
     ) -> None:
         self.metrics = metrics
-        self.run_batch = run_batch
-        self._queue: queue.Queue[Comparison] = queue.Queue(queue_size)
+        self.queue_images = queue_images
+        self.run_images = run_images
+        self.drain_seconds = drain_seconds
+        self._queue: deque[Comparison] = deque()
+        self._queued_images = 0
+        self._busy = False  # the thread holds comparisons it took from the queue
         self._pid: int | None = None
         self._lock = threading.Lock()
 
@@ -84,17 +98,21 @@ class TrialRunner:
         """Queue a comparison without ever blocking; a full queue drops it (counted)."""
         if self._pid != os.getpid():
             self._start()
-        try:
-            self._queue.put_nowait(comparison)
-        except queue.Full:
+        count = len(comparison.images)
+        with self._lock:
+            full = self._queued_images + count > self.queue_images
+            if not full:
+                self._queued_images += count
+        if full:
             self.metrics.count_trial_dropped(comparison.mode, 1)
             return
+        self._queue.append(comparison)
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until every queued comparison ran (tests and tools)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if not self._queue and not self._busy:
                 return True
             time.sleep(0.01)
         return False
@@ -105,26 +123,31 @@ class TrialRunner:
             if self._pid == pid:
                 return
             # after a fork the parent's thread does not exist here: a fresh queue and thread
-            self._queue = queue.Queue(self._queue.maxsize)
+            self._queue = deque()
+            self._queued_images = 0
+            self._busy = False
             thread = threading.Thread(target=self._loop, name="model-trials", daemon=True)
             self._pid = pid
             thread.start()
 
     def _loop(self) -> None:
         while True:
-            jobs = [self._queue.get()]
-            while len(jobs) < self.run_batch:
+            time.sleep(self.drain_seconds)
+            while self._queue:
+                self._busy = True  # before taking, so wait_idle never sees an empty gap
+                jobs = [self._queue.popleft()]
+                taken = len(jobs[0].images)
+                while self._queue and taken + len(self._queue[0].images) <= self.run_images:
+                    jobs.append(self._queue.popleft())
+                    taken += len(jobs[-1].images)
+                with self._lock:
+                    self._queued_images -= taken
                 try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._run(jobs)
-            except Exception:  # a trial must never take anything down; the answers were sent
-                log.exception("a trial comparison failed")
-            finally:
-                for _ in jobs:
-                    self._queue.task_done()
+                    self._run(jobs)
+                except Exception:  # a trial must never take anything down; the answers were sent
+                    log.exception("a trial comparison failed")
+                finally:
+                    self._busy = False
 
     def _run(self, jobs: list[Comparison]) -> None:
         groups: dict[int, list[Comparison]] = {}

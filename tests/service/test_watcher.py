@@ -252,11 +252,30 @@ def test_a_shadow_runs_after_stable_answered(tmp_path: Path) -> None:
     assert recorded.trial_runs == [(10, 2)]
 
 
+def test_comparisons_queued_together_run_in_one_onnxruntime_call(tmp_path: Path) -> None:
+    """The request path wakes no thread: what queued between two drains runs as one batch, and
+    a run never exceeds run_images."""
+    from service.model.trials import TrialRunner
+
+    predictor = _trial_predictor(tmp_path, Trial("shadow", 2, 1.0), 0.0)
+    predictor.trials = TrialRunner(predictor.metrics, run_images=40, drain_seconds=0.5)
+    images, labels = selftest_digits()
+    for _ in range(12):
+        assert predictor.predict(images).model_version == 1
+    assert predictor.trials.wait_idle()
+    recorded = metrics_of(predictor)
+    assert sum(size for size, _ in recorded.trial_runs) == 12 * len(images)
+    assert all(size <= 40 for size, _ in recorded.trial_runs)
+    assert len(recorded.trial_runs) < 12  # batched, not one run per request
+    stables = [int(d) for _, _, _, stable, _ in recorded.comparisons for d in stable]
+    assert stables == [int(d) for d in labels] * 12  # in order, none lost or repeated
+
+
 def test_a_full_trial_queue_drops_comparisons_and_never_blocks(tmp_path: Path) -> None:
     from service.model.trials import TrialRunner
 
     predictor = _trial_predictor(tmp_path, Trial("shadow", 2, 1.0), 0.0)
-    runner = TrialRunner(predictor.metrics, queue_size=1)
+    runner = TrialRunner(predictor.metrics, queue_images=10)  # one selftest batch
     runner._pid = os.getpid()  # no thread: nothing drains the queue
     predictor.trials = runner
     images, _ = selftest_digits()
