@@ -7,11 +7,14 @@ already given; 422 for a bad label, index or field; 503 when the store is off or
 
 DELETE /feedback/<request_id> (behind ADMIN_TOKEN, like the other admin routes: 403 without it
 set, 401 without the right bearer token) deletes every prediction and feedback record of one
-request in one transaction: 200 with the counts, 404 when the store holds nothing of it.
+request in one transaction: 200 with the counts, 404 when the store holds nothing of it (after
+waiting up to FEEDBACK_WAIT_SECONDS for an answer still on its way to the database).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -78,6 +81,26 @@ def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
     return FeedbackItem(request_id=request_id, label=label, item=index)
 
 
+def delete_when_recorded(
+    store: PredictionStore,
+    request_id: str,
+    wait_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, int]:
+    """``store.delete_request``, retried while nothing is found for up to ``wait_seconds``: an
+    answer sent a moment ago may still be queued in a worker (writes are batched off the request),
+    and a deletion that ran before it landed would let it land afterwards.
+
+    Returns (prediction records, feedback records) deleted; (0, 0) after the wait."""
+    deadline = clock() + wait_seconds
+    while True:
+        gone = store.delete_request(request_id)
+        if any(gone) or clock() >= deadline:
+            return gone
+        sleep(0.05)
+
+
 def create_blueprint(
     store: PredictionStore | None, config: StoreConfig, admin_token: str | None = None
 ) -> Blueprint:
@@ -104,7 +127,9 @@ def create_blueprint(
             raise InvalidInput(f"the request id is longer than {MAX_REQUEST_ID} characters")
         if store is None:
             raise StoreUnavailable("the prediction store is off (STORE=off): it holds nothing")
-        gone_predictions, gone_feedback = store.delete_request(request_id)
+        gone_predictions, gone_feedback = delete_when_recorded(
+            store, request_id, config.feedback_wait_seconds
+        )
         if not gone_predictions and not gone_feedback:
             raise UnknownPrediction(
                 f"the store holds no record of request id {request_id!r} (unknown, already "

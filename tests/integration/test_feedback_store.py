@@ -426,6 +426,37 @@ def test_delete_a_request_behind_the_admin_token(
     assert value(samples, "mnist_feedback_records", version="1") == 1
 
 
+def test_a_delete_right_after_the_answer_deletes_the_record_still_on_its_way(
+    gunicorn_server: StartServer, backend: StoreBackend, mnist_data: Any
+) -> None:
+    """The answer's record is still queued in the worker when the DELETE arrives: the deletion
+    waits for it instead of answering 404 and letting the record land afterwards."""
+    server = gunicorn_server(
+        env={**backend.env, "STORE_FLUSH_SECONDS": "1.5", "ADMIN_TOKEN": ADMIN_TOKEN}, workers=1
+    )
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    image = mnist_data.test.images[:1].astype(int).tolist()
+    with requests.Session() as session:
+        answered = session.post(
+            server.url + "/predict",
+            json={"images": image},
+            headers={"X-Request-ID": "delete-at-once"},
+            timeout=30,
+        )
+        assert answered.status_code == 200, answered.text
+        deleted = session.delete(server.url + "/feedback/delete-at-once", headers=admin, timeout=30)
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json()["deleted"] == {"predictions": 1, "feedback": 0}
+        time.sleep(2)  # past the next flush: nothing of it lands later
+        again = session.delete(server.url + "/feedback/delete-at-once", headers=admin, timeout=30)
+        assert again.status_code == 404, again.text
+    store = PredictionStore.open(sqlalchemy_url(backend.url))
+    try:
+        assert store.predictions_of("delete-at-once") == []
+    finally:
+        store.close()
+
+
 def test_the_reject_decision_is_stored_and_live_accuracy_counts_accepted_answers(
     gunicorn_server: StartServer, backend: StoreBackend, mnist_data: Any
 ) -> None:
