@@ -13,6 +13,11 @@ Three things are fitted, all on the training data (the test set is never looked 
   4s than from the nearest class, so this catches more non-digits than the nearest subspace at
   the same share of digits flagged). The threshold is a high quantile of the scores of the
   validation digits;
+* a not-a-digit discriminator (outlier exposure, Hendrycks et al. 2019): a logistic regression
+  on the model's hidden layer, the log subspace distance and the log margin between the two
+  likeliest digits, fitted to tell training digits from printed letters and symbols, scribbles
+  and noise drawn by training/outliers.py (fonts the picture benchmark does not use); its
+  threshold is a high quantile of its scores on the validation digits;
 * Chow's rule (Chow 1970; reported as error at a given rejection rate by LeCun et al. 1998): a
   digit whose calibrated top probability is under ``min_confidence`` is rejected; the threshold
   is chosen on the validation split so that, together with the not-a-digit detector, the stated
@@ -53,6 +58,11 @@ from service.model.repository import ModelRepository, sha256_bytes, write_atomic
 TARGET_REJECT_RATE = 0.018
 #: ...of which the not-a-digit detector takes at most this share (its quantile on validation)
 NOVELTY_REJECT_RATE = 0.005
+#: ...and the discriminator this share (its quantile on validation; the two overlap a little)
+DISCRIMINATOR_REJECT_RATE = 0.003
+#: generated non-digits and training digits the discriminator is fitted on
+OUTLIER_COUNT = 6000
+DISCRIMINATOR_DIGITS = 20000
 #: principal components kept per class (40 caught more of a set of generated non-digits than 5,
 #: 10 or 20 at the same share of validation digits flagged; the set's seed and fonts are not the
 #: picture benchmark's)
@@ -103,10 +113,12 @@ class Subspaces:
             chosen = residuals[np.arange(len(images)), predicted]
         return np.asarray(np.maximum(chosen, 0.0))
 
-    def to_bytes(self) -> bytes:
-        """The .npz file served beside the model (no pickles: plain float32 arrays)."""
+    def to_bytes(self, **extra: np.ndarray) -> bytes:
+        """The .npz file served beside the model (no pickles: plain float32 arrays), with the
+        discriminator's arrays when given."""
         buffer = io.BytesIO()
-        np.savez(buffer, means=self.means, components=self.components)
+        arrays: dict[str, Any] = {"means": self.means, "components": self.components, **extra}
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
 
@@ -191,6 +203,79 @@ def error_reject_curve(
     return curve
 
 
+def hidden_layer(onnx_bytes: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first dense layer of a ReLU MLP's ONNX graph (skl2onnx: Cast, MatMul, Add, Relu):
+    weights float32 [784, H] and biases float32 [H]; None for any other graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(onnx_bytes).graph
+    constants = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    ops = [node for node in graph.node if node.op_type != "Cast"]
+    if [node.op_type for node in ops[:3]] != ["MatMul", "Add", "Relu"]:
+        return None
+    weights = next((constants[n] for n in ops[0].input if n in constants), None)
+    biases = next((constants[n] for n in ops[1].input if n in constants), None)
+    if weights is None or biases is None or weights.ndim != 2:
+        return None
+    return weights.astype(np.float32), biases.reshape(-1).astype(np.float32)
+
+
+def discriminator_features(
+    images: np.ndarray,
+    probabilities: np.ndarray,
+    residual: np.ndarray,
+    hidden: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """float64 [N, H + 2]: the hidden layer relu(x W + b), log(residual + 1e-3) and the log
+    margin log p1 - log p2 of float32 [N, 784] images, their probabilities and subspace distances
+    (the same as service/model/reject.py computes)."""
+    weights, biases = hidden
+    activations = np.maximum(images @ weights + biases, 0.0)
+    logs = np.log(np.clip(np.sort(probabilities.astype(np.float64), axis=1), 1e-30, 1.0))
+    margin = logs[:, -1] - logs[:, -2]
+    return np.column_stack([activations, np.log(residual + 1e-3), margin]).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class DiscriminatorData:
+    """What the discriminator is fitted on: training digits and generated non-digits (float32
+    [N, 784] in 0..1) with the model's probabilities, and the model's first layer."""
+
+    digits: np.ndarray
+    digit_probabilities: np.ndarray
+    outliers: np.ndarray
+    outlier_probabilities: np.ndarray
+    hidden: tuple[np.ndarray, np.ndarray]
+
+
+def fit_discriminator(data: DiscriminatorData, subspaces: Subspaces) -> tuple[np.ndarray, float]:
+    """Logistic regression digits (0) vs non-digits (1) on standardised features, folded back to
+    raw features: float32 weights [H + 2] and the bias of ``features @ weights + bias``."""
+    from sklearn.linear_model import LogisticRegression
+
+    sets = [
+        discriminator_features(
+            images,
+            probabilities,
+            subspaces.scores(images, probabilities.argmax(axis=1)),
+            data.hidden,
+        )
+        for images, probabilities in (
+            (data.digits, data.digit_probabilities),
+            (data.outliers, data.outlier_probabilities),
+        )
+    ]
+    mean, scale = sets[0].mean(axis=0), sets[0].std(axis=0) + 1e-6
+    features = (np.vstack(sets) - mean) / scale
+    target = np.r_[np.zeros(len(sets[0])), np.ones(len(sets[1]))]
+    model = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced")
+    model.fit(features, target)
+    weights = model.coef_[0] / scale
+    bias = float(model.intercept_[0] - (mean * weights).sum())
+    return weights.astype(np.float32), bias
+
+
 @dataclass
 class Calibration:
     """What the calibration step produced: the card section and the files for the version."""
@@ -209,6 +294,8 @@ def calibrate(
     target_reject_rate: float = TARGET_REJECT_RATE,
     novelty_reject_rate: float = NOVELTY_REJECT_RATE,
     components: int = COMPONENTS_PER_CLASS,
+    discriminator: DiscriminatorData | None = None,
+    discriminator_reject_rate: float = DISCRIMINATOR_REJECT_RATE,
 ) -> Calibration:
     """Fit temperature, subspaces and thresholds; images float32 [N, 784] in 0..1.
 
@@ -220,6 +307,34 @@ def calibrate(
     novelty = subspaces.scores(validation_images, validation_probabilities.argmax(axis=1))
     novelty_threshold = float(np.quantile(novelty, 1.0 - novelty_reject_rate))
     flagged = (novelty > novelty_threshold) | (ink_aspect(validation_images) > max_aspect)
+    learned: dict[str, Any] = {}
+    extra: dict[str, np.ndarray] = {}
+    if discriminator is not None:
+        weights, bias = fit_discriminator(discriminator, subspaces)
+        scores = (
+            discriminator_features(
+                validation_images, validation_probabilities, novelty, discriminator.hidden
+            )
+            @ weights.astype(np.float64)
+            + bias
+        )
+        threshold = float(np.quantile(scores, 1.0 - discriminator_reject_rate))
+        flagged |= scores > threshold
+        extra = {
+            "hidden_weights": discriminator.hidden[0],
+            "hidden_biases": discriminator.hidden[1],
+            "discriminator_weights": weights,
+            "discriminator_bias": np.asarray(bias, dtype=np.float32),
+        }
+        learned = {
+            "discriminator_threshold": threshold,
+            "discriminator": "logistic regression on relu(x W + b) of the model's hidden layer "
+            "(hidden_weights, hidden_biases), log(distance + 0.001) and the log margin of the "
+            f"two likeliest digits; fitted on {len(discriminator.digits)} training digits "
+            f"against {len(discriminator.outliers)} non-digits of training/outliers.py; "
+            f"not_a_digit when features @ discriminator_weights + discriminator_bias is over "
+            f"the threshold ({100 * discriminator_reject_rate:g}% of validation digits)",
+        }
 
     temperature = fit_temperature(validation_probabilities, validation_labels)
     calibrated = with_temperature(validation_probabilities, temperature)
@@ -240,7 +355,7 @@ def calibrate(
     rejected = flagged | (confidence < min_confidence)
     rates = [0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1]
     curve = error_reject_curve(confidence, correct, flagged, rates)
-    data = subspaces.to_bytes()
+    data = subspaces.to_bytes(**extra)
     section = {
         "rule": "Chow: reject when the temperature-scaled top probability is under "
         "min_confidence; not_a_digit when the distance to the predicted digit's subspace is "
@@ -275,6 +390,7 @@ def calibrate(
             "max_aspect": max_aspect,
             "aspect": f"width / height of the ink's box in the 28x28 image (ink > {ASPECT_INK}); "
             f"max_aspect is the {100 * ASPECT_QUANTILE:g}th percentile over the training digits",
+            **learned,
         },
     }
     files = {NOVELTY_FILE: data}
@@ -354,14 +470,44 @@ def calibrate_run(
     if fewest < 3 or len(np.unique(y_val)) < N_CLASSES:
         return None
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    [probabilities] = session.run([OUTPUT_PROBABILITIES], {INPUT_NAME: x_val})
+
+    def probabilities_of(images: np.ndarray) -> np.ndarray:
+        [found] = session.run([OUTPUT_PROBABILITIES], {INPUT_NAME: images})
+        return np.asarray(found)
+
     return calibrate(
         x_train,
         y_train,
         x_val,
         y_val,
-        np.asarray(probabilities),
+        probabilities_of(x_val),
         components=min(COMPONENTS_PER_CLASS, fewest - 1),
+        discriminator=_discriminator_data(onnx_bytes, x_train, probabilities_of, config),
+    )
+
+
+def _discriminator_data(
+    onnx_bytes: bytes, x_train: np.ndarray, probabilities_of: Any, config: Any
+) -> DiscriminatorData | None:
+    """Digits and generated non-digits for the discriminator; None when the model is no ReLU MLP
+    or the fonts are missing (the card then has the subspace rule alone)."""
+    from training import outliers
+
+    hidden = hidden_layer(onnx_bytes)
+    if hidden is None or not outliers.fonts_available():
+        return None
+    rng = np.random.default_rng(int(config.seed))
+    picked = rng.choice(len(x_train), min(DISCRIMINATOR_DIGITS, len(x_train)), replace=False)
+    digits = np.ascontiguousarray(x_train[np.sort(picked)])
+    # about one non-digit for three digits: a short run (--train-limit) stays short
+    count = min(OUTLIER_COUNT, max(100, len(digits) // 3))
+    generated = outliers.non_digit_fields(count, seed=int(config.seed))
+    return DiscriminatorData(
+        digits=digits,
+        digit_probabilities=probabilities_of(digits),
+        outliers=generated,
+        outlier_probabilities=probabilities_of(generated),
+        hidden=hidden,
     )
 
 
@@ -424,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 "temperature": section["temperature"],
                 "min_confidence": section["min_confidence"],
                 "novelty_threshold": section["novelty"]["threshold"],
+                "discriminator_threshold": section["novelty"].get("discriminator_threshold"),
                 "validation": shown,
             },
             indent=2,

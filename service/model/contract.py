@@ -311,6 +311,10 @@ class NoveltySection:
     #: whose subspace the distance is to: "nearest" (the nearest of the ten) or "predicted" (the
     #: digit the model predicts: an input far from what it is read as is no digit)
     subspace: str = "nearest"
+    #: a logistic regression on the hidden layer, log distance and log margin (its arrays are in
+    #: the same file); over this score is no digit. None: the subspace rule alone
+    discriminator_threshold: float | None = None
+    discriminator: str | None = None
 
 
 @dataclass(frozen=True)

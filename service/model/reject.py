@@ -5,7 +5,9 @@ temperature for the probabilities, ``min_confidence`` (Chow's rule on the temper
 probability) and the not-a-digit detector, the squared distance of the 28x28 input to a
 per-class PCA subspace stored in ``novelty.npz`` beside the model: the subspace of the digit the
 model predicts (card ``novelty.subspace`` "predicted") or, in older cards, the nearest of the ten
-("nearest"). A card
+("nearest"); newer cards add a discriminator (a logistic regression on the model's hidden
+layer, the log of that distance and the log margin of the two likeliest digits, fitted against
+generated non-digits; its arrays are in the same file). A card
 without it still gets ``min_confidence`` from ``MIN_CONFIDENCE`` when set (else every digit is
 accepted) and no not-a-digit check.
 """
@@ -57,6 +59,10 @@ class RejectOption:
     _components: int = 0
     #: the distance to the predicted digit's subspace (else to the nearest of the ten)
     _to_predicted: bool = False
+    discriminator_threshold: float | None = None
+    #: float32 [784, H], [H]: the model's first layer; [H + 2] and a float: the discriminator
+    _hidden: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _discriminator: tuple[np.ndarray, float] | None = field(default=None, repr=False)
 
     @classmethod
     def from_card(
@@ -83,7 +89,9 @@ class RejectOption:
             raise RejectSectionError(f"cannot read the subspaces file {name}: {exc}") from exc
         if sha256_bytes(data) != expected:
             raise RejectSectionError(f"{name} does not match its sha256 in the card")
-        means, components = _read_subspaces(data, name)
+        means, components, learned = _read_subspaces(
+            data, name, with_discriminator=novelty.discriminator_threshold is not None
+        )
         classes, count, pixels = components.shape
         weights = np.concatenate([components.reshape(classes * count, pixels), means])
         offsets = np.einsum("ckp,cp->ck", components, means).reshape(classes * count)
@@ -97,6 +105,9 @@ class RejectOption:
             _mean_norms=np.einsum("cp,cp->c", means, means).astype(np.float32),
             _components=count,
             _to_predicted=novelty.subspace == "predicted",
+            discriminator_threshold=novelty.discriminator_threshold,
+            _hidden=None if learned is None else (learned[0], learned[1]),
+            _discriminator=None if learned is None else (learned[2], learned[3]),
         )
 
     def novelty(self, images: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray | None:
@@ -121,6 +132,27 @@ class RejectOption:
             chosen = distances.min(axis=1)
         return np.asarray(np.maximum(chosen, 0.0))
 
+    def discriminator_scores(
+        self, images: np.ndarray, probabilities: np.ndarray, distances: np.ndarray
+    ) -> np.ndarray | None:
+        """float32 [N]: the discriminator's score (over its threshold: no digit) of float32
+        [N, 784] images given the model's probabilities [N, 10] and ``novelty``'s distances;
+        None without a discriminator. The features are training/calibrate.py's."""
+        if self._hidden is None or self._discriminator is None:
+            return None
+        weights, biases = self._hidden
+        coefficients, bias = self._discriminator
+        activations = np.maximum(images @ weights + biases, 0.0)
+        logs = np.log(np.clip(np.sort(probabilities, axis=1)[:, -2:], 1e-30, 1.0))
+        size = len(biases)
+        score = (
+            activations @ coefficients[:size]
+            + coefficients[size] * np.log(distances + 1e-3)
+            + coefficients[size + 1] * (logs[:, 1] - logs[:, 0])
+            + bias
+        )
+        return np.asarray(score)
+
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
         if self.temperature == 1.0:
@@ -142,6 +174,10 @@ class RejectOption:
         )
         if self.max_aspect is not None:
             strange |= ink_aspect(images) > self.max_aspect
+        if scores is not None and self.discriminator_threshold is not None:
+            learned = self.discriminator_scores(images, probabilities, scores)
+            if learned is not None:
+                strange |= learned > self.discriminator_threshold
         reasons: list[str | None] = [
             NOT_A_DIGIT if s else (LOW_CONFIDENCE if lo else None)
             for s, lo in zip(strange.tolist(), low.tolist(), strict=True)
@@ -167,12 +203,22 @@ def ink_aspect(images: np.ndarray) -> np.ndarray:
     return np.where(height > 0, width / np.maximum(height, 1), 0.0)
 
 
-def _read_subspaces(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_subspaces(
+    data: bytes, name: str, *, with_discriminator: bool = False
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, float] | None]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             means = np.asarray(archive["means"], dtype=np.float32)
             components = np.asarray(archive["components"], dtype=np.float32)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            learned = None
+            if with_discriminator:
+                learned = (
+                    np.ascontiguousarray(archive["hidden_weights"], dtype=np.float32),
+                    np.asarray(archive["hidden_biases"], dtype=np.float32),
+                    np.asarray(archive["discriminator_weights"], dtype=np.float32),
+                    float(archive["discriminator_bias"]),
+                )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise RejectSectionError(f"{name} is not a subspaces file: {exc}") from exc
     classes, pixels = contract.N_CLASSES, contract.N_PIXELS
     if (
@@ -183,4 +229,15 @@ def _read_subspaces(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         or not (np.isfinite(means).all() and np.isfinite(components).all())
     ):
         raise RejectSectionError(f"{name} has the wrong shapes {means.shape} {components.shape}")
-    return means, components
+    if learned is not None:
+        weights, biases, coefficients, bias = learned
+        size = len(biases)
+        if (
+            weights.shape != (pixels, size)
+            or biases.ndim != 1
+            or coefficients.shape != (size + 2,)
+            or not all(np.isfinite(a).all() for a in (weights, biases, coefficients))
+            or not np.isfinite(bias)
+        ):
+            raise RejectSectionError(f"{name} has a discriminator of the wrong shapes")
+    return means, components, learned

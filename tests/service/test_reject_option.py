@@ -21,7 +21,8 @@ from service.config import ServiceConfig
 from service.model.contract import parse_card
 from service.model.reject import LOW_CONFIDENCE, NOT_A_DIGIT, RejectOption, RejectSectionError
 from service.model.reject import ink_aspect as serving_aspect
-from training.calibrate import Subspaces, ink_aspect, with_temperature
+from training.calibrate import Subspaces, discriminator_features, ink_aspect, with_temperature
+from training.outliers import non_digit_fields
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 VERSION = MODELS / "mnist" / "1"
@@ -58,6 +59,29 @@ def test_serving_computes_the_distance_training_calibrated(option: RejectOption)
     assert served is not None
     np.testing.assert_allclose(served, subspaces.scores(images, predicted), rtol=1e-3)
     np.testing.assert_allclose(ink_aspect(images), serving_aspect(images))
+
+
+def test_serving_computes_the_discriminator_training_fitted(option: RejectOption) -> None:
+    assert option.discriminator_threshold is not None
+    with np.load(VERSION / "novelty.npz") as archive:
+        hidden = (archive["hidden_weights"], archive["hidden_biases"])
+        weights, bias = archive["discriminator_weights"], float(archive["discriminator_bias"])
+    images = np.random.default_rng(4).random((12, 784), dtype=np.float32)
+    images[:6] *= images[:6] > 0.8
+    probabilities = np.random.default_rng(5).dirichlet(np.ones(10) * 0.1, 12).astype(np.float32)
+    distances = option.novelty(images, probabilities.argmax(axis=1))
+    assert distances is not None
+    served = option.discriminator_scores(images, probabilities, distances)
+    assert served is not None
+    features = discriminator_features(images, probabilities, distances.astype(np.float64), hidden)
+    np.testing.assert_allclose(served, features @ weights + bias, rtol=1e-4, atol=1e-3)
+
+
+def test_printed_letters_are_not_a_digit_and_digits_are(client: FlaskClient) -> None:
+    letters = np.round(non_digit_fields(10, seed=7) * 255).tolist()
+    answer = client.post("/predict", json={"images": letters}).get_json()
+    reasons = [p["reject_reason"] for p in answer["predictions"]]
+    assert reasons.count(NOT_A_DIGIT) >= 6, reasons
 
 
 def _card_with_subspace(subspace: str | None) -> Any:
