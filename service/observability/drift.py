@@ -100,7 +100,8 @@ class DriftMonitor:
             window = self._window(int(version))
             if window is None:
                 continue  # the version's card has no reference: nothing to compare with
-            chosen = versions == version
+            # only the version's last ``window`` inputs stay in its ring: bin no more than those
+            chosen = np.flatnonzero(versions == version)[-window.size :]
             bins = live_bins(
                 window.reference,
                 images[chosen],

@@ -38,6 +38,7 @@ _MIGRATION_THREAD_LOCK = threading.Lock()
 #: statistics columns of a prediction record: the drift monitor's per-image statistics
 STATISTIC_COLUMNS = SCALAR_STATISTICS
 #: the columns a prediction record is written with, in the order of ``write_prediction_tuples``
+#: and ``write_prediction_columns``
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "request_id",
     "item",
@@ -298,25 +299,44 @@ class PredictionStore:
         )
 
     def write_prediction_tuples(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """``write_predictions`` for rows given as tuples in ``PREDICTION_COLUMNS`` order (what
-        the writer thread builds: no mapping per row). ``created_at`` is an aware datetime;
-        ``input`` bytes (784, uint8) or None.
+        """``write_predictions`` for rows given as tuples in ``PREDICTION_COLUMNS`` order (no
+        mapping per row). ``created_at`` is an aware datetime; ``input`` bytes (784, uint8) or
+        None."""
+        if not rows:
+            return 0
+        return self.write_prediction_columns([list(column) for column in zip(*rows, strict=True)])
+
+    def write_prediction_columns(self, columns: Sequence[Sequence[Any]]) -> int:
+        """``write_predictions`` for records given column by column, in ``PREDICTION_COLUMNS``
+        order, all of one length (what the writer thread builds: every value of a column made
+        for the whole batch at once). ``created_at`` holds aware datetimes; ``input`` bytes
+        (784, uint8) or None. Returns how many rows were offered.
 
         One DB-API ``executemany`` of one statement: SQLAlchemy's per-row parameter processing
         is skipped; the values are already of the driver's types, except ``created_at``, which
-        goes through the dialect's own bind processor (SQLite stores it as text)."""
-        if not rows:
+        goes through the dialect's own bind processor (SQLite stores it as text) once per
+        datetime object (the images of one request share one)."""
+        if len(columns) != len(PREDICTION_COLUMNS):
+            raise ValueError(f"{len(columns)} columns, not the {len(PREDICTION_COLUMNS)} written")
+        if not columns[0]:
             return 0
         statement = _insert_statement(self.engine.dialect)
         created = predictions.c.created_at.type.dialect_impl(self.engine.dialect).bind_processor(
             self.engine.dialect
         )
         if created is not None:
-            at = _CREATED_AT
-            rows = [(*row[:at], created(row[at]), *row[at + 1 :]) for row in rows]
-        parameters = rows if isinstance(rows, list) else list(rows)
+            # by identity: equal times in other zones are written differently (and the column
+            # keeps every object alive while the ids are used)
+            times = columns[_CREATED_AT]
+            bound = {id(value): created(value) for value in {id(t): t for t in times}.values()}
+            columns = [
+                *columns[:_CREATED_AT],
+                [bound[id(value)] for value in times],
+                *columns[_CREATED_AT + 1 :],
+            ]
+        parameters = list(zip(*columns, strict=True))
         self._run(lambda connection: connection.exec_driver_sql(statement, parameters))
-        return len(rows)
+        return len(parameters)
 
     def predictions_of(self, request_id: str) -> list[dict[str, Any]]:
         """Every stored image of one request, in order (input bytes included)."""

@@ -279,64 +279,74 @@ class PredictionRecorder:
         self.metrics.observe_drift(versions, images, labels, confidences, statistics)
         if self.store is None:
             return
-        rows = self._rows(taken, images, labels, confidences, statistics)
-        self._write(rows)
+        self._write(self._columns(taken, images, labels, confidences, statistics))
 
-    def _rows(
+    def _columns(
         self,
         taken: list[_Answered],
         images: np.ndarray,
         labels: np.ndarray,
         confidences: np.ndarray,
         statistics: np.ndarray,
-    ) -> list[tuple[Any, ...]]:
-        """The batch's rows in ``PREDICTION_COLUMNS`` order: numbers computed for the whole
-        batch at once, each input a slice of one uint8 buffer."""
-        statistic_rows = statistics.tolist()
+    ) -> list[list[Any]]:
+        """The batch's columns in ``PREDICTION_COLUMNS`` order, each built for the whole batch at
+        once (numbers by numpy, a request's own values repeated per image); each input a slice
+        of one uint8 buffer."""
         keep_for_feedback = self.config.input_retention_seconds > 0
-        pixels = b""
-        if keep_for_feedback or any(item.store_input for item in taken):
-            pixels = np.rint(images * PIXEL_MAX).astype(np.uint8).tobytes()
-        digits = labels.tolist()
-        confidence_values = confidences.tolist()
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
-        position = 0
+        request_ids: list[str] = []
+        items: list[int] = []
+        created: list[datetime] = []
+        versions: list[int] = []
+        routes: list[str] = []
+        accepted: list[bool | None] = []
+        reasons: list[str | None] = []
+        kept: list[str | None] = []
+        keep: list[bool] = []
         for item in taken:
-            created = datetime.fromtimestamp(item.answered_at, UTC)
-            keep = item.store_input or keep_for_feedback
-            kept = KEPT_REQUESTED if item.store_input else None
-            accepted = item.accepted
-            reasons = item.reject_reasons
-            for index in range(len(item.images)):
-                start = position * N_PIXELS
-                append(
-                    (
-                        item.request_id,
-                        index,
-                        created,
-                        item.model_version,
-                        item.route,
-                        digits[position],
-                        confidence_values[position],
-                        None if accepted is None else bool(accepted[index]),
-                        None if reasons is None else reasons[index],
-                        *statistic_rows[position],
-                        pixels[start : start + N_PIXELS] if keep else None,
-                        kept,
-                    )
-                )
-                position += 1
-        return rows
+            size = len(item.images)
+            request_ids += [item.request_id] * size
+            items += range(size)
+            created += [datetime.fromtimestamp(item.answered_at, UTC)] * size
+            versions += [item.model_version] * size
+            routes += [item.route] * size
+            if item.accepted is None:
+                accepted += [None] * size
+            else:
+                accepted += [bool(flag) for flag in item.accepted]
+            reasons += [None] * size if item.reject_reasons is None else item.reject_reasons
+            kept += [KEPT_REQUESTED if item.store_input else None] * size
+            keep += [item.store_input or keep_for_feedback] * size
+        inputs: list[bytes | None] = [None] * len(keep)
+        if any(keep):
+            pixels = np.rint(images * PIXEL_MAX).astype(np.uint8).tobytes()
+            inputs = [
+                pixels[start : start + N_PIXELS] if kept_input else None
+                for start, kept_input in zip(range(0, len(pixels), N_PIXELS), keep, strict=True)
+            ]
+        return [
+            request_ids,
+            items,
+            created,
+            versions,
+            routes,
+            labels.tolist(),
+            confidences.tolist(),
+            accepted,
+            reasons,
+            *statistics.T.tolist(),
+            inputs,
+            kept,
+        ]
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, columns: list[list[Any]]) -> None:
         assert self.store is not None
+        count = len(columns[0])
         now = time.monotonic()
         if now < self._retry_at:
-            self._drop(len(rows))
+            self._drop(count)
             return
         try:
-            self.store.write_prediction_tuples(rows)  # the first write migrates the schema
+            self.store.write_prediction_columns(columns)  # the first write migrates the schema
             self._migrated = True
         except StoreUnavailable as exc:
             self._retry_at = now + RETRY_SECONDS
@@ -345,7 +355,7 @@ class PredictionRecorder:
                     "prediction store unavailable (%s); dropping records until it answers", exc
                 )
                 self.metrics.set_store_available(False)
-            self._drop(len(rows))
+            self._drop(count)
             return
         if self._outage_dropped:
             log.warning(
@@ -354,8 +364,8 @@ class PredictionRecorder:
             )
             self._outage_dropped = 0
         self.metrics.set_store_available(True)
-        self.metrics.count_written(len(rows))
-        self.written += len(rows)
+        self.metrics.count_written(count)
+        self.written += count
 
     def _drop(self, count: int) -> None:
         self._outage_dropped += count

@@ -129,6 +129,23 @@ def test_the_window_keeps_only_the_newest_inputs(
     assert drift_figures(1, 50, snapshot[1], reference) is None  # too few to say anything
 
 
+def test_a_batch_larger_than_the_window_counts_as_its_newest_inputs(
+    reference: DriftReference, mnist_data: Any
+) -> None:
+    # the writer bins only each version's newest `window` inputs of a flush: the same counts
+    images = mnist_data.test.images[:700].astype(np.float32) / 255
+    labels, confidences = answers(images)
+    versions = np.where(np.arange(700) % 3 == 0, 2, 1)
+    monitor = DriftMonitor(lambda version: reference, window=150)
+    assert monitor.add(versions, images, labels, confidences) == [1, 2]
+    for version in (1, 2):
+        newest = np.flatnonzero(versions == version)[-150:]
+        bins = drift.live_bins(reference, images[newest], labels[newest], confidences[newest])
+        snapshot = monitor.snapshot(version)
+        assert snapshot is not None and snapshot[0] == 150
+        assert snapshot[1] == {name: counts.sum(0).tolist() for name, counts in bins.items()}
+
+
 @pytest.mark.parametrize(
     ("change", "drifts"),
     [

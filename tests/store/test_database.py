@@ -70,19 +70,26 @@ def test_prediction_columns_are_every_column_but_the_id() -> None:
     assert sorted(PREDICTION_COLUMNS) == sorted(c.name for c in predictions.c if c.name != "id")
 
 
-def test_rows_as_tuples_are_stored_as_rows_as_mappings(store: PredictionStore) -> None:
+def test_rows_as_tuples_or_columns_are_stored_as_rows_as_mappings(store: PredictionStore) -> None:
     rows = [prediction_row("m", digit=5), prediction_row("m", 1, accepted=False)]
     store.write_predictions(rows)
     tuples = [
         tuple({**row, "request_id": "t"}.get(name) for name in PREDICTION_COLUMNS) for row in rows
     ]
     store.write_prediction_tuples(tuples)
+    columns = [
+        [{**row, "request_id": "c"}.get(name) for row in rows] for name in PREDICTION_COLUMNS
+    ]
+    assert store.write_prediction_columns(columns) == 2
     mapped, tupled = store.predictions_of("m"), store.predictions_of("t")
-    assert len(mapped) == len(tupled) == 2
-    for a, b in zip(mapped, tupled, strict=True):
-        assert {k: v for k, v in a.items() if k not in ("id", "request_id")} == {
-            k: v for k, v in b.items() if k not in ("id", "request_id")
-        }
+    by_columns = store.predictions_of("c")
+    assert len(mapped) == len(tupled) == len(by_columns) == 2
+    for a, b, c in zip(mapped, tupled, by_columns, strict=True):
+        assert (
+            {k: v for k, v in a.items() if k not in ("id", "request_id")}
+            == {k: v for k, v in b.items() if k not in ("id", "request_id")}
+            == {k: v for k, v in c.items() if k not in ("id", "request_id")}
+        )
     assert mapped[1]["accepted"] is False and mapped[0]["accepted"] is None
 
 
