@@ -144,7 +144,11 @@ def check_shows_digits(raw: np.ndarray, first: int = 0) -> None:
     whose values all lie in 0..1 was most likely divided by 255 already, or is a 0/1 mask.
     ``first`` is the index of the first image, for the message.
     """
-    low, high = raw.min(axis=1), raw.max(axis=1)
+    _shows_digits(raw.min(axis=1), raw.max(axis=1), first)
+
+
+def _shows_digits(low: np.ndarray, high: np.ndarray, first: int = 0) -> None:
+    """check_shows_digits given each image's lowest and highest value (float32 [N] each)."""
     flat = high - low < MIN_PIXEL_CONTRAST
     if not flat.any():
         return  # the usual case: one vectorised test per image
@@ -178,10 +182,13 @@ def images_from_json(
 ) -> np.ndarray:
     """float32 [N, 784] in [0, 1] from a JSON body {"images": [...]}; a 4xx error otherwise."""
     pixels = json_arrays.pixel_rows(body, max_batch)
-    if pixels is not None and pixels.min() >= 0 and pixels.max() <= contract.PIXEL_MAX:
-        check_shows_digits(pixels)
-        pixels /= np.float32(contract.PIXEL_MAX)
-        return pixels
+    if pixels is not None:
+        # each image's extremes, once: the range check of the batch and the blank check
+        low, high = pixels.min(axis=1), pixels.max(axis=1)
+        if low.min() >= 0 and high.max() <= contract.PIXEL_MAX:
+            _shows_digits(low, high)
+            pixels /= np.float32(contract.PIXEL_MAX)
+            return pixels
     # anything else, a pixel out of range included, is parsed as Python objects: slower, but it
     # finds the first bad value and names it
     return images_from_json_objects(body, max_batch, limits, max_request_pixels)

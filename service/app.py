@@ -83,6 +83,7 @@ def create_app(
     if request_tracing is None:
         request_tracing = tracing.configure(tracing.TracingConfig.from_env(os.environ))
     images.use_one_thread()
+    use_blas_threads(config.intra_op_threads)
     if predictor is None:
         predictor = Predictor(config)
         with contextlib.suppress(ModelUnavailable):
@@ -123,6 +124,21 @@ def create_app(
         request_tracing,
     )
     return app
+
+
+def use_blas_threads(threads: int) -> None:
+    """numpy's BLAS (OpenBLAS) on ``threads`` threads in this process, as many as each
+    onnxruntime session uses (ORT_INTRA_OP_THREADS, default 1; call at startup).
+
+    By default OpenBLAS starts a thread per core, and between matrix products (the reject
+    option's not-a-digit score, the drift statistics, explanations) those threads spin waiting
+    for work: with two workers on two cores, about a third of a busy worker's CPU went to that
+    spinning, taken from the other worker's requests. threadpoolctl sets the limit through the
+    library's own call, whichever BLAS numpy was built with.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def serve_with_layers(

@@ -318,7 +318,8 @@ class PredictionRecorder:
             keep += [item.store_input or keep_for_feedback] * size
         inputs: list[bytes | None] = [None] * len(keep)
         if any(keep):
-            pixels = np.rint(images * PIXEL_MAX).astype(np.uint8).tobytes()
+            scaled = images * np.float32(PIXEL_MAX)
+            pixels = np.rint(scaled, out=scaled).astype(np.uint8).tobytes()
             inputs = [
                 pixels[start : start + N_PIXELS] if kept_input else None
                 for start, kept_input in zip(range(0, len(pixels), N_PIXELS), keep, strict=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,40 @@ def test_an_app_on_an_empty_repository_is_live_not_ready_and_says_why(tmp_path: 
     response = client.post("/predict", json={"images": [committed_parts()[2]["images"][0]]})
     assert response.status_code == 503
     assert str(tmp_path) in json_of(response)["error"]["message"]
+
+
+BLAS_THREADS = """
+import json, sys
+from pathlib import Path
+from threadpoolctl import threadpool_info
+from service.app import create_app
+from service.config import ServiceConfig
+def blas() -> list[int]:
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+before = blas()
+create_app(ServiceConfig(model_dir=Path(sys.argv[1]), intra_op_threads=int(sys.argv[2])))
+print(json.dumps([before, blas()]))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numpy_blas_runs_on_the_sessions_thread_count(tmp_path: Path, threads: int) -> None:
+    # left to itself OpenBLAS runs a thread per core, which spin between matrix products; the
+    # app leaves it as many as each onnxruntime session has
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    environment["STORE"] = "0"
+    result = subprocess.run(
+        [sys.executable, "-c", BLAS_THREADS, str(tmp_path), str(threads)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        check=True,
+        timeout=120,
+    )
+    before, after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert before and (os.cpu_count() == 1 or min(before) > 1)
+    assert after == [threads] * len(before)
 
 
 @pytest.mark.parametrize(
