@@ -164,6 +164,8 @@ class RejectOption:
 
     def decide(self, images: np.ndarray, probabilities: np.ndarray) -> Decision:
         """Accept or reject each of float32 images [N, 784] given the model's probabilities."""
+        # float64 images would upcast the stored float32 matrices on every call (most of the cost)
+        images = np.asarray(images, dtype=np.float32)
         confidence = self.calibrated(probabilities).max(axis=1)
         low = confidence < self.min_confidence
         scores = self.novelty(images, probabilities.argmax(axis=1))
