@@ -73,7 +73,7 @@ class RequestObservability:
         environ[FACTS_KEY] = facts
         tracing = self.tracing
         if tracing is not None:
-            span, token = tracing.start(environ)
+            span = tracing.start(environ)
         statuses: list[str] = []
 
         def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -88,6 +88,10 @@ class RequestObservability:
             body = self.app(environ, respond)
         except BaseException:
             metrics.request_finished()  # in flight no more; the samples noted so far written
+            if tracing is not None:  # an error span; the context restored
+                tracing.finish(
+                    span, environ.get("REQUEST_METHOD", ""), facts.route, 500, facts.request_id
+                )
             raise
         seconds = time.perf_counter() - started
         status = int(statuses[-1][:3]) if statuses else 500
@@ -106,8 +110,8 @@ class RequestObservability:
             request_bytes=_content_length(environ),
         )
         if tracing is not None:
-            fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
-            tracing.finish(span, token, method, facts.route, status, facts.request_id)
+            fields["trace_id"] = span.trace_id
+            tracing.finish(span, method, facts.route, status, facts.request_id)
         log_request(fields)
         return body
 

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from service.app import create_app
 from service.observability import request_log, tracing
@@ -161,3 +161,62 @@ def test_off_by_default_no_span_and_no_trace_id(
     assert app.test_client().get("/v2/health/live").status_code == 200
     lines = [json.loads(t) for t in capsys.readouterr().err.splitlines() if t.startswith("{")]
     assert lines and all("trace_id" not in line for line in lines)
+
+
+def test_a_failing_step_is_an_error_span_inside_a_4xx_request(
+    traced_client: FlaskClient, exporter: InMemorySpanExporter
+) -> None:
+    response = traced_client.post("/predict", json={"images": [[0] * 783]})
+    assert response.status_code == 422
+    spans = _by_name(exporter.get_finished_spans())
+    assert set(spans) == {"POST /predict", "decode", "preprocess"}
+    assert spans["preprocess"].status.status_code == StatusCode.ERROR
+    assert spans["decode"].status.status_code == StatusCode.UNSET
+    assert spans["POST /predict"].status.status_code == StatusCode.UNSET  # a 4xx is the caller's
+
+
+def test_the_standard_sampler_variable_is_obeyed(
+    model_repo: Path,
+    make_predictor: MakePredictor,
+    exporter: InMemorySpanExporter,
+    digit: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")  # read by the SDK's TracerProvider
+    predictor = make_predictor()
+    predictor.load()
+    request_tracing = tracing.configure(TracingConfig(enabled=True), SimpleSpanProcessor(exporter))
+    client = create_app(predictor.config, predictor, request_tracing).test_client()
+    capsys.readouterr()
+    response = client.post(
+        "/predict", json={"images": [digit]}, headers={"traceparent": TRACEPARENT}
+    )
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()  # nothing recorded, nothing exported
+    lines = [json.loads(t) for t in capsys.readouterr().err.splitlines() if t.startswith("{")]
+    assert [line["trace_id"] for line in lines if line.get("route") == "/predict"] == [TRACE_ID]
+
+
+def test_no_step_span_outside_a_request(
+    traced_client: FlaskClient, exporter: InMemorySpanExporter
+) -> None:
+    with tracing.step("inference"):
+        pass
+    assert exporter.get_finished_spans() == ()
+    assert tracing.current_trace_id() is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "sizes"),
+    [
+        ({}, (tracing.BATCH_QUEUE_SIZE, tracing.EXPORT_BATCH_SIZE)),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, (None, None)),  # the SDK reads both
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, (None, None)),
+    ],
+)
+def test_batch_sizes_are_ours_unless_the_operator_sets_one(
+    environ: dict[str, str], sizes: tuple[int | None, int | None]
+) -> None:
+    config = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:1", **environ})
+    assert (config.max_queue_size, config.max_export_batch_size) == sizes
