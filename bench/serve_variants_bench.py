@@ -4,47 +4,66 @@ Each variant is the service with a few environment variables changed; the first 
 Built-in comparisons (``--compare``):
   worker   the buffering worker (default) against gunicorn's own gthread worker
   tracing  tracing off (default) against tracing on, spans sent over OTLP/HTTP to a local
-           receiver started here (it accepts and drops them)
-Prints req/s, p50/p99 per variant and the median of the paired rounds' ratios.
+           receiver started here in a process of its own (bench/otlp_sink.py: it reads and
+           drops them); its CPU per traced request is printed apart from the server's
+Prints req/s, p50/p99, the server's CPU per request per variant and the median of the paired
+rounds' ratios.
 Usage: python bench/serve_variants_bench.py --compare worker [--duration 12] [--rounds 12]
 """
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
+import math
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import loadgen
 
 
-class _DropSpans(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP receiver that reads and drops what it gets (the exporter's cost is measured)."""
+@dataclass
+class Receiver:
+    """The OTLP sink's process and its URL; ``cpu_seconds`` (its CPU from being ready until it
+    stops, its interpreter's start left out) is filled in when it stops."""
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silent."""
+    process: subprocess.Popen[str]
+    url: str
+    cpu_seconds: float = math.nan
 
 
 @contextmanager
-def otlp_receiver() -> Iterator[str]:
-    """A local OTLP/HTTP endpoint, its base URL; stopped afterwards."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropSpans)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def otlp_receiver() -> Iterator[Receiver]:
+    """A local OTLP/HTTP endpoint in a process of its own (bench/otlp_sink.py); stopped after."""
+    port = loadgen.free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("otlp_sink.py")), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    receiver = Receiver(process, f"http://127.0.0.1:{port}")
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("the OTLP receiver did not start") from None
+                time.sleep(0.05)
+        started = loadgen.process_cpu_seconds(process.pid) or 0.0
+        yield receiver
     finally:
-        server.shutdown()
-        server.server_close()
+        ended = loadgen.process_cpu_seconds(process.pid)
+        receiver.cpu_seconds = math.nan if ended is None else ended - started
+        process.terminate()
+        process.communicate(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         images=1,
     )
     base = {"MODEL_DIR": str(args.models_dir.resolve())}
+    receiver = None
     with ExitStack() as stack:
         if args.compare == "worker":
             variants = {
@@ -74,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tracing off": base,
                 "tracing on": {
                     **base,
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver,
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
                     "OTEL_SERVICE_NAME": "mnist-service",
                 },
             }
@@ -86,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, env in variants.items()
         }
         cases = [
-            loadgen.LoadCase(name, server.url, body, args.concurrency)
+            loadgen.LoadCase(name, server.url, body, args.concurrency, server.pid)
             for name, server in servers.items()
         ]
         results = loadgen.measure_rounds(cases, args.duration, args.rounds, scratch, wrk)
@@ -102,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result.requests_per_second:,.0f}",
                 f"{result.p50_ms:.2f}",
                 f"{result.p99_ms:.2f}",
+                f"{result.server_cpu_ms_per_request:.3f}",
                 f"{ratio:.3f}",
                 " ".join(f"{r:.2f}" for r in per_round),
             ]
@@ -109,9 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     loadgen.print_table(
         f"Single-image JSON /predict, concurrency {args.concurrency}, {args.duration:g} s per "
         f"variant in {args.rounds} interleaved rounds",
-        ["variant", "req/s", "p50 ms", "p99 ms", f"vs {names[0]}", "ratio per round"],
+        ["variant", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", f"vs {names[0]}",
+         "ratio per round"],
         rows,
-    )
+    )  # fmt: skip
+    if receiver is not None:
+        traced = results[names[-1]].requests
+        print(
+            f"OTLP receiver (another process, not in the server's CPU): "
+            f"{receiver.cpu_seconds * 1000.0 / max(traced, 1):.3f} ms CPU per measured traced "
+            "request (warm-up requests are traced too)"
+        )
     print(f"machine: {loadgen.machine_note()}")
     return 0
 
