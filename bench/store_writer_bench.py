@@ -11,14 +11,17 @@ migration, first connection) is not counted.
 With ``--baseline REV`` the same measurement runs alternately on the tree of git revision REV
 (extracted to a scratch folder) and on this tree, ``--rounds`` times each, each in a fresh
 process; medians of the rounds and of the paired ratios are printed. ``--profile`` prints the
-cProfile of one run of this tree instead.
+cProfile of one run of this tree instead. ``--postgres`` writes to a private PostgreSQL server
+(tests/postgres.py, a fresh database per run) instead, and adds the CPU of the server's processes
+over the flushes (it shares the cores with the service in a single-machine deployment).
 Usage: python bench/store_writer_bench.py [--records 20000] [--batch 250] [--rounds 6]
-       [--baseline main] [--profile]
+       [--baseline main] [--profile] [--postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,13 +44,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--baseline", help="git revision to compare with (alternating rounds)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="write to a private PostgreSQL server (tests/postgres.py) instead of SQLite, and "
+        "count the server's CPU too",
+    )
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--postmaster-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     return parser.parse_args(argv)
 
 
-def measure(records: int, batch: int, models_dir: Path, profile: bool) -> dict[str, float]:
-    """Feed ``records`` single-image records, flush them in batches; CPU figures in us/record."""
+def measure(
+    records: int,
+    batch: int,
+    models_dir: Path,
+    profile: bool,
+    database_url: str | None = None,
+    postmaster_pid: int | None = None,
+) -> dict[str, float]:
+    """Feed ``records`` single-image records, flush them in batches; CPU figures in us/record
+    (with ``postmaster_pid``, the PostgreSQL server's processes are counted too)."""
     import numpy as np
 
     sys.path.insert(0, str(BENCH_DIR))
@@ -62,7 +81,11 @@ def measure(records: int, batch: int, models_dir: Path, profile: bool) -> dict[s
     environ = {
         **os.environ,
         "MODEL_DIR": str(models_dir),
-        "STORE_PATH": str(scratch / "store.sqlite3"),
+        **(
+            {"DATABASE_URL": database_url}
+            if database_url
+            else {"STORE_PATH": str(scratch / "store.sqlite3")}
+        ),
     }
     app = create_app(ServiceConfig.from_env(environ))
     predictor = app.extensions[PREDICTOR_KEY]
@@ -94,8 +117,16 @@ def measure(records: int, batch: int, models_dir: Path, profile: bool) -> dict[s
             )
         return time.process_time() - began
 
+    def server_cpu() -> float:
+        if postmaster_pid is None:
+            return 0.0
+        times = (loadgen.process_cpu_seconds(pid) for pid in loadgen.process_tree(postmaster_pid))
+        return sum(t for t in times if t is not None)
+
     feed(0, batch)
     recorder.flush()
+    time.sleep(0.5)  # the server's background writers settle after the migration
+    server_began = server_cpu()
     record_cpu = flush_cpu = 0.0
     profiler = None
     if profile:
@@ -111,19 +142,26 @@ def measure(records: int, batch: int, models_dir: Path, profile: bool) -> dict[s
         if profiler is not None:
             profiler.disable()
         flush_cpu += time.process_time() - began
+    time.sleep(0.5)  # the WAL writer's last flush (synchronous_commit=off) counts too
+    server_used = server_cpu() - server_began
     if profiler is not None:
         import pstats
 
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
     written, dropped = recorder.written, dict(recorder.dropped)
-    recorder.store.close()
+    expected = total  # STORE=off in the environment: drift windows and answer metrics only
+    if recorder.store is not None:
+        recorder.store.close()
+    else:
+        expected = 0
     shutil.rmtree(scratch, ignore_errors=True)
-    if written != total or any(dropped.values()):
+    if written != expected or any(dropped.values()):
         raise SystemExit(f"written {written} of {total}, dropped {dropped}")
     return {
         "flush_us_per_record": flush_cpu / records * 1e6,
         "record_us_per_record": record_cpu / records * 1e6,
+        "server_us_per_record": server_used / records * 1e6,
     }
 
 
@@ -137,6 +175,9 @@ def run_child(tree: Path, args: argparse.Namespace) -> dict[str, float]:
         f"--batch={args.batch}",
         f"--models-dir={args.models_dir.resolve()}",
     ]
+    if args.postgres:
+        command += [f"--database-url={args.postgres_server.create_database()}"]
+        command += [f"--postmaster-pid={args.postgres_server.postmaster_pid()}"]
     env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run(
         command, env=env, cwd=tree, capture_output=True, text=True, check=False, timeout=900
@@ -158,9 +199,41 @@ def extract(revision: str, into: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.child or args.profile:
-        print(json.dumps(measure(args.records, args.batch, args.models_dir, args.profile)))
+    if args.child:
+        figures = measure(
+            args.records,
+            args.batch,
+            args.models_dir,
+            args.profile,
+            args.database_url,
+            args.postmaster_pid,
+        )
+        print(json.dumps(figures))
         return 0
+    with contextlib.ExitStack() as stack:
+        if args.postgres:
+            sys.path.insert(0, str(REPO_ROOT))
+            from tests.postgres import start_postgres
+
+            args.postgres_server = start_postgres()
+            stack.callback(args.postgres_server.destroy)
+        if args.profile:
+            return profile_once(args)
+        return compare(args)
+
+
+def profile_once(args: argparse.Namespace) -> int:
+    """One run of this tree under cProfile (in this process)."""
+    url = pid = None
+    if args.postgres:
+        url = args.postgres_server.create_database()
+        pid = args.postgres_server.postmaster_pid()
+    print(json.dumps(measure(args.records, args.batch, args.models_dir, True, url, pid)))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Alternating rounds of this tree (and of --baseline); medians printed."""
     trees = {"this tree": REPO_ROOT}
     with tempfile.TemporaryDirectory(prefix="store-writer-baseline-") as scratch:
         if args.baseline:
@@ -175,17 +248,27 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.records} single-image records, flushed {args.batch} at a time, "
         f"{args.rounds} rounds (medians, us of CPU per record):"
     )
+    database = "PostgreSQL" if args.postgres else "SQLite"
     for name, runs in results.items():
         flush = statistics.median(run["flush_us_per_record"] for run in runs)
         record = statistics.median(run["record_us_per_record"] for run in runs)
-        print(f"  {name:>10}: writer {flush:7.1f}   record() on the request path {record:5.2f}")
+        server = statistics.median(run.get("server_us_per_record", 0.0) for run in runs)
+        print(
+            f"  {name:>10}: writer {flush:7.1f}   record() on the request path {record:5.2f}"
+            + (f"   {database} server {server:6.1f}" if args.postgres else "")
+        )
+
+    def cost(run: dict[str, float]) -> float:  # the writer's and the database server's CPU
+        return run["flush_us_per_record"] + run.get("server_us_per_record", 0.0)
+
     if args.baseline:
         ratios = [
-            new["flush_us_per_record"] / old["flush_us_per_record"]
+            cost(new) / cost(old)
             for old, new in zip(results[args.baseline], results["this tree"], strict=True)
         ]
         print(
-            f"  writer CPU this tree / {args.baseline}: median of paired ratios "
+            f"  writer{' + server' if args.postgres else ''} CPU this tree / {args.baseline}: "
+            "median of paired ratios "
             f"{statistics.median(ratios):.2f} (from {min(ratios):.2f} to {max(ratios):.2f})"
         )
     return 0

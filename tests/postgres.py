@@ -93,6 +93,10 @@ class PostgresServer:
     def running(self) -> bool:
         return (self.data_dir / "postmaster.pid").exists()
 
+    def postmaster_pid(self) -> int:
+        """The server's first process; the backends are its children."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def create_database(self) -> str:
         """A new empty database; its URL."""
         import psycopg

@@ -111,6 +111,18 @@ def test_write_and_read_back_keeps_the_first_of_a_repeated_request_id(
     assert bytes(rows[0]["input"])[:5] == bytes([0, 1, 2, 3, 4])
 
 
+def test_a_batch_repeating_a_stored_request_id_keeps_the_rest_of_the_batch(
+    store: PredictionStore,
+) -> None:
+    store.write_predictions([prediction_row("a", digit=3)])
+    # PostgreSQL: the COPY fails whole on "a"; the batch goes in row by row, and so does the next
+    assert store.write_predictions([prediction_row("b"), prediction_row("a", digit=9)]) == 2
+    store.write_predictions([prediction_row("c"), prediction_row("a", digit=8)])
+    store.write_predictions([prediction_row("d")])
+    assert [r["digit"] for r in store.predictions_of("a")] == [3]
+    assert sorted(r.request_id for r in _all(store)) == ["a", "b", "c", "d"]
+
+
 def test_feedback_is_tied_to_the_answering_version_and_keeps_corrected_inputs(
     store: PredictionStore,
 ) -> None:
@@ -329,6 +341,18 @@ def test_an_unreachable_database_raises_store_unavailable(tmp_path: Any) -> None
     down = PredictionStore.open("postgresql+psycopg://postgres@127.0.0.1:1/none")
     with pytest.raises(StoreUnavailable):
         down.write_predictions([prediction_row("a")])
+
+
+def test_a_postgresql_restart_between_writes_costs_no_write(postgres_server: Any) -> None:
+    store = PredictionStore.open(sqlalchemy_url(postgres_server.create_database()))
+    store.write_predictions([prediction_row("before")])  # the writer's connection is pooled
+    postgres_server.stop()
+    postgres_server.start()
+    try:
+        assert store.write_predictions([prediction_row("after")]) == 1
+        assert sorted(r.request_id for r in _all(store)) == ["after", "before"]
+    finally:
+        store.close()
 
 
 def _all(store: PredictionStore) -> list[Any]:
