@@ -292,10 +292,10 @@ def configure(
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
     if processor is None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from service.observability.otlp_spans import FastOTLPSpanExporter
 
         processor = BatchSpanProcessor(
-            OTLPSpanExporter(),
+            FastOTLPSpanExporter(),
             max_queue_size=config.max_queue_size,
             max_export_batch_size=config.max_export_batch_size,
         )
