@@ -13,8 +13,6 @@ waiting up to FEEDBACK_WAIT_SECONDS for an answer still on its way to the databa
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -32,7 +30,12 @@ from service.errors import (
 from service.json_body import check_depth, echo, parse_json, shorten
 from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
 from service.store.config import StoreConfig
-from service.store.database import FeedbackItem, PredictionStore, wait_for_feedback
+from service.store.database import (
+    FeedbackItem,
+    PredictionStore,
+    retry_while_unknown,
+    wait_for_feedback,
+)
 
 FEEDBACK_ROUTE = "/feedback"
 MAX_FEEDBACK_ITEMS = 1024
@@ -81,26 +84,6 @@ def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
     return FeedbackItem(request_id=request_id, label=label, item=index)
 
 
-def delete_when_recorded(
-    store: PredictionStore,
-    request_id: str,
-    wait_seconds: float,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> tuple[int, int]:
-    """``store.delete_request``, retried while nothing is found for up to ``wait_seconds``: an
-    answer sent a moment ago may still be queued in a worker (writes are batched off the request),
-    and a deletion that ran before it landed would let it land afterwards.
-
-    Returns (prediction records, feedback records) deleted; (0, 0) after the wait."""
-    deadline = clock() + wait_seconds
-    while True:
-        gone = store.delete_request(request_id)
-        if any(gone) or clock() >= deadline:
-            return gone
-        sleep(0.05)
-
-
 def create_blueprint(
     store: PredictionStore | None, config: StoreConfig, admin_token: str | None = None
 ) -> Blueprint:
@@ -127,14 +110,19 @@ def create_blueprint(
             raise InvalidInput(f"the request id is longer than {MAX_REQUEST_ID} characters")
         if store is None:
             raise StoreUnavailable("the prediction store is off (STORE=off): it holds nothing")
-        gone_predictions, gone_feedback = delete_when_recorded(
-            store, request_id, config.feedback_wait_seconds
-        )
-        if not gone_predictions and not gone_feedback:
-            raise UnknownPrediction(
-                f"the store holds no record of request id {request_id!r} (unknown, already "
-                "deleted, or not recorded)"
-            )
+
+        def delete() -> tuple[int, int]:
+            gone = store.delete_request(request_id)
+            if not any(gone):
+                raise UnknownPrediction(
+                    f"the store holds no record of request id {request_id!r} (unknown, already "
+                    "deleted, or not recorded)"
+                )
+            return gone
+
+        # an answer sent a moment ago may still be queued in a worker: deleting before it lands
+        # would let it land afterwards
+        gone_predictions, gone_feedback = retry_while_unknown(delete, config.feedback_wait_seconds)
         body = orjson.dumps(
             {
                 "request_id": request_id,

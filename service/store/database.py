@@ -678,6 +678,25 @@ class PredictionStore:
         return self._run(read)
 
 
+def retry_while_unknown(
+    call: Callable[[], T],
+    wait_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``call()``, retried every 50 ms while it raises UnknownPrediction, for up to
+    ``wait_seconds``: the answer it needs may still be on its way to the database (writes are
+    batched off the request). The last UnknownPrediction is raised after the wait."""
+    deadline = clock() + wait_seconds
+    while True:
+        try:
+            return call()
+        except UnknownPrediction:
+            if clock() >= deadline:
+                raise
+            sleep(0.05)
+
+
 def wait_for_feedback(
     store: PredictionStore,
     items: Sequence[FeedbackItem],
@@ -685,16 +704,8 @@ def wait_for_feedback(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[FeedbackOutcome]:
-    """``store.add_feedback``, retried while a prediction is unknown for up to ``wait_seconds``:
-    the answer may still be on its way to the database (writes are batched off the request)."""
-    deadline = clock() + wait_seconds
-    while True:
-        try:
-            return store.add_feedback(items)
-        except UnknownPrediction:
-            if clock() >= deadline:
-                raise
-            sleep(0.05)
+    """``store.add_feedback``, retried while a prediction is unknown (``retry_while_unknown``)."""
+    return retry_while_unknown(lambda: store.add_feedback(items), wait_seconds, sleep, clock)
 
 
 def _postgres_type(column: sa.Column[Any]) -> str:
