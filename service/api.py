@@ -541,7 +541,9 @@ def answer_images(
     with tracing.step("inference"):
         prediction = predictor.predict(images)
     facts.model_version = prediction.model_version
-    decision = (prediction.reject or NO_REJECTION).decide(images, prediction.probabilities)
+    decision = (prediction.reject or NO_REJECTION).decide(
+        images, prediction.probabilities, prediction.hidden
+    )
     if recorder is not None:
         recorder.record(
             facts.request_id,

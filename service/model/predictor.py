@@ -78,6 +78,9 @@ class Prediction:
     model_version: int
     #: how the version that answered accepts or rejects its answers
     reject: RejectOption = field(default_factory=RejectOption, repr=False)
+    #: float32 [N, H]: the model's hidden layer from the same run, for ``reject.decide``; None
+    #: when the version's session does not give it (the option then computes it when needed)
+    hidden: np.ndarray | None = field(default=None, repr=False)
 
 
 _OUTPUTS = [contract.OUTPUT_LABEL, contract.OUTPUT_PROBABILITIES]
@@ -202,8 +205,14 @@ class Predictor:
                     target, other = trial_model, stable
                 else:
                     other = trial_model
+        hidden = None
         started = time.perf_counter()
-        labels, probabilities = target.session.run(_OUTPUTS, {contract.INPUT_NAME: images})
+        if target.hidden_output is None:
+            labels, probabilities = target.session.run(_OUTPUTS, {contract.INPUT_NAME: images})
+        else:
+            labels, probabilities, hidden = target.session.run(
+                [*_OUTPUTS, target.hidden_output], {contract.INPUT_NAME: images}
+            )
         seconds = time.perf_counter() - started
         answered = target.model.version
         self.metrics.observe_inference(seconds, count, labels, answered)
@@ -228,6 +237,7 @@ class Predictor:
             model_name=target.model.name,
             model_version=answered,
             reject=reject,
+            hidden=hidden,
         )
 
     # -- hot reload ---------------------------------------------------------------------------

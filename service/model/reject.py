@@ -55,6 +55,9 @@ class RejectOption:
     _weights: np.ndarray | None = field(default=None, repr=False)
     #: float32 [10 * k]: each class's components applied to its own mean
     _offsets: np.ndarray | None = field(default=None, repr=False)
+    #: float32 [10, k + 1, 784]: per class, its components then its mean (one class's rows are
+    #: contiguous, so an image is projected onto its predicted digit's subspace alone)
+    _class_weights: np.ndarray | None = field(default=None, repr=False)
     _mean_norms: np.ndarray | None = field(default=None, repr=False)
     _components: int = 0
     #: the distance to the predicted digit's subspace (else to the nearest of the ten)
@@ -94,6 +97,7 @@ class RejectOption:
         )
         classes, count, pixels = components.shape
         weights = np.concatenate([components.reshape(classes * count, pixels), means])
+        class_weights = np.concatenate([components, means[:, None, :]], axis=1)
         offsets = np.einsum("ckp,cp->ck", components, means).reshape(classes * count)
         return cls(
             temperature=temperature,
@@ -102,6 +106,7 @@ class RejectOption:
             max_aspect=max_aspect,
             _weights=np.ascontiguousarray(weights, dtype=np.float32),
             _offsets=offsets.astype(np.float32),
+            _class_weights=np.ascontiguousarray(class_weights, dtype=np.float32),
             _mean_norms=np.einsum("cp,cp->c", means, means).astype(np.float32),
             _components=count,
             _to_predicted=novelty.subspace == "predicted",
@@ -113,9 +118,15 @@ class RejectOption:
     def novelty(self, images: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray | None:
         """float32 [N]: squared distance of float32 [N, 784] images (0..1) to a class subspace, or
         None without subspaces: to the subspace of ``predicted`` (int [N], the model's digits)
-        when the card says so, else to the nearest. One matrix product for all ten classes."""
+        when the card says so, else to the nearest. The nearest takes one matrix product for all
+        ten classes; the predicted digit's, one per digit predicted (an image is projected onto
+        its own digit's k + 1 rows only: a tenth of the reads)."""
         if self._weights is None or self._offsets is None or self._mean_norms is None:
             return None
+        if self._to_predicted:
+            if predicted is None:
+                raise ValueError("this card's distance is to the predicted digit's subspace")
+            return self._to_predicted_subspace(images, predicted)
         classes = len(self._mean_norms)
         products = images @ self._weights.T  # [N, 10 * k + 10]
         split = classes * self._components
@@ -124,25 +135,56 @@ class RejectOption:
         distances = (
             norms - 2.0 * products[:, split:] + self._mean_norms - (projected**2).sum(axis=2)
         )
-        if self._to_predicted:
-            if predicted is None:
-                raise ValueError("this card's distance is to the predicted digit's subspace")
-            chosen = distances[np.arange(len(distances)), predicted]
+        return np.asarray(np.maximum(distances.min(axis=1), 0.0))
+
+    def _to_predicted_subspace(self, images: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """float32 [N]: the distances of ``novelty`` to each image's predicted digit's subspace,
+        the same sums in the same order as the ten-class product, per digit."""
+        assert self._class_weights is not None and self._offsets is not None
+        assert self._mean_norms is not None
+        count = self._components
+        offsets = self._offsets.reshape(-1, count)
+        if len(images) == 1:  # a single image: no grouping
+            digit = int(predicted[0])
+            groups: list[tuple[int, np.ndarray | slice]] = [(digit, slice(None))]
         else:
-            chosen = distances.min(axis=1)
-        return np.asarray(np.maximum(chosen, 0.0))
+            predicted = np.asarray(predicted)
+            groups = [(int(d), np.flatnonzero(predicted == d)) for d in np.unique(predicted)]
+        distances = np.empty(len(images), dtype=np.float32)
+        for digit, rows in groups:
+            block = images[rows]
+            products = block @ self._class_weights[digit].T  # [n, k + 1]
+            projected = products[:, :count] - offsets[digit]
+            norms = np.einsum("ij,ij->i", block, block)
+            distances[rows] = (
+                norms
+                - 2.0 * products[:, count]
+                + self._mean_norms[digit]
+                - (projected**2).sum(axis=1)
+            )
+        return np.maximum(distances, np.float32(0.0))
 
     def discriminator_scores(
-        self, images: np.ndarray, probabilities: np.ndarray, distances: np.ndarray
+        self,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        distances: np.ndarray,
+        hidden: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """float32 [N]: the discriminator's score (over its threshold: no digit) of float32
         [N, 784] images given the model's probabilities [N, 10] and ``novelty``'s distances;
-        None without a discriminator. The features are training/calibrate.py's."""
+        None without a discriminator. The features are training/calibrate.py's. ``hidden``:
+        float32 [N, H], the model's hidden layer relu(x W + b) as the session computed it
+        (``hidden_activations`` says which session output it is); None: computed here from the
+        subspaces file's copy of W and b."""
         if self._hidden is None or self._discriminator is None:
             return None
         weights, biases = self._hidden
         coefficients, bias = self._discriminator
-        activations = np.maximum(images @ weights + biases, 0.0)
+        if hidden is not None and hidden.shape == (len(images), len(biases)):
+            activations = hidden
+        else:
+            activations = np.maximum(images @ weights + biases, 0.0)
         logs = np.log(np.clip(np.sort(probabilities, axis=1)[:, -2:], 1e-30, 1.0))
         size = len(biases)
         score = (
@@ -153,6 +195,14 @@ class RejectOption:
         )
         return np.asarray(score)
 
+    def has_hidden_layer(self, weights: np.ndarray, biases: np.ndarray) -> bool:
+        """Whether the discriminator's hidden layer is exactly float32 W [784, H] and b [H]
+        (a model's first layer): then the model's own activations may stand in for it."""
+        if self._hidden is None:
+            return False
+        own_weights, own_biases = self._hidden
+        return bool(np.array_equal(own_weights, weights) and np.array_equal(own_biases, biases))
+
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
         if self.temperature == 1.0:
@@ -162,8 +212,12 @@ class RejectOption:
         scaled = np.exp(logs)
         return np.asarray(scaled / scaled.sum(axis=1, keepdims=True))
 
-    def decide(self, images: np.ndarray, probabilities: np.ndarray) -> Decision:
-        """Accept or reject each of float32 images [N, 784] given the model's probabilities."""
+    def decide(
+        self, images: np.ndarray, probabilities: np.ndarray, hidden: np.ndarray | None = None
+    ) -> Decision:
+        """Accept or reject each of float32 images [N, 784] given the model's probabilities
+        float32 [N, 10] and, when the session gave it, its hidden layer float32 [N, H]
+        (``discriminator_scores``)."""
         # float64 images would upcast the stored float32 matrices on every call (most of the cost)
         images = np.asarray(images, dtype=np.float32)
         confidence = self.calibrated(probabilities).max(axis=1)
@@ -177,7 +231,7 @@ class RejectOption:
         if self.max_aspect is not None:
             strange |= ink_aspect(images) > self.max_aspect
         if scores is not None and self.discriminator_threshold is not None:
-            learned = self.discriminator_scores(images, probabilities, scores)
+            learned = self.discriminator_scores(images, probabilities, scores, hidden)
             if learned is not None:
                 strange |= learned > self.discriminator_threshold
         reasons: list[str | None] = [
@@ -196,13 +250,14 @@ ASPECT_INK = 0.1
 def ink_aspect(images: np.ndarray) -> np.ndarray:
     """float64 [N]: width / height of the box around the ink of float32 [N, 784] images (0 for
     a blank one). The same measure as training/calibrate.py's, which chose the threshold."""
-    ink = images.reshape(-1, contract.IMAGE_SIDE, contract.IMAGE_SIDE) > ASPECT_INK
+    side = contract.IMAGE_SIDE
+    ink = images.reshape(-1, side, side) > ASPECT_INK
     rows, cols = ink.any(axis=2), ink.any(axis=1)
-    index = np.arange(contract.IMAGE_SIDE)
-    far = contract.IMAGE_SIDE + 1
-    height = np.where(rows, index, -1).max(axis=1) - np.where(rows, index, far).min(axis=1) + 1
-    width = np.where(cols, index, -1).max(axis=1) - np.where(cols, index, far).min(axis=1) + 1
-    return np.where(height > 0, width / np.maximum(height, 1), 0.0)
+    # the first and the last row (column) with ink, found by argmax from either end
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    height = side - rows[:, ::-1].argmax(axis=1) - top
+    width = side - cols[:, ::-1].argmax(axis=1) - left
+    return np.where(rows.any(axis=1), width / height, 0.0)
 
 
 def _read_subspaces(

@@ -62,6 +62,9 @@ class ValidatedModel:
     session: ort.InferenceSession = field(repr=False)
     #: how this version accepts or rejects its answers (the card's reject section)
     reject: RejectOption = field(default_factory=RejectOption, repr=False)
+    #: the session's extra output with the hidden layer the reject option's discriminator reads
+    #: (``HiddenLayerOutput``), or None: the option computes that layer itself
+    hidden_output: str | None = None
 
 
 SessionFactory = Callable[[bytes, SessionSettings], ort.InferenceSession]
@@ -77,6 +80,59 @@ def create_session(onnx_bytes: bytes, config: SessionSettings) -> ort.InferenceS
     # workers and gthread threads already use both cores; spinning threads would steal them
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class HiddenLayerOutput:
+    """A ReLU MLP's graph with its first hidden layer relu(x W + b) as one more output, so that
+    the reject option's discriminator reads that layer from the session's run instead of
+    computing it again (float32 [N, H]). Only the in-memory session gets these bytes: model.onnx,
+    its size and sha256 stay as the card says."""
+
+    onnx_bytes: bytes = field(repr=False)
+    #: the output's name in the graph (the first Relu's output)
+    name: str
+    #: float32 [784, H] and [H]: the layer's W and b, to compare with the subspaces file's copy
+    weights: np.ndarray = field(repr=False)
+    biases: np.ndarray = field(repr=False)
+
+    @classmethod
+    def of(cls, onnx_bytes: bytes) -> HiddenLayerOutput | None:
+        """The graph with the output added, or None when its first operators (Casts aside) are
+        not MatMul, Add, Relu on the input with constant W and b (the graph skl2onnx writes for
+        MLPClassifier, as training/calibrate.py reads it) or the graph cannot be read."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        try:
+            model = onnx.load_from_string(onnx_bytes)
+        except Exception:  # protobuf raises DecodeError and friends
+            return None
+        graph = model.graph
+        constants = {item.name: item for item in graph.initializer}
+        ops = [node for node in graph.node if node.op_type != "Cast"]
+        if [node.op_type for node in ops[:3]] != ["MatMul", "Add", "Relu"]:
+            return None
+        matmul, add, relu = ops[:3]
+        weights = [n for n in matmul.input if n in constants]
+        biases = [n for n in add.input if n in constants]
+        if (
+            len(weights) != 1
+            or len(biases) != 1
+            or matmul.output[0] not in add.input
+            or list(relu.input) != [add.output[0]]
+        ):
+            return None
+        found = numpy_helper.to_array(constants[weights[0]]).astype(np.float32)
+        offsets = numpy_helper.to_array(constants[biases[0]]).reshape(-1).astype(np.float32)
+        if found.shape != (contract.N_PIXELS, len(offsets)):
+            return None
+        name = relu.output[0]
+        if name not in {output.name for output in graph.output}:
+            graph.output.append(
+                helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None, len(offsets)])
+            )
+        return cls(model.SerializeToString(), name, found, offsets)
 
 
 def check_card(card: contract.ModelCard) -> None:
@@ -300,8 +356,11 @@ def validate_version(
     check_card(card)
     selftest = read_selftest(version, card)
     check_self_contained(onnx_bytes)
+    hidden = None  # only a discriminator reads the hidden layer
+    if card.reject is not None and card.reject.novelty.discriminator_threshold is not None:
+        hidden = HiddenLayerOutput.of(onnx_bytes)
     try:
-        session = session_factory(onnx_bytes, settings)
+        session = session_factory(onnx_bytes if hidden is None else hidden.onnx_bytes, settings)
     except Exception as exc:  # onnxruntime raises a dozen unrelated types (InvalidProtobuf...)
         raise ModelRejected(f"onnxruntime cannot load model.onnx: {exc}") from exc
     check_signature(session)
@@ -311,4 +370,11 @@ def validate_version(
     except RejectSectionError as exc:
         raise ModelRejected(str(exc)) from exc
     model = LoadedModel(name=name, version=version.version, card=card, path=version.path)
-    return ValidatedModel(model=model, session=session, reject=reject)
+    # the session's layer serves the discriminator only when it is the layer it was fitted on
+    reads_hidden = hidden is not None and reject.has_hidden_layer(hidden.weights, hidden.biases)
+    return ValidatedModel(
+        model=model,
+        session=session,
+        reject=reject,
+        hidden_output=hidden.name if hidden is not None and reads_hidden else None,
+    )

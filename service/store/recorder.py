@@ -71,7 +71,9 @@ class RecorderMetrics(Protocol):
 class Decider(Protocol):
     """The reject option of the version that answered (service.model.reject.RejectOption)."""
 
-    def decide(self, images: np.ndarray, probabilities: np.ndarray) -> Decision: ...
+    def decide(
+        self, images: np.ndarray, probabilities: np.ndarray, hidden: np.ndarray | None = None
+    ) -> Decision: ...
 
 
 class SilentRecorderMetrics:
@@ -114,6 +116,7 @@ class _Answered(NamedTuple):  # a tuple: the cheapest record to build on the req
     accepted: Sequence[bool] | np.ndarray | None  # bool [n]: the answer's decision, if made
     reject_reasons: Sequence[str | None] | None  # None, "low_confidence", "not_a_digit" each
     reject: Decider | None  # decides in the writer thread when the answer did not
+    hidden: np.ndarray | None  # float32 [n, H]: the model's hidden layer, for ``reject``
 
 
 class PredictionRecorder:
@@ -173,12 +176,14 @@ class PredictionRecorder:
         accepted: Sequence[bool] | np.ndarray | None = None,
         reject_reasons: Sequence[str | None] | None = None,
         reject: Decider | None = None,
+        hidden: np.ndarray | None = None,
     ) -> None:
         """Queue one answered request (the arrays are kept, not copied: do not change them).
 
         ``accepted`` and ``reject_reasons`` are the reject option's decision as the answer gave
         it (service.model.reject.Decision); without them, ``reject`` (the answering version's
-        option) decides in the writer thread, off the request path."""
+        option) decides in the writer thread, off the request path, with ``hidden`` (the
+        model's hidden layer from the same run, Prediction.hidden) when the session gave it."""
         count = len(images)
         with self._lock:
             if self._queued_images + count > self.config.queue_images:
@@ -204,6 +209,7 @@ class PredictionRecorder:
                 accepted,
                 reject_reasons,
                 reject,
+                hidden,
             )
         )
         if self._thread is None and self.autostart:
@@ -423,7 +429,7 @@ def _decided(item: _Answered) -> _Answered:
         return item
     try:
         decision = item.reject.decide(
-            item.images.astype(np.float32, copy=False), item.probabilities
+            item.images.astype(np.float32, copy=False), item.probabilities, item.hidden
         )
     except Exception:  # the record is still worth keeping without its decision
         log.exception("the reject decision of a recorded answer failed")

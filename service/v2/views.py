@@ -302,9 +302,10 @@ def answer_infer(
     if number is not None and prediction.model_version != number:
         raise NotFound(f"model {model!r} version {version} was replaced while answering")
     reject: RejectOption = getattr(prediction, "reject", None) or RejectOption()
+    hidden: np.ndarray | None = getattr(prediction, "hidden", None)
     decision = None
     if any(output.name in DECISION_OUTPUTS for output in request.outputs):
-        decision = reject.decide(request.images, prediction.probabilities)
+        decision = reject.decide(request.images, prediction.probabilities, hidden)
     if recorder is not None:
         route = V2_INFER_ROUTE if version is None else V2_INFER_VERSION_ROUTE
         # the decision goes with the record: the answer's, or made off the request path
@@ -318,6 +319,7 @@ def answer_infer(
             accepted=None if decision is None else decision.accepted,
             reject_reasons=None if decision is None else decision.reasons,
             reject=reject,
+            hidden=hidden,
         )
     payload, binary_header_length = encode_infer_response(
         request,

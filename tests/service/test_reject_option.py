@@ -19,8 +19,10 @@ from PIL import Image
 from service.app import create_app
 from service.config import ServiceConfig
 from service.model.contract import parse_card
+from service.model.predictor import Predictor
 from service.model.reject import LOW_CONFIDENCE, NOT_A_DIGIT, RejectOption, RejectSectionError
 from service.model.reject import ink_aspect as serving_aspect
+from service.model.validation import HiddenLayerOutput
 from training.calibrate import Subspaces, discriminator_features, ink_aspect, with_temperature
 from training.outliers import non_digit_fields
 
@@ -212,3 +214,73 @@ def test_octet_stream_that_is_no_image_is_a_415(client: FlaskClient) -> None:
     )
     assert answer.status_code == 415
     assert "only when the bytes are an image" in answer.get_json()["error"]["message"]
+
+
+def test_the_session_gives_the_hidden_layer_and_the_same_decisions(option: RejectOption) -> None:
+    """The discriminator reads the hidden layer from the model's own run (an extra output of the
+    in-memory session; model.onnx is unchanged): the same decisions as computing it again, one
+    image at a time (the predicted digit's subspace alone) and as one batch."""
+    predictor = Predictor(ServiceConfig(model_dir=MODELS))
+    predictor.load()
+    assert predictor.serving.stable is not None
+    assert predictor.serving.stable.hidden_output is not None
+    digits = np.stack([_seven()] * 2).reshape(2, 784).astype(np.float32) / 255
+    images = np.concatenate(
+        [
+            digits,
+            non_digit_fields(10, seed=11).reshape(-1, 784),
+            np.random.default_rng(6).random((4, 784), dtype=np.float32),
+            np.zeros((1, 784), dtype=np.float32),
+        ]
+    ).astype(np.float32)
+    prediction = predictor.predict(images)
+    assert prediction.hidden is not None and prediction.hidden.shape == (len(images), 256)
+    with np.load(VERSION / "novelty.npz") as archive:
+        weights, biases = archive["hidden_weights"], archive["hidden_biases"]
+    np.testing.assert_allclose(
+        prediction.hidden, np.maximum(images @ weights + biases, 0.0), atol=1e-4
+    )
+    served = prediction.reject.decide(images, prediction.probabilities, prediction.hidden)
+    recomputed = prediction.reject.decide(images, prediction.probabilities)
+    assert served.reasons == recomputed.reasons
+    assert NOT_A_DIGIT in served.reasons and None in served.reasons
+    for index in range(len(images)):
+        one = predictor.predict(images[index : index + 1])
+        alone = one.reject.decide(images[index : index + 1], one.probabilities, one.hidden)
+        assert alone.reasons == [served.reasons[index]]
+
+
+def test_one_image_is_measured_to_its_digit_as_in_a_batch(option: RejectOption) -> None:
+    images = np.random.default_rng(8).random((30, 784), dtype=np.float32)
+    images[:20] *= images[:20] > 0.7
+    predicted = np.random.default_rng(9).integers(0, 10, 30)
+    batch = option.novelty(images, predicted)
+    assert batch is not None
+    alone = [option.novelty(images[i : i + 1], predicted[i : i + 1]) for i in range(30)]
+    np.testing.assert_allclose(np.concatenate(alone), batch, rtol=1e-5, atol=1e-4)
+
+
+def test_a_model_whose_first_layer_differs_is_not_read_for_the_discriminator(
+    option: RejectOption,
+) -> None:
+    found = HiddenLayerOutput.of((VERSION / "model.onnx").read_bytes())
+    assert found is not None and found.name in {o.name for o in _graph_outputs(found)}
+    assert option.has_hidden_layer(found.weights, found.biases)
+    assert not option.has_hidden_layer(found.weights * np.float32(1.5), found.biases)
+    assert HiddenLayerOutput.of(b"not a model") is None
+
+
+def _graph_outputs(found: HiddenLayerOutput) -> list[Any]:
+    import onnx
+
+    return list(onnx.load_from_string(found.onnx_bytes).graph.output)
+
+
+def test_the_ink_box_of_blank_thin_and_edge_images() -> None:
+    images = np.zeros((4, 28, 28), dtype=np.float32)
+    images[1, 5, 3:20] = 1.0  # a dash: 17 wide, 1 high
+    images[2, :, 27] = 0.5  # the last column, full height
+    images[3, 0, 0] = images[3, 27, 27] = 0.2  # two corners
+    flat = images.reshape(4, 784)
+    np.testing.assert_array_equal(serving_aspect(flat), [0.0, 17.0, 1 / 28, 1.0])
+    np.testing.assert_array_equal(serving_aspect(flat), ink_aspect(flat))
