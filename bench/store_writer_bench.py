@@ -99,7 +99,7 @@ def measure(
     for index in range(total):
         images = inputs[index % len(inputs)][None, :].copy()
         prediction = predictor.predict(images)
-        decision = prediction.reject.decide(images, prediction.probabilities)
+        decision = prediction.reject.decide(images, prediction.probabilities, prediction.hidden)
         answered.append((uuid.uuid4().hex, prediction, images, decision))
 
     def feed(start: int, stop: int) -> float:
