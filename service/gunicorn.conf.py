@@ -115,28 +115,32 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 def post_fork(server: Any, worker: Any) -> None:
     """In each new worker: gunicorn answers malformed HTTP itself, in HTML unless told otherwise;
-    the service's writer answers in JSON, with an X-Request-ID and a request log line. A worker
-    of another class gets the stop signals held across its fork at once."""
+    the service's writer answers in JSON, with an X-Request-ID and a request log line."""
     from gunicorn import util
 
-    from service.request_buffering import STOP_SIGNALS, BufferingThreadWorker, write_error
+    from service.request_buffering import write_error
 
     # the one function gunicorn's Worker.handle_error writes with; every other path is Flask's
     util.write_error = write_error
-    if not isinstance(worker, BufferingThreadWorker):
-        # a worker class of gunicorn's own (e.g. --worker-class gthread) never lets in the stop
-        # signals the master held across the fork (hold_stop_signals_across_fork): let them in
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def post_worker_init(worker: Any) -> None:
     """In each worker's main thread: start hot reload and its SIGHUP handler; report capacity.
-    (SIGINT and SIGQUIT: service.request_buffering.leave_now, from the worker's init_signals.)"""
+    (SIGINT and SIGQUIT: service.request_buffering.leave_now, from the worker's init_signals.)
+
+    A worker of gunicorn's own class (e.g. ``--worker-class gthread``) never lets in the stop
+    signals the master held across the fork (hold_stop_signals_across_fork): they are let in
+    here, after its init_signals. Letting them in any earlier (post_fork) reopens the window the
+    hold closes: a Ctrl-C that lands before init_signals runs the master's inherited handler and
+    is lost, and the worker serves on until graceful_timeout."""
     from service.app import watch_models
     from service.observability.metrics import set_capacity
+    from service.request_buffering import STOP_SIGNALS, BufferingThreadWorker
 
     watch_models(worker.wsgi)
     set_capacity(worker.cfg.threads)
+    if not isinstance(worker, BufferingThreadWorker):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def worker_int(worker: Any) -> None:

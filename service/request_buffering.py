@@ -14,7 +14,12 @@ own 400/414/431 to malformed HTTP through :func:`write_error`), is rendered by
 service.error_render, carries an X-Request-ID (the client's, when sane) and writes the request
 log line and count, as the app's answers do (:func:`server_answer`).
 
-gunicorn offers no read deadline of its own; a proxy in front (deploy/nginx) does the same job
+An answer leaves in one write (:class:`WholeResponse`): gunicorn writes the status line and
+headers, then the body, in two; a replica killed between the two leaves a proxy in front holding
+a head it has already passed on, so it can neither retry the request elsewhere nor finish the
+answer, and the client gets a response cut after its headers.
+
+gunicorn offers no read deadline of its own; a proxy in front (deploy/haproxy) does the same job
 for the compose stack and Kubernetes ingresses, but ``mnist-serve`` alone must survive too.
 """
 
@@ -36,6 +41,7 @@ from functools import partial
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service import draining
@@ -300,6 +306,68 @@ def leave_now(signum: int, frame: Any) -> None:
     os._exit(0)
 
 
+class _HeadHeldSocket:
+    """The socket a :class:`WholeResponse` writes to: the head it is given while ``holding`` waits
+    and leaves with the next bytes written, in the same ``sendall``."""
+
+    __slots__ = ("held", "holding", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.held = b""
+        self.holding = False
+
+    def sendall(self, data: bytes) -> None:
+        if self.holding:
+            self.held += data
+            return
+        if self.held:
+            data, self.held = self.held + data, b""
+        self.sock.sendall(data)
+
+    def flush(self) -> None:
+        if self.held:
+            data, self.held = self.held, b""
+            self.sock.sendall(data)
+
+    def send(self, data: bytes) -> int:
+        self.flush()
+        return self.sock.send(data)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        self.flush()
+        return self.sock.sendfile(file, offset, count)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+class WholeResponse(wsgi.Response):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's HTTP/1 response, but its head leaves with the first body bytes, in one write.
+
+    A worker killed mid-answer (SIGKILL, out of memory) has then sent either nothing, which a
+    proxy in front retries on another replica (HAProxy's ``retry-on empty-response``, nginx's
+    ``proxy_next_upstream``), or the whole of a single-piece body, as every answer of the
+    service is; never a head without its body. Installed by :class:`BufferingThreadWorker` as
+    the response class of its process.
+    """
+
+    def __init__(self, req: Any, sock: socket.socket, cfg: Any) -> None:
+        super().__init__(req, _HeadHeldSocket(sock), cfg)
+
+    def send_headers(self) -> None:
+        self.sock.holding = True
+        try:
+            super().send_headers()
+        finally:
+            self.sock.holding = False
+
+    def close(self) -> None:
+        """The end of the answer: a head still held (no body, or an empty one) leaves now."""
+        super().close()
+        self.sock.flush()
+
+
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gthread, but a request is read whole in the event loop before a thread handles it."""
 
@@ -317,6 +385,12 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is 
             self.max_head_bytes = 1024 * 1024
         # connections still sending a request, with what they sent so far
         self.reading: dict[TConn, RequestReading] = {}
+
+    def init_process(self) -> None:
+        """Every HTTP/1 answer of this process is a :class:`WholeResponse` (gunicorn's
+        ``wsgi.create`` builds the module's ``Response``); then gunicorn's start."""
+        wsgi.Response = WholeResponse
+        super().init_process()
 
     def init_signals(self) -> None:
         """gunicorn's handlers, SIGINT and SIGQUIT replaced by :func:`leave_now`; then the stop

@@ -48,6 +48,24 @@ def test_in_flight_and_capacity_are_exported(committed_server: RunningServer) ->
     assert _gauge(after, "mnist_http_requests_in_flight") < 2 + 1  # nothing leaks
 
 
+def _wait_until_accepted(port: int, seconds: float = 20.0) -> None:
+    """Until the kernel's accept queue of the listener on 127.0.0.1:``port`` is empty: every
+    connection made so far is the worker's. A connection still queued when the server stops is
+    reset (gunicorn closes its listeners first), which is not what the drain is about."""
+    wanted = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + seconds
+    while True:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        # columns: sl local remote state tx_queue:rx_queue ...; a listener's rx_queue is the
+        # number of connections waiting for accept()
+        [queued] = [int(r[4].split(":")[1], 16) for r in rows if r[1] == wanted and r[3] == "0A"]
+        if queued == 0:
+            return
+        assert time.monotonic() < deadline, f"{queued} connection(s) still not accepted"
+        time.sleep(0.005)
+
+
 @pytest.fixture(scope="module")
 def large_batch(mnist_data_dir: Path) -> bytes:
     """A /predict JSON body of 1024 MNIST test digits (a request that takes a while)."""
@@ -67,6 +85,7 @@ def test_sigterm_turns_readiness_false_and_answers_what_is_held(
         assert session.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
         held = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
         held.request("POST", "/predict", large_batch, {"Content-Type": "application/json"})
+        _wait_until_accepted(url.port or 80)
         server.process.send_signal(signal.SIGTERM)  # the whole batch was sent: it is held
         time.sleep(0.02)  # short: a 1,024-image batch is answered in well under a second now
         ready = session.get(server.url + "/v2/health/ready", timeout=10)

@@ -149,6 +149,66 @@ def test_gunicorns_own_worker_class_stops_too(stop: signal.Signals, tmp_path: Pa
     assert seconds < 10, seconds  # graceful_timeout is 20 s
 
 
+def test_a_stop_signal_during_a_gthread_workers_boot_is_not_lost(tmp_path: Path) -> None:
+    """Ctrl-C while gunicorn's own gthread workers are still between fork() and their own signal
+    handlers (held there 1.5 s by a post_fork that sleeps, after the service's own): the signal
+    waits, held, until post_worker_init lets it in, and the workers leave. A signal let in
+    before the worker's init_signals ran the master's inherited handler and was lost: the stop
+    then took graceful_timeout (20 s) and a SIGKILL."""
+    from service.serve import APP, GUNICORN_CONF
+
+    conf = tmp_path / "slow_boot.gunicorn.conf.py"
+    conf.write_text(
+        f"exec(compile(open({str(GUNICORN_CONF)!r}).read(), {str(GUNICORN_CONF)!r}, 'exec'))\n"
+        "_service_post_fork = post_fork\n"
+        "def post_fork(server, worker):\n"
+        "    _service_post_fork(server, worker)\n"
+        "    import time\n"
+        "    time.sleep(1.5)\n"
+    )
+    log = tmp_path / "serve.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "MODEL_DIR": str(COMMITTED_MODELS),
+        "STORE_PATH": str(tmp_path / "store.sqlite3"),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--bind"]
+    argv += [f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread", APP]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text(errors="replace").count("Booting worker with pid") < 2:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # both workers are still in post_fork's sleep
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(_stuck_workers(process.pid)) from None
+        seconds = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text(errors="replace")
+    assert "Using worker: gthread" in text
+    assert "SIGKILL" not in text and "out of memory" not in text, text
+    assert seconds < 10, seconds  # graceful_timeout is 20 s
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

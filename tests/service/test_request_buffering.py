@@ -152,3 +152,74 @@ def test_a_worker_is_born_with_the_stop_signals_held_and_its_master_is_not() -> 
     assert set(stop) <= set(child_mask)
     assert child_after_own_fork == child_mask
     assert not set(stop) & set(parent)
+
+
+class _CountedWrites:
+    """A real socket, with every write to it recorded (which bytes left in which call)."""
+
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.sock.sendall(data)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "body", "chunked"),
+    [
+        ("POST", "200 OK", [b'{"digit": 7}'], False),
+        ("POST", "422 Unprocessable Entity", [b'{"error": {}}'], False),
+        ("GET", "204 No Content", [], False),
+        ("HEAD", "200 OK", [b""], False),
+        ("GET", "200 OK", [b"abc", b"defg"], True),
+    ],
+)
+def test_an_answer_leaves_in_one_write_with_its_head(
+    method: str, status: str, body: list[bytes], chunked: bool
+) -> None:
+    """WholeResponse, on a real socket pair with a request parsed by gunicorn's own parser: the
+    head never leaves alone (a worker killed between head and body would leave a proxy with an
+    answer it can neither finish nor retry), and the client reads the very bytes gunicorn's own
+    Response writes."""
+    import socket
+
+    from gunicorn.config import Config
+    from gunicorn.http import wsgi
+    from gunicorn.http.parser import RequestParser
+
+    from service.request_buffering import WholeResponse
+
+    def answer(response_class: type) -> tuple[bytes, list[bytes]]:
+        server, client = socket.socketpair()
+        with server, client:
+            client.sendall(f"{method} /x HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            req = next(iter(RequestParser(Config(), server, ("127.0.0.1", 1))))
+            counted = _CountedWrites(server)
+            resp = response_class(req, counted, Config())
+            length = [] if chunked else [("Content-Length", str(sum(map(len, body))))]
+            resp.start_response(status, [("Content-Type", "application/json"), *length])
+            for piece in body:
+                resp.write(piece)
+            resp.close()
+            server.shutdown(socket.SHUT_WR)
+            received = b"".join(iter(lambda: client.recv(65536), b""))
+        return received, counted.writes
+
+    theirs, _ = answer(wsgi.Response)
+    ours, writes = answer(WholeResponse)
+    # the Date header may tick between the two answers
+    assert ours.split(b"\r\nDate: ")[0] == theirs.split(b"\r\nDate: ")[0]
+    assert ours.split(b"\r\n", 3)[3] == theirs.split(b"\r\n", 3)[3]
+    assert b"".join(writes) == ours
+    assert writes[0].startswith(b"HTTP/1.1 " + status.encode()) and b"\r\n\r\n" in writes[0]
+    first_piece = next((piece for piece in body if piece), b"")
+    if not chunked:
+        assert len(writes) == 1 or not first_piece, writes
+        assert writes[0].endswith(first_piece)
+    else:
+        assert writes[0].endswith(b"3\r\nabc\r\n"), writes
