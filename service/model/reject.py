@@ -251,8 +251,8 @@ def ink_aspect(images: np.ndarray) -> np.ndarray:
     """float64 [N]: width / height of the box around the ink of float32 [N, 784] images (0 for
     a blank one). The same measure as training/calibrate.py's, which chose the threshold."""
     side = contract.IMAGE_SIDE
-    ink = images.reshape(-1, side, side) > ASPECT_INK
-    rows, cols = ink.any(axis=2), ink.any(axis=1)
+    ink = np.greater(images.reshape(-1, side, side), ASPECT_INK)
+    rows, cols = np.any(ink, axis=2), np.any(ink, axis=1)
     # the first and the last row (column) with ink, found by argmax from either end
     top, left = rows.argmax(axis=1), cols.argmax(axis=1)
     height = side - rows[:, ::-1].argmax(axis=1) - top
