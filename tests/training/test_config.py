@@ -260,10 +260,10 @@ def test_the_augmentation_strengths_are_settings() -> None:
         _config(["--elastic-sigma", "0"])  # range > 0
 
 
-def test_the_default_recipe_reads_and_keeps_todays_serving_cost() -> None:
+def test_the_default_recipe_reads_as_the_committed_models_shape() -> None:
     recipe = Path(__file__).resolve().parents[2] / "training" / "recipes" / "default.toml"
     config = _config(["--config", str(recipe)])
-    # the serving cost per image is the weights' size: the same 784-256-10 shape as today
-    assert config.hidden_layers == (256,) and config.solver == "adam"
+    # the serving cost per image is the weights' size: 784-800-10 (docs/training-study.md)
+    assert config.hidden_layers == (800,) and config.solver == "adam"
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "mnist-train --config training/recipes/default.toml" in readme
