@@ -452,12 +452,13 @@ def test_the_drawn_digit_is_explained_with_the_served_weights(learn: Any) -> Non
     assert cosine >= 0.95, cosine  # another digit's or model's map scores far lower
     assert int(np.argmax(shown)) == int(np.argmax(recomputed))
     np.testing.assert_allclose(answer["hidden"][0], expected.hidden[0][0], rtol=0, atol=0.02)
-    # the first-layer weights: 256 units, each shown with its own scale
+    # the first-layer weights: every unit of the served model, each shown with its own scale
     weights = page.evaluate("learnPage.weights()")
-    assert weights["units"] == 256
+    [units] = mlp.hidden_sizes
+    assert weights["units"] == units
     first = mlp.layers[0].weights
     np.testing.assert_allclose(weights["scales"], np.abs(first).max(axis=0) / 127, rtol=1e-12)
-    assert "784 → 256 → 10 with relu" in page.locator("#inside-model").inner_text()
+    assert f"784 → {units} → 10 with relu" in page.locator("#inside-model").inner_text()
     page.locator("#learn-clear").click()
     assert page.locator("#explain-digit").inner_text() == "\N{EN DASH}"
 

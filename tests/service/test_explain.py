@@ -139,9 +139,10 @@ def test_hidden_activations_and_runner_up(trained: Any, mnist_data: Any) -> None
 
 
 def test_the_committed_model_is_read_and_agrees_with_onnxruntime() -> None:
-    onnx_bytes, _, selftest = committed_parts()
+    onnx_bytes, card, selftest = committed_parts()
     mlp = read_mlp(onnx_bytes)
-    assert mlp.activation == "relu" and mlp.hidden_sizes == (256,)
+    assert mlp.activation == card["config"]["activation"] == "relu"
+    assert mlp.hidden_sizes == tuple(card["config"]["hidden_layers"])
     images = np.asarray(selftest["images"], dtype=np.float32) / np.float32(255)
     found = explain(mlp, images)
     assert found.digits.tolist() == selftest["expected_labels"]

@@ -21,7 +21,9 @@ from tests.conftest import COMMITTED_MODELS
 from tests.service.conftest import committed_parts, publish_copy, schema_validator, set_state
 
 ROUTE = "/v2/models/mnist/explain"
-ONNX_BYTES, _, SELFTEST = committed_parts()
+ONNX_BYTES, CARD, SELFTEST = committed_parts()
+#: the committed model's hidden layer sizes, as its card records them
+HIDDEN: list[int] = CARD["config"]["hidden_layers"]
 DIGITS = np.asarray(SELFTEST["images"], dtype=np.uint8)
 
 
@@ -66,7 +68,7 @@ def test_json_pixels_are_explained_exactly(client: Any, document: Any) -> None:
         "name": "mnist",
         "version": 1,
         "activation": "relu",
-        "hidden_layers": [256],
+        "hidden_layers": HIDDEN,
     }
     assert response.headers["X-Request-ID"] == body["request_id"]
 
@@ -124,9 +126,10 @@ def test_the_first_layer_weights_as_images(client: Any, document: Any) -> None:
     assert response.status_code == 200
     body = response.get_json()
     schema_validator(document, "FirstLayer").validate(body)
-    weights = read_mlp(ONNX_BYTES).layers[0].weights.T  # [256, 784]
-    assert (body["units"], body["pixels"]) == weights.shape == (256, 784)
-    quantized = np.frombuffer(base64.b64decode(body["weights"]), dtype=np.int8).reshape(256, 784)
+    weights = read_mlp(ONNX_BYTES).layers[0].weights.T  # [units, 784]
+    assert (body["units"], body["pixels"]) == weights.shape == (HIDDEN[0], 784)
+    quantized = np.frombuffer(base64.b64decode(body["weights"]), dtype=np.int8)
+    quantized = quantized.reshape(HIDDEN[0], 784)
     scales = np.asarray(body["scales"])
     # each weight within half a step of its unit's scale; the largest one exactly +-127
     assert np.all(np.abs(quantized * scales[:, None] - weights) <= scales[:, None] / 2 + 1e-12)
