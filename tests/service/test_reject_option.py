@@ -234,9 +234,9 @@ def test_the_session_gives_the_hidden_layer_and_the_same_decisions(option: Rejec
         ]
     ).astype(np.float32)
     prediction = predictor.predict(images)
-    assert prediction.hidden is not None and prediction.hidden.shape == (len(images), 256)
     with np.load(VERSION / "novelty.npz") as archive:
         weights, biases = archive["hidden_weights"], archive["hidden_biases"]
+    assert prediction.hidden is not None and prediction.hidden.shape == (len(images), len(biases))
     np.testing.assert_allclose(
         prediction.hidden, np.maximum(images @ weights + biases, 0.0), atol=1e-4
     )
