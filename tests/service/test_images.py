@@ -14,7 +14,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service.errors import InvalidImage
-from service.images import DIGIT_BOX, ImageLimits, encode_png_base64, preprocess_image
+from service.images import (
+    DIGIT_BOX,
+    ImageLimits,
+    encode_png_base64,
+    preprocess_image,
+    preprocess_picture,
+)
 from service.model.contract import IMAGE_SIDE, N_PIXELS
 from tests.image_headers import huge_bmp, huge_gif, huge_jpeg, huge_png
 
@@ -357,3 +363,21 @@ def test_an_accepted_format_with_a_broken_header_is_called_undecodable_not_unacc
         preprocess_image(image)
     assert refused.value.message.startswith(words), refused.value.message
     assert "not accepted" not in refused.value.message
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_plain_png_by_libspng_reads_as_pillow_decodes_it(ink: np.ndarray, mode: str) -> None:
+    # plain 8-bit PNGs go to libspng (pyspng); the same picture decoded by Pillow gives the field
+    dark_on_paper = Image.fromarray(255 - ink).convert(mode)
+    if mode == "RGBA":  # transparent paper: the composite path
+        dark_on_paper.putalpha(Image.fromarray(ink))
+    data = _png(dark_on_paper)
+    through_pillow = preprocess_picture(Image.open(io.BytesIO(data)).convert(mode))
+    np.testing.assert_allclose(preprocess_image(data), through_pillow, atol=1e-6)
+    assert through_pillow.max() > 0.5
+
+
+def test_truncated_plain_png_is_refused_with_the_decoders_reason(ink: np.ndarray) -> None:
+    data = _png(Image.fromarray(ink).convert("RGB"))
+    with pytest.raises(InvalidImage, match=r"cannot be decoded|truncated"):
+        preprocess_image(data[: len(data) // 2])
