@@ -10,6 +10,7 @@ pyspng, decodes plain 8-bit PNGs); the analysis runs on uint8 arrays with OpenCV
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import math
 import struct
@@ -29,9 +30,12 @@ from service.model.contract import IMAGE_SIDE, N_PIXELS
 DIGIT_BOX = 20
 #: pictures are reduced to this longest side before analysis: MNIST's digits are 20 px tall
 WORKING_SIDE = 160
-#: larger pictures are reduced by Pillow while decoded (by whole factors first, little memory);
-#: up to this side, OpenCV's area averaging reduces the analysed channels (faster)
+#: larger pictures are reduced to twice WORKING_SIDE while decoded (by whole factors first,
+#: little memory); up to this side, OpenCV's area averaging reduces the analysed channels
 LARGE_SIDE = 4 * WORKING_SIDE
+#: a digit still under MIN_DIGIT_SIDE at the analysis size is read again with up to this many
+#: pixels on the picture's longest side (a small digit in a large photo)
+FINE_SIDE = 2.5 * WORKING_SIDE
 #: smaller pictures are enlarged to about this side first, so strokes span several pixels
 MIN_WORKING_SIDE = 96
 #: the paper's brightness is estimated on a thumbnail of about this longest side
@@ -159,6 +163,13 @@ def preprocess_picture(image: Image.Image | np.ndarray) -> np.ndarray:
             if max(box_width, box_height) >= MIN_DIGIT_SIDE:
                 return _mnist_field(_normalised_strokes(ink, strokes, width)).reshape(N_PIXELS)
     ink, strokes, width = _digit_reading(dark, light)
+    _, _, box_width, box_height = cv2.boundingRect(strokes)
+    if max(box_width, box_height) < MIN_DIGIT_SIDE:
+        fine_dark, fine_light = _analysis_size(*_channels(image, FINE_SIDE), FINE_SIDE)
+        if fine_dark.shape[0] > dark.shape[0]:
+            # when no digit is found there, the reading at the analysis size stands
+            with contextlib.suppress(InvalidImage):
+                ink, strokes, width = _digit_reading(fine_dark, fine_light)
     return _mnist_field(_normalised_strokes(ink, strokes, width)).reshape(N_PIXELS)
 
 
@@ -278,7 +289,8 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image | np.ndarray:
     try:
         if image.format == "JPEG":
             # let libjpeg decode at 1/2..1/8 scale: a phone photo then costs a fraction
-            image.draft(image.mode, (min(width, WORKING_SIDE), min(height, WORKING_SIDE)))
+            side = 2 * WORKING_SIDE
+            image.draft(image.mode, (min(width, side), min(height, side)))
         image.load()
         # photos carry their rotation in EXIF; apply it so the digit stands upright (only then:
         # exif_transpose copies the whole image even when there is nothing to turn)
@@ -307,18 +319,20 @@ def _plain_png(image: Image.Image, data: bytes) -> bool:
 
 
 def _reduced(image: Image.Image) -> Image.Image:
-    """The image shrunk (antialiased) so its longest side is WORKING_SIDE."""
+    """The image shrunk (antialiased) so its longest side is twice WORKING_SIDE."""
     if image.mode.startswith("I;16"):
         image = image.convert("I")  # keeps all 16 bits, and "I" can be resampled
     elif image.mode not in ("L", "RGB", "RGBA", "LA", "F", "I"):
         image = image.convert("RGBA")
-    scale = WORKING_SIDE / max(image.size)
+    scale = 2 * WORKING_SIDE / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     # reducing_gap: shrink by whole factors first (fast), then resample the rest exactly
     return image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
-def _channels(image: Image.Image | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _channels(
+    image: Image.Image | np.ndarray, largest: float = 1.25 * WORKING_SIDE
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (darkest channel, lightest channel) of the picture, each [H, W].
 
     Dark ink of any colour is dark in its darkest channel, light ink (chalk) light in its lightest
@@ -327,7 +341,7 @@ def _channels(image: Image.Image | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     channel (white on transparent).
     """
     if isinstance(image, np.ndarray):
-        return _array_channels(image)
+        return _array_channels(image, largest)
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(image.convert("I") if mode.startswith("I;16") else image, np.float64)
@@ -341,30 +355,30 @@ def _channels(image: Image.Image | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not has_alpha:
         # reduced before the channels are compared: a quarter of the pixels or fewer to handle
         if mode in ("L", "1"):
-            gray = _block_reduced(np.asarray(image if mode == "L" else image.convert("L")))
+            gray = _block_reduced(np.asarray(image if mode == "L" else image.convert("L")), largest)
             return gray, gray
         rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
-        return _darkest_lightest(_block_reduced(rgb))
+        return _darkest_lightest(_block_reduced(rgb, largest))
     return _composited(np.asarray(image.convert("RGBA")))
 
 
-def _array_channels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _array_channels(pixels: np.ndarray, largest: float) -> tuple[np.ndarray, np.ndarray]:
     """``_channels`` of a picture OpenCV decoded: uint8 [H, W], [H, W, 3] or [H, W, 4] (alpha
     last; the colour channels' order does not matter here)."""
     if max(pixels.shape[:2]) > LARGE_SIDE:
         # as Pillow's reduction of a large picture (``_reduced``) does
         height, width = pixels.shape[:2]
-        scale = WORKING_SIDE / max(height, width)
+        scale = 2 * WORKING_SIDE / max(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     if pixels.ndim == 2:
-        gray = _block_reduced(pixels)
+        gray = _block_reduced(pixels, largest)
         return gray, gray
     if pixels.shape[2] == 4:
         if cv2.minMaxLoc(pixels[..., 3])[0] < 255:
             return _composited(pixels)
         pixels = pixels[..., :3]  # opaque everywhere: the colour alone
-    return _darkest_lightest(_block_reduced(np.ascontiguousarray(pixels)))
+    return _darkest_lightest(_block_reduced(np.ascontiguousarray(pixels), largest))
 
 
 def _composited(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -387,12 +401,12 @@ def _darkest_lightest(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cv2.min(cv2.min(red, green), blue), cv2.max(cv2.max(red, green), blue)
 
 
-def _block_reduced(values: np.ndarray) -> np.ndarray:
+def _block_reduced(values: np.ndarray, largest: float = 1.25 * WORKING_SIDE) -> np.ndarray:
     """uint8 [H, W] or [H, W, C] reduced by a whole factor, so that the longest side is at most
     5/4 of WORKING_SIDE: each k x k block averaged (OpenCV's fast path for area averaging; a
     fractional factor costs ten times more). The pixels beyond the last whole block are dropped."""
     height, width = values.shape[:2]
-    factor = math.ceil(max(height, width) / (1.25 * WORKING_SIDE))
+    factor = math.ceil(max(height, width) / largest)
     if factor <= 1:
         return values
     rows, cols = max(factor, height // factor * factor), max(factor, width // factor * factor)
@@ -400,13 +414,15 @@ def _block_reduced(values: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.resize(values[:rows, :cols], size, interpolation=cv2.INTER_AREA))
 
 
-def _analysis_size(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _analysis_size(
+    dark: np.ndarray, light: np.ndarray, largest: float = 1.25 * WORKING_SIDE
+) -> tuple[np.ndarray, np.ndarray]:
     """Both channels at the analysis size: reduced by a whole factor (``_block_reduced``);
     tiny pictures enlarged (each pixel repeated) so strokes span several pixels."""
     height, width = dark.shape
-    if max(height, width) > 1.25 * WORKING_SIDE:
-        reduced = _block_reduced(dark)
-        return (reduced, reduced) if light is dark else (reduced, _block_reduced(light))
+    if max(height, width) > largest:
+        reduced = _block_reduced(dark, largest)
+        return (reduced, reduced) if light is dark else (reduced, _block_reduced(light, largest))
     if max(height, width) >= MIN_WORKING_SIDE:
         return dark, light
     factor = max(1, min(math.ceil(MIN_WORKING_SIDE / max(height, width)), 64))
