@@ -214,9 +214,18 @@ def _plausible_width(width: float) -> bool:
 
 def _likelier_digit(candidates: list[_Reading]) -> tuple[np.ndarray, np.ndarray, float]:
     """Of two readings of a picture (the likelier first), the first whose strokes look like a
-    digit's (they fill at most MAX_FILL of their box and are plausibly wide); else the one whose
-    strokes fill less of their box: read the wrong way round, the "ink" is the paper."""
+    digit's (they fill at most MAX_FILL of their box and are plausibly wide), unless the other's
+    do too and enclose them; else the one whose strokes fill less of their box: read the wrong
+    way round, the "ink" is the paper.
+
+    A digit in thick marker carries so much ink that the paper inside a loop (a 0's, a 9's)
+    departs from its surroundings as much as the strokes do; read the wrong way round, that
+    hole is a plausible "digit" (the paper around the strokes is then taken for a desk). The
+    hole lies inside the digit's box, never the other way round: of two plausible readings,
+    one whose strokes' box holds the other's is the digit.
+    """
     readings = []
+    plausible: tuple[np.ndarray, np.ndarray, float] | None = None
     problem: InvalidImage | None = None
     for reading in candidates:
         ink = _ink(*reading)
@@ -227,13 +236,27 @@ def _likelier_digit(candidates: list[_Reading]) -> tuple[np.ndarray, np.ndarray,
             continue
         fill, width = _fill_and_width(strokes)
         if fill <= MAX_FILL and _plausible_width(width):
-            return ink, strokes, width
+            if plausible is None:
+                plausible = ink, strokes, width
+                continue
+            return (ink, strokes, width) if _encloses(strokes, plausible[1]) else plausible
         readings.append((fill, ink, strokes, width))
+    if plausible is not None:
+        return plausible
     if not readings:
         assert problem is not None
         raise problem
     _, ink, strokes, width = min(readings, key=lambda reading: reading[0])
     return ink, strokes, width
+
+
+def _encloses(outer: np.ndarray, inner: np.ndarray) -> bool:
+    """Whether the bounding box of mask ``outer`` holds that of mask ``inner`` (uint8 0/1
+    masks of one picture) and is larger."""
+    left, top, width, height = cv2.boundingRect(outer)
+    x, y, w, h = cv2.boundingRect(inner)
+    inside = left <= x and top <= y and x + w <= left + width and y + h <= top + height
+    return inside and width * height > w * h
 
 
 def encode_png_base64(pixels: np.ndarray) -> str:
@@ -781,11 +804,10 @@ def _normalised_strokes(ink: np.ndarray, strokes: np.ndarray, width: float) -> n
     near = cv2.bitwise_and(ink, ink, mask=cv2.dilate(strokes, _SQUARE))
     size = max(bottom - top, right - left)
     low, high = STROKE_WIDTH_RANGE
-    change = 0.0
-    if width > high:
-        change = (high - width) / 2 * size / DIGIT_BOX
-    elif width < low:
-        change = (low - width) / 2 * size / DIGIT_BOX
+    target = min(max(width, low), high)
+    # eroding (dilating) by r pixels also shrinks (grows) the box by 2r, and the digit is fitted
+    # to the 20x20 box afterwards: (width_px + 2 change) / (size + 2 change) * DIGIT_BOX = target
+    change = (target - width) / 2 * size / DIGIT_BOX / (1.0 - target / DIGIT_BOX)
     radius = round(abs(change))
     if radius >= 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

@@ -222,6 +222,18 @@ def test_a_markers_long_bar_is_no_ruled_line() -> None:
     assert inked.size >= 3 and float(middle[inked[0] + 1 : inked[-1]].min()) > 0.5, middle
 
 
+def test_a_markers_zero_keeps_its_loop_and_is_not_read_inside_out() -> None:
+    # a zero in thick marker: so much ink that the paper inside the loop departs from its
+    # surroundings as much as the strokes do; read inside out, the loop's paper is the "digit"
+    canvas = Image.new("L", (280, 280), 248)
+    ImageDraw.Draw(canvas).ellipse([(45, 20), (235, 260)], outline=20, width=62)
+    field = preprocess_image(_png(canvas)).reshape(IMAGE_SIDE, IMAGE_SIDE)
+    rows, cols = np.nonzero(field > 0.3)
+    # the whole ring, as tall as the 20x20 box and two thirds as wide, its middle left empty
+    assert rows.max() - rows.min() >= DIGIT_BOX - 2 and cols.max() - cols.min() >= 11
+    assert float(field[IMAGE_SIDE // 2, IMAGE_SIDE // 2]) < 0.1, field.round(1)
+
+
 @pytest.mark.parametrize("value", [0, 128, 255])
 def test_blank_images_are_refused(value: int) -> None:
     with pytest.raises(InvalidImage, match="no digit"):
