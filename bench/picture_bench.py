@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         for condition, values in by_condition.items():
             mean = float(np.mean(values))
             low = min(values)
-            mark = "ok" if raw - low <= ALLOWED_DROP else "MISSES"
+            # exactly 2 points (6 of 300) is within: 299/300 - 293/300 is 0.02 plus a rounding
+            mark = "ok" if raw - low <= ALLOWED_DROP + 1e-9 else "MISSES"
             worst.append(f"{condition}: mean {100 * mean:.1f}%, lowest {100 * low:.1f}% ({mark})")
         print("per condition, beside raw " + f"{100 * raw:.1f}%:\n  " + "\n  ".join(worst))
         total = float(np.mean(every))
