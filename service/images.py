@@ -301,6 +301,10 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image | np.ndarray:
         raise InvalidImage(f"the image cannot be decoded ({_reason(exc)})") from exc
     width, height = image.size
     check_size(width, height, limits)
+    if image.format == "PNG":
+        damage = _png_damage(data)
+        if damage is not None:
+            raise InvalidImage(f"the image cannot be decoded ({damage})")
     if _plain_png(image, data):
         try:
             pixels = pyspng.load(data, image.mode)
@@ -339,6 +343,18 @@ def _plain_png(image: Image.Image, data: bytes) -> bool:
         and not getattr(image, "is_animated", False)
         and b"eXIf" not in data
     )
+
+
+def _png_damage(data: bytes) -> str | None:
+    """Why this PNG is damaged (a chunk that fails its CRC, a chunk cut short), or None: Pillow's
+    ``verify``, about 0.13 ms for a 280x280 photo. Neither decoder checks every chunk: libspng,
+    as pyspng runs it, skips the CRCs, and Pillow's decoder those of the second and later IDAT
+    chunks, so damaged bytes would be read as wrong pixels without a word."""
+    try:
+        Image.open(io.BytesIO(data)).verify()
+    except Exception as exc:  # Pillow raises SyntaxError, OSError, struct.error... for damage
+        return _reason(exc)
+    return None
 
 
 def _reduced(image: Image.Image) -> Image.Image:

@@ -393,3 +393,20 @@ def test_truncated_plain_png_is_refused_with_the_decoders_reason(ink: np.ndarray
     data = _png(Image.fromarray(ink).convert("RGB"))
     with pytest.raises(InvalidImage, match=r"cannot be decoded|truncated"):
         preprocess_image(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_plain_png_with_damaged_image_data_is_refused_not_misread(
+    ink: np.ndarray, mode: str
+) -> None:
+    # stored (uncompressed) deflate blocks, so overwritten pixel bytes still inflate, into wrong
+    # pixels; only the chunk's CRC (and zlib's checksum) tell. libspng, as pyspng runs it,
+    # ignores both and would decode them; the service refuses the PNG
+    out = io.BytesIO()
+    Image.fromarray(255 - ink).convert(mode).save(out, "PNG", compress_level=0)
+    data = bytearray(out.getvalue())
+    start = data.index(b"IDAT") + 4
+    middle = start + (len(data) - start) // 2
+    data[middle : middle + 200] = bytes(byte ^ 0x5A for byte in data[middle : middle + 200])
+    with pytest.raises(InvalidImage, match=r"cannot be decoded"):
+        preprocess_image(bytes(data))
