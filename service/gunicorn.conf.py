@@ -149,15 +149,21 @@ def post_worker_init(worker: Any) -> None:
 
 
 def let_stop_signals_in(worker: Any) -> None:
-    """A worker of gunicorn's own class (e.g. ``--worker-class gthread``) never lets in the stop
-    signals the master held across the fork (hold_stop_signals_across_fork): they are let in
-    here, from post_worker_init, after its init_signals. Letting them in any earlier (post_fork)
-    reopens the window the hold closes: a Ctrl-C that lands before init_signals runs the
-    master's inherited handler and is lost, and the worker serves on until graceful_timeout.
-    (BufferingThreadWorker lets them in from its own init_signals.)"""
-    from service.request_buffering import STOP_SIGNALS, BufferingThreadWorker
+    """A worker of gunicorn's own class (e.g. ``--worker-class gthread``): SIGINT and SIGQUIT
+    exit at once (service.request_buffering.leave_now, as BufferingThreadWorker has them), then
+    the stop signals the master held across the fork (hold_stop_signals_across_fork) are let in.
+
+    gunicorn's gthread ``handle_quit`` first shuts its thread pool down, taking the pool's lock: a
+    Ctrl-C that lands while the main thread is inside ``submit()`` (holding that lock) waits for
+    itself, and the worker hangs until graceful_timeout. The signals are let in here, from
+    post_worker_init, after the worker's init_signals: letting them in any earlier (post_fork)
+    reopens the window the hold closes, where a Ctrl-C runs the master's inherited handler and
+    is lost. (BufferingThreadWorker does both from its own init_signals.)"""
+    from service.request_buffering import STOP_SIGNALS, BufferingThreadWorker, leave_now
 
     if not isinstance(worker, BufferingThreadWorker):
+        signal.signal(signal.SIGINT, leave_now)
+        signal.signal(signal.SIGQUIT, leave_now)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 

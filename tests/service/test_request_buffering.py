@@ -223,3 +223,44 @@ def test_an_answer_leaves_in_one_write_with_its_head(
         assert writes[0].endswith(first_piece)
     else:
         assert writes[0].endswith(b"3\r\nabc\r\n"), writes
+
+
+def test_a_worker_of_gunicorns_own_class_leaves_at_once_on_ctrl_c() -> None:
+    """service/gunicorn.conf.py's let_stop_signals_in, in a process of its own, for a worker that
+    is not ours: SIGINT and SIGQUIT go to leave_now (gunicorn's gthread handle_quit would first
+    take its thread pool's lock, which the interrupted main thread may hold inside submit(): the
+    worker then waits for itself), and the held stop signals are let in; for our own worker
+    class nothing is changed (its init_signals does both)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO_ROOT
+
+    script = textwrap.dedent(
+        """
+        import runpy, signal
+        from service.request_buffering import (
+            STOP_SIGNALS, BufferingThreadWorker, leave_now)
+
+        conf = runpy.run_path("service/gunicorn.conf.py")
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        ours = BufferingThreadWorker.__new__(BufferingThreadWorker)
+        conf["let_stop_signals_in"](ours)
+        untouched = (signal.getsignal(signal.SIGINT) is not leave_now
+                     and set(STOP_SIGNALS) <= signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        conf["let_stop_signals_in"](object())
+        print(untouched, signal.getsignal(signal.SIGINT) is leave_now,
+              signal.getsignal(signal.SIGQUIT) is leave_now,
+              not set(STOP_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=REPO_ROOT,
+    )
+    assert done.stdout.split() == ["True", "True", "True", "True"], done.stdout + done.stderr
