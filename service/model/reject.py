@@ -51,12 +51,14 @@ class RejectOption:
     novelty_threshold: float | None = None
     #: a wider ink box (width / height) is no digit (a word, a dash)
     max_aspect: float | None = None
-    #: float32 [10 * (k + 1), 784]: each class's components, then the ten class means
+    #: float32 [10 * (k + 1), 784]: each class's components, then the ten class means (held for
+    #: the distance to the nearest subspace only)
     _weights: np.ndarray | None = field(default=None, repr=False)
     #: float32 [10 * k]: each class's components applied to its own mean
     _offsets: np.ndarray | None = field(default=None, repr=False)
     #: float32 [10, k + 1, 784]: per class, its components then its mean (one class's rows are
-    #: contiguous, so an image is projected onto its predicted digit's subspace alone)
+    #: contiguous, so an image is projected onto its predicted digit's subspace alone; held for
+    #: the distance to the predicted digit's subspace only)
     _class_weights: np.ndarray | None = field(default=None, repr=False)
     _mean_norms: np.ndarray | None = field(default=None, repr=False)
     _components: int = 0
@@ -96,20 +98,29 @@ class RejectOption:
             data, name, with_discriminator=novelty.discriminator_threshold is not None
         )
         classes, count, pixels = components.shape
-        weights = np.concatenate([components.reshape(classes * count, pixels), means])
-        class_weights = np.concatenate([components, means[:, None, :]], axis=1)
+        to_predicted = novelty.subspace == "predicted"
+        weights = class_weights = None  # only the rows the card's rule reads (0.65 MB each)
+        if to_predicted:
+            class_weights = np.ascontiguousarray(
+                np.concatenate([components, means[:, None, :]], axis=1), dtype=np.float32
+            )
+        else:
+            weights = np.ascontiguousarray(
+                np.concatenate([components.reshape(classes * count, pixels), means]),
+                dtype=np.float32,
+            )
         offsets = np.einsum("ckp,cp->ck", components, means).reshape(classes * count)
         return cls(
             temperature=temperature,
             min_confidence=threshold if min_confidence is None else min_confidence,
             novelty_threshold=novelty_threshold,
             max_aspect=max_aspect,
-            _weights=np.ascontiguousarray(weights, dtype=np.float32),
+            _weights=weights,
             _offsets=offsets.astype(np.float32),
-            _class_weights=np.ascontiguousarray(class_weights, dtype=np.float32),
+            _class_weights=class_weights,
             _mean_norms=np.einsum("cp,cp->c", means, means).astype(np.float32),
             _components=count,
-            _to_predicted=novelty.subspace == "predicted",
+            _to_predicted=to_predicted,
             discriminator_threshold=novelty.discriminator_threshold,
             _hidden=None if learned is None else (learned[0], learned[1]),
             _discriminator=None if learned is None else (learned[2], learned[3]),
@@ -121,12 +132,13 @@ class RejectOption:
         when the card says so, else to the nearest. The nearest takes one matrix product for all
         ten classes; the predicted digit's, one per digit predicted (an image is projected onto
         its own digit's k + 1 rows only: a tenth of the reads)."""
-        if self._weights is None or self._offsets is None or self._mean_norms is None:
+        if self._offsets is None or self._mean_norms is None:
             return None
         if self._to_predicted:
             if predicted is None:
                 raise ValueError("this card's distance is to the predicted digit's subspace")
-            return self._to_predicted_subspace(images, predicted)
+            return self._to_predicted_subspace(images, np.asarray(predicted))
+        assert self._weights is not None
         classes = len(self._mean_norms)
         products = images @ self._weights.T  # [N, 10 * k + 10]
         split = classes * self._components
@@ -138,31 +150,53 @@ class RejectOption:
         return np.asarray(np.maximum(distances.min(axis=1), 0.0))
 
     def _to_predicted_subspace(self, images: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-        """float32 [N]: the distances of ``novelty`` to each image's predicted digit's subspace,
-        the same sums in the same order as the ten-class product, per digit."""
+        """float32 [N]: the distances of ``novelty`` to each image's predicted digit's subspace.
+
+        The images are ranked by predicted digit (a stable sort: within a digit, in their order),
+        so each digit's images are one contiguous block, multiplied by that digit's k + 1 rows in
+        one product; the rest is elementwise over the whole batch. Each image's sums are those of
+        a product of its digit's block alone, in the same order: the same float32 values."""
         assert self._class_weights is not None and self._offsets is not None
         assert self._mean_norms is not None
         count = self._components
         offsets = self._offsets.reshape(-1, count)
-        if len(images) == 1:  # a single image: no grouping
-            digit = int(predicted[0])
-            groups: list[tuple[int, np.ndarray | slice]] = [(digit, slice(None))]
-        else:
-            predicted = np.asarray(predicted)
-            groups = [(int(d), np.flatnonzero(predicted == d)) for d in np.unique(predicted)]
+        if len(images) == 1:  # a single image: no ranking
+            return np.array([self._one_distance(images, int(predicted[0]))], dtype=np.float32)
+        order = np.argsort(predicted, kind="stable")
+        digits = predicted[order]
+        ranked = images[order]
+        products = np.empty((len(images), count + 1), dtype=np.float32)
+        ends = np.bincount(digits, minlength=len(offsets)).cumsum().tolist()
+        for digit, (start, stop) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+            if stop > start:
+                block = slice(start, stop)
+                np.matmul(ranked[block], self._class_weights[digit].T, out=products[block])
+        projected = products[:, :count] - offsets[digits]
+        ranked_distances = (
+            np.einsum("ij,ij->i", ranked, ranked)
+            - 2.0 * products[:, count]
+            + self._mean_norms[digits]
+            - (projected**2).sum(axis=1)
+        )
         distances = np.empty(len(images), dtype=np.float32)
-        for digit, rows in groups:
-            block = images[rows]
-            products = block @ self._class_weights[digit].T  # [n, k + 1]
-            projected = products[:, :count] - offsets[digit]
-            norms = np.einsum("ij,ij->i", block, block)
-            distances[rows] = (
-                norms
-                - 2.0 * products[:, count]
-                + self._mean_norms[digit]
-                - (projected**2).sum(axis=1)
-            )
-        return np.maximum(distances, np.float32(0.0))
+        distances[order] = np.maximum(ranked_distances, np.float32(0.0))
+        return distances
+
+    def _one_distance(self, image: np.ndarray, digit: int) -> np.float32:
+        """``_to_predicted_subspace`` of one float32 image [1, 784]: the same products and sums
+        (a [1, 784] row times the digit's rows; the 2-D einsum) in float32 scalars."""
+        assert self._class_weights is not None and self._offsets is not None
+        assert self._mean_norms is not None
+        count = self._components
+        products = (image @ self._class_weights[digit].T)[0]  # [k + 1]
+        projected = products[:count] - self._offsets[digit * count : (digit + 1) * count]
+        distance: np.float32 = (
+            np.einsum("ij,ij->i", image, image)[0]
+            - 2.0 * products[count]
+            + self._mean_norms[digit]
+            - (projected**2).sum()
+        )
+        return np.float32(0.0) if distance < 0.0 else distance  # np.maximum's, NaN kept
 
     def discriminator_scores(
         self,
@@ -185,7 +219,9 @@ class RejectOption:
             activations = hidden
         else:
             activations = np.maximum(images @ weights + biases, 0.0)
-        logs = np.log(np.clip(np.sort(probabilities, axis=1)[:, -2:], 1e-30, 1.0))
+        # the two likeliest digits' probabilities, the larger last (a partition, not a sort)
+        likeliest = np.partition(probabilities, -2, axis=1)[:, -2:]
+        logs = np.log(np.clip(likeliest, 1e-30, 1.0))
         size = len(biases)
         score = (
             activations @ coefficients[:size]
@@ -194,6 +230,35 @@ class RejectOption:
             + bias
         )
         return np.asarray(score)
+
+    def _one_score(
+        self, probabilities: np.ndarray, distance: np.float32, hidden: np.ndarray | None
+    ) -> np.float32 | None:
+        """``discriminator_scores`` of one image (probabilities float32 [1, 10], its distance,
+        hidden float32 [1, H] or None: not given) in float32 scalars; None without a
+        discriminator or when the session gave no hidden layer (the caller computes it)."""
+        if self._hidden is None or self._discriminator is None:
+            return None
+        coefficients, bias = self._discriminator
+        size = len(self._hidden[1])
+        if hidden is None or hidden.shape != (1, size):
+            return None
+        # np.clip's bounds as float32 (NEP 50: a Python float beside float32 is float32)
+        floor = float(np.float32(1e-30))
+        second, top = sorted(probabilities[0].tolist())[-2:]
+        logs = np.log(
+            np.array(
+                [min(max(second, floor), 1.0), min(max(top, floor), 1.0), distance + 1e-3],
+                dtype=np.float32,
+            )
+        )
+        score: np.float32 = (
+            (hidden @ coefficients[:size])[0]
+            + coefficients[size] * logs[2]
+            + coefficients[size + 1] * (logs[1] - logs[0])
+            + bias
+        )
+        return score
 
     def has_hidden_layer(self, weights: np.ndarray, biases: np.ndarray) -> bool:
         """Whether the discriminator's hidden layer is exactly float32 W [784, H] and b [H]
@@ -212,6 +277,21 @@ class RejectOption:
         scaled = np.exp(logs)
         return np.asarray(scaled / scaled.sum(axis=1, keepdims=True))
 
+    def confidence(self, probabilities: np.ndarray) -> np.ndarray:
+        """float64 [N]: the top temperature-scaled probability of float32 probabilities [N, 10],
+        ``calibrated(probabilities).max(axis=1)`` to the last bit with fewer steps: the top
+        scaled value is exp(0) = 1 exactly and division by the row's sum keeps the order, so
+        the top probability is 1 / that sum."""
+        if self.temperature == 1.0:
+            return np.asarray(probabilities.max(axis=1), dtype=np.float64)
+        logs = probabilities.astype(np.float64)
+        np.clip(logs, 1e-30, 1.0, out=logs)
+        np.log(logs, out=logs)
+        logs /= self.temperature
+        logs -= logs.max(axis=1, keepdims=True)
+        np.exp(logs, out=logs)
+        return np.asarray(1.0 / logs.sum(axis=1))
+
     def decide(
         self, images: np.ndarray, probabilities: np.ndarray, hidden: np.ndarray | None = None
     ) -> Decision:
@@ -220,7 +300,11 @@ class RejectOption:
         (``discriminator_scores``)."""
         # float64 images would upcast the stored float32 matrices on every call (most of the cost)
         images = np.asarray(images, dtype=np.float32)
-        confidence = self.calibrated(probabilities).max(axis=1)
+        if len(images) == 1 and self._to_predicted and self._class_weights is not None:
+            decided = self._decide_one(images, probabilities, hidden)
+            if decided is not None:
+                return decided
+        confidence = self.confidence(probabilities)
         low = confidence < self.min_confidence
         scores = self.novelty(images, probabilities.argmax(axis=1))
         strange = (
@@ -242,22 +326,71 @@ class RejectOption:
             accepted=[reason is None for reason in reasons], reasons=reasons, confidence=confidence
         )
 
+    def _decide_one(
+        self, images: np.ndarray, probabilities: np.ndarray, hidden: np.ndarray | None
+    ) -> Decision | None:
+        """``decide`` for one image (the common request) with a few numpy calls on its own row
+        and float32 scalars (per-call overhead is most of a small batch's cost), the same
+        numbers in the same order, each check only while the image is not yet rejected; None
+        when the session gave no hidden layer for the discriminator or the probabilities are
+        NaN (the batch path handles those)."""
+        confidence = self.confidence(probabilities)
+        if np.isnan(confidence[0]):  # NaN probabilities: numpy's sort order, in the batch path
+            return None
+        distance = self._one_distance(images, int(probabilities.argmax()))
+        strange = self.novelty_threshold is not None and bool(distance > self.novelty_threshold)
+        if not strange and self.max_aspect is not None:
+            strange = _one_aspect(images) > self.max_aspect
+        if not strange and self.discriminator_threshold is not None:
+            score = self._one_score(probabilities, distance, hidden)
+            if score is None:
+                if self._discriminator is not None:
+                    return None
+            else:
+                strange = bool(score > self.discriminator_threshold)
+        reason = (
+            NOT_A_DIGIT
+            if strange
+            else (LOW_CONFIDENCE if confidence[0] < self.min_confidence else None)
+        )
+        return Decision(accepted=[reason is None], reasons=[reason], confidence=confidence)
+
 
 #: a pixel (0..1) brighter than this is ink, for the ink's box (as training/calibrate.py)
 ASPECT_INK = 0.1
+#: float32 [28]: sums a 28x28 image's rows (or columns) of ink in one matrix product
+_SIDE_ONES = np.ones(contract.IMAGE_SIDE, dtype=np.float32)
 
 
 def ink_aspect(images: np.ndarray) -> np.ndarray:
     """float64 [N]: width / height of the box around the ink of float32 [N, 784] images (0 for
-    a blank one). The same measure as training/calibrate.py's, which chose the threshold."""
+    a blank one). The same measure as training/calibrate.py's, which chose the threshold.
+
+    One image: its ink pixels' indices (the first and last are on the top and bottom rows).
+    A batch: ink pixels per row and per column as two matrix products with ones (small whole
+    numbers, exact in float32), then the first and last row (column) with ink."""
     side = contract.IMAGE_SIDE
-    ink = np.greater(images.reshape(-1, side, side), ASPECT_INK)
-    rows, cols = np.any(ink, axis=2), np.any(ink, axis=1)
-    # the first and the last row (column) with ink, found by argmax from either end
-    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
-    height = side - rows[:, ::-1].argmax(axis=1) - top
-    width = side - cols[:, ::-1].argmax(axis=1) - left
-    return np.where(rows.any(axis=1), width / height, 0.0)
+    if len(images) == 1:
+        return np.array([_one_aspect(images)])
+    ink = np.greater(images.reshape(-1, side, side), ASPECT_INK).astype(np.float32)
+    # [2, N, 28]: ink pixels in each row, in each column
+    counts = np.stack([ink @ _SIDE_ONES, _SIDE_ONES @ ink])
+    seen = counts > 0
+    first = seen.argmax(axis=2)
+    extent = side - (counts[:, :, ::-1] > 0).argmax(axis=2) - first  # last - first + 1
+    height, width = extent
+    return np.where(seen[0].any(axis=1), width / height, 0.0)
+
+
+def _one_aspect(image: np.ndarray) -> float:
+    """``ink_aspect`` of one image [1, 784]: from its ink pixels' indices, in reading order."""
+    side = contract.IMAGE_SIDE
+    found = np.flatnonzero(np.greater(image, ASPECT_INK))
+    if len(found) == 0:
+        return 0.0
+    columns = found % side
+    height = int(found[-1]) // side - int(found[0]) // side + 1
+    return (int(columns.max()) - int(columns.min()) + 1) / height
 
 
 def _read_subspaces(
