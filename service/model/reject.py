@@ -372,9 +372,11 @@ def ink_aspect(images: np.ndarray) -> np.ndarray:
     side = contract.IMAGE_SIDE
     if len(images) == 1:
         return np.array([_one_aspect(images)])
-    ink = np.greater(images.reshape(-1, side, side), ASPECT_INK).astype(np.float32)
-    # [2, N, 28]: ink pixels in each row, in each column
-    counts = np.stack([ink @ _SIDE_ONES, _SIDE_ONES @ ink])
+    count = len(images)
+    ink = np.greater(images.reshape(-1, side), ASPECT_INK).astype(np.float32)  # [N * 28, 28]
+    counts = np.empty((2, count, side), dtype=np.float32)  # ink pixels per row, per column
+    np.matmul(ink, _SIDE_ONES, out=counts[0].reshape(-1))  # one product for all the rows
+    np.matmul(_SIDE_ONES, ink.reshape(count, side, side), out=counts[1])
     seen = counts > 0
     first = seen.argmax(axis=2)
     extent = side - (counts[:, :, ::-1] > 0).argmax(axis=2) - first  # last - first + 1
