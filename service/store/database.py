@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,8 +21,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import NullPool, QueuePool
 
 from service.errors import DuplicateFeedback, InvalidInput, StoreUnavailable, UnknownPrediction
 from service.model.contract import N_CLASSES
@@ -187,21 +188,10 @@ def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # a connection per transaction (opening a SQLite file takes microseconds): a file made
         # read-only, moved or restored is seen at the next write, not hidden by a pooled handle
+        # (the writer thread's inserts keep one open instead: create_sqlite_writer_engine)
         # busy timeout: workers take turns writing; waiting is the writer thread's, not a request's
         engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": 5.0})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            try:
-                # WAL: readers (scrapes, /feedback) never wait for the writer threads
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            except Exception:  # a read-only file cannot switch; reads still work
-                log.debug("SQLite pragmas not applied", exc_info=True)
-            finally:
-                cursor.close()
-
+        _set_sqlite_pragmas(engine)
         return engine
     return sa.create_engine(
         url,
@@ -211,6 +201,83 @@ def create_engine(url: str) -> Engine:
         pool_timeout=2.0,
         connect_args={"connect_timeout": 2, "options": "-c statement_timeout=5000"},
     )
+
+
+def _set_sqlite_pragmas(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL: readers (scrapes, /feedback) never wait for the writer threads
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        except Exception:  # a read-only file cannot switch; reads still work
+            log.debug("SQLite pragmas not applied", exc_info=True)
+        finally:
+            cursor.close()
+
+
+def create_sqlite_writer_engine(url: str | sa.URL) -> Engine | None:
+    """The SQLite engine of the writer thread's inserts: one connection kept open from flush to
+    flush (None for a database that is not a file: the inserts use ``create_engine``'s).
+
+    Closing the last connection of a WAL database checkpoints the WAL into the file and deletes
+    it, and opening one sets the pragmas again: with a connection per flush (``NullPool``) that
+    was most of the writer's CPU per record. The file is still seen afresh when it changes: at
+    each checkout the connection is dropped and a new one opened when the file's identity,
+    change time, size or writability differ from what they were when the connection was last
+    given back (a file made read-only, moved, replaced or deleted; a sibling worker's
+    checkpoint too, which costs one reopen). An idle connection holds no lock (WAL): readers,
+    ``POST /feedback`` and ``mnist-store`` in other processes are not blocked by it. A
+    connection inherited through ``fork`` is forgotten unclosed, as SQLAlchemy's pooling guide
+    advises, and the child opens its own."""
+    url = sa.make_url(url)
+    path = url.database
+    if not path or path == ":memory:" or url.query.get("uri"):
+        return None
+    engine = sa.create_engine(
+        url,
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=1,  # flush() from another thread (shutdown) while the thread writes
+        pool_timeout=5.0,
+        connect_args={"timeout": 5.0, "check_same_thread": False},
+    )
+    _set_sqlite_pragmas(engine)
+
+    @sa.event.listens_for(engine, "connect")
+    def _remember_process(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_PROCESS] = os.getpid()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _same_file(_dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if record.info.get(_PROCESS) != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise DisconnectionError("a connection of the parent process")
+        if _FILE in record.info and record.info[_FILE] != _file_state(path):
+            raise DisconnectionError("the database file changed since the last write")
+
+    @sa.event.listens_for(engine, "checkin")
+    def _note_file(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            record.info[_FILE] = _file_state(path)
+
+    return engine
+
+
+_PROCESS = "mnist_process"
+_FILE = "mnist_file_state"
+
+
+def _file_state(path: str) -> tuple[int, ...] | None:
+    """What tells a SQLite file's replacement or a change of its mode from outside: device,
+    inode, change time (ns), size and whether this process may write it (None: no such file)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    writable = os.access(path, os.W_OK)
+    return (found.st_dev, found.st_ino, found.st_ctime_ns, found.st_size, writable)
 
 
 def create_copy_engine(url: str | sa.URL) -> Engine:
@@ -245,6 +312,10 @@ class PredictionStore:
         self._copy_engine = (
             create_copy_engine(engine.url) if engine.dialect.name == "postgresql" else None
         )
+        # SQLite: the writer thread's inserts keep their connection open (None: not a file)
+        self._writer_engine = (
+            create_sqlite_writer_engine(engine.url) if engine.dialect.name == "sqlite" else None
+        )
 
     @classmethod
     def open(cls, url: str) -> PredictionStore:
@@ -257,8 +328,9 @@ class PredictionStore:
 
     def close(self) -> None:
         self.engine.dispose()
-        if self._copy_engine is not None:
-            self._copy_engine.dispose()
+        for own in (self._copy_engine, self._writer_engine):
+            if own is not None:
+                own.dispose()
 
     def _run(
         self,
@@ -388,7 +460,10 @@ class PredictionStore:
                 *columns[_CREATED_AT + 1 :],
             ]
         parameters = list(zip(*columns, strict=True))
-        self._run(lambda connection: connection.exec_driver_sql(statement, parameters))
+        self._run(
+            lambda connection: connection.exec_driver_sql(statement, parameters),
+            engine=self._writer_engine,
+        )
         return len(parameters)
 
     def predictions_of(self, request_id: str) -> list[dict[str, Any]]:

@@ -4,7 +4,10 @@ resumes by itself; on a real SQLite file and a real PostgreSQL server."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +15,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from service.model.contract import N_PIXELS
 from service.model.drift import image_statistics
 from service.store import recorder as recorder_module
 from service.store.config import StoreConfig, sqlalchemy_url
-from service.store.database import STATISTIC_COLUMNS, PredictionStore
+from service.store.database import STATISTIC_COLUMNS, FeedbackItem, PredictionStore
 from service.store.recorder import DROP_QUEUE_FULL, DROP_STORE_UNAVAILABLE, PredictionRecorder
 from service.store.schema import KEPT_REQUESTED
+from tests.conftest import REPO_ROOT
 
 
 def answered(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,3 +205,123 @@ def test_the_reject_decision_is_recorded_as_answered_or_made_by_the_writer(
     assert [r["accepted"] for r in later] == expected.accepted
     assert [r["reject_reason"] for r in later] == expected.reasons
     assert set(expected.accepted) == {True, False}  # the case tests both outcomes
+
+
+# -- SQLite: the writer thread keeps its connection open between flushes --------------------------
+
+
+def sqlite_store(tmp_path: Path) -> tuple[PredictionStore, Path]:
+    path = tmp_path / "store.sqlite3"
+    return PredictionStore.open(f"sqlite:///{path}"), path
+
+
+def test_the_sqlite_writer_opens_one_connection_for_many_flushes(tmp_path: Path) -> None:
+    store, _ = sqlite_store(tmp_path)
+    assert store._writer_engine is not None
+    opened: list[int] = []
+    sa.event.listen(store._writer_engine, "connect", lambda *_: opened.append(1))
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(2)
+    for number in range(5):
+        recorder.record(f"r{number}", "/predict", 1, images, labels, probabilities)
+        recorder.flush()
+    assert recorder.written == 10 and len(store.predictions_of("r4")) == 2
+    assert len(opened) == 1  # a connection per flush closed and checkpointed the WAL each time
+    store.close()
+
+
+def test_a_deleted_sqlite_file_is_seen_at_the_next_write(tmp_path: Path) -> None:
+    store, path = sqlite_store(tmp_path)
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(1)
+    recorder.record("before", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        name.unlink(missing_ok=True)
+    recorder.record("gone", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    # not written into the deleted file through a connection kept open: a fresh file has no table
+    assert recorder.written == 1 and recorder.dropped[DROP_STORE_UNAVAILABLE] == 1
+    store.close()
+
+
+def test_an_idle_writer_connection_blocks_no_other_process(tmp_path: Path) -> None:
+    store, path = sqlite_store(tmp_path)
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(2)
+    recorder.record("first", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    # another process deletes (a write transaction), then checkpoints the WAL to its end:
+    # a checkpoint that is not busy means no connection holds a read snapshot
+    settings = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "STORE_PATH": str(path)}
+    settings.pop("DATABASE_URL", None)
+    started = time.monotonic()
+    deleted = subprocess.run(
+        [sys.executable, "-m", "service.store.cli", "delete", "first"],
+        capture_output=True,
+        text=True,
+        env=settings,
+        timeout=60,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    assert time.monotonic() - started < 4.5  # never the 5 s busy timeout
+    with sqlite3.connect(path, timeout=0.5) as other:
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    # and the writer goes on after them, as does feedback on this process's other engine
+    recorder.record("second", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    assert recorder.written == 4 and store.predictions_of("first") == []
+    assert [o.correct for o in store.add_feedback([FeedbackItem("second", int(labels[0]))])] == [
+        True
+    ]
+    store.close()
+
+
+def test_the_sqlite_writer_waits_out_a_short_lock_then_writes(tmp_path: Path) -> None:
+    store, path = sqlite_store(tmp_path)
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(1)
+    recorder.record("before", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN IMMEDIATE")  # the write lock, as another worker's transaction holds it
+    release = threading.Timer(0.3, lambda: locker.execute("COMMIT"))
+    release.start()
+    recorder.record("during", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    release.join()
+    locker.close()
+    assert recorder.written == 2 and recorder.dropped[DROP_STORE_UNAVAILABLE] == 0
+    assert len(store.predictions_of("during")) == 1
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_writes_through_its_own_sqlite_connection(tmp_path: Path) -> None:
+    store, _ = sqlite_store(tmp_path)
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(1)
+    recorder.record("parent", "/predict", 1, images, labels, probabilities)
+    recorder.flush()  # the parent's connection is now open, in the pool
+    assert store._writer_engine is not None
+    opened_by: list[int] = []
+    sa.event.listen(store._writer_engine, "connect", lambda *_: opened_by.append(os.getpid()))
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports by its exit status
+        code = 1
+        try:
+            recorder.record("child", "/predict", 1, images, labels, probabilities)
+            recorder.flush()
+            written = recorder.written == 2 and store.predictions_of("child")
+            # SQLite connections must not cross a fork: the child opened its own
+            code = 0 if written and opened_by == [os.getpid()] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    recorder.record("parent-again", "/predict", 1, images, labels, probabilities)
+    recorder.flush()
+    assert recorder.written == 2 and len(store.predictions_of("parent-again")) == 1
+    assert store.predictions_of("child") != []
+    store.close()
