@@ -55,6 +55,71 @@ def test_statistics_are_the_same_in_chunks_and_at_once() -> None:
     assert np.array_equal(whole[8500:], image_statistics(images[8500:]))
 
 
+def per_pixel_statistics(images: np.ndarray) -> np.ndarray:
+    """``image_statistics`` as first written, pass by pass over [N, 28, 28] booleans: the
+    packed-bit version must give exactly these values."""
+    flat = np.asarray(images, dtype=np.float32).reshape(-1, 784)
+    count = len(flat)
+    square = flat.reshape(count, 28, 28)
+    ink: np.ndarray = square >= 0.5
+    area = np.count_nonzero(ink.reshape(count, 784), axis=1).astype(np.float64)
+    rows = np.asarray(ink.any(axis=2))
+    cols = np.asarray(ink.any(axis=1))
+    has_ink = area > 0
+    height = np.where(has_ink, 28 - rows[:, ::-1].argmax(1) - rows.argmax(1), 0)
+    width = np.where(has_ink, 28 - cols[:, ::-1].argmax(1) - cols.argmax(1), 0)
+    mass = square.sum(axis=(1, 2), dtype=np.float64)
+    positions = np.arange(28, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre_row = np.where(mass > 0, square.sum(axis=2) @ positions / mass, 13.5)
+        centre_col = np.where(mass > 0, square.sum(axis=1) @ positions / mass, 13.5)
+    perimeter = (
+        np.count_nonzero((ink[:, 1:, :] != ink[:, :-1, :]).reshape(count, -1), axis=1)
+        + np.count_nonzero((ink[:, :, 1:] != ink[:, :, :-1]).reshape(count, -1), axis=1)
+        + np.count_nonzero(ink[:, (0, -1), :].reshape(count, -1), axis=1)
+        + np.count_nonzero(ink[:, :, (0, -1)].reshape(count, -1), axis=1)
+    )
+    thickness = np.where(has_ink, 2.0 * area / np.maximum(perimeter, 1), 0.0)
+    return np.column_stack([area / 784, height, width, centre_row, centre_col, thickness])
+
+
+def odd_images() -> np.ndarray:
+    """Blank, full, every single pixel alone, values at and just under the ink threshold, ink
+    on each border only, and noise of every grey."""
+    singles = np.eye(784, dtype=np.float32)
+    at_threshold = np.full((2, 784), 0.5, np.float32)
+    at_threshold[1] = np.nextafter(np.float32(0.5), np.float32(0))
+    borders = np.zeros((4, 28, 28), np.float32)
+    borders[0, 0, :] = borders[1, -1, :] = borders[2, :, 0] = borders[3, :, -1] = 1.0
+    rng = np.random.default_rng(7)
+    noise = rng.random((300, 784), dtype=np.float32)
+    sparse = np.where(rng.random((300, 784)) < 0.05, noise, 0).astype(np.float32)
+    return np.concatenate(
+        [
+            np.zeros((1, 784), np.float32),
+            np.ones((1, 784), np.float32),
+            singles,
+            0.5 * singles + 0.25,
+            at_threshold,
+            borders.reshape(4, 784),
+            noise,
+            sparse,
+        ]
+    )
+
+
+def test_statistics_equal_the_per_pixel_formulation_bit_for_bit(mnist_data: Any) -> None:
+    digits = mnist_data.test.images.astype(np.float32) / 255
+    for images in (digits, odd_images(), digits[:500].astype(np.float64)):
+        assert np.array_equal(image_statistics(images), per_pixel_statistics(images))
+    # a strided view (a column slice of a wider array) and a batch over the chunk size
+    wide = np.concatenate([digits[:300], digits[300:600]], axis=1)[:, 784:]
+    assert not wide.flags.c_contiguous
+    assert np.array_equal(image_statistics(wide), per_pixel_statistics(wide))
+    many = np.concatenate([digits, digits[:100]])
+    assert np.array_equal(image_statistics(many), per_pixel_statistics(many))
+
+
 def test_intensity_counts_split_every_pixel_into_one_bin() -> None:
     image = np.array([0.0] * 700 + [0.1] * 20 + [0.3] * 20 + [0.6] * 20 + [0.8] * 14 + [1.0] * 10)
     counts = intensity_counts(image[np.newaxis].astype(np.float32))
