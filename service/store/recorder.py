@@ -299,37 +299,49 @@ class PredictionRecorder:
         once (numbers by numpy, a request's own values repeated per image); each input a slice
         of one uint8 buffer."""
         keep_for_feedback = self.config.input_retention_seconds > 0
-        request_ids: list[str] = []
-        items: list[int] = []
-        created: list[datetime] = []
-        versions: list[int] = []
-        routes: list[str] = []
+        sizes = [len(item.images) for item in taken]
+        # one image per request (single-image traffic): a request's value is its image's
+        single = all(size == 1 for size in sizes)
+
+        def per_image(values: list[Any]) -> list[Any]:
+            if single:
+                return values
+            repeated: list[Any] = []
+            for value, size in zip(values, sizes, strict=True):
+                repeated += [value] * size
+            return repeated
+
+        request_ids = per_image([item.request_id for item in taken])
+        items: list[int] = [0] * len(taken) if single else [i for n in sizes for i in range(n)]
+        created = per_image([datetime.fromtimestamp(item.answered_at, UTC) for item in taken])
+        versions = per_image([item.model_version for item in taken])
+        routes = per_image([item.route for item in taken])
         accepted: list[bool | None] = []
         reasons: list[str | None] = []
-        kept: list[str | None] = []
-        keep: list[bool] = []
-        for item in taken:
-            size = len(item.images)
-            request_ids += [item.request_id] * size
-            items += range(size)
-            created += [datetime.fromtimestamp(item.answered_at, UTC)] * size
-            versions += [item.model_version] * size
-            routes += [item.route] * size
-            if item.accepted is None:
-                accepted += [None] * size
-            else:
-                accepted += [bool(flag) for flag in item.accepted]
-            reasons += [None] * size if item.reject_reasons is None else item.reject_reasons
-            kept += [KEPT_REQUESTED if item.store_input else None] * size
-            keep += [item.store_input or keep_for_feedback] * size
+        if single:
+            accepted = [None if i.accepted is None else bool(i.accepted[0]) for i in taken]
+            reasons = [None if i.reject_reasons is None else i.reject_reasons[0] for i in taken]
+        else:
+            for item, size in zip(taken, sizes, strict=True):
+                if item.accepted is None:
+                    accepted += [None] * size
+                else:
+                    accepted += map(bool, item.accepted)
+                reasons += [None] * size if item.reject_reasons is None else item.reject_reasons
+        kept = per_image([KEPT_REQUESTED if item.store_input else None for item in taken])
+        keep = per_image([item.store_input or keep_for_feedback for item in taken])
         inputs: list[bytes | None] = [None] * len(keep)
         if any(keep):
             scaled = images * np.float32(PIXEL_MAX)
             pixels = np.rint(scaled, out=scaled).astype(np.uint8).tobytes()
-            inputs = [
-                pixels[start : start + N_PIXELS] if kept_input else None
-                for start, kept_input in zip(range(0, len(pixels), N_PIXELS), keep, strict=True)
-            ]
+            starts = range(0, len(pixels), N_PIXELS)
+            if all(keep):
+                inputs = [pixels[start : start + N_PIXELS] for start in starts]
+            else:
+                inputs = [
+                    pixels[start : start + N_PIXELS] if kept_input else None
+                    for start, kept_input in zip(starts, keep, strict=True)
+                ]
         return [
             request_ids,
             items,

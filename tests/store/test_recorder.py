@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,60 @@ def test_records_reach_the_database_with_statistics_and_inputs(store: Prediction
     assert rows[0]["input_kept"] is None  # kept only for the retention window
     assert store.predictions_of("asked")[0]["input_kept"] == KEPT_REQUESTED
     assert recorder.written == 4
+
+
+@pytest.mark.parametrize(
+    ("shape", "sizes"),
+    [("single images", [1, 1, 1, 1]), ("mixed batches", [3, 1, 0, 2, 4]), ("empty", [1, 0, 2])],
+)
+def test_every_column_of_every_row_is_what_its_request_gave(
+    store: PredictionStore, shape: str, sizes: list[int]
+) -> None:
+    """Row by row and column by column, from the requests as queued: one image each (the
+    single-image traffic) or batches of several sizes, decisions given or not, inputs asked."""
+    moments = iter(1_764_500_000.0 + 0.25 * n for n in range(100))
+    recorder = PredictionRecorder(
+        StoreConfig(), store, clock=lambda: next(moments), autostart=False
+    )
+    requests = []
+    for number, size in enumerate(sizes):
+        images, labels, probabilities = answered(size, seed=number)
+        flags = np.arange(size) % 3 != 1
+        decided = number % 2 == 0
+        accepted = flags if decided else None
+        reasons = [None if a else "low_confidence" for a in flags] if decided else None
+        request = (f"{shape}-{number}", f"/route{number % 2}", 1 + number % 3, size)
+        recorder.record(
+            *request[:3],
+            images,
+            labels,
+            probabilities,
+            store_input=number == 1,
+            accepted=accepted,
+            reject_reasons=reasons,
+        )
+        requests.append((request, images, labels, probabilities, accepted, reasons))
+    recorder.flush()
+    assert recorder.written == sum(sizes)
+    for number, (request, images, labels, probabilities, accepted, reasons) in enumerate(requests):
+        request_id, route, version, size = request
+        rows = store.predictions_of(request_id)
+        assert len(rows) == size
+        statistics = image_statistics(images)
+        for item, row in enumerate(rows):
+            assert row["item"] == item and row["route"] == route
+            assert row["model_version"] == version
+            created = row["created_at"]
+            created = created if created.tzinfo else created.replace(tzinfo=UTC)
+            assert created == datetime.fromtimestamp(1_764_500_000.0 + 0.25 * number, UTC)
+            assert row["digit"] == labels[item]
+            assert row["confidence"] == float(probabilities[item, labels[item]])
+            assert row["accepted"] == (None if accepted is None else bool(accepted[item]))
+            assert row["reject_reason"] == (None if reasons is None else reasons[item])
+            assert [row[c] for c in STATISTIC_COLUMNS] == statistics[item].tolist()
+            pixels = np.rint(images[item] * 255).astype(np.uint8).tobytes()
+            assert bytes(row["input"]) == pixels
+            assert row["input_kept"] == (KEPT_REQUESTED if number == 1 else None)
 
 
 def test_without_a_retention_window_only_asked_inputs_are_stored(store: PredictionStore) -> None:
