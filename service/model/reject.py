@@ -241,7 +241,7 @@ class RejectOption:
             return None
         coefficients, bias = self._discriminator
         size = len(self._hidden[1])
-        if hidden is None or hidden.shape != (1, size):
+        if hidden is None or hidden.shape != (1, size) or hidden.dtype != np.float32:
             return None
         # np.clip's bounds as float32 (NEP 50: a Python float beside float32 is float32)
         floor = float(np.float32(1e-30))
@@ -300,7 +300,12 @@ class RejectOption:
         (``discriminator_scores``)."""
         # float64 images would upcast the stored float32 matrices on every call (most of the cost)
         images = np.asarray(images, dtype=np.float32)
-        if len(images) == 1 and self._to_predicted and self._class_weights is not None:
+        if (
+            len(images) == 1
+            and self._to_predicted
+            and self._class_weights is not None
+            and probabilities.dtype == np.float32  # the session's; float64 would round here
+        ):
             decided = self._decide_one(images, probabilities, hidden)
             if decided is not None:
                 return decided

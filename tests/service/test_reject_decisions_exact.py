@@ -302,3 +302,20 @@ def test_the_option_holds_only_the_subspace_rows_its_rule_reads() -> None:
     images = np.random.default_rng(5).random((6, 784), dtype=np.float32)
     distances = nearest.novelty(images)
     assert distances is not None and distances.shape == (6,)
+
+
+def test_float64_inputs_decide_as_the_reference(
+    predictor: Predictor, reference: Reference, images: np.ndarray
+) -> None:
+    """float64 images, probabilities or hidden layer (no session gives them, a caller might)
+    are read as they are, one image or many: float64 probabilities are not rounded to float32."""
+    for rows in (slice(7, 8), slice(400, 401), slice(480, 481), slice(0, 50)):
+        batch = images[rows]
+        prediction = predictor.predict(batch)
+        assert prediction.hidden is not None
+        probabilities = prediction.probabilities.astype(np.float64)
+        hidden = prediction.hidden.astype(np.float64)
+        decision = prediction.reject.decide(batch.astype(np.float64), probabilities, hidden)
+        reasons, confidence = reference.decide(batch, probabilities, hidden)
+        assert decision.reasons == reasons
+        assert decision.confidence.tobytes() == confidence.tobytes()
