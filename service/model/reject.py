@@ -99,7 +99,7 @@ class RejectOption:
         )
         classes, count, pixels = components.shape
         to_predicted = novelty.subspace == "predicted"
-        weights = class_weights = None  # only the rows the card's rule reads (0.65 MB each)
+        weights = class_weights = None  # only the rows the card's rule reads (1.3 MB each)
         if to_predicted:
             class_weights = np.ascontiguousarray(
                 np.concatenate([components, means[:, None, :]], axis=1), dtype=np.float32
