@@ -247,3 +247,117 @@ def committed_json_body(mnist_data_dir: Path) -> bytes:
         handle.read(16)
         pixels = np.frombuffer(handle.read(784), dtype=np.uint8)
     return json.dumps({"images": [pixels.tolist()]}).encode()
+
+
+@pytest.fixture(scope="module")
+def large_json_body(mnist_data_dir: Path) -> bytes:
+    """A /predict JSON body of the first 64 MNIST test digits (about 165 KB: a body the worker
+    hands to the app as received, service.request_buffering.HeldBody)."""
+    import gzip
+
+    import numpy as np
+
+    from service.request_buffering import HELD_BODY_MIN_BYTES
+
+    with gzip.open(mnist_data_dir / "t10k-images-idx3-ubyte.gz", "rb") as handle:
+        handle.read(16)
+        pixels = np.frombuffer(handle.read(64 * 784), dtype=np.uint8).reshape(64, 784)
+    body = json.dumps({"images": pixels.tolist()}).encode()
+    assert len(body) >= 2 * HELD_BODY_MIN_BYTES
+    return body
+
+
+def _digits(answer: dict[str, object]) -> list[int]:
+    return [p["digit"] for p in answer["predictions"]]  # type: ignore[attr-defined,index]
+
+
+def _length_request(body: bytes, extra: str = "", close: bool = True) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}{connection}\r\n"
+    ).encode() + body
+
+
+@pytest.fixture(scope="module")
+def large_body_digits(server: RunningServer, large_json_body: bytes) -> list[int]:
+    """The digits of the large body sent chunked: gunicorn's own body reader takes it."""
+    half = len(large_json_body) // 2
+    pieces = [large_json_body[:half], large_json_body[half:]]
+    chunks = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    status, answer = _final_answer(_raw_exchange(server, head + chunks))
+    assert status == b"HTTP/1.1 200 OK", answer
+    digits = _digits(answer)
+    assert len(digits) == 64 and digits[0] == 7
+    return digits
+
+
+@pytest.mark.parametrize(
+    "pause_after", [None, 60, -5, -100_000], ids=["whole", "head", "body-end", "body-middle"]
+)
+def test_a_large_body_read_whole_is_answered_as_gunicorns_reader_answers_it(
+    server: RunningServer,
+    large_json_body: bytes,
+    large_body_digits: list[int],
+    pause_after: int | None,
+) -> None:
+    request = _length_request(large_json_body)
+    if pause_after is not None and pause_after < 0:
+        pause_after = len(request) + pause_after
+    status, answer = _final_answer(_raw_exchange(server, request, pause_after))
+    assert status == b"HTTP/1.1 200 OK", answer
+    assert _digits(answer) == large_body_digits
+
+
+def test_a_large_body_expecting_continue_is_held_and_answered(
+    server: RunningServer, large_json_body: bytes, large_body_digits: list[int]
+) -> None:
+    request = _length_request(large_json_body, "Expect: 100-continue\r\n")
+    head, _, body = request.partition(b"\r\n\r\n")
+    with socket.create_connection(_address(server), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, decoded = _final_answer(answer)
+    assert status == b"HTTP/1.1 200 OK", decoded
+    assert _digits(decoded) == large_body_digits
+
+
+def test_a_request_pipelined_behind_a_large_body_is_answered_after_it(
+    server: RunningServer,
+    large_json_body: bytes,
+    large_body_digits: list[int],
+    committed_json_body: bytes,
+) -> None:
+    # both requests in one write: the small one arrives in the large one's last packets
+    first = _length_request(large_json_body, close=False)
+    second = _length_request(committed_json_body)
+    answer = _raw_exchange(server, first + second)
+    answers = [part for part in re.split(rb"(?=HTTP/1\.1 )", answer) if part]
+    assert len(answers) == 2, answer[:300]
+    status, decoded = _final_answer(answers[0])
+    assert status == b"HTTP/1.1 200 OK" and _digits(decoded) == large_body_digits
+    status, decoded = _final_answer(answers[1])
+    assert status == b"HTTP/1.1 200 OK" and _digits(decoded) == [7]
+
+
+def test_large_bodies_in_a_row_on_one_connection(
+    server: RunningServer, large_json_body: bytes, large_body_digits: list[int]
+) -> None:
+    with requests.Session() as session:
+        for _ in range(4):
+            response = session.post(
+                server.url + "/predict",
+                data=large_json_body,
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+            assert _digits(response.json()) == large_body_digits

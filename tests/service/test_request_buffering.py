@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.request_buffering import ReadDeadlines, RequestReading, RequestStart
+from service.request_buffering import (
+    HELD_BODY_MIN_BYTES,
+    HeldBody,
+    ReadDeadlines,
+    RequestReading,
+    RequestStart,
+)
 
 HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\n"
 
@@ -57,6 +63,79 @@ def test_complete_when_the_request_is(pieces: list[bytes], verdicts: list[bool |
 def test_chunked_body_over_the_limit_goes_to_the_parser() -> None:
     big = b"".join(b"64\r\n" + b"a" * 100 + b"\r\n" for _ in range(11))
     assert _feed([HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + big]) == [True]
+
+
+BIG = HELD_BODY_MIN_BYTES
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "after", "span"),
+    [
+        (HEAD + f"Content-Length: {BIG}\r\n\r\n".encode(), b"a" * BIG, b"", True),
+        (
+            HEAD + f"Content-Length: {BIG}\r\n\r\n".encode(),
+            b"a" * BIG,
+            b"GET / HTTP/1.1\r\n\r\n",
+            True,
+        ),
+        (
+            HEAD + f"Content-Length: {BIG}\r\nExpect: 100-continue\r\n\r\n".encode(),
+            b"a" * BIG,
+            b"",
+            True,
+        ),
+        (HEAD + f"Content-Length: {BIG - 1}\r\n\r\n".encode(), b"a" * (BIG - 1), b"", False),
+        (
+            HEAD + f"Transfer-Encoding: identity\r\nContent-Length: {BIG}\r\n\r\n".encode(),
+            b"a" * BIG,
+            b"",
+            False,
+        ),
+        (
+            HEAD + f"Content-Length: {BIG}\r\nContent-Length: {BIG}\r\n\r\n".encode(),
+            b"a" * BIG,
+            b"",
+            True,  # the same length twice is one length (gunicorn reads it so too)
+        ),
+        (HEAD + f"Content-Length: {10 * BIG}\r\n\r\n".encode(), b"", b"", False),
+    ],
+    ids=[
+        "large",
+        "large-then-pipelined",
+        "large-expecting-continue",
+        "under-the-minimum",
+        "any-transfer-encoding",
+        "one-length-repeated",
+        "over-the-limit",
+    ],
+)
+def test_a_large_body_with_one_plain_length_is_held_apart(
+    head: bytes, body: bytes, after: bytes, span: bool
+) -> None:
+    reading = RequestReading(max_head_bytes=400, max_body_bytes=2 * BIG)
+    first = reading.add(head)
+    if first is not True:  # a head whose client waits for 100 Continue, or more body due
+        assert reading.add(body + after) is True
+    found = reading.held_body_span()
+    if not span:
+        assert found is None
+        return
+    assert found == (len(head), len(head) + len(body))
+    start, end = found
+    assert bytes(reading.buffer[start:end]) == body
+    assert bytes(reading.buffer[end:]) == after
+
+
+def test_a_held_body_reads_as_gunicorns_body_does() -> None:
+    body = b"line one\nline two\n" + b"x" * BIG
+    whole = HeldBody(body)
+    assert whole.read(len(body)) is body  # the received bytes themselves, no copy
+    lines = HeldBody(body)
+    assert lines.readline() == b"line one\n"
+    assert list(lines) == [b"line two\n", b"x" * BIG]
+    steps = HeldBody(body)
+    assert b"".join(iter(lambda: steps.read(1024), b"")) == body
+    assert HeldBody(body).failed is False
 
 
 @pytest.mark.parametrize(
