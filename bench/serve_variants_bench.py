@@ -3,6 +3,7 @@
 Each variant is the service with a few environment variables changed; the first is the baseline.
 Built-in comparisons (``--compare``):
   worker   the buffering worker (default) against gunicorn's own gthread worker
+  threads  4 threads per worker (the default GUNICORN_THREADS) against 2 and 1
   tracing  tracing off (default) against tracing on, spans sent over OTLP/HTTP to a local
            receiver started here in a process of its own (bench/otlp_sink.py: it reads and
            drops them); its CPU per traced request is printed apart from the server's
@@ -69,7 +70,7 @@ def otlp_receiver() -> Iterator[Receiver]:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print its table; non-zero exit when anything failed."""
     parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=["worker", "tracing"], default="worker")
+    parser.add_argument("--compare", choices=["worker", "threads", "tracing"], default="worker")
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
     wrk = loadgen.require_wrk()
@@ -87,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             variants = {
                 "buffering worker": base,
                 "gunicorn gthread": {**base, "GUNICORN_CMD_ARGS": "--worker-class gthread"},
+            }
+        elif args.compare == "threads":
+            variants = {
+                "4 threads per worker": {**base, "GUNICORN_THREADS": "4"},
+                "2 threads per worker": {**base, "GUNICORN_THREADS": "2"},
+                "1 thread per worker": {**base, "GUNICORN_THREADS": "1"},
             }
         else:
             receiver = stack.enter_context(otlp_receiver())

@@ -268,7 +268,7 @@ def large_json_body(mnist_data_dir: Path) -> bytes:
 
 
 def _digits(answer: dict[str, object]) -> list[int]:
-    return [p["digit"] for p in answer["predictions"]]  # type: ignore[attr-defined,index]
+    return [p["digit"] for p in answer["predictions"]]  # type: ignore[attr-defined]
 
 
 def _length_request(body: bytes, extra: str = "", close: bool = True) -> bytes:
