@@ -370,6 +370,11 @@ class GunicornServer(ServerProcess):
         ]
         if checkout is not None:
             env = {**env, "PYTHONPATH": str(root)}
+        if "STORE_PATH" not in env and "DATABASE_URL" not in env:
+            # a prediction store of its own, new for this run, beside the log: the default file
+            # beside the model folder would carry every earlier run's rows (and their retention
+            # work) into this one, and be shared with any other server of the same checkout
+            env = {**env, "STORE_PATH": str(log_path.with_name(f"store-{port}.sqlite3"))}
         super().__init__(command, env, log_path, port, cwd=root)
 
 
