@@ -171,15 +171,63 @@ def _final_answer(answer: bytes) -> tuple[bytes, dict[str, object]]:
     return head.split(b"\r\n", 1)[0], json.loads(body)
 
 
+def _digits(answer: dict[str, object]) -> list[int]:
+    return [p["digit"] for p in answer["predictions"]]  # type: ignore[attr-defined]
+
+
+def _length_request(body: bytes, extra: str = "", close: bool = True) -> bytes:
+    """A /predict request with a Content-Length (``extra``: more header lines)."""
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}{connection}\r\n"
+    ).encode() + body
+
+
+def _chunked_request(body: bytes) -> tuple[bytes, int]:
+    """A /predict request sending ``body`` in two chunks, and its head's length."""
+    half = len(body) // 2
+    chunks = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (body[:half], body[half:]))
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    return head + chunks + b"0\r\n\r\n", len(head)
+
+
+def _continue_exchange(server: RunningServer, request: bytes) -> tuple[bytes, dict[str, object]]:
+    """Send ``request``'s head, wait for 100 Continue, then its body; the final answer."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    with socket.create_connection(_address(server), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return _final_answer(answer)
+
+
+def _posted_in_a_row(server: RunningServer, body: bytes, times: int) -> list[requests.Response]:
+    """``body`` POSTed to /predict ``times`` times on one kept-alive connection."""
+    with requests.Session() as session:
+        return [
+            session.post(
+                server.url + "/predict",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            for _ in range(times)
+        ]
+
+
 @pytest.mark.parametrize("pause_after", [None, 10, 60, -5], ids=["whole", "line", "head", "body"])
 def test_content_length_body_split_anywhere_is_served(
     server: RunningServer, committed_json_body: bytes, pause_after: int | None
 ) -> None:
-    head = (
-        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(committed_json_body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    request = head + committed_json_body
+    request = _length_request(committed_json_body)
     if pause_after is not None and pause_after < 0:
         pause_after = len(request) + pause_after
     status, body = _final_answer(_raw_exchange(server, request, pause_after))
@@ -190,14 +238,8 @@ def test_content_length_body_split_anywhere_is_served(
 def test_chunked_body_in_pieces_is_served(
     server: RunningServer, committed_json_body: bytes
 ) -> None:
-    half = len(committed_json_body) // 2
-    pieces = [committed_json_body[:half], committed_json_body[half:]]
-    chunks = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
-    head = (
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    status, body = _final_answer(_raw_exchange(server, head + chunks, len(head) + 30))
+    request, head_length = _chunked_request(committed_json_body)
+    status, body = _final_answer(_raw_exchange(server, request, head_length + 30))
     assert status == b"HTTP/1.1 200 OK", body
     assert body["predictions"][0]["digit"] == 7  # type: ignore[index]
 
@@ -205,35 +247,16 @@ def test_chunked_body_in_pieces_is_served(
 def test_expect_100_continue_gets_continue_before_the_body(
     server: RunningServer, committed_json_body: bytes
 ) -> None:
-    head = (
-        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(committed_json_body)}\r\nExpect: 100-continue\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    with socket.create_connection(_address(server), timeout=10) as sock:
-        sock.sendall(head)
-        interim = sock.recv(4096)
-        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
-        sock.sendall(committed_json_body)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    status, body = _final_answer(answer)
+    request = _length_request(committed_json_body, "Expect: 100-continue\r\n")
+    status, body = _continue_exchange(server, request)
     assert status == b"HTTP/1.1 200 OK", body
 
 
 def test_keep_alive_connection_serves_requests_in_a_row(
     server: RunningServer, committed_json_body: bytes
 ) -> None:
-    with requests.Session() as session:
-        for _ in range(5):
-            response = session.post(
-                server.url + "/predict",
-                data=committed_json_body,
-                headers={"Content-Type": "application/json"},
-                timeout=5,
-            )
-            assert response.status_code == 200
+    for response in _posted_in_a_row(server, committed_json_body, 5):
+        assert response.status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -267,29 +290,10 @@ def large_json_body(mnist_data_dir: Path) -> bytes:
     return body
 
 
-def _digits(answer: dict[str, object]) -> list[int]:
-    return [p["digit"] for p in answer["predictions"]]  # type: ignore[attr-defined]
-
-
-def _length_request(body: bytes, extra: str = "", close: bool = True) -> bytes:
-    connection = "Connection: close\r\n" if close else ""
-    return (
-        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}{connection}\r\n"
-    ).encode() + body
-
-
 @pytest.fixture(scope="module")
 def large_body_digits(server: RunningServer, large_json_body: bytes) -> list[int]:
     """The digits of the large body sent chunked: gunicorn's own body reader takes it."""
-    half = len(large_json_body) // 2
-    pieces = [large_json_body[:half], large_json_body[half:]]
-    chunks = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
-    head = (
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    status, answer = _final_answer(_raw_exchange(server, head + chunks))
+    status, answer = _final_answer(_raw_exchange(server, _chunked_request(large_json_body)[0]))
     assert status == b"HTTP/1.1 200 OK", answer
     digits = _digits(answer)
     assert len(digits) == 64 and digits[0] == 7
@@ -317,15 +321,7 @@ def test_a_large_body_expecting_continue_is_held_and_answered(
     server: RunningServer, large_json_body: bytes, large_body_digits: list[int]
 ) -> None:
     request = _length_request(large_json_body, "Expect: 100-continue\r\n")
-    head, _, body = request.partition(b"\r\n\r\n")
-    with socket.create_connection(_address(server), timeout=10) as sock:
-        sock.sendall(head + b"\r\n\r\n")
-        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
-        sock.sendall(body)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    status, decoded = _final_answer(answer)
+    status, decoded = _continue_exchange(server, request)
     assert status == b"HTTP/1.1 200 OK", decoded
     assert _digits(decoded) == large_body_digits
 
@@ -351,13 +347,6 @@ def test_a_request_pipelined_behind_a_large_body_is_answered_after_it(
 def test_large_bodies_in_a_row_on_one_connection(
     server: RunningServer, large_json_body: bytes, large_body_digits: list[int]
 ) -> None:
-    with requests.Session() as session:
-        for _ in range(4):
-            response = session.post(
-                server.url + "/predict",
-                data=large_json_body,
-                headers={"Content-Type": "application/json"},
-                timeout=10,
-            )
-            assert response.status_code == 200, response.text
-            assert _digits(response.json()) == large_body_digits
+    for response in _posted_in_a_row(server, large_json_body, 4):
+        assert response.status_code == 200, response.text
+        assert _digits(response.json()) == large_body_digits
