@@ -33,6 +33,8 @@ WORKING_SIDE = 160
 #: larger pictures are reduced to twice WORKING_SIDE while decoded (by whole factors first,
 #: little memory); up to this side, OpenCV's area averaging reduces the analysed channels
 LARGE_SIDE = 4 * WORKING_SIDE
+#: the analysis size: pictures are reduced by a whole factor to at most this longest side
+ANALYSIS_SIDE = 1.25 * WORKING_SIDE
 #: a digit still under MIN_DIGIT_SIDE at the analysis size is read again with up to this many
 #: pixels on the picture's longest side (a small digit in a large photo)
 FINE_SIDE = 2.5 * WORKING_SIDE
@@ -370,7 +372,7 @@ def _reduced(image: Image.Image) -> Image.Image:
 
 
 def _channels(
-    image: Image.Image | np.ndarray, largest: float = 1.25 * WORKING_SIDE
+    image: Image.Image | np.ndarray, largest: float = ANALYSIS_SIDE
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (darkest channel, lightest channel) of the picture, each [H, W].
 
@@ -440,9 +442,9 @@ def _darkest_lightest(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cv2.min(cv2.min(red, green), blue), cv2.max(cv2.max(red, green), blue)
 
 
-def _block_reduced(values: np.ndarray, largest: float = 1.25 * WORKING_SIDE) -> np.ndarray:
+def _block_reduced(values: np.ndarray, largest: float = ANALYSIS_SIDE) -> np.ndarray:
     """uint8 [H, W] or [H, W, C] reduced by a whole factor, so that the longest side is at most
-    5/4 of WORKING_SIDE: each k x k block averaged (OpenCV's fast path for area averaging; a
+    ``largest``: each k x k block averaged (OpenCV's fast path for area averaging; a
     fractional factor costs ten times more). The pixels beyond the last whole block are dropped."""
     height, width = values.shape[:2]
     factor = math.ceil(max(height, width) / largest)
@@ -454,7 +456,7 @@ def _block_reduced(values: np.ndarray, largest: float = 1.25 * WORKING_SIDE) -> 
 
 
 def _analysis_size(
-    dark: np.ndarray, light: np.ndarray, largest: float = 1.25 * WORKING_SIDE
+    dark: np.ndarray, light: np.ndarray, largest: float = ANALYSIS_SIDE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both channels at the analysis size: reduced by a whole factor (``_block_reduced``);
     tiny pictures enlarged (each pixel repeated) so strokes span several pixels."""

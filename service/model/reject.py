@@ -272,9 +272,7 @@ class RejectOption:
         """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
         if self.temperature == 1.0:
             return probabilities.astype(np.float64)
-        logs = np.log(np.clip(probabilities.astype(np.float64), 1e-30, 1.0)) / self.temperature
-        logs -= logs.max(axis=1, keepdims=True)
-        scaled = np.exp(logs)
+        scaled = self._scaled(probabilities)
         return np.asarray(scaled / scaled.sum(axis=1, keepdims=True))
 
     def confidence(self, probabilities: np.ndarray) -> np.ndarray:
@@ -284,13 +282,17 @@ class RejectOption:
         the top probability is 1 / that sum."""
         if self.temperature == 1.0:
             return np.asarray(probabilities.max(axis=1), dtype=np.float64)
+        return np.asarray(1.0 / self._scaled(probabilities).sum(axis=1))
+
+    def _scaled(self, probabilities: np.ndarray) -> np.ndarray:
+        """float64 [N, 10]: exp(log(p) / T), each row divided by its largest value (the
+        temperature-scaled probabilities before they are normalised)."""
         logs = probabilities.astype(np.float64)
         np.clip(logs, 1e-30, 1.0, out=logs)
         np.log(logs, out=logs)
         logs /= self.temperature
         logs -= logs.max(axis=1, keepdims=True)
-        np.exp(logs, out=logs)
-        return np.asarray(1.0 / logs.sum(axis=1))
+        return np.exp(logs, out=logs)
 
     def decide(
         self, images: np.ndarray, probabilities: np.ndarray, hidden: np.ndarray | None = None
@@ -348,11 +350,9 @@ class RejectOption:
             strange = _one_aspect(images) > self.max_aspect
         if not strange and self.discriminator_threshold is not None:
             score = self._one_score(probabilities, distance, hidden)
-            if score is None:
-                if self._discriminator is not None:
-                    return None
-            else:
-                strange = bool(score > self.discriminator_threshold)
+            if score is None:  # no hidden layer from the session, or no discriminator
+                return None
+            strange = bool(score > self.discriminator_threshold)
         reason = (
             NOT_A_DIGIT
             if strange
