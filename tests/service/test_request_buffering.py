@@ -343,3 +343,27 @@ def test_a_worker_of_gunicorns_own_class_leaves_at_once_on_ctrl_c() -> None:
         cwd=REPO_ROOT,
     )
     assert done.stdout.split() == ["True", "True", "True", "True"], done.stdout + done.stderr
+
+
+def test_a_held_body_whose_length_gunicorn_reads_otherwise_is_a_400() -> None:
+    """Should gunicorn's parser find another body length in the head than the loop did, the
+    held body is not handed on: InvalidHeader, which gunicorn answers with a 400."""
+    from types import SimpleNamespace
+
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.errors import InvalidHeader
+
+    from service import request_buffering
+
+    request = SimpleNamespace(body=Body(LengthReader(None, BIG - 1)))
+    request_buffering._in_thread.held_body = b"a" * BIG
+    try:
+        with pytest.raises(InvalidHeader):
+            request_buffering.BufferingThreadWorker.handle_request(
+                SimpleNamespace(),  # type: ignore[arg-type]  # only its check runs
+                request,
+                SimpleNamespace(),
+            )
+        assert isinstance(request.body, Body)  # the held bytes never became the input
+    finally:
+        request_buffering._in_thread.held_body = None
