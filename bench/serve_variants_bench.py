@@ -7,6 +7,8 @@ Built-in comparisons (``--compare``):
   tracing  tracing off (default) against tracing on, spans sent over OTLP/HTTP to a local
            receiver started here in a process of its own (bench/otlp_sink.py: it reads and
            drops them); its CPU per traced request is printed apart from the server's
+  store    the prediction store on (default: every answer and its input written to SQLite
+           for feedback) against STORE=0 (no rows; the drift windows and answer metrics stay)
 Prints req/s, p50/p99, the server's CPU per request per variant and the median of the paired
 rounds' ratios.
 Usage: python bench/serve_variants_bench.py --compare worker [--duration 12] [--rounds 12]
@@ -70,7 +72,9 @@ def otlp_receiver() -> Iterator[Receiver]:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print its table; non-zero exit when anything failed."""
     parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=["worker", "threads", "tracing"], default="worker")
+    parser.add_argument(
+        "--compare", choices=["worker", "threads", "tracing", "store"], default="worker"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
     wrk = loadgen.require_wrk()
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 "2 threads per worker": {**base, "GUNICORN_THREADS": "2"},
                 "1 thread per worker": {**base, "GUNICORN_THREADS": "1"},
             }
+        elif args.compare == "store":
+            variants = {"store on": base, "store off (STORE=0)": {**base, "STORE": "0"}}
         else:
             receiver = stack.enter_context(otlp_receiver())
             variants = {
