@@ -572,10 +572,18 @@ class PredictionStore:
         max_rows: int,
     ) -> PurgeCounts:
         """Apply the retention rules: erase inputs nobody kept once ``input_retention`` is over;
-        delete predictions without feedback older than ``retention`` or beyond ``max_rows``."""
+        delete predictions without feedback older than ``retention`` or beyond ``max_rows`` (the
+        newest ``max_rows`` by id stay, and so does every row with feedback).
+
+        A purge costs about what it erases and deletes, not what the table holds: the erasing
+        UPDATE reads the partial index ``ix_predictions_unkept_input`` (only rows still holding
+        an unkept input), and the over-limit rule first proves with one probe of the primary key
+        that no row can be over the limit (``_delete_over_limit``)."""
 
         def purge(connection: Connection) -> PurgeCounts:
             counts = PurgeCounts()
+            # the terms of ix_predictions_unkept_input's WHERE, as they are, so both databases'
+            # planners see that the index holds every row this can match
             counts.inputs_erased = connection.execute(
                 predictions.update()
                 .where(
@@ -585,25 +593,12 @@ class PredictionStore:
                 )
                 .values(input=None)
             ).rowcount
-            without_feedback = ~sa.exists().where(
-                feedback.c.request_id == predictions.c.request_id,
-                feedback.c.item == predictions.c.item,
-            )
             counts.expired = connection.execute(
                 predictions.delete().where(
-                    predictions.c.created_at < now - retention, without_feedback
+                    predictions.c.created_at < now - retention, _WITHOUT_FEEDBACK
                 )
             ).rowcount
-            newest_kept = (
-                sa.select(predictions.c.id)
-                .order_by(predictions.c.id.desc())
-                .offset(max_rows - 1)
-                .limit(1)
-                .scalar_subquery()
-            )
-            counts.over_limit = connection.execute(
-                predictions.delete().where(predictions.c.id < newest_kept, without_feedback)
-            ).rowcount
+            counts.over_limit = _delete_over_limit(connection, max_rows)
             return counts
 
         return self._run(purge)
@@ -751,6 +746,58 @@ class PredictionStore:
             ]
 
         return self._run(read)
+
+
+#: a prediction nobody gave feedback on (the retention rules delete only these)
+_WITHOUT_FEEDBACK = ~sa.exists().where(
+    feedback.c.request_id == predictions.c.request_id,
+    feedback.c.item == predictions.c.item,
+)
+
+
+def _delete_over_limit(connection: Connection, max_rows: int) -> int:
+    """Delete the predictions without feedback that are older (by id) than the newest
+    ``max_rows``; how many went. The rows with feedback count towards ``max_rows`` but stay.
+
+    The newest ``max_rows`` rows have distinct ids no greater than ``max(id)``, so the oldest of
+    them has an id of at most ``ceiling = max(id) - max_rows + 1`` (equal when their ids have no
+    gap): every row over the limit is below ``ceiling``. When no row without feedback is (a probe
+    of the primary key from its low end that steps over the old rows kept for their feedback),
+    nothing can be deleted and the rule stops there: the usual case below the limit, whatever
+    the table holds (a row that became deletable since the probe goes at the next purge).
+    Otherwise the oldest row kept is found from the old end: the row after the
+    ``count(*) - max_rows`` oldest (0 when there are at most ``max_rows``: then nothing is below
+    it), a walk of the surplus rather than of the ``max_rows`` rows kept. SQLite answers a
+    ``count(*)`` without WHERE by counting the cells of its smallest index's pages (OP_Count),
+    without reading a row; PostgreSQL still reads every row's entry (so at its limit a purge
+    there costs one scan of the table). Count, boundary and delete are one statement, so they see
+    one snapshot (PostgreSQL's READ COMMITTED gives each statement its own): a concurrent purge
+    or delete cannot move the boundary into the rows kept."""
+    ceiling = sa.select(sa.func.max(predictions.c.id)).scalar_subquery() - (max_rows - 1)
+    deletable = connection.execute(
+        sa.select(predictions.c.id)
+        .where(predictions.c.id < ceiling, _WITHOUT_FEEDBACK)
+        .order_by(predictions.c.id)
+        .limit(1)
+    ).first()
+    if deletable is None:
+        return 0
+    total = sa.select(sa.func.count().label("total")).select_from(predictions).subquery()
+    surplus = sa.select(
+        sa.case((total.c.total > max_rows, total.c.total - max_rows), else_=0)
+    ).scalar_subquery()
+    oldest_kept = (
+        sa.select(predictions.c.id)
+        .order_by(predictions.c.id)
+        .offset(surplus)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return int(
+        connection.execute(
+            predictions.delete().where(predictions.c.id < oldest_kept, _WITHOUT_FEEDBACK)
+        ).rowcount
+    )
 
 
 def retry_while_unknown(

@@ -9,6 +9,7 @@ writer erases it.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -33,6 +34,9 @@ Identifier = BigInteger().with_variant(Integer(), "sqlite")
 #: why a prediction's input is kept beyond the retention window
 KEPT_REQUESTED = "requested"
 KEPT_CORRECTED = "corrected"
+
+#: the rows of ``ix_predictions_unkept_input``: an input the retention job must erase in time
+UNKEPT_INPUT = sa.text("input IS NOT NULL AND input_kept IS NULL")
 
 predictions = Table(
     "predictions",
@@ -60,6 +64,15 @@ predictions = Table(
     UniqueConstraint("request_id", "item", name="uq_predictions_request_item"),
     Index("ix_predictions_created_at", "created_at"),
     Index("ix_predictions_version_id", "model_version", "id"),
+    # the rows whose input the retention job must still erase, by time (migration 0003): the
+    # erasing UPDATE reads only them, not every row past the input retention (whose inputs
+    # earlier purges erased); a row leaves the index when its input is erased or kept
+    Index(
+        "ix_predictions_unkept_input",
+        "created_at",
+        sqlite_where=UNKEPT_INPUT,
+        postgresql_where=UNKEPT_INPUT,
+    ),
 )
 
 feedback = Table(

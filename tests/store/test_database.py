@@ -23,7 +23,7 @@ from service.store.database import (
 from service.store.schema import KEPT_CORRECTED, KEPT_REQUESTED, predictions
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture
