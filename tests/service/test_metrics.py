@@ -325,8 +325,10 @@ if pid == 0:  # a forked worker writes its own file, named after its pid
     metrics.observe_request("/child", 200, None, None)
     os._exit(0)
 os.waitpid(pid, 0)
-seen["child_files"] = sorted(
-    name for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if str(pid) in name
+seen["child_files"] = sorted(  # <kind>_<pid>.db: the whole pid field, not digits within one
+    name
+    for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if name.removesuffix(".db").rsplit("_", 1)[-1] == str(pid)
 )
 seen["child_requests"] = merged("mnist_http_requests_total", route="/child")
 print(json.dumps(seen))
