@@ -143,7 +143,9 @@ def test_a_full_queue_drops_and_counts_without_waiting(store: PredictionStore) -
     started = time.perf_counter()
     for number in range(3):
         recorder.record(f"r{number}", "/predict", 1, images[:2], labels[:2], probabilities[:2])
-    assert time.perf_counter() - started < 0.05
+    # no writer thread runs (autostart off), so nothing would ever make room: waiting is the
+    # fault; the limit leaves a loaded CI machine room for a scheduling pause or two
+    assert time.perf_counter() - started < 0.5
     assert recorder.dropped[DROP_QUEUE_FULL] == 2  # the third request (2 images) did not fit
     recorder.flush()
     assert recorder.written == 4 and store.predictions_of("r2") == []
@@ -209,7 +211,7 @@ def test_a_stopped_postgresql_drops_counts_and_resumes(
             recorder.record(f"gap{number}", "/predict", 1, images, labels, probabilities)
             slowest = max(slowest, time.perf_counter() - started)
             time.sleep(0.01)
-        assert slowest < 0.2  # never the database's 2 s connect timeout (a shared machine)
+        assert slowest < 1.0  # never the database's 2 s connect timeout (a shared machine)
         deadline = time.monotonic() + 30
         while recorder.dropped[DROP_STORE_UNAVAILABLE] < 50 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -300,6 +302,17 @@ def test_a_deleted_sqlite_file_is_seen_at_the_next_write(tmp_path: Path) -> None
     store.close()
 
 
+#: ``mnist-store delete ID`` in another process, timed from after its imports (seconds on stderr)
+TIMED_DELETE = """
+import sys, time
+from service.store.cli import main
+started = time.monotonic()
+code = main(["delete", sys.argv[1]])
+print(f"{time.monotonic() - started:.3f}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def test_an_idle_writer_connection_blocks_no_other_process(tmp_path: Path) -> None:
     store, path = sqlite_store(tmp_path)
     recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
@@ -310,16 +323,16 @@ def test_an_idle_writer_connection_blocks_no_other_process(tmp_path: Path) -> No
     # a checkpoint that is not busy means no connection holds a read snapshot
     settings = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "STORE_PATH": str(path)}
     settings.pop("DATABASE_URL", None)
-    started = time.monotonic()
     deleted = subprocess.run(
-        [sys.executable, "-m", "service.store.cli", "delete", "first"],
+        [sys.executable, "-c", TIMED_DELETE, "first"],
         capture_output=True,
         text=True,
         env=settings,
         timeout=60,
     )
     assert deleted.returncode == 0, deleted.stderr
-    assert time.monotonic() - started < 4.5  # never the 5 s busy timeout
+    # the delete itself, not the interpreter's start and imports (seconds on a loaded machine)
+    assert float(deleted.stderr.split()[-1]) < 4.5  # never the 5 s busy timeout
     with sqlite3.connect(path, timeout=0.5) as other:
         busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     assert busy == 0
