@@ -39,6 +39,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a free 127.0.0.1 port, for gunicorn to inherit (``BIND=fd://N``).
+
+    The port stays ours from the moment it is chosen: with free_port() another process (a
+    parallel test run, or a client connection given that ephemeral port) could take it between
+    the probe closing and gunicorn binding it. Not listening yet: until gunicorn listens on it,
+    a connection is refused, as it would be to a port gunicorn had not bound yet."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
+
+
 @dataclass
 class RunningServer:
     """A gunicorn master started by a test, its URL and its combined log."""
@@ -87,12 +100,13 @@ def start_gunicorn(
 ) -> RunningServer:
     """Start gunicorn with the project's config and ``env`` on a free port; wait until ready."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    listener = bound_socket()
+    port = int(listener.getsockname()[1])
     metrics_dir = log_dir / f"metrics-{port}"
     metrics_dir.mkdir()
     full_env = {
         **os.environ,
-        "BIND": f"127.0.0.1:{port}",
+        "BIND": f"fd://{listener.fileno()}",  # gunicorn listens on the socket it inherits
         "WEB_CONCURRENCY": str(workers),
         "GUNICORN_THREADS": str(threads),
         "MODEL_DIR": str(COMMITTED_MODELS),
@@ -103,13 +117,14 @@ def start_gunicorn(
     }
     log_path = log_dir / f"gunicorn-{port}.log"
     bin_dir = Path(sys.executable).parent
-    with log_path.open("wb") as log_file:
+    with listener, log_path.open("wb") as log_file:  # gunicorn holds its own copy
         process = subprocess.Popen(
             [str(bin_dir / "gunicorn"), "-c", str(GUNICORN_CONF), APP],
             cwd=REPO_ROOT,
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
         )
     server = RunningServer(
         url=f"http://127.0.0.1:{port}",
