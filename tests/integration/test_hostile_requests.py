@@ -283,7 +283,7 @@ def test_the_servers_own_answers_carry_the_request_id_and_are_logged_and_counted
 
 
 def _wait_for_line(server: RunningServer, request_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # returns as soon as the line is there
     while time.monotonic() < deadline:
         found = [line for line in _request_lines(server) if line["request_id"] == request_id]
         if found:
@@ -305,7 +305,8 @@ def test_a_head_too_slow_to_arrive_is_a_408_with_the_request_id(server: RunningS
         sock.sendall(b"POST /predict HTTP/1.1\r\nX-Request-ID: edge-408\r\nContent-Ty")
         started = time.monotonic()
         answer = _read_answer(sock)
-    assert time.monotonic() - started < HEAD_TIMEOUT + 3
+    # HEAD_TIMEOUT, not the 10 s default deadline; slack for a loaded CI machine
+    assert time.monotonic() - started < HEAD_TIMEOUT + 6
     assert_json_error(answer, 408)
     assert answer.headers["x-request-id"] == "edge-408"
     line = _wait_for_line(server, "edge-408")

@@ -358,7 +358,9 @@ def test_chunk_larger_than_the_body_limit_is_413_at_once(
     head, body = raw_exchange(
         committed_server, chunked_post(path, b"FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n")
     )
-    assert time.monotonic() - started < 5
+    # refused on reading the chunk size, not after the 60 s body deadline (slack for a loaded
+    # CI machine: the socket's 30 s timeout fails the exchange before that anyway)
+    assert time.monotonic() - started < 20
     assert head.startswith(b"HTTP/1.1 413"), head + body
     error = json.loads(body)["error"]
     message = error if path.startswith("/v2") else error["message"]

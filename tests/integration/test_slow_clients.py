@@ -140,7 +140,8 @@ def test_a_request_past_its_head_deadline_gets_a_json_408(server: RunningServer)
     # the route's error shape (/v2: the Open Inference Protocol's), and a request id
     assert "did not arrive in time" in json.loads(body)["error"]
     assert re.search(rb"\r\nX-Request-ID: [0-9a-f]{32}\r\n", head + b"\r\n"), head
-    assert HEAD_TIMEOUT - 0.5 <= waited <= HEAD_TIMEOUT + 2.5
+    # at HEAD_TIMEOUT, not at the 10 s default; slack above for a loaded CI machine
+    assert HEAD_TIMEOUT - 0.5 <= waited <= HEAD_TIMEOUT + 4.5
 
 
 @pytest.mark.timeout(30)
