@@ -83,7 +83,7 @@ def test_train_publish_serve_predict_then_a_promoted_retrain_is_served(
     third = train(tmp_path, mnist_data_dir, "--activation", "relu", "--epochs", "8", "--promote")
     assert third.returncode == 0, third.stderr
     assert "promoted version 3 to stable" in third.stdout
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a condition wait: done as soon as both workers switched
     versions: set[int] = set()
     while time.monotonic() < deadline:
         versions = set()

@@ -156,14 +156,16 @@ def test_unreachable_dask_scheduler_fails_clearly(
 ) -> None:
     import socket
 
-    with socket.socket() as probe:  # a port nothing listens on: bind, then close
+    # a port nothing listens on: bound (connections are refused) and held for the whole run,
+    # so that no other process can start listening on it meanwhile
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    argv = [
-        "--activations", "relu", "--solvers", "adam", "--out", str(tmp_path / "out"),
-        "--dask-scheduler", f"tcp://127.0.0.1:{port}", "--dask-timeout", "1",
-    ]  # fmt: skip
-    assert sweep.main(argv) == sweep.EXIT_CLUSTER
+        argv = [
+            "--activations", "relu", "--solvers", "adam", "--out", str(tmp_path / "out"),
+            "--dask-scheduler", f"tcp://127.0.0.1:{port}", "--dask-timeout", "1",
+        ]  # fmt: skip
+        assert sweep.main(argv) == sweep.EXIT_CLUSTER
     assert f"cannot reach the Dask scheduler tcp://127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
