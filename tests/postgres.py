@@ -31,6 +31,11 @@ def postgres_bin() -> Path:
     return found[-1].parent
 
 
+#: how a start fails when another process took the port first (postgres's log, in the error)
+PORT_TAKEN = "Address already in use"
+PORT_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -124,7 +129,7 @@ def start_postgres() -> PostgresServer:
         owner = pwd.getpwnam("postgres")
         for path in (base, base / "socket"):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-    server = PostgresServer(base=base, port=_free_port(), bin_dir=bin_dir)
+    server = PostgresServer(base=base, port=0, bin_dir=bin_dir)
     try:
         server._run(
             "initdb",
@@ -139,7 +144,16 @@ def start_postgres() -> PostgresServer:
             "--no-sync",
             "--no-instructions",
         )
-        server.start()
+        # the port is probed free, then bound by the server a moment later: another process
+        # (a parallel run) may take it in between, so a start refused that way tries a new one
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            server.port = _free_port()
+            try:
+                server.start()
+                break
+            except RuntimeError as failed:
+                if attempt == PORT_ATTEMPTS or PORT_TAKEN not in str(failed):
+                    raise
     except BaseException:
         server.destroy()
         raise
