@@ -52,6 +52,32 @@ def bound_socket() -> socket.socket:
     return sock
 
 
+#: reserved_port(): a port number kept free for the server the test starts
+ReservePort = Callable[[], int]
+
+
+@pytest.fixture
+def reserved_port() -> Iterator[ReservePort]:
+    """A factory of free 127.0.0.1 ports, each kept bound (never listening) until the test ends.
+
+    For a server started with a port number (mnist-serve --port, gunicorn --bind): it binds with
+    SO_REUSEADDR, as gunicorn does, so it can listen there; nothing else can take the port
+    meanwhile (a socket without SO_REUSEADDR cannot bind it and the kernel hands it to no
+    bind(0) or outgoing connection), and a connection is refused until the server listens."""
+    held: list[socket.socket] = []
+
+    def reserve() -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+    yield reserve
+    for sock in held:
+        sock.close()
+
+
 @dataclass
 class RunningServer:
     """A gunicorn master started by a test, its URL and its combined log."""

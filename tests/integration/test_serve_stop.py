@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
-from tests.integration.conftest import free_port
+from tests.integration.conftest import ReservePort, free_port
 
 STOPS = 20
 STOP_LIMIT_SECONDS = 2.0
@@ -75,12 +75,14 @@ def _stuck_workers(master: int) -> str:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
+def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(
+    tmp_path: Path, reserved_port: ReservePort
+) -> None:
     log = tmp_path / "serve.log"
     seconds = []
     stuck = []
     for _ in range(STOPS):
-        port = free_port()
+        port = reserved_port()
         url = f"http://127.0.0.1:{port}"
         process = _serve(
             port,
@@ -119,11 +121,13 @@ def test_ctrl_c_stops_mnist_serve_within_2_s_every_time(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_gunicorns_own_worker_class_stops_too(stop: signal.Signals, tmp_path: Path) -> None:
+def test_gunicorns_own_worker_class_stops_too(
+    stop: signal.Signals, tmp_path: Path, reserved_port: ReservePort
+) -> None:
     """With --worker-class gthread (no init_signals of ours) the workers still get the stop
     signals the master holds across fork(): a stop takes seconds, not graceful_timeout."""
     log = tmp_path / "serve.log"
-    port = free_port()
+    port = reserved_port()
     process = _serve(
         port,
         log,
@@ -165,7 +169,9 @@ def _assert_gthread_workers_stop(
     assert seconds < 10, seconds
 
 
-def test_a_stop_signal_during_a_gthread_workers_boot_is_not_lost(tmp_path: Path) -> None:
+def test_a_stop_signal_during_a_gthread_workers_boot_is_not_lost(
+    tmp_path: Path, reserved_port: ReservePort
+) -> None:
     """Ctrl-C while gunicorn's own gthread workers are still between fork() and their own signal
     handlers (held there 1.5 s by a post_fork that sleeps, after the service's own): the signal
     waits, held, until post_worker_init lets it in, and the workers leave. A signal let in
@@ -183,7 +189,7 @@ def test_a_stop_signal_during_a_gthread_workers_boot_is_not_lost(tmp_path: Path)
         "    time.sleep(1.5)\n"
     )
     log = tmp_path / "serve.log"
-    port = free_port()
+    port = reserved_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -225,9 +231,9 @@ def test_a_stop_signal_during_a_gthread_workers_boot_is_not_lost(tmp_path: Path)
     ],
 )
 def test_a_missing_model_repository_is_one_line_and_exit_3_before_listening(
-    args: list[str], words: str, tmp_path: Path
+    args: list[str], words: str, tmp_path: Path, reserved_port: ReservePort
 ) -> None:
-    port = free_port()
+    port = reserved_port()  # kept ours: nothing else can be listening there at the check
     log = tmp_path / "serve.log"
     process = _serve(port, log, *args)
     assert process.wait(timeout=60) == 3
@@ -258,10 +264,10 @@ BAD_SERVE_SETTINGS = {
 
 @pytest.mark.parametrize("name", sorted(BAD_SERVE_SETTINGS))
 def test_a_bad_setting_is_one_line_naming_it_and_exit_2_before_listening(
-    name: str, tmp_path: Path
+    name: str, tmp_path: Path, reserved_port: ReservePort
 ) -> None:
     value, words = BAD_SERVE_SETTINGS[name]
-    port = free_port()
+    port = reserved_port()  # kept ours: nothing else can be listening there at the check
     log = tmp_path / "serve.log"
     process = _serve(port, log, "--models-dir", str(COMMITTED_MODELS), settings={name: value})
     assert process.wait(timeout=60) == 2
@@ -273,10 +279,10 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2_before_listening(
 
 @pytest.mark.parametrize("name", sorted(BAD_SETTINGS))
 def test_gunicorn_with_a_bad_setting_stops_before_listening_with_one_json_line(
-    name: str, tmp_path: Path
+    name: str, tmp_path: Path, reserved_port: ReservePort
 ) -> None:
     value, words = BAD_SETTINGS[name]
-    port = free_port()
+    port = reserved_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), name: value}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     done = subprocess.run(
