@@ -44,11 +44,13 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=5)
 
 
-def _closed_port_url() -> str:
+@pytest.fixture
+def closed_port_url() -> Iterator[str]:
+    """A loopback URL that refuses connections: its port stays bound (never listening) for the
+    whole test, so that no other process can start listening there meanwhile."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"  # nothing listens there any more
+        yield f"http://127.0.0.1:{probe.getsockname()[1]}/"
 
 
 def _copy_mnist(source: Path, target: Path) -> None:
@@ -116,7 +118,7 @@ def test_environment_variable_names_the_folder(mnist_data_dir: Any) -> None:
 
 
 def test_downloads_into_the_cache_then_reads_the_cache_offline(
-    tmp_path: Path, mirror: Any, mnist_data_dir: Any
+    tmp_path: Path, mirror: Any, mnist_data_dir: Any, closed_port_url: str
 ) -> None:
     url, folder = mirror
     _copy_mnist(mnist_data_dir, folder)
@@ -129,20 +131,20 @@ def test_downloads_into_the_cache_then_reads_the_cache_offline(
     assert log.getvalue().count("downloading") == 4
     # offline now: the mirror is gone, the cache answers
     again = load_mnist(
-        environ={"MNIST_CACHE_DIR": str(cache), "MNIST_MIRRORS": _closed_port_url()},
+        environ={"MNIST_CACHE_DIR": str(cache), "MNIST_MIRRORS": closed_port_url},
         log=io.StringIO(),
     )
     assert np.array_equal(again.test.labels, data.test.labels)
 
 
 def test_an_unreachable_mirror_falls_through_to_the_next(
-    tmp_path: Path, mirror: Any, mnist_data_dir: Any
+    tmp_path: Path, mirror: Any, mnist_data_dir: Any, closed_port_url: str
 ) -> None:
     url, folder = mirror
     _copy_mnist(mnist_data_dir, folder)
     environ = {
         "MNIST_CACHE_DIR": str(tmp_path / "cache"),
-        "MNIST_MIRRORS": f"{_closed_port_url()},{url}",
+        "MNIST_MIRRORS": f"{closed_port_url},{url}",
     }
     data = load_mnist(environ=environ, log=io.StringIO())
     assert len(data.test) == 10000
@@ -165,8 +167,10 @@ def test_a_corrupt_download_is_not_cached_and_the_error_names_the_file(
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_no_mirror_reachable_says_how_to_provide_the_files(tmp_path: Path) -> None:
-    environ = {"MNIST_CACHE_DIR": str(tmp_path / "cache"), "MNIST_MIRRORS": _closed_port_url()}
+def test_no_mirror_reachable_says_how_to_provide_the_files(
+    tmp_path: Path, closed_port_url: str
+) -> None:
+    environ = {"MNIST_CACHE_DIR": str(tmp_path / "cache"), "MNIST_MIRRORS": closed_port_url}
     with pytest.raises(DataError) as caught:
         load_mnist(environ=environ, log=io.StringIO())
     message = str(caught.value)
