@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,14 +23,6 @@ from service.store.schema import KEPT_CORRECTED, KEPT_REQUESTED, predictions
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 HEAD = "0003"
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[PredictionStore]:
-    opened = PredictionStore.open(sqlalchemy_url(database_url))
-    opened.migrate()
-    yield opened
-    opened.close()
 
 
 def prediction_row(

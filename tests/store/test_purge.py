@@ -7,7 +7,7 @@ results. The erasing UPDATE reads the partial index of unkept inputs (migration 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,14 +35,6 @@ class Row:
     has_input: bool = False
     kept: str | None = None
     feedback: bool = False
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[PredictionStore]:
-    opened = PredictionStore.open(sqlalchemy_url(database_url))
-    opened.migrate()
-    yield opened
-    opened.close()
 
 
 def expected(rows: Sequence[Row], max_rows: int) -> tuple[dict[int, bool], PurgeCounts]:
