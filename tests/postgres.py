@@ -31,15 +31,16 @@ def postgres_bin() -> Path:
     return found[-1].parent
 
 
-#: how a start fails when another process took the port first (postgres's log, in the error)
-PORT_TAKEN = "Address already in use"
-PORT_ATTEMPTS = 3
+def _reserved_port() -> socket.socket:
+    """A socket bound to a free loopback port, never listening, kept for the cluster's life.
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    PostgreSQL binds with SO_REUSEADDR, as this socket does, so it can listen there; nothing else
+    can take the port meanwhile, not while the server starts nor while a test has stopped it
+    (another process's bind(0) or outgoing connection is never given it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PostgresServer:
     base: Path
     port: int
     bin_dir: Path
+    reservation: socket.socket | None = None  # holds ``port`` (see _reserved_port)
 
     @property
     def data_dir(self) -> Path:
@@ -118,6 +120,8 @@ class PostgresServer:
                 self.stop()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+            if self.reservation is not None:
+                self.reservation.close()
 
 
 def start_postgres() -> PostgresServer:
@@ -129,7 +133,8 @@ def start_postgres() -> PostgresServer:
         owner = pwd.getpwnam("postgres")
         for path in (base, base / "socket"):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-    server = PostgresServer(base=base, port=0, bin_dir=bin_dir)
+    reservation = _reserved_port()
+    server = PostgresServer(base, reservation.getsockname()[1], bin_dir, reservation)
     try:
         server._run(
             "initdb",
@@ -144,16 +149,7 @@ def start_postgres() -> PostgresServer:
             "--no-sync",
             "--no-instructions",
         )
-        # the port is probed free, then bound by the server a moment later: another process
-        # (a parallel run) may take it in between, so a start refused that way tries a new one
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            server.port = _free_port()
-            try:
-                server.start()
-                break
-            except RuntimeError as failed:
-                if attempt == PORT_ATTEMPTS or PORT_TAKEN not in str(failed):
-                    raise
+        server.start()
     except BaseException:
         server.destroy()
         raise
