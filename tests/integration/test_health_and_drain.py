@@ -87,8 +87,14 @@ def test_sigterm_turns_readiness_false_and_answers_what_is_held(
         held.request("POST", "/predict", large_batch, {"Content-Type": "application/json"})
         _wait_until_accepted(url.port or 80)
         server.process.send_signal(signal.SIGTERM)  # the whole batch was sent: it is held
-        time.sleep(0.02)  # short: a 1,024-image batch is answered in well under a second now
-        ready = session.get(server.url + "/v2/health/ready", timeout=10)
+        # asked at once and again every few ms until the worker has the signal (the master passes
+        # it on: a moment, longer on a loaded machine), while the held batch is still being run
+        deadline = time.monotonic() + 10
+        while True:
+            ready = session.get(server.url + "/v2/health/ready", timeout=10)
+            if ready.status_code != 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
         answer = held.getresponse()
         predictions = json.loads(answer.read())["predictions"]
         held.close()
