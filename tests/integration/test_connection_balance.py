@@ -19,6 +19,15 @@ BODY = json.dumps({"images": [[0] * 392 + [255] * 392]}).encode()
 HEADERS = {"Content-Type": "application/json"}
 
 
+def _not_closed_by_the_server(port: int) -> int:
+    """Accepted connections on 127.0.0.1:``port`` that no worker has closed yet (the kernel's
+    table): established, or closed by the client and waiting for the worker (CLOSE_WAIT)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[1] == wanted and row[3] in ("01", "08"))
+
+
 def workers_of_a_burst(url: str, connections: int) -> Counter[str]:
     """Open ``connections`` keep-alive connections at once, then one request on each, twice."""
     parts = urlsplit(url)
@@ -40,8 +49,12 @@ def workers_of_a_burst(url: str, connections: int) -> Counter[str]:
     finally:
         for client in clients:
             client.close()
-        # the workers count a connection until they have seen it close: let them see it, so
-        # that the next burst meets up-to-date counts (as wrk's runs, 0.3 s apart, do)
+        # the workers count a connection until they have seen it close: let them see it (as
+        # long as that takes on a loaded machine), then publish their counts, so that the next
+        # burst meets up-to-date counts (as wrk's runs, 0.3 s apart, do)
+        deadline = time.monotonic() + 10
+        while _not_closed_by_the_server(port or 80) and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(0.5)
 
 
