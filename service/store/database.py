@@ -772,9 +772,8 @@ def _delete_over_limit(connection: Connection, max_rows: int) -> int:
     one index whole: SQLite adds up each page's cell count (OP_Count, about 0.03 s at 1.2
     million rows), PostgreSQL reads every entry (about 0.12 s), so a purge at the limit costs
     that (no counted b-tree or trigger-kept tally to ask). Count, boundary and delete are one
-    statement, so they see
-    one snapshot (PostgreSQL's READ COMMITTED gives each statement its own): a concurrent purge
-    or delete cannot move the boundary into the rows kept."""
+    statement, so they see one snapshot (PostgreSQL's READ COMMITTED gives each statement its
+    own): a concurrent purge or delete cannot move the boundary into the rows kept."""
     ceiling = sa.select(sa.func.max(predictions.c.id)).scalar_subquery() - (max_rows - 1)
     deletable = connection.execute(
         sa.select(predictions.c.id)
