@@ -1,4 +1,4 @@
-"""The service against itself under another setting: single-image JSON /predict, paired rounds.
+"""The service against itself under another setting, one request body, paired rounds.
 
 Each variant is the service with a few environment variables changed; the first is the baseline.
 Built-in comparisons (``--compare``):
@@ -9,14 +9,20 @@ Built-in comparisons (``--compare``):
            drops them); its CPU per traced request is printed apart from the server's
   store    the prediction store on (default: every answer and its input written to SQLite
            for feedback) against STORE=0 (no rows; the drift windows and answer metrics stay)
-Prints req/s, p50/p99, the server's CPU per request per variant and the median of the paired
-rounds' ratios.
-Usage: python bench/serve_variants_bench.py --compare worker [--duration 12] [--rounds 12]
+  inputs   the prediction store keeping every input for feedback (default) against
+           STORE_INPUT_RETENTION_SECONDS=0 (rows without their 784-byte input unless asked)
+  ort-threads  one onnxruntime (and BLAS) thread per worker (default ORT_INTRA_OP_THREADS) against
+           two: a worker's batch may use the core its sibling leaves idle
+The body (``--body``): one image as JSON to /predict (default, at concurrency 8), a batch of 256
+as JSON to /predict, or a batch of 256 as Open Inference Protocol binary FP32 (both at
+concurrency 2, as in serve_images_bench.py). Prints req/s, p50/p99, the server's CPU per
+request per variant and the median of the paired rounds' ratios.
+Usage: python bench/serve_variants_bench.py --compare worker [--body single|json-batch|v2-batch]
+       [--duration 12] [--rounds 12] [--concurrency N]
 """
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import subprocess
@@ -28,6 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import loadgen
+import serve_images_bench
+
+BATCH = serve_images_bench.BATCH
+#: the request bodies this script can send: title, concurrency by default, images per request
+BODIES = {
+    "single": ("Single-image JSON /predict", 8, 1),
+    "json-batch": (f"JSON batch of {BATCH} /predict", 2, BATCH),
+    "v2-batch": (f"Open Inference Protocol binary FP32 batch of {BATCH}", 2, BATCH),
+}
 
 
 @dataclass
@@ -73,17 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print its table; non-zero exit when anything failed."""
     parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--compare", choices=["worker", "threads", "tracing", "store"], default="worker"
+        "--compare",
+        choices=["worker", "threads", "tracing", "store", "inputs", "ort-threads"],
+        default="worker",
     )
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--body", choices=list(BODIES), default="single")
+    parser.add_argument("--concurrency", type=int, default=None, help="default: the body's")
     args = parser.parse_args(argv)
     wrk = loadgen.require_wrk()
-    pixels, _ = loadgen.mnist_test_digits(args.data_dir, 1)
-    body = loadgen.PostBody(
-        path="/predict",
-        content_type="application/json",
-        body=json.dumps({"images": [pixels[0].tolist()]}).encode(),
-        images=1,
+    title, concurrency, images = BODIES[args.body]
+    concurrency = args.concurrency or concurrency
+    pixels, _ = loadgen.mnist_test_digits(args.data_dir, images)
+    body = (
+        serve_images_bench.v2_binary_body(pixels)
+        if args.body == "v2-batch"
+        else serve_images_bench.json_body(pixels)
     )
     base = {"MODEL_DIR": str(args.models_dir.resolve())}
     receiver = None
@@ -101,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             }
         elif args.compare == "store":
             variants = {"store on": base, "store off (STORE=0)": {**base, "STORE": "0"}}
+        elif args.compare == "ort-threads":
+            variants = {
+                "1 onnxruntime thread": base,
+                "2 onnxruntime threads": {**base, "ORT_INTRA_OP_THREADS": "2"},
+            }
+        elif args.compare == "inputs":
+            variants = {
+                "inputs kept for feedback": base,
+                "inputs not kept": {**base, "STORE_INPUT_RETENTION_SECONDS": "0"},
+            }
         else:
             receiver = stack.enter_context(otlp_receiver())
             variants = {
@@ -119,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, env in variants.items()
         }
         cases = [
-            loadgen.LoadCase(name, server.url, body, args.concurrency, server.pid)
+            loadgen.LoadCase(name, server.url, body, concurrency, server.pid)
             for name, server in servers.items()
         ]
         results = loadgen.measure_rounds(cases, args.duration, args.rounds, scratch, wrk)
@@ -133,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 name,
                 f"{result.requests_per_second:,.0f}",
+                f"{result.requests_per_second * images:,.0f}",
                 f"{result.p50_ms:.2f}",
                 f"{result.p99_ms:.2f}",
                 f"{result.server_cpu_ms_per_request:.3f}",
@@ -141,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     loadgen.print_table(
-        f"Single-image JSON /predict, concurrency {args.concurrency}, {args.duration:g} s per "
-        f"variant in {args.rounds} interleaved rounds",
-        ["variant", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", f"vs {names[0]}",
-         "ratio per round"],
+        f"{title}, concurrency {concurrency}, {args.duration:g} s per variant in {args.rounds} "
+        "interleaved rounds",
+        ["variant", "req/s", "images/s", "p50 ms", "p99 ms", "server CPU ms/req",
+         f"vs {names[0]}", "ratio per round"],
         rows,
     )  # fmt: skip
     if receiver is not None:
