@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
@@ -100,13 +101,14 @@ class ServiceMetrics:
     in_flight: Gauge
     capacity: Gauge
     inferences: Counter
+    last_inference: Gauge
     comparisons: Counter
     disagreements: Counter
     trial_dropped: Counter
     info_labels: tuple[str, str, str] | None = field(default=None)
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
-    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+    def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: label sets are few (routes, statuses, versions),
         and prometheus_client's own lookup costs microseconds on every request."""
         key = (id(metric), labels)
@@ -215,6 +217,15 @@ class ServiceMetrics:
                 "the stable version re-running a canary's answer).",
                 ["version", "role"],
                 namespace=NAMESPACE,
+                registry=registry,
+            ),
+            # max over the workers, dead ones included: the last run the server ever made
+            last_inference=Gauge(
+                "last_inference_timestamp_seconds",
+                "When each model version last ran (answer or trial), in seconds since the epoch.",
+                ["version"],
+                namespace=NAMESPACE,
+                multiprocess_mode="max",
                 registry=registry,
             ),
             comparisons=Counter(
@@ -341,6 +352,7 @@ def observe_inference(
                 counted = metrics.child(metrics.predictions, str(digit), version)
                 samples.append((counted._value, count))
     _record(samples)
+    metrics.child(metrics.last_inference, version).set(time.time())
 
 
 @never_fails
@@ -350,6 +362,7 @@ def observe_trial_inference(seconds: float, batch_size: int, model_version: int)
     version = str(model_version)
     metrics.child(metrics.inference_latency, version).observe(seconds)
     metrics.child(metrics.inferences, version, "trial").inc(batch_size)
+    metrics.child(metrics.last_inference, version).set(time.time())
 
 
 @never_fails

@@ -4,7 +4,8 @@ block for shadow and canary trials, from the Prometheus figures of every worker.
 Shape (Triton, protocol/extension_statistics.md): ``{"model_stats": [{"name", "version",
 "last_inference", "inference_count", "execution_count", "inference_stats": {"success": {"count",
 "ns"}, "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
-"cache_miss"}, "batch_stats": []}]}``. This service times only the model run, so ``success``
+"cache_miss"}, "batch_stats": []}]}``. ``last_inference`` is when the version last ran, in
+milliseconds since the epoch (0: never). This service times only the model run, so ``success``
 and ``compute_infer`` hold the onnxruntime time and the other durations are 0; the counts
 include the runs a version made for a trial. Each entry adds ``agreement``: one block per trial
 the version took part in (as stable or as trial), with the images both versions ran, how many
@@ -41,13 +42,21 @@ def version_stats(name: str, version: int, samples: Samples) -> dict[str, Any]:
     """One ``model_stats`` entry for ``version``."""
     runs, ns = _runs(samples, version)
     images = int(_sum(samples, "mnist_inferences_total", version=str(version)))
+    last = max(
+        (
+            value
+            for labels, value in samples.get("mnist_last_inference_timestamp_seconds", [])
+            if labels.get("version") == str(version)
+        ),
+        default=0.0,
+    )
     stats: dict[str, Any] = {"success": {"count": runs, "ns": ns}}
     stats.update({key: {"count": 0, "ns": 0} for key in _DURATIONS})
     stats["compute_infer"] = {"count": runs, "ns": ns}
     return {
         "name": name,
         "version": str(version),
-        "last_inference": 0,
+        "last_inference": int(last * 1000),
         "inference_count": images,
         "execution_count": runs,
         "inference_stats": stats,

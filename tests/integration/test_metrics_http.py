@@ -73,6 +73,7 @@ def test_metrics_count_every_request_across_workers_and_log_one_line_each(
     gunicorn_server: Any, digits: Any
 ) -> None:
     server = gunicorn_server(workers=WORKERS)
+    started = time.time()
     sent: list[str] = []
     pids: set[int] = set()
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -142,6 +143,18 @@ def test_metrics_count_every_request_across_workers_and_log_one_line_each(
     assert "images" not in server.log()
     assert json.dumps(digits[0])[:40] not in server.log()
     assert scrape_pids  # the scrapes were logged too
+
+    # the statistics extension's last_inference (Triton: milliseconds since the epoch) is the
+    # latest run of either worker, one series per version on /metrics (no pid: the max)
+    last = [
+        (labels, value)
+        for name, labels, value in samples
+        if name == "mnist_last_inference_timestamp_seconds"
+    ]
+    assert [labels for labels, _ in last] == [{"version": "1"}]
+    assert started <= last[0][1] <= time.time()
+    stats = requests.get(f"{server.url}/v2/models/mnist/versions/1/stats", timeout=30).json()
+    assert stats["model_stats"][0]["last_inference"] == int(last[0][1] * 1000)
 
 
 def test_metrics_forget_a_dead_worker_but_keep_its_counts(

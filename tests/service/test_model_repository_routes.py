@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from service.app import create_app
 from service.config import ServiceConfig
 from service.model.repository import ModelRepository, ServingState, Trial
+from service.v2.statistics import version_stats
 from tests.conftest import COMMITTED_MODELS
 from tests.service.conftest import DIGITS, RecordingMetrics, publish_copy
 
@@ -169,3 +170,15 @@ def test_card_stats_and_versioned_routes(models: Path) -> None:
     assert entry["name"] == "mnist" and entry["version"] == "2"
     assert set(entry["inference_stats"]) >= {"success", "fail", "queue", "compute_infer"}
     assert client.get("/v2/models/mnist/versions/987654/stats").status_code == 404
+
+
+def test_last_inference_is_the_latest_run_of_any_worker_in_milliseconds() -> None:
+    samples = {
+        "mnist_last_inference_timestamp_seconds": [
+            ({"version": "1", "pid": "11"}, 1_700_000_000.25),
+            ({"version": "1", "pid": "12"}, 1_700_000_003.5),
+            ({"version": "2", "pid": "12"}, 1_700_000_009.0),
+        ]
+    }
+    assert version_stats("mnist", 1, samples)["last_inference"] == 1_700_000_003_500
+    assert version_stats("mnist", 3, samples)["last_inference"] == 0  # never ran
