@@ -49,6 +49,13 @@ START_SECONDS = 90.0
 STOP_SECONDS = 30.0
 #: a pause before each measured run, so the last run's requests in flight do not count in it
 SETTLE_SECONDS = 0.3
+#: after each run, the server counts as idle once its processes use at most this share of one
+#: core over IDLE_WINDOW_SECONDS (two clock ticks in 0.2 s): its deferred work (the prediction
+#: recorder's queue) is done and will not run during the next row
+IDLE_SHARE = 0.1
+IDLE_WINDOW_SECONDS = 0.2
+#: the longest wait for that (a server that never goes idle is measured as it is)
+IDLE_TIMEOUT_SECONDS = 30.0
 #: a round is flagged when one process did more than this share of the server's CPU
 WORKER_SHARE_LIMIT = 0.70
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -152,6 +159,29 @@ def process_cpu_seconds(pid: int) -> float | None:
     # the command name (field 2) may hold spaces and parentheses: split after its last ")"
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wait_idle(
+    root: int,
+    timeout: float = IDLE_TIMEOUT_SECONDS,
+    window: float = IDLE_WINDOW_SECONDS,
+    share: float = IDLE_SHARE,
+) -> float:
+    """Wait until ``root`` and its descendants use at most ``share`` of one core over ``window``
+    seconds, at most ``timeout`` seconds; returns the seconds waited.
+
+    A server's work does not end with its answers: the prediction recorder writes a request's
+    records up to a flush interval later, and a recorder that falls behind works through its
+    queue for seconds after the load stops. Without this wait that work ran during the next
+    row's run, slowing the other server and charged to neither."""
+    started = time.monotonic()
+    while True:
+        before = sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(root))
+        time.sleep(window)
+        after = sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(root))
+        waited = time.monotonic() - started
+        if after - before <= share * window or waited >= timeout:
+            return waited
 
 
 def process_tree(root: int) -> list[int]:
@@ -478,8 +508,12 @@ class LoadCase:
     server_pid: int | None = None
 
     def measure(self, seconds: float, workdir: Path, wrk: str) -> LoadResult:
+        """One wrk run; its CPU record also covers the server's work left over after the last
+        answer (``wait_idle``), which belongs to these requests."""
         with CpuMeter(self.server_pid).measure() as cpu:
             result = run_wrk(self.url, self.body, self.connections, seconds, workdir, wrk)
+            if self.server_pid is not None:
+                wait_idle(self.server_pid)
         return dataclasses.replace(result, round_cpu=tuple(cpu))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,27 @@ def test_cpu_of_a_real_process_tree_is_read_from_proc() -> None:
     assert before is not None and after is not None and after > before
     assert os.getpid() in loadgen.process_tree(os.getppid())
     assert loadgen.process_cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+def _child(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_wait_idle_waits_out_work_left_after_the_load_and_is_bounded() -> None:
+    spin = "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end: pass\n"
+    idle = _child("import time; time.sleep(30)")
+    busy_then_idle = _child(spin.format(1.0) + "time.sleep(30)")
+    always_busy = _child(spin.format(30))
+    try:
+        time.sleep(0.3)  # both interpreters started and the busy one is spinning
+        assert loadgen.wait_idle(idle.pid) < 1.0  # idle at the first look
+        waited = loadgen.wait_idle(busy_then_idle.pid)
+        assert 0.3 <= waited < 5.0  # the rest of its second of work, then idle
+        assert busy_then_idle.poll() is None  # it went idle, not away
+        started = time.monotonic()
+        loadgen.wait_idle(always_busy.pid, timeout=0.6)
+        assert time.monotonic() - started < 3.0  # the timeout ends the wait
+    finally:
+        for child in (idle, busy_then_idle, always_busy):
+            child.kill()
+            child.wait()
