@@ -112,6 +112,13 @@ class LoadResult:
         return [n for n, c in enumerate(self.round_cpu) if c.top_share > limit]
 
     @property
+    def after_share(self) -> float:
+        """The share of the server's CPU spent after the runs' last answers (0..1): work the
+        requests left behind (the prediction recorder's backlog)."""
+        total = sum(c.server_seconds for c in self.round_cpu)
+        return sum(c.server_after_seconds for c in self.round_cpu) / total if total else math.nan
+
+    @property
     def other_load(self) -> float:
         """Median over rounds of the CPU (in cores) busy with neither the server nor wrk."""
         if not self.round_cpu:
@@ -134,6 +141,8 @@ class RunCpu:
     client_seconds: float
     machine_busy_seconds: float
     steal_seconds: float
+    #: the server's CPU after the last answer, until it went idle (``wait_idle``)
+    server_after_seconds: float = 0.0
 
     @property
     def server_seconds(self) -> float:
@@ -225,6 +234,11 @@ class CpuMeter:
 
     def __init__(self, root_pid: int | None) -> None:
         self.root_pid = root_pid
+        self._load_ended: dict[int, float] | None = None
+
+    def load_ended(self) -> None:
+        """Note the server's CPU now: the rest of the block is after the last answer."""
+        self._load_ended = self._sample()[1]
 
     def _sample(self) -> tuple[float, dict[int, float], float, float, float]:
         pids = process_tree(self.root_pid) if self.root_pid is not None else []
@@ -236,9 +250,16 @@ class CpuMeter:
     def measure(self) -> Iterator[list[RunCpu]]:
         """Yields a list that holds the run's RunCpu once the block ends."""
         out: list[RunCpu] = []
+        self._load_ended = None
         start = self._sample()
         yield out
         end = self._sample()
+        ended = self._load_ended
+        after = (
+            sum(t - ended.get(pid, start[1].get(pid, 0.0)) for pid, t in end[1].items())
+            if ended is not None
+            else 0.0
+        )
         out.append(
             RunCpu(
                 wall_seconds=end[0] - start[0],
@@ -247,6 +268,7 @@ class CpuMeter:
                 client_seconds=end[2] - start[2],
                 machine_busy_seconds=end[3] - start[3],
                 steal_seconds=end[4] - start[4],
+                server_after_seconds=after,
             )
         )
 
@@ -510,9 +532,11 @@ class LoadCase:
     def measure(self, seconds: float, workdir: Path, wrk: str) -> LoadResult:
         """One wrk run; its CPU record also covers the server's work left over after the last
         answer (``wait_idle``), which belongs to these requests."""
-        with CpuMeter(self.server_pid).measure() as cpu:
+        meter = CpuMeter(self.server_pid)
+        with meter.measure() as cpu:
             result = run_wrk(self.url, self.body, self.connections, seconds, workdir, wrk)
             if self.server_pid is not None:
+                meter.load_ended()
                 wait_idle(self.server_pid)
         return dataclasses.replace(result, round_cpu=tuple(cpu))
 
@@ -719,6 +743,7 @@ CPU_HEADER = [
     "server CPU ms/req",
     "busiest process",
     f"rounds > {WORKER_SHARE_LIMIT:.0%}",
+    "after the load",
     "other load",
 ]
 
@@ -729,12 +754,13 @@ def cpu_cells(result: LoadResult, flag: bool = True) -> list[str]:
     Server CPU per request (master and workers), the busiest server process's median share of
     the server's CPU over the rounds (and its largest), the rounds (1-based) in which it was over
     WORKER_SHARE_LIMIT (``flag`` False: not judged, e.g. one keep-alive connection is always one
-    worker's), and the median CPU, in cores, that neither the server nor wrk used during the runs
+    worker's), the share of the server's CPU spent after the last answers (``after_share``), and
+    the median CPU, in cores, that neither the server nor wrk used during the runs
     (other programs: the machine's noise).
     """
     shares = result.top_shares
     if not shares:
-        return ["", "", "", ""]
+        return ["", "", "", "", ""]
     share = f"{statistics.median(shares):.0%} (max {max(shares):.0%})"
     flagged = result.flagged_rounds()
     verdict = (" ".join(str(n + 1) for n in flagged) or "none") if flag else "n/a"
@@ -742,5 +768,6 @@ def cpu_cells(result: LoadResult, flag: bool = True) -> list[str]:
         f"{result.server_cpu_ms_per_request:.3f}",
         share,
         verdict,
+        f"{result.after_share:.0%}",
         f"{result.other_load:.2f}",
     ]

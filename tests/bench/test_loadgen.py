@@ -117,3 +117,29 @@ def test_wait_idle_waits_out_work_left_after_the_load_and_is_bounded() -> None:
         for child in (idle, busy_then_idle, always_busy):
             child.kill()
             child.wait()
+
+
+def test_cpu_after_the_last_answer_is_counted_apart() -> None:
+    import os
+
+    meter = loadgen.CpuMeter(os.getpid())
+    with meter.measure() as during_and_after:
+        sum(i * i for i in range(1_000_000))  # "the load"
+        meter.load_ended()
+        sum(i * i for i in range(3_000_000))  # "work it left behind", three times as much
+    (run,) = during_and_after
+    assert 0.0 < run.server_after_seconds < run.server_seconds
+    with meter.measure() as unmarked:
+        sum(i * i for i in range(1_000_000))
+    assert unmarked[0].server_after_seconds == 0.0  # nothing marked: nothing after
+    measured = loadgen.LoadResult(
+        requests=10,
+        seconds=1.0,
+        errors=0,
+        p50_ms=1.0,
+        p99_ms=2.0,
+        images_per_request=1,
+        round_cpu=(run, unmarked[0]),
+    )
+    total = run.server_seconds + unmarked[0].server_seconds
+    assert measured.after_share == pytest.approx(run.server_after_seconds / total)
