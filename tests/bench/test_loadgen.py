@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -24,6 +25,11 @@ def result(*rates: float) -> loadgen.LoadResult:
         images_per_request=1,
         round_rates=rates,
     )
+
+
+def measured_over(*runs: loadgen.RunCpu, requests: int) -> loadgen.LoadResult:
+    """A result whose rounds used the CPU of ``runs``."""
+    return dataclasses.replace(result(float(requests)), round_cpu=runs)
 
 
 def test_swap_neighbours_keeps_pairs_side_by_side() -> None:
@@ -71,15 +77,7 @@ def test_rounds_where_one_process_did_most_of_the_work_are_flagged() -> None:
     assert balanced.top_share == pytest.approx(1.0 / 1.91)
     assert lopsided.top_share == pytest.approx(1.5 / 1.9) and lopsided.top_share > 0.7
     assert balanced.other_cores == pytest.approx((4.0 - 1.91 - 1.0) / 2.0)
-    measured = loadgen.LoadResult(
-        requests=1000,
-        seconds=4.0,
-        errors=0,
-        p50_ms=1.0,
-        p99_ms=2.0,
-        images_per_request=1,
-        round_cpu=(balanced, lopsided),
-    )
+    measured = measured_over(balanced, lopsided, requests=1000)
     assert measured.flagged_rounds() == [1]
     assert measured.server_cpu_ms_per_request == pytest.approx((1.91 + 1.9) / 1000 * 1000)
 
@@ -132,14 +130,6 @@ def test_cpu_after_the_last_answer_is_counted_apart() -> None:
     with meter.measure() as unmarked:
         sum(i * i for i in range(1_000_000))
     assert unmarked[0].server_after_seconds == 0.0  # nothing marked: nothing after
-    measured = loadgen.LoadResult(
-        requests=10,
-        seconds=1.0,
-        errors=0,
-        p50_ms=1.0,
-        p99_ms=2.0,
-        images_per_request=1,
-        round_cpu=(run, unmarked[0]),
-    )
+    measured = measured_over(run, unmarked[0], requests=10)
     total = run.server_seconds + unmarked[0].server_seconds
     assert measured.after_share == pytest.approx(run.server_after_seconds / total)
