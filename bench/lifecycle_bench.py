@@ -240,8 +240,8 @@ def throughput_part(
         ) as on,
     ):
         cases = [
-            loadgen.LoadCase("shadow off", off.url, body, 8),
-            loadgen.LoadCase("shadow on 1.0", on.url, body, 8),
+            loadgen.LoadCase("shadow off", off.url, body, 8, off.pid),
+            loadgen.LoadCase("shadow on 1.0", on.url, body, 8, on.pid),
         ]
         measured = loadgen.measure_rounds(cases, duration, rounds, scratch, wrk)
         compared = [line for line in scrape(on.url).splitlines() if line.startswith("mnist_trial_")]

@@ -49,11 +49,12 @@ START_SECONDS = 90.0
 STOP_SECONDS = 30.0
 #: a pause before each measured run, so the last run's requests in flight do not count in it
 SETTLE_SECONDS = 0.3
-#: after each run, the server counts as idle once its processes use at most this share of one
-#: core over IDLE_WINDOW_SECONDS (two clock ticks in 0.2 s): its deferred work (the prediction
-#: recorder's queue) is done and will not run during the next row
-IDLE_SHARE = 0.1
-IDLE_WINDOW_SECONDS = 0.2
+#: after each run, the server's processes are sampled every IDLE_STEP_SECONDS; a step in which
+#: they gained a clock tick or more of CPU is busy, and the server is idle once no step was busy
+#: for IDLE_QUIET_SECONDS (longer than the prediction recorder's 0.25 s between flushes): its
+#: leftover work is done and will not run during the next row
+IDLE_STEP_SECONDS = 0.05
+IDLE_QUIET_SECONDS = 0.4
 #: the longest wait for that (a server that never goes idle is measured as it is)
 IDLE_TIMEOUT_SECONDS = 30.0
 #: a round is flagged when one process did more than this share of the server's CPU
@@ -86,10 +87,15 @@ class LoadResult:
     round_rates: tuple[float, ...] = ()
     #: where the CPU went during the run, or during each round (measure_rounds fills it)
     round_cpu: tuple[RunCpu, ...] = ()
+    #: how long the server kept working on these requests after the load stopped (wait_idle)
+    after_seconds: float = 0.0
 
     @property
     def requests_per_second(self) -> float:
-        return self.requests / self.seconds
+        """Answered requests over the time until the server had done their work: the load,
+        then what it left behind (the prediction recorder's backlog), so a server that defers
+        work cannot look faster than it can go on."""
+        return self.requests / (self.seconds + self.after_seconds)
 
     @property
     def images_per_second(self) -> float:
@@ -173,24 +179,37 @@ def process_cpu_seconds(pid: int) -> float | None:
 def wait_idle(
     root: int,
     timeout: float = IDLE_TIMEOUT_SECONDS,
-    window: float = IDLE_WINDOW_SECONDS,
-    share: float = IDLE_SHARE,
+    quiet: float = IDLE_QUIET_SECONDS,
+    step: float = IDLE_STEP_SECONDS,
 ) -> float:
-    """Wait until ``root`` and its descendants use at most ``share`` of one core over ``window``
-    seconds, at most ``timeout`` seconds; returns the seconds waited.
+    """Wait until ``root`` and its descendants have used at most one clock tick of CPU over the
+    last ``quiet`` seconds (at most ``timeout`` seconds); returns how long after the call their
+    work was done: the first sample within one tick of the CPU they had used by the end (0: idle
+    from the start).
 
     A server's work does not end with its answers: the prediction recorder writes a request's
-    records up to a flush interval later, and a recorder that falls behind works through its
-    queue for seconds after the load stops. Without this wait that work ran during the next
-    row's run, slowing the other server and charged to neither."""
+    records up to a flush interval later, and one that falls behind works through its queue for
+    seconds after the load stops. Without this wait that work ran during the next row's run,
+    slowing the other server and charged to neither."""
+    tick = 1.0 / CLOCK_TICKS
     started = time.monotonic()
+    seen = [(0.0, _tree_cpu_seconds(root))]  # (seconds since the call, CPU seconds)
     while True:
-        before = sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(root))
-        time.sleep(window)
-        after = sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(root))
-        waited = time.monotonic() - started
-        if after - before <= share * window or waited >= timeout:
-            return waited
+        time.sleep(step)
+        now = time.monotonic() - started
+        seen.append((now, _tree_cpu_seconds(root)))
+        window = [cpu for at, cpu in seen if at >= now - quiet]
+        if now >= quiet and seen[-1][1] - min(window) <= tick:
+            break
+        if now >= timeout:
+            print(f"server {root} still busy after {timeout:g} s", file=sys.stderr)
+            break
+    final = seen[-1][1]
+    return next(at for at, cpu in seen if cpu >= final - tick)
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    return sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(root))
 
 
 def process_tree(root: int) -> list[int]:
@@ -535,10 +554,11 @@ class LoadCase:
         meter = CpuMeter(self.server_pid)
         with meter.measure() as cpu:
             result = run_wrk(self.url, self.body, self.connections, seconds, workdir, wrk)
+            after = 0.0
             if self.server_pid is not None:
                 meter.load_ended()
-                wait_idle(self.server_pid)
-        return dataclasses.replace(result, round_cpu=tuple(cpu))
+                after = wait_idle(self.server_pid)
+        return dataclasses.replace(result, round_cpu=tuple(cpu), after_seconds=after)
 
 
 class OnnxCase:
@@ -640,6 +660,7 @@ def measure_rounds(
         name: LoadResult(
             requests=sum(r.requests for r in results),
             seconds=sum(r.seconds for r in results),
+            after_seconds=sum(r.after_seconds for r in results),
             errors=0,
             p50_ms=statistics.median(r.p50_ms for r in results),
             p99_ms=statistics.median(r.p99_ms for r in results),

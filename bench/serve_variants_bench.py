@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wrk = loadgen.require_wrk()
     title, concurrency, images = BODIES[args.body]
-    concurrency = args.concurrency or concurrency
+    concurrency = concurrency if args.concurrency is None else args.concurrency
     pixels, _ = loadgen.mnist_test_digits(args.data_dir, images)
     body = (
         serve_images_bench.v2_binary_body(pixels)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 name,
                 f"{result.requests_per_second:,.0f}",
-                f"{result.requests_per_second * images:,.0f}",
+                f"{result.images_per_second:,.0f}",
                 f"{result.p50_ms:.2f}",
                 f"{result.p99_ms:.2f}",
                 f"{result.server_cpu_ms_per_request:.3f}",

@@ -192,10 +192,15 @@ class MultiProcessSample:
         return None
 
 
+class SetTo(float):
+    """An amount for ``add_all`` that replaces the sample's value instead of adding to it (a
+    gauge's ``set``, batched with the request's other samples)."""
+
+
 def add_all(samples: Iterable[tuple[Any, float]], failed: Callable[[BaseException], None]) -> None:
-    """Add each amount to its sample (a MultiProcessSample, or any prometheus_client value);
-    the multiprocess ones under one acquisition of the lock. A sample that cannot be written
-    is passed to ``failed`` and the others are still written."""
+    """Add each amount to its sample (a MultiProcessSample, or any prometheus_client value), or
+    set it to a ``SetTo`` amount; the multiprocess ones under one acquisition of the lock. A
+    sample that cannot be written is passed to ``failed`` and the others are still written."""
     process = _process
     others: list[tuple[Any, float]] = []
     with process.lock:
@@ -206,11 +211,15 @@ def add_all(samples: Iterable[tuple[Any, float]], failed: Callable[[BaseExceptio
             try:
                 if sample._owner is not process:
                     sample._open(process)
-                sample._write(process, sample._value + amount, 0.0)
+                value = amount if type(amount) is SetTo else sample._value + amount
+                sample._write(process, value, 0.0)
             except Exception as exc:  # a full or vanished folder: this sample is lost, counted
                 failed(exc)
     for sample, amount in others:
         try:
-            sample.inc(amount)
+            if type(amount) is SetTo:
+                sample.set(float(amount))
+            else:
+                sample.inc(amount)
         except Exception as exc:
             failed(exc)

@@ -119,7 +119,8 @@ class ServiceMetrics:
 
     @classmethod
     def create(cls, multiprocess_mode: bool) -> ServiceMetrics:
-        """Build the metrics; in multiprocess mode the per-worker gauges are 'liveall'."""
+        """Build the metrics; in multiprocess mode the per-worker gauges are 'liveall' or 'livesum'
+        (the time of a version's last run: 'max', kept after its worker is gone)."""
         registry = CollectorRegistry()
         if not multiprocess_mode:
             # Process figures only make sense per process; multiprocess mode cannot merge them.
@@ -351,8 +352,10 @@ def observe_inference(
             if count:
                 counted = metrics.child(metrics.predictions, str(digit), version)
                 samples.append((counted._value, count))
+    samples.append(
+        (metrics.child(metrics.last_inference, version)._value, metric_files.SetTo(time.time()))
+    )
     _record(samples)
-    metrics.child(metrics.last_inference, version).set(time.time())
 
 
 @never_fails
@@ -362,7 +365,7 @@ def observe_trial_inference(seconds: float, batch_size: int, model_version: int)
     version = str(model_version)
     metrics.child(metrics.inference_latency, version).observe(seconds)
     metrics.child(metrics.inferences, version, "trial").inc(batch_size)
-    metrics.child(metrics.last_inference, version).set(time.time())
+    metrics.child(metrics.last_inference, version).set(time.time())  # a trial thread's, unbatched
 
 
 @never_fails

@@ -98,16 +98,19 @@ def _child(code: str) -> subprocess.Popen[bytes]:
 
 
 def test_wait_idle_waits_out_work_left_after_the_load_and_is_bounded() -> None:
-    spin = "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end: pass\n"
+    # busy for a given amount of its own CPU time (not wall time: a loaded machine slows it)
+    spin = "import time\nwhile time.process_time() < {}: pass\n"
     idle = _child("import time; time.sleep(30)")
     busy_then_idle = _child(spin.format(1.0) + "time.sleep(30)")
-    always_busy = _child(spin.format(30))
+    always_busy = _child(spin.format(60))
     try:
-        time.sleep(0.3)  # both interpreters started and the busy one is spinning
-        assert loadgen.wait_idle(idle.pid) < 1.0  # idle at the first look
-        waited = loadgen.wait_idle(busy_then_idle.pid)
-        assert 0.3 <= waited < 5.0  # the rest of its second of work, then idle
+        time.sleep(0.3)  # the interpreters have started
+        assert loadgen.wait_idle(idle.pid) < 0.2  # its work was done from the start
+        started = time.monotonic()
+        done_after = loadgen.wait_idle(busy_then_idle.pid)
         assert busy_then_idle.poll() is None  # it went idle, not away
+        assert 0.2 <= done_after < 5.0  # the rest of its second of CPU
+        assert time.monotonic() - started >= done_after + loadgen.IDLE_QUIET_SECONDS - 0.06
         started = time.monotonic()
         loadgen.wait_idle(always_busy.pid, timeout=0.6)
         assert time.monotonic() - started < 3.0  # the timeout ends the wait
@@ -115,6 +118,11 @@ def test_wait_idle_waits_out_work_left_after_the_load_and_is_bounded() -> None:
         for child in (idle, busy_then_idle, always_busy):
             child.kill()
             child.wait()
+
+
+def test_requests_per_second_counts_the_work_left_after_the_load() -> None:
+    measured = dataclasses.replace(result(100.0), after_seconds=0.25)
+    assert measured.requests_per_second == pytest.approx(100 / 1.25)
 
 
 def test_cpu_after_the_last_answer_is_counted_apart() -> None:

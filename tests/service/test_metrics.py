@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,9 @@ def test_request_latency_by_route_and_status_including_errors(client: Any) -> No
 
 def test_observe_inference_counts_digits_batches_and_latency(client: Any) -> None:
     before = scrape(client)
+    started = time.time()
     assert client.post("/predict", json={"images": [1, 1, 1, 9]}).status_code == 200
+    answered = time.time()
     after = scrape(client)
 
     def delta(name: str, **labels: str) -> float:
@@ -154,6 +157,9 @@ def test_observe_inference_counts_digits_batches_and_latency(client: Any) -> Non
     assert delta("mnist_batch_size_bucket", le="4.0") == 1
     assert delta("mnist_inference_duration_seconds_count", version="7") == 1
     assert delta("mnist_inference_duration_seconds_sum", version="7") == pytest.approx(0.002)
+    # the version's last run, batched with the request's other samples
+    last_run = value(after, "mnist_last_inference_timestamp_seconds", version="7")
+    assert started <= last_run <= answered
 
 
 def test_observe_preprocessing(client: Any) -> None:
@@ -262,7 +268,9 @@ def merged(multiproc_dir: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], 
 def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    started = time.time()
     first = run_worker(tmp_path, 3)
+    between = time.time()
     second = run_worker(tmp_path, 4)
     merged_samples = merged(tmp_path)
 
@@ -276,6 +284,11 @@ def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(
     info = {"name": "mnist", "sha256": "c" * 64}
     assert sample("mnist_model_info", pid=str(first), version="3", **info) == 1
     assert sample("mnist_model_info", pid=str(second), version="4", **info) == 1
+    # the time of each version's last run, one series per version (the max over workers)
+    first_ran = sample("mnist_last_inference_timestamp_seconds", version="3")
+    assert first_ran is not None and started <= first_ran <= between
+    second_ran = sample("mnist_last_inference_timestamp_seconds", version="4")
+    assert second_ran is not None and between <= second_ran <= time.time()
 
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
     metrics.mark_worker_dead(first)
@@ -285,6 +298,9 @@ def test_multiprocess_mode_merges_workers_and_forgets_dead_ones(
     # counters keep what the dead worker counted
     key = ("mnist_predictions_total", frozenset({"digit": "5", "version": "3"}.items()))
     assert after_death[key] == 2
+    # and the time of a version's last run outlives the worker that made it
+    last = ("mnist_last_inference_timestamp_seconds", frozenset({"version": "3"}.items()))
+    assert after_death[last] == first_ran
 
 
 REQUEST = """
