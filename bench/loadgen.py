@@ -92,9 +92,16 @@ class LoadResult:
 
     @property
     def requests_per_second(self) -> float:
+        """Answered requests over the time of the load (what the clients saw)."""
+        return self.requests / self.seconds
+
+    @property
+    def kept_up_requests_per_second(self) -> float:
         """Answered requests over the time until the server had done their work: the load,
-        then what it left behind (the prediction recorder's backlog), so a server that defers
-        work cannot look faster than it can go on."""
+        then what it left behind (the prediction recorder's backlog). Under a load that never
+        stops, a server whose work outlasts the load drops what it cannot keep up with (the
+        recorder drops records when its queue is full); this is the rate at which it drops
+        nothing."""
         return self.requests / (self.seconds + self.after_seconds)
 
     @property
@@ -765,6 +772,7 @@ CPU_HEADER = [
     "busiest process",
     f"rounds > {WORKER_SHARE_LIMIT:.0%}",
     "after the load",
+    "req/s kept up",
     "other load",
 ]
 
@@ -775,13 +783,14 @@ def cpu_cells(result: LoadResult, flag: bool = True) -> list[str]:
     Server CPU per request (master and workers), the busiest server process's median share of
     the server's CPU over the rounds (and its largest), the rounds (1-based) in which it was over
     WORKER_SHARE_LIMIT (``flag`` False: not judged, e.g. one keep-alive connection is always one
-    worker's), the share of the server's CPU spent after the last answers (``after_share``), and
-    the median CPU, in cores, that neither the server nor wrk used during the runs
-    (other programs: the machine's noise).
+    worker's), the share of the server's CPU spent after the last answers (``after_share``), the
+    req/s counting that time too (``kept_up_requests_per_second``), and the median CPU, in
+    cores, that neither the server nor wrk used during the runs (other programs: the machine's
+    noise).
     """
     shares = result.top_shares
     if not shares:
-        return ["", "", "", "", ""]
+        return ["", "", "", "", "", ""]
     share = f"{statistics.median(shares):.0%} (max {max(shares):.0%})"
     flagged = result.flagged_rounds()
     verdict = (" ".join(str(n + 1) for n in flagged) or "none") if flag else "n/a"
@@ -790,5 +799,6 @@ def cpu_cells(result: LoadResult, flag: bool = True) -> list[str]:
         share,
         verdict,
         f"{result.after_share:.0%}",
+        f"{result.kept_up_requests_per_second:,.0f}",
         f"{result.other_load:.2f}",
     ]
