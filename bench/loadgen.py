@@ -49,10 +49,10 @@ START_SECONDS = 90.0
 STOP_SECONDS = 30.0
 #: a pause before each measured run, so the last run's requests in flight do not count in it
 SETTLE_SECONDS = 0.3
-#: after each run, the server's processes are sampled every IDLE_STEP_SECONDS; a step in which
-#: they gained a clock tick or more of CPU is busy, and the server is idle once no step was busy
-#: for IDLE_QUIET_SECONDS (longer than the prediction recorder's 0.25 s between flushes): its
-#: leftover work is done and will not run during the next row
+#: after each run, the server's processes are sampled every IDLE_STEP_SECONDS, and the server
+#: is idle once they gained at most one clock tick of CPU over the last IDLE_QUIET_SECONDS
+#: (longer than the prediction recorder's 0.25 s between flushes): its leftover work is done and
+#: will not run during the next row
 IDLE_STEP_SECONDS = 0.05
 IDLE_QUIET_SECONDS = 0.4
 #: the longest wait for that (a server that never goes idle is measured as it is)
