@@ -23,12 +23,21 @@ Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 _DURATIONS = ("fail", "queue", "compute_input", "compute_output", "cache_hit", "cache_miss")
 
 
-def _sum(samples: Samples, name: str, **labels: str) -> float:
-    return sum(
+def _matching(samples: Samples, name: str, labels: Mapping[str, str]) -> Iterable[float]:
+    return (
         value
         for found, value in samples.get(name, [])
         if all(found.get(key) == wanted for key, wanted in labels.items())
     )
+
+
+def _sum(samples: Samples, name: str, **labels: str) -> float:
+    return sum(_matching(samples, name, labels))
+
+
+def _max(samples: Samples, name: str, **labels: str) -> float:
+    """The largest matching sample (0 when there is none)."""
+    return max(_matching(samples, name, labels), default=0.0)
 
 
 def _runs(samples: Samples, version: int) -> tuple[int, int]:
@@ -42,14 +51,7 @@ def version_stats(name: str, version: int, samples: Samples) -> dict[str, Any]:
     """One ``model_stats`` entry for ``version``."""
     runs, ns = _runs(samples, version)
     images = int(_sum(samples, "mnist_inferences_total", version=str(version)))
-    last = max(
-        (
-            value
-            for labels, value in samples.get("mnist_last_inference_timestamp_seconds", [])
-            if labels.get("version") == str(version)
-        ),
-        default=0.0,
-    )
+    last = _max(samples, "mnist_last_inference_timestamp_seconds", version=str(version))
     stats: dict[str, Any] = {"success": {"count": runs, "ns": ns}}
     stats.update({key: {"count": 0, "ns": 0} for key in _DURATIONS})
     stats["compute_infer"] = {"count": runs, "ns": ns}

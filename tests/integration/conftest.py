@@ -52,6 +52,16 @@ def bound_socket() -> socket.socket:
     return sock
 
 
+def loopback_sockets(port: int) -> list[list[str]]:
+    """The kernel's rows (/proc/net/tcp, split) of the sockets whose local end is
+    127.0.0.1:``port``: columns sl, local, remote, state (01 established, 08 close-wait, 0A
+    listening), tx_queue:rx_queue (a listener's rx_queue: connections waiting for accept())."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return [row for row in rows if row[1] == wanted]
+
+
 #: reserved_port(): a port number kept free for the server the test starts
 ReservePort = Callable[[], int]
 

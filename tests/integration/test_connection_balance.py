@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.integration.conftest import loopback_sockets
+
 BODY = json.dumps({"images": [[0] * 392 + [255] * 392]}).encode()
 HEADERS = {"Content-Type": "application/json"}
 
@@ -22,10 +24,7 @@ HEADERS = {"Content-Type": "application/json"}
 def _not_closed_by_the_server(port: int) -> int:
     """Accepted connections on 127.0.0.1:``port`` that no worker has closed yet (the kernel's
     table): established, or closed by the client and waiting for the worker (CLOSE_WAIT)."""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if row[1] == wanted and row[3] in ("01", "08"))
+    return sum(1 for row in loopback_sockets(port) if row[3] in ("01", "08"))
 
 
 def workers_of_a_burst(url: str, connections: int) -> Counter[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import RunningServer, StartServer
+from tests.integration.conftest import RunningServer, StartServer, loopback_sockets
 
 
 def _gauge(text: str, name: str) -> float:
@@ -52,14 +52,10 @@ def _wait_until_accepted(port: int, seconds: float = 20.0) -> None:
     """Until the kernel's accept queue of the listener on 127.0.0.1:``port`` is empty: every
     connection made so far is the worker's. A connection still queued when the server stops is
     reset (gunicorn closes its listeners first), which is not what the drain is about."""
-    wanted = f"0100007F:{port:04X}"
     deadline = time.monotonic() + seconds
     while True:
-        with open("/proc/net/tcp") as table:
-            rows = [line.split() for line in table.readlines()[1:]]
-        # columns: sl local remote state tx_queue:rx_queue ...; a listener's rx_queue is the
-        # number of connections waiting for accept()
-        [queued] = [int(r[4].split(":")[1], 16) for r in rows if r[1] == wanted and r[3] == "0A"]
+        # a listener's rx_queue: the connections waiting for accept()
+        [queued] = [int(r[4].split(":")[1], 16) for r in loopback_sockets(port) if r[3] == "0A"]
         if queued == 0:
             return
         assert time.monotonic() < deadline, f"{queued} connection(s) still not accepted"
