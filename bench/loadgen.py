@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -802,3 +803,17 @@ def cpu_cells(result: LoadResult, flag: bool = True) -> list[str]:
         f"{result.kept_up_requests_per_second:,.0f}",
         f"{result.other_load:.2f}",
     ]
+
+
+def store_counts(url: str) -> tuple[float, float]:
+    """(records written, records dropped) from a server's /metrics."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    written = dropped = 0.0
+    for line in text.splitlines():
+        found = re.match(r"^mnist_store_records_(written|dropped)_total(\{[^}]*\})? (\S+)$", line)
+        if found:
+            if found[1] == "written":
+                written += float(found[3])
+            else:
+                dropped += float(found[3])
+    return written, dropped

@@ -11,6 +11,8 @@ Built-in comparisons (``--compare``):
            for feedback) against STORE=0 (no rows; the drift windows and answer metrics stay)
   inputs   the prediction store keeping every input for feedback (default) against
            STORE_INPUT_RETENTION_SECONDS=0 (rows without their 784-byte input unless asked)
+  writer-nice  the prediction writer thread at nice 10 (default STORE_WRITER_NICE: with every
+           core busy, answering goes first) against nice 0 (the writer on an equal footing)
   ort-threads  one onnxruntime (and BLAS) thread per worker (default ORT_INTRA_OP_THREADS) against
            two: a worker's batch may use the core its sibling leaves idle
 The body (``--body``): one image as JSON to /predict (default, at concurrency 8), a batch of 256
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = loadgen.benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--compare",
-        choices=["worker", "threads", "tracing", "store", "inputs", "ort-threads"],
+        choices=["worker", "threads", "tracing", "store", "inputs", "ort-threads", "writer-nice"],
         default="worker",
     )
     parser.add_argument("--body", choices=list(BODIES), default="single")
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         elif args.compare == "store":
             variants = {"store on": base, "store off (STORE=0)": {**base, "STORE": "0"}}
+        elif args.compare == "writer-nice":
+            variants = {
+                "writer at nice 10": base,
+                "writer at nice 0": {**base, "STORE_WRITER_NICE": "0"},
+            }
         elif args.compare == "ort-threads":
             variants = {
                 "1 onnxruntime thread": base,
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, server in servers.items()
         ]
         results = loadgen.measure_rounds(cases, args.duration, args.rounds, scratch, wrk)
+        records = {name: loadgen.store_counts(server.url) for name, server in servers.items()}
     names = list(variants)
     baseline = results[names[0]]
     rows = []
@@ -177,6 +185,20 @@ def main(argv: list[str] | None = None) -> int:
          f"vs {names[0]}", "ratio per round"],
         rows,
     )  # fmt: skip
+    loadgen.print_table(
+        "The prediction store over the whole run (warm-up included), after each server's "
+        "leftover work",
+        ["variant", "records written", "records dropped", "dropped share"],
+        [
+            [
+                name,
+                f"{written:,.0f}",
+                f"{dropped:,.0f}",
+                f"{dropped / max(written + dropped, 1):.1%}",
+            ]
+            for name, (written, dropped) in records.items()
+        ],
+    )
     if receiver is not None:
         traced = results[names[-1]].requests
         print(

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
-import urllib.request
 
 import loadgen
 
@@ -30,20 +28,6 @@ def parse_args(argv: list[str] | None = None):  # type: ignore[no-untyped-def]
     parser.add_argument("--concurrency", type=int, default=8)
     parser.set_defaults(duration=48.0, rounds=8)
     return parser.parse_args(argv)
-
-
-def store_counts(url: str) -> tuple[float, float]:
-    """(records written, records dropped) from a server's /metrics."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
-    written = dropped = 0.0
-    for line in text.splitlines():
-        found = re.match(r"^mnist_store_records_(written|dropped)_total(\{[^}]*\})? (\S+)$", line)
-        if found:
-            if found[1] == "written":
-                written += float(found[3])
-            else:
-                dropped += float(found[3])
-    return written, dropped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                     cases, args.duration, args.rounds, scratch, wrk,
                     arrange=loadgen.rotate_groups(len(cases)),
                 )  # fmt: skip
-                counts = {name: store_counts(server.url) for name, server in servers.items()}
+                counts = {
+                    name: loadgen.store_counts(server.url) for name, server in servers.items()
+                }
     finally:
         postgres.destroy()
 

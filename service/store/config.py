@@ -13,6 +13,8 @@ from service.config import ConfigError
 DEFAULT_SQLITE_NAME = "mnist-store.sqlite3"
 ON_WORDS = frozenset({"1", "true", "yes", "on"})
 OFF_WORDS = frozenset({"0", "false", "no", "off"})
+#: the lowest CPU priority Linux gives a thread (setpriority(2)); lower values need privileges
+MAX_NICE = 19
 
 
 class StoreConfigError(ConfigError):
@@ -43,6 +45,9 @@ class StoreConfig:
     queue_images: int = 20_000
     #: how often the writer takes what is queued and writes it in one transaction
     flush_seconds: float = 0.25
+    #: the writer thread's nice value (0-19; 10 is nice(1)'s default step): with every core
+    #: busy, answering goes first and the writer takes what CPU is left; 0: equal footing
+    writer_nice: int = 10
     #: live accuracy and recall: the last N feedback records of each version
     feedback_window: int = 1000
     #: drift: the last N live inputs of each worker
@@ -61,6 +66,11 @@ class StoreConfig:
                 raise StoreConfigError(f"{name} must be a number >= 0, not {value}")
         if self.flush_seconds <= 0:
             raise StoreConfigError("STORE_FLUSH_SECONDS must be > 0")
+        if not 0 <= self.writer_nice <= MAX_NICE:
+            raise StoreConfigError(
+                f"STORE_WRITER_NICE must be a whole number from 0 to {MAX_NICE}, "
+                f"not {self.writer_nice}"
+            )
         for name, count in (
             ("STORE_RETENTION_ROWS", self.retention_rows),
             ("STORE_QUEUE_IMAGES", self.queue_images),
@@ -94,6 +104,12 @@ class StoreConfig:
             retention_rows=_count(environ, "STORE_RETENTION_ROWS", defaults.retention_rows),
             queue_images=_count(environ, "STORE_QUEUE_IMAGES", defaults.queue_images),
             flush_seconds=_number(environ, "STORE_FLUSH_SECONDS", defaults.flush_seconds),
+            writer_nice=_count(
+                environ,
+                "STORE_WRITER_NICE",
+                defaults.writer_nice,
+                f"a whole number from 0 to {MAX_NICE}",
+            ),
             feedback_window=_count(environ, "FEEDBACK_WINDOW", defaults.feedback_window),
             drift_window=_count(environ, "DRIFT_WINDOW", defaults.drift_window),
             feedback_wait_seconds=_number(
@@ -166,10 +182,12 @@ def _number(environ: Mapping[str, str], name: str, default: float) -> float:
         raise StoreConfigError(f"{name}={text!r} is not valid: expected a number") from None
 
 
-def _count(environ: Mapping[str, str], name: str, default: int) -> int:
+def _count(
+    environ: Mapping[str, str], name: str, default: int, expected: str = "a positive integer"
+) -> int:
     text = environ.get(name, "").strip()
     if not text:
         return default
     if not (text.isascii() and text.isdigit()):
-        raise StoreConfigError(f"{name}={text!r} is not valid: expected a positive integer")
+        raise StoreConfigError(f"{name}={text!r} is not valid: expected {expected}")
     return int(text)

@@ -535,3 +535,39 @@ def test_the_reject_decision_is_stored_and_live_accuracy_counts_accepted_answers
         not accepted for accepted, _ in decided[:20]
     )
     assert value(samples, "mnist_predictions_rejected_total", version="1") == refused
+
+
+def nice_values(pid: int) -> dict[int, int]:
+    """Each thread of process ``pid``: its nice value (field 19 of /proc/<pid>/task/<tid>/stat,
+    counted after the command name, which may hold spaces)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        values[int(task.name)] = int(fields[16])  # fields 3.. follow the name: 19 is [16]
+    return values
+
+
+@pytest.mark.parametrize("nice", [None, "0", "15"])
+def test_the_writer_thread_alone_yields_the_cpu_to_answering(
+    gunicorn_server: StartServer, mnist_data: Any, nice: str | None
+) -> None:
+    """One worker: after it answered, its prediction writer runs at STORE_WRITER_NICE (10 when
+    unset) and every other thread, the one that answers included, at the master's value."""
+    env = {"STORE_FLUSH_SECONDS": "0.05"} if nice is None else {"STORE_WRITER_NICE": nice}
+    server = gunicorn_server(env=env, workers=1)
+    with requests.Session() as session:
+        predict(session, server.url, mnist_data.test.images[0])
+    pid = server.process.pid
+    (worker,) = map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    master = nice_values(pid)[pid]
+    expected = max(master, 10 if nice is None else int(nice))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and expected not in nice_values(worker).values():
+        time.sleep(0.05)
+    values = nice_values(worker)
+    assert values[worker] == master  # the worker's main thread
+    if expected == master:
+        assert set(values.values()) == {master}
+    else:
+        assert sorted(values.values()).count(expected) == 1, values
+        assert set(values.values()) == {master, expected}, values

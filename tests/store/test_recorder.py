@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from service.model.contract import N_PIXELS
 from service.model.drift import image_statistics
 from service.store import recorder as recorder_module
-from service.store.config import StoreConfig, sqlalchemy_url
+from service.store.config import MAX_NICE, StoreConfig, sqlalchemy_url
 from service.store.database import STATISTIC_COLUMNS, FeedbackItem, PredictionStore
 from service.store.recorder import DROP_QUEUE_FULL, DROP_STORE_UNAVAILABLE, PredictionRecorder
 from service.store.schema import KEPT_REQUESTED
@@ -393,3 +393,30 @@ def test_a_forked_child_writes_through_its_own_sqlite_connection(tmp_path: Path)
     assert recorder.written == 2 and len(store.predictions_of("parent-again")) == 1
     assert store.predictions_of("child") != []
     store.close()
+
+
+def test_lower_priority_changes_the_calling_thread_alone_and_never_raises(
+    caplog: Any, monkeypatch: Any
+) -> None:
+    seen: dict[str, int] = {}
+
+    def in_a_thread() -> None:
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        recorder_module.lower_priority(seen["before"] + 3)
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        recorder_module.lower_priority(seen["before"])  # never back up: it could not
+        seen["again"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert seen["after"] == seen["before"] + 3 == seen["again"]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+    def refuse(*_: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    recorder_module.lower_priority(MAX_NICE)
+    assert "keeps its CPU priority" in caplog.text and "not permitted" in caplog.text
