@@ -10,7 +10,8 @@ or failed by it:
 - a write that fails (server down, read-only file) drops its records and counts them; the thread
   tries again after ``RETRY_SECONDS`` and keeps dropping (and counting) until a write succeeds;
 - the first failure of an outage is logged once, and its end once with the count of the gap;
-- the thread runs at a lower CPU priority (``writer_nice``, 10 by default): when answering keeps
+- from its first write on (the schema's migration done), the thread runs at a lower CPU
+  priority (``writer_nice``, 10 by default, Linux only): when answering keeps
   every core busy, answers go first and the writer takes what CPU is left, so under sustained
   overload more records are dropped (and counted) instead of fewer requests being answered.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -246,7 +248,7 @@ class PredictionRecorder:
         self._process(self._take())
 
     def _run(self) -> None:
-        lower_priority(self.config.writer_nice)
+        lowered = False
         while not self._stopping.is_set():
             self._wake.wait(self.config.flush_seconds)
             self._wake.clear()
@@ -255,6 +257,11 @@ class PredictionRecorder:
                 self._maybe_purge()
             except Exception:  # a bug must not end the thread: log it and keep going
                 log.exception("the prediction recorder failed; its batch is lost")
+            # the schema's migration (the first write) runs at the answers' priority: a
+            # /metrics scrape or POST /feedback in this worker may be waiting for it
+            if not lowered and (self._migrated or self.store is None):
+                lower_priority(self.config.writer_nice)
+                lowered = True
         self._process(self._take())
 
     def _take(self) -> list[_Answered]:
@@ -262,8 +269,9 @@ class PredictionRecorder:
         while self._queue:
             taken.append(self._queue.popleft())
         if taken:
+            images = sum(len(item.images) for item in taken)  # not under the request path's lock
             with self._lock:
-                self._queued_images -= sum(len(item.images) for item in taken)
+                self._queued_images -= images
                 full, self._full_dropped = self._full_dropped, 0
             if full:
                 log.warning("prediction store queue full: %d records dropped", full)
@@ -437,15 +445,17 @@ def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
 
 def lower_priority(nice: int) -> None:
     """Give the calling thread (alone, not its process) the nice value ``nice`` (0-19) when it
-    runs at a higher priority (setpriority(2) on the thread's id: Linux's threads are scheduled
-    one by one). An OS that refuses is logged, not raised: the writer then runs as it is."""
-    if nice <= 0:
+    runs at a higher priority (setpriority(2) on the thread's id: Linux schedules each thread on
+    its own). An absolute value: a thread already at ``nice`` or above keeps its own. Linux only
+    (elsewhere a thread id is no process id: nothing is done); an OS that refuses is logged, not
+    raised, and the writer then runs as it is."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
         return
     try:
         thread = threading.get_native_id()
         if os.getpriority(os.PRIO_PROCESS, thread) < nice:
             os.setpriority(os.PRIO_PROCESS, thread, nice)
-    except (OSError, AttributeError) as exc:  # AttributeError: no setpriority on this OS
+    except Exception as exc:  # the writer must not end over its priority
         log.warning("the prediction writer keeps its CPU priority: %s", exc)
 
 

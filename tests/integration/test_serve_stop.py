@@ -254,6 +254,7 @@ BAD_SETTINGS = {
     # only empty entries would otherwise leave inference open while it looks closed
     "API_TOKENS": (", ", "API_TOKENS=', ' holds no token"),
     "MIN_CONFIDENCE": ("2", "MIN_CONFIDENCE='2' is not valid: expected a number from 0 to 1"),
+    "STORE_WRITER_NICE": ("20", "STORE_WRITER_NICE must be a whole number from 0 to 19, not 20"),
 }
 #: read by gunicorn itself before its configuration file (a traceback there): mnist-serve only
 BAD_SERVE_SETTINGS = {

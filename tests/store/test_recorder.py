@@ -398,6 +398,9 @@ def test_a_forked_child_writes_through_its_own_sqlite_connection(tmp_path: Path)
 def test_lower_priority_changes_the_calling_thread_alone_and_never_raises(
     caplog: Any, monkeypatch: Any
 ) -> None:
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if own > MAX_NICE - 3:
+        pytest.skip(f"pytest runs at nice {own}: no room below it to check")
     seen: dict[str, int] = {}
 
     def in_a_thread() -> None:
@@ -407,11 +410,11 @@ def test_lower_priority_changes_the_calling_thread_alone_and_never_raises(
         recorder_module.lower_priority(seen["before"])  # never back up: it could not
         seen["again"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     worker = threading.Thread(target=in_a_thread)
     worker.start()
     worker.join()
-    assert seen["after"] == seen["before"] + 3 == seen["again"]
+    assert seen["before"] == own  # a new thread starts at its creator's value
+    assert seen["after"] == own + 3 == seen["again"]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
     def refuse(*_: Any) -> None:
@@ -420,3 +423,41 @@ def test_lower_priority_changes_the_calling_thread_alone_and_never_raises(
     monkeypatch.setattr(os, "setpriority", refuse)
     recorder_module.lower_priority(MAX_NICE)
     assert "keeps its CPU priority" in caplog.text and "not permitted" in caplog.text
+    caplog.clear()
+    monkeypatch.undo()
+    recorder_module.lower_priority(2.5)  # type: ignore[arg-type]  # a wrong type: logged too
+    assert "keeps its CPU priority" in caplog.text
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_the_writer_migrates_at_full_priority_then_lowers_itself(tmp_path: Path) -> None:
+    """The first write (the schema's migration, which a scrape or POST /feedback may wait for)
+    runs at the creator's nice value; the thread lowers itself after it."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if own > MAX_NICE - 5:
+        pytest.skip(f"pytest runs at nice {own}: no room below it to check")
+    store = PredictionStore.open(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    seen: list[int] = []
+    write = store.write_prediction_columns
+
+    def noting_priority(columns: Any) -> int:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return write(columns)
+
+    store.write_prediction_columns = noting_priority  # type: ignore[method-assign]
+    recorder = PredictionRecorder(StoreConfig(writer_nice=own + 5, flush_seconds=0.02), store)
+    images, labels, probabilities = answered(1)
+    try:
+        for number in range(2):
+            recorder.record(f"r{number}", "/predict", 1, images, labels, probabilities)
+            deadline = time.monotonic() + 30
+            while recorder.written <= number and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert recorder._thread is not None
+        writer = recorder._thread.native_id
+        assert writer is not None
+        assert seen == [own, own + 5]
+        assert os.getpriority(os.PRIO_PROCESS, writer) == own + 5
+    finally:
+        recorder.stop()
+        store.close()
