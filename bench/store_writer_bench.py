@@ -3,9 +3,11 @@
 The recorder of the app built by ``create_app`` (committed model, SQLite store in a scratch
 folder, multiprocess metrics in a scratch folder, drift windows on) is fed single-image records
 exactly as ``/predict`` hands them over (one predict and one reject decision per image, done
-beforehand); then the queue is flushed in batches of ``--batch`` records (what the writer thread
-takes every STORE_FLUSH_SECONDS under load) and ``time.process_time`` counts the flushes:
-statistics, drift windows, answer metrics and the SQLite transaction. The first batch (schema
+beforehand; with ``--undecided``, as the Open Inference Protocol route hands them over: without
+the decision, which the writer makes from the answering version's option and hidden layer);
+then the queue is flushed in batches of ``--batch`` records (what the writer thread takes every
+STORE_FLUSH_SECONDS under load) and ``time.process_time`` counts the flushes: statistics, drift
+windows, answer metrics and the SQLite transaction. The first batch (schema
 migration, first connection) is not counted.
 
 With ``--baseline REV`` the same measurement runs alternately on the tree of git revision REV
@@ -15,7 +17,7 @@ cProfile of one run of this tree instead. ``--postgres`` writes to a private Pos
 (tests/postgres.py, a fresh database per run) instead, and adds the CPU of the server's processes
 over the flushes (it shares the cores with the service in a single-machine deployment).
 Usage: python bench/store_writer_bench.py [--records 20000] [--batch 250] [--rounds 6]
-       [--baseline main] [--profile] [--postgres]
+       [--baseline main] [--profile] [--postgres] [--undecided]
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write to a private PostgreSQL server (tests/postgres.py) instead of SQLite, and "
         "count the server's CPU too",
     )
+    parser.add_argument(
+        "--undecided",
+        action="store_true",
+        help="records as the V2 route hands them over: the writer makes the reject decision",
+    )
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--postmaster-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -64,6 +71,7 @@ def measure(
     profile: bool,
     database_url: str | None = None,
     postmaster_pid: int | None = None,
+    undecided: bool = False,
 ) -> dict[str, float]:
     """Feed ``records`` single-image records, flush them in batches; CPU figures in us/record
     (with ``postmaster_pid``, the PostgreSQL server's processes are counted too)."""
@@ -105,6 +113,18 @@ def measure(
     def feed(start: int, stop: int) -> float:
         began = time.process_time()
         for request_id, prediction, images, decision in answered[start:stop]:
+            if undecided:
+                recorder.record(
+                    request_id,
+                    "/v2/models/<model>/infer",
+                    prediction.model_version,
+                    images,
+                    prediction.labels,
+                    prediction.probabilities,
+                    reject=prediction.reject,
+                    hidden=prediction.hidden,
+                )
+                continue
             recorder.record(
                 request_id,
                 "/predict",
@@ -174,6 +194,7 @@ def run_child(tree: Path, args: argparse.Namespace) -> dict[str, float]:
         f"--records={args.records}",
         f"--batch={args.batch}",
         f"--models-dir={args.models_dir.resolve()}",
+        *(["--undecided"] if args.undecided else []),
     ]
     if args.postgres:
         command += [f"--database-url={args.postgres_server.create_database()}"]
@@ -207,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             args.profile,
             args.database_url,
             args.postmaster_pid,
+            args.undecided,
         )
         print(json.dumps(figures))
         return 0
@@ -228,7 +250,11 @@ def profile_once(args: argparse.Namespace) -> int:
     if args.postgres:
         url = args.postgres_server.create_database()
         pid = args.postgres_server.postmaster_pid()
-    print(json.dumps(measure(args.records, args.batch, args.models_dir, True, url, pid)))
+    print(
+        json.dumps(
+            measure(args.records, args.batch, args.models_dir, True, url, pid, args.undecided)
+        )
+    )
     return 0
 
 

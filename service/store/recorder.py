@@ -280,7 +280,7 @@ class PredictionRecorder:
     def _process(self, taken: list[_Answered]) -> None:
         if not taken:
             return
-        taken = [_decided(item) for item in taken]
+        taken = _decided_together(taken)
         sizes = [len(item.images) for item in taken]
         images = np.concatenate([item.images for item in taken]).astype(np.float32, copy=False)
         labels = np.concatenate([item.labels for item in taken]).astype(np.int64, copy=False)
@@ -461,6 +461,49 @@ def lower_priority(nice: int) -> None:
 
 def _getpid() -> int:
     return os.getpid()
+
+
+def _decided_together(taken: list[_Answered]) -> list[_Answered]:
+    """``taken`` with every reject decision made: the answers' own; the rest by one ``decide``
+    call per answering version's option (and with or without the session's hidden layer) over
+    all of its images in the flush, not one call per request (single-image requests: one call
+    for the flush instead of one per image, whose numpy calls cost most of it). The option's
+    decision of an image does not depend on the other images of its batch
+    (tests/service/test_reject_decisions_exact.py), so the records are those of ``_decided``.
+    A group whose arrays do not go together (another hidden width, a failure) is decided
+    request by request."""
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for index, item in enumerate(taken):
+        if item.accepted is None and item.reject is not None:
+            groups.setdefault((id(item.reject), item.hidden is None), []).append(index)
+    if not groups:
+        return taken
+    decided = list(taken)
+    for indices in groups.values():
+        items = [taken[index] for index in indices]
+        try:
+            images = np.concatenate([item.images for item in items]).astype(np.float32, copy=False)
+            probabilities = np.concatenate([item.probabilities for item in items])
+            hidden = (
+                None
+                if items[0].hidden is None
+                else np.concatenate([item.hidden for item in items if item.hidden is not None])
+            )
+            reject = items[0].reject
+            assert reject is not None
+            decision = reject.decide(images, probabilities, hidden)
+        except Exception:  # ValueError: arrays of other widths; each request then on its own
+            for index in indices:
+                decided[index] = _decided(taken[index])
+            continue
+        start = 0
+        for index, item in zip(indices, items, strict=True):
+            stop = start + len(item.images)
+            decided[index] = item._replace(
+                accepted=decision.accepted[start:stop], reject_reasons=decision.reasons[start:stop]
+            )
+            start = stop
+    return decided
 
 
 def _decided(item: _Answered) -> _Answered:

@@ -264,6 +264,88 @@ def test_the_reject_decision_is_recorded_as_answered_or_made_by_the_writer(
     assert set(expected.accepted) == {True, False}  # the case tests both outcomes
 
 
+class CountingDecider:
+    """The committed version's real reject option, counting its ``decide`` calls' batch sizes."""
+
+    def __init__(self, option: Any) -> None:
+        self.option = option
+        self.calls: list[int] = []
+
+    def decide(self, images: np.ndarray, probabilities: np.ndarray, hidden: Any = None) -> Any:
+        self.calls.append(len(images))
+        return self.option.decide(images, probabilities, hidden)
+
+
+def test_undecided_answers_of_a_flush_are_decided_together_as_one_by_one(tmp_path: Path) -> None:
+    from service.app import PREDICTOR_KEY, create_app
+    from service.config import ServiceConfig
+    from tests.conftest import COMMITTED_MODELS
+    from tests.service.conftest import DIGITS
+
+    app = create_app(ServiceConfig(model_dir=COMMITTED_MODELS, store=StoreConfig(enabled=False)))
+    predictor = app.extensions[PREDICTOR_KEY]
+    store = PredictionStore.open(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    noise = np.random.default_rng(3).random((8, N_PIXELS), dtype=np.float32)
+    digits = (DIGITS[:9] / 255.0).astype(np.float32)
+    requests = [digits[i : i + 1] for i in range(6)] + [noise[i : i + 1] for i in range(6)]
+    requests.append(np.concatenate([digits[6:9], noise[6:8]]))  # a batch among single images
+    counting = None
+    expected: dict[str, tuple[list[bool], list[str | None]]] = {}
+    for number, images in enumerate(requests):
+        prediction = predictor.predict(images)
+        counting = counting or CountingDecider(prediction.reject)
+        # the last two without the session's hidden layer: a group of their own
+        hidden = prediction.hidden if number < len(requests) - 2 else None
+        one = prediction.reject.decide(images, prediction.probabilities, hidden)
+        expected[f"r{number}"] = (one.accepted, one.reasons)
+        recorder.record(
+            f"r{number}",
+            "/v2",
+            prediction.model_version,
+            images,
+            prediction.labels,
+            prediction.probabilities,
+            reject=counting,
+            hidden=hidden,
+        )
+    recorder.flush()
+    assert counting is not None and counting.calls == [11, 6]  # one call per group, not 13
+    for request_id, (accepted, reasons) in expected.items():
+        rows = store.predictions_of(request_id)
+        assert [r["accepted"] for r in rows] == accepted, request_id
+        assert [r["reject_reason"] for r in rows] == reasons, request_id
+    outcomes = {reason for _, reasons in expected.values() for reason in reasons}
+    assert None in outcomes and "not_a_digit" in outcomes  # the case tests both
+    store.close()
+
+
+def test_a_group_whose_arrays_do_not_go_together_is_decided_request_by_request(
+    store: PredictionStore,
+) -> None:
+    from service.model.reject import RejectOption
+
+    option = CountingDecider(RejectOption(min_confidence=0.5))
+    recorder = PredictionRecorder(StoreConfig(), store, autostart=False)
+    images, labels, probabilities = answered(4)
+    probabilities = probabilities.copy()
+    probabilities[0] = np.eye(10, dtype=np.float32)[labels[0]]  # one sure answer
+    for number, width in enumerate((5, 7)):  # hidden layers of two widths cannot be stacked
+        part = slice(2 * number, 2 * number + 2)
+        hidden = np.zeros((2, width), dtype=np.float32)
+        recorder.record(
+            f"w{width}", "/v2", 1, images[part], labels[part], probabilities[part],
+            reject=option, hidden=hidden,
+        )  # fmt: skip
+    recorder.flush()
+    assert option.calls == [2, 2]
+    for number, width in enumerate((5, 7)):
+        part = slice(2 * number, 2 * number + 2)
+        decision = option.option.decide(images[part], probabilities[part])
+        assert [r["accepted"] for r in store.predictions_of(f"w{width}")] == decision.accepted
+    assert [r["accepted"] for r in store.predictions_of("w5")] == [True, False]
+
+
 # -- SQLite: the writer thread keeps its connection open between flushes --------------------------
 
 
