@@ -465,17 +465,21 @@ def _getpid() -> int:
 
 def _decided_together(taken: list[_Answered]) -> list[_Answered]:
     """``taken`` with every reject decision made: the answers' own; the rest by one ``decide``
-    call per answering version's option (and with or without the session's hidden layer) over
-    all of its images in the flush, not one call per request (single-image requests: one call
-    for the flush instead of one per image, whose numpy calls cost most of it). The option's
-    decision of an image does not depend on the other images of its batch
-    (tests/service/test_reject_decisions_exact.py), so the records are those of ``_decided``.
-    A group whose arrays do not go together (another hidden width, a failure) is decided
-    request by request."""
-    groups: dict[tuple[int, bool], list[int]] = {}
+    call per answering version's option (and kind of arrays: dtypes, with or without the
+    session's hidden layer) over all of its images in the flush, not one call per request
+    (single-image requests: one call for the flush instead of one per image, whose numpy calls
+    cost most of it). The option's decision of an image does not depend on the other images
+    of its batch (tests/service/test_reject_decisions_exact.py), so the records are those of
+    ``_decided``.
+    A group that fails is decided request by request."""
+    # stacked arrays keep their dtypes (float32 from the session): a float64 one among them
+    # would change the others' arithmetic, so it goes in a group of its own
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for index, item in enumerate(taken):
         if item.accepted is None and item.reject is not None:
-            groups.setdefault((id(item.reject), item.hidden is None), []).append(index)
+            layer = None if item.hidden is None else (item.hidden.dtype.str, item.hidden.shape[1:])
+            kinds = (item.images.dtype.str, item.probabilities.dtype.str, layer)
+            groups.setdefault((id(item.reject), *kinds), []).append(index)
     if not groups:
         return taken
     decided = list(taken)
@@ -492,7 +496,7 @@ def _decided_together(taken: list[_Answered]) -> list[_Answered]:
             reject = items[0].reject
             assert reject is not None
             decision = reject.decide(images, probabilities, hidden)
-        except Exception:  # ValueError: arrays of other widths; each request then on its own
+        except Exception:  # each request then on its own (and _decided logs its failure)
             for index in indices:
                 decided[index] = _decided(taken[index])
             continue

@@ -320,7 +320,7 @@ def test_undecided_answers_of_a_flush_are_decided_together_as_one_by_one(tmp_pat
     store.close()
 
 
-def test_a_group_whose_arrays_do_not_go_together_is_decided_request_by_request(
+def test_arrays_of_other_kinds_are_decided_apart_as_one_by_one(
     store: PredictionStore,
 ) -> None:
     from service.model.reject import RejectOption
@@ -330,20 +330,24 @@ def test_a_group_whose_arrays_do_not_go_together_is_decided_request_by_request(
     images, labels, probabilities = answered(4)
     probabilities = probabilities.copy()
     probabilities[0] = np.eye(10, dtype=np.float32)[labels[0]]  # one sure answer
-    for number, width in enumerate((5, 7)):  # hidden layers of two widths cannot be stacked
-        part = slice(2 * number, 2 * number + 2)
-        hidden = np.zeros((2, width), dtype=np.float32)
+    requests = {  # request id: (images, probabilities, hidden layer width)
+        "a": (slice(0, 2), np.float32, 5),
+        "b": (slice(2, 4), np.float32, 7),  # another width: not stacked with "a"
+        "c": (slice(0, 1), np.float64, 5),  # float64 would change the others' arithmetic
+        "d": (slice(2, 3), np.float32, 5),  # goes with "a"
+    }
+    for request_id, (part, dtype, width) in requests.items():
+        count = part.stop - part.start
         recorder.record(
-            f"w{width}", "/v2", 1, images[part], labels[part], probabilities[part],
-            reject=option, hidden=hidden,
+            request_id, "/v2", 1, images[part], labels[part], probabilities[part].astype(dtype),
+            reject=option, hidden=np.zeros((count, width), dtype=np.float32),
         )  # fmt: skip
     recorder.flush()
-    assert option.calls == [2, 2]
-    for number, width in enumerate((5, 7)):
-        part = slice(2 * number, 2 * number + 2)
-        decision = option.option.decide(images[part], probabilities[part])
-        assert [r["accepted"] for r in store.predictions_of(f"w{width}")] == decision.accepted
-    assert [r["accepted"] for r in store.predictions_of("w5")] == [True, False]
+    assert option.calls == [3, 2, 1]  # "a" with "d", then "b", then "c"
+    for request_id, (part, dtype, _) in requests.items():
+        decision = option.option.decide(images[part], probabilities[part].astype(dtype))
+        assert [r["accepted"] for r in store.predictions_of(request_id)] == decision.accepted
+    assert [r["accepted"] for r in store.predictions_of("a")] == [True, False]
 
 
 # -- SQLite: the writer thread keeps its connection open between flushes --------------------------
