@@ -707,21 +707,40 @@ def post(url: str, body: PostBody) -> tuple[dict[str, str], bytes]:
         return dict(response.headers.items()), response.read()
 
 
-def onnx_session(model_path: Path) -> Any:
-    """An onnxruntime session with one intra-op thread, as in a worker."""
+def served_graph(model_path: Path) -> tuple[bytes, int]:
+    """The graph the service serves for ``model_path``: its subnormal weights set to zero
+    (service.model.subnormals), and how many there were. onnxruntime alone and the peers run
+    this graph too, so that no comparison counts x86's slow path on one side only."""
+    from service.model.validation import without_subnormal_weights
+
+    return without_subnormal_weights(model_path.read_bytes())
+
+
+def served_graph_file(model_path: Path, workdir: Path) -> Path:
+    """``served_graph`` written to ``workdir``, for servers that read a file (the peers)."""
+    path = workdir / f"served-{model_path.parent.name}.onnx"
+    path.write_bytes(served_graph(model_path)[0])
+    return path
+
+
+def onnx_session(model_path: Path, *, as_served: bool = True) -> Any:
+    """An onnxruntime session with one intra-op thread, as in a worker, on the graph the service
+    serves (``served_graph``), or with ``as_served=False`` on model.onnx exactly as published."""
     import onnxruntime as ort  # only the benchmarks that time it pay for the import
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    graph = served_graph(model_path)[0] if as_served else model_path.read_bytes()
+    return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def time_onnxruntime(model_path: Path, batch: np.ndarray, seconds: float = 2.0) -> CallTiming:
-    """Per-call latency of onnxruntime on ``batch`` (float32), one intra-op thread like a worker."""
-    session = onnx_session(model_path)
+def time_onnxruntime(
+    model_path: Path, batch: np.ndarray, seconds: float = 2.0, *, as_served: bool = True
+) -> CallTiming:
+    """Per-call latency of onnxruntime on ``batch`` (float32), one intra-op thread like a worker,
+    on the graph the service serves (``onnx_session``)."""
+    session = onnx_session(model_path, as_served=as_served)
     feed = {session.get_inputs()[0].name: batch}
     for _ in range(20):
         session.run(None, feed)

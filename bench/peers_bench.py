@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"MODEL_DIR": str(models_dir)}
     with loadgen.scratch_dir() as scratch, contextlib.ExitStack() as stack:
+        # the peers run the graph the service serves (subnormal weights as zero): the same model
+        model = loadgen.served_graph_file(model, scratch)
         service = stack.enter_context(
             loadgen.gunicorn_server(loadgen.SERVICE_APP, env, scratch, "/v2/health/ready")
         )

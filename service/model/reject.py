@@ -23,6 +23,7 @@ import numpy as np
 
 from service.model import contract
 from service.model.repository import sha256_bytes
+from service.model.subnormals import without_subnormals
 
 LOW_CONFIDENCE = "low_confidence"
 NOT_A_DIGIT = "not_a_digit"
@@ -262,11 +263,15 @@ class RejectOption:
 
     def has_hidden_layer(self, weights: np.ndarray, biases: np.ndarray) -> bool:
         """Whether the discriminator's hidden layer is exactly float32 W [784, H] and b [H]
-        (a model's first layer): then the model's own activations may stand in for it."""
+        (a model's first layer) up to subnormal values, which both are served as zero: then the
+        model's own activations may stand in for it."""
         if self._hidden is None:
             return False
         own_weights, own_biases = self._hidden
-        return bool(np.array_equal(own_weights, weights) and np.array_equal(own_biases, biases))
+        return bool(
+            np.array_equal(own_weights, without_subnormals(weights))
+            and np.array_equal(own_biases, without_subnormals(biases))
+        )
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The temperature-scaled probabilities, float64 [N, 10] (unchanged when T = 1)."""
@@ -437,4 +442,12 @@ def _read_subspaces(
             or not np.isfinite(bias)
         ):
             raise RejectSectionError(f"{name} has a discriminator of the wrong shapes")
-    return means, components, learned
+        # the model's first layer, as served (service.model.subnormals): has_hidden_layer
+        # compares the two, and a product over subnormal weights takes x86's slow path
+        learned = (
+            without_subnormals(weights),
+            without_subnormals(biases),
+            without_subnormals(coefficients),
+            bias,
+        )
+    return without_subnormals(means), without_subnormals(components), learned

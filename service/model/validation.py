@@ -5,12 +5,14 @@ MAX_MODEL_BYTES (before model.onnx is read), model.onnx's size and sha256 agains
 card's input/output contract, the self-test file against its sha256, the ONNX graph for tensors
 kept in external-data files (before any onnxruntime session exists: onnxruntime would open such a
 file, wherever it lies, relative to the working directory), then a fresh onnxruntime session's
-signature and the self-test digits.
+signature and the self-test digits. The session serves a copy of the graph whose subnormal
+weights are zero (service.model.subnormals); model.onnx on disk is never changed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,9 @@ import onnxruntime as ort
 from service.model import contract
 from service.model.reject import RejectOption, RejectSectionError
 from service.model.repository import ModelVersion, RepositoryError, sha256_bytes
+from service.model.subnormals import flush_graph
+
+log = logging.getLogger(__name__)
 
 #: probabilities recorded at training time are rounded; float32 kernels differ across CPUs
 SELFTEST_ATOL = 1e-4
@@ -65,6 +70,9 @@ class ValidatedModel:
     #: the session's extra output with the hidden layer the reject option's discriminator reads
     #: (``HiddenLayerOutput``), or None: the option computes that layer itself
     hidden_output: str | None = None
+    #: how many subnormal weights the served copy of the graph has as zero
+    #: (service.model.subnormals; model.onnx itself is unchanged)
+    flushed_subnormals: int = 0
 
 
 SessionFactory = Callable[[bytes, SessionSettings], ort.InferenceSession]
@@ -133,6 +141,20 @@ class HiddenLayerOutput:
                 helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None, len(offsets)])
             )
         return cls(model.SerializeToString(), name, found, offsets)
+
+
+def without_subnormal_weights(onnx_bytes: bytes) -> tuple[bytes, int]:
+    """The graph to serve: ``onnx_bytes`` with its subnormal weights set to zero
+    (service.model.subnormals), and how many there were; the bytes themselves when there are
+    none or the graph cannot be read (onnxruntime then says why it cannot load them)."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+    except Exception:  # protobuf raises DecodeError and friends
+        return onnx_bytes, 0
+    flushed = flush_graph(model)
+    return (model.SerializeToString(), flushed) if flushed else (onnx_bytes, 0)
 
 
 def check_card(card: contract.ModelCard) -> None:
@@ -356,11 +378,20 @@ def validate_version(
     check_card(card)
     selftest = read_selftest(version, card)
     check_self_contained(onnx_bytes)
+    served, flushed = without_subnormal_weights(onnx_bytes)
+    if flushed:
+        log.info(
+            "%s version %d: %d subnormal weights are served as zero (the same answers without "
+            "x86's slow path; model.onnx is unchanged)",
+            name,
+            version.version,
+            flushed,
+        )
     hidden = None  # only a discriminator reads the hidden layer
     if card.reject is not None and card.reject.novelty.discriminator_threshold is not None:
-        hidden = HiddenLayerOutput.of(onnx_bytes)
+        hidden = HiddenLayerOutput.of(served)
     try:
-        session = session_factory(onnx_bytes if hidden is None else hidden.onnx_bytes, settings)
+        session = session_factory(served if hidden is None else hidden.onnx_bytes, settings)
     except Exception as exc:  # onnxruntime raises a dozen unrelated types (InvalidProtobuf...)
         raise ModelRejected(f"onnxruntime cannot load model.onnx: {exc}") from exc
     check_signature(session)
@@ -377,4 +408,5 @@ def validate_version(
         session=session,
         reject=reject,
         hidden_output=hidden.name if hidden is not None and reads_hidden else None,
+        flushed_subnormals=flushed,
     )
