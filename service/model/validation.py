@@ -151,9 +151,9 @@ def without_subnormal_weights(onnx_bytes: bytes) -> tuple[bytes, int]:
 
     try:
         model = onnx.load_from_string(onnx_bytes)
-    except Exception:  # protobuf raises DecodeError and friends
+        flushed = flush_graph(model)
+    except Exception:  # protobuf's DecodeError and friends; a tensor numpy cannot hold
         return onnx_bytes, 0
-    flushed = flush_graph(model)
     return (model.SerializeToString(), flushed) if flushed else (onnx_bytes, 0)
 
 
