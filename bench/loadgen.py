@@ -723,24 +723,25 @@ def served_graph_file(model_path: Path, workdir: Path) -> Path:
     return path
 
 
-def onnx_session(model_path: Path, *, as_served: bool = True) -> Any:
-    """An onnxruntime session with one intra-op thread, as in a worker, on the graph the service
-    serves (``served_graph``), or with ``as_served=False`` on model.onnx exactly as published."""
+def onnx_session_of(graph: bytes) -> Any:
+    """An onnxruntime session on ONNX bytes with one intra-op thread, as in a worker."""
     import onnxruntime as ort  # only the benchmarks that time it pay for the import
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    graph = served_graph(model_path)[0] if as_served else model_path.read_bytes()
     return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def time_onnxruntime(
-    model_path: Path, batch: np.ndarray, seconds: float = 2.0, *, as_served: bool = True
-) -> CallTiming:
+def onnx_session(model_path: Path) -> Any:
+    """``onnx_session_of`` the graph the service serves for ``model_path`` (``served_graph``)."""
+    return onnx_session_of(served_graph(model_path)[0])
+
+
+def time_onnxruntime(model_path: Path, batch: np.ndarray, seconds: float = 2.0) -> CallTiming:
     """Per-call latency of onnxruntime on ``batch`` (float32), one intra-op thread like a worker,
     on the graph the service serves (``onnx_session``)."""
-    session = onnx_session(model_path, as_served=as_served)
+    session = onnx_session(model_path)
     feed = {session.get_inputs()[0].name: batch}
     for _ in range(20):
         session.run(None, feed)

@@ -42,15 +42,6 @@ def with_subnormal_weights(onnx_bytes: bytes) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def session(graph: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def cpu_per_call(model: Any, feed: dict[str, np.ndarray], seconds: float) -> float:
     """Seconds of this thread's CPU per run, over at least ``seconds`` of wall time."""
     model.run(None, feed)
@@ -77,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {loadgen.machine_note()}; model {path}: {count:,} subnormal weights")
     pixels, _ = loadgen.mnist_test_digits(args.data_dir, max(BATCHES))
     images = (pixels / np.float32(255)).astype(np.float32)
-    sessions = {"subnormal weights": session(before), "served (as zero)": session(served)}
+    sessions = {
+        "subnormal weights": loadgen.onnx_session_of(before),
+        "served (as zero)": loadgen.onnx_session_of(served),
+    }
     first, second = (s.run(None, {"input": images}) for s in sessions.values())
     if not all(np.array_equal(a, b) for a, b in zip(first, second, strict=True)):
         raise SystemExit("the two graphs answer differently; not measuring")

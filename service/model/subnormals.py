@@ -27,23 +27,29 @@ import numpy as np
 FLOAT_KINDS = (np.float16, np.float32, np.float64)
 
 
+def _subnormal(values: np.ndarray) -> np.ndarray | None:
+    """bool mask of the subnormal values of a float16/32/64 array; None for any other dtype."""
+    if values.dtype.type not in FLOAT_KINDS:
+        return None
+    magnitude = np.abs(values)
+    return np.asarray((magnitude > 0) & (magnitude < np.finfo(values.dtype).tiny))
+
+
 def subnormal_count(values: np.ndarray) -> int:
     """How many values of a float16/32/64 array are subnormal (0 for any other dtype)."""
-    if values.dtype.type not in FLOAT_KINDS:
-        return 0
-    magnitude = np.abs(values)
-    return int(np.count_nonzero((magnitude > 0) & (magnitude < np.finfo(values.dtype).tiny)))
+    mask = _subnormal(values)
+    return 0 if mask is None else int(np.count_nonzero(mask))
 
 
 def without_subnormals(values: np.ndarray) -> np.ndarray:
     """``values`` with every subnormal value set to +0.0 (signs of zero are not kept), as a new
     array of the same dtype and shape; the array itself when it has none or is not float16/32/64.
     NaN and infinities are kept."""
-    if subnormal_count(values) == 0:
+    mask = _subnormal(values)
+    if mask is None or not mask.any():
         return values
     flushed = np.array(values, copy=True)
-    magnitude = np.abs(flushed)
-    flushed[(magnitude > 0) & (magnitude < np.finfo(flushed.dtype).tiny)] = 0
+    flushed[mask] = 0
     return flushed
 
 
