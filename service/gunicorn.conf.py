@@ -56,6 +56,8 @@ if loglevel not in GUNICORN_LOG_LEVELS:
 # every line in one JSON format: gunicorn's own error (and, if switched on, access) lines and
 # every logger of the service and its libraries, as the request lines are written
 logconfig_dict = logging_config(loglevel, access=accesslog is not None)
+# builds the access log's fields only when there is an access log (request_log.GunicornLogger)
+logger_class = "service.observability.request_log.GunicornLogger"
 proc_name = "mnist-serve"
 # gunicorn's control socket has one default path per user: two servers would fight over it
 control_socket_disable = True

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -272,3 +273,70 @@ def test_a_forked_child_draws_its_own_id_prefix_and_pid() -> None:
     assert fields["pid"] == child != os.getpid()
     assert fields["request_id"][:16] != parent_id[:16]
     assert request_log.new_request_id()[:16] == parent_id[:16]
+
+
+class _CountingLogger(request_log.GunicornLogger):
+    """The service's gunicorn logger, counting how often it builds gunicorn's access-log fields."""
+
+    built = 0
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> Any:
+        type(self).built += 1
+        return super().atoms(resp, req, environ, request_time)
+
+
+def _access(logger: request_log.GunicornLogger) -> None:
+    """One request's access-log call, as gunicorn's worker makes it after the response."""
+
+    response = SimpleNamespace(
+        status="200 OK", sent=12, headers=[("Content-Type", "application/json")]
+    )
+    parsed = SimpleNamespace(headers=[("HOST", "127.0.0.1")])
+
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "RAW_URI": "/predict",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "PATH_INFO": "/predict",
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    logger.access(response, parsed, environ, timedelta(milliseconds=3))
+
+
+def test_the_gunicorn_logger_builds_no_access_line_without_an_access_log() -> None:
+    from gunicorn.config import Config
+
+    config = Config()  # as service/gunicorn.conf.py: a logging config, no access log
+    config.set("logconfig_dict", request_log.logging_config("info"))
+    _CountingLogger.built = 0
+    logger = _CountingLogger(config)
+    _access(logger)
+    assert not logger.access_log_enabled
+    assert _CountingLogger.built == 0
+
+
+def test_the_gunicorn_logger_writes_the_access_log_when_one_is_set(tmp_path: Path) -> None:
+    from gunicorn.config import Config
+
+    access_log = tmp_path / "access.log"
+    config = Config()
+    config.set("accesslog", str(access_log))
+    _CountingLogger.built = 0
+    logger = _CountingLogger(config)
+    _access(logger)
+    for handler in logger.access_log.handlers:
+        handler.flush()
+    assert logger.access_log_enabled
+    assert _CountingLogger.built == 1
+    assert '"POST /predict HTTP/1.1" 200 12' in access_log.read_text()
+
+
+def test_the_gunicorn_config_uses_the_service_logger() -> None:
+    from gunicorn.config import Config
+
+    config = Config()
+    settings: dict[str, Any] = {}
+    conf = REPO_ROOT / "service" / "gunicorn.conf.py"
+    exec(compile(conf.read_text(), str(conf), "exec"), settings)
+    config.set("logger_class", settings["logger_class"])
+    assert config.logger_class is request_log.GunicornLogger
