@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,19 +21,30 @@ from service.command_line import OneLineParser, quiet_on_closed_output, whole_nu
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.app:create_app()"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: what BIND may hold (gunicorn's forms, one address; HOST alone means port 8000, as in gunicorn)
+BIND_FORMS = "one address: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of mnist-serve."""
     parser = OneLineParser(
         prog="mnist-serve",
-        description="Serve the MNIST model repository over HTTP (gunicorn + Flask + onnxruntime).",
+        description="Serve the MNIST model repository over HTTP (gunicorn + Flask + onnxruntime). "
+        "Where it listens: --host/--port when either is given (the other at its default), else "
+        f"$BIND ({BIND_FORMS}) when set, else {DEFAULT_HOST}:{DEFAULT_PORT}.",
         epilog="exit codes: 2 bad flag or setting (one line naming it), 3 no model to serve, "
         "4 the address cannot be bound; before anything listens",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=whole_number(1, 65535), default=8000, help="TCP port (default 8000)"
+        "--host", default=None, help=f"address to bind (default {DEFAULT_HOST}; overrides $BIND)"
+    )
+    parser.add_argument(
+        "--port",
+        type=whole_number(1, 65535),
+        default=None,
+        help=f"TCP port (default {DEFAULT_PORT}; overrides $BIND)",
     )
     parser.add_argument(
         "--workers",
@@ -64,16 +76,11 @@ def gunicorn_command(
         env["MODEL_DIR"] = str(args.models_dir.resolve())
     if args.model_version is not None:
         env["MODEL_VERSION"] = str(args.model_version)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        str(GUNICORN_CONF),
-        "--bind",
-        f"{host}:{args.port}",
-    ]
+    bind = bind_from_environment(args, environ)
+    if bind is None:
+        host, port = flag_address(args)
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "--bind", bind]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
     argv.append(APP)
@@ -116,9 +123,54 @@ def env_int(environ: Mapping[str, str], name: str, default: int, lowest: int = 1
     return value
 
 
+def flag_address(args: argparse.Namespace) -> tuple[str, int]:
+    """The host and port of --host and --port, each at its default when not given."""
+    host = DEFAULT_HOST if args.host is None else args.host
+    port = DEFAULT_PORT if args.port is None else args.port
+    return host, port
+
+
+def bind_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """$BIND when it says where to listen: set (not blank) and neither --host nor --port given
+    (a flag wins over it); else None."""
+    bind = environ.get("BIND", "").strip()
+    return bind if bind and args.host is None and args.port is None else None
+
+
+def parse_bind(text: str) -> tuple[str, int] | None:
+    """The host and port of the BIND value ``text`` in one of gunicorn's forms (BIND_FORMS,
+    ``tcp://`` in front allowed), or None for a unix socket or an inherited descriptor (nothing
+    to probe); SettingError naming the variable when gunicorn could not listen on it as given."""
+    value = text.strip()
+    malformed = SettingError(f"BIND={value!r}: expected {BIND_FORMS}")
+    if re.match(r"unix:(//)?", value):
+        if not re.split(r"unix:(//)?", value)[-1]:
+            raise malformed
+        return None
+    if value.startswith("fd://"):
+        if not re.fullmatch(r"[0-9]+", value[len("fd://") :]):
+            raise malformed
+        return None
+    value = value.removeprefix("tcp://")
+    if not value or re.search(r"[\s,/]", value):
+        raise malformed
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise malformed
+        port_text = rest[1:] if rest else str(DEFAULT_PORT)
+    elif ":" in value:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, str(DEFAULT_PORT)
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise malformed
+    return host, int(port_text)
+
+
 def check_settings(environ: Mapping[str, str]) -> str | None:
     """Why the serving settings in ``environ`` cannot run (one line naming the variable), or
-    None: ServiceConfig's variables, gunicorn's (GUNICORN_INTEGERS, GUNICORN_LOG_LEVEL), the
+    None: ServiceConfig's variables, gunicorn's (BIND, GUNICORN_INTEGERS, GUNICORN_LOG_LEVEL), the
     request buffering's deadlines, the store URL (a dialect and driver this install has), the
     OpenTelemetry exporter. Nothing is connected to; importing the checks is all it costs."""
     from service.config import ConfigError, ServiceConfig
@@ -129,6 +181,8 @@ def check_settings(environ: Mapping[str, str]) -> str | None:
     try:
         for name, default, lowest in GUNICORN_INTEGERS:
             env_int(environ, name, default, lowest)
+        if environ.get("BIND", "").strip():
+            parse_bind(environ["BIND"])
     except SettingError as error:
         return str(error)
     level = environ.get("GUNICORN_LOG_LEVEL", "").strip()
@@ -151,18 +205,22 @@ def check_settings(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def check_address(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on (one line naming it), or None. Binds a socket
-    the way gunicorn does (SO_REUSEADDR) and closes it at once."""
+def check_address(host: str, port: int, setting: str | None = None) -> str | None:
+    """Why ``host:port`` cannot be listened on (one line naming it, or ``setting`` that named
+    it, e.g. ``BIND='...'``), or None. Binds a socket the way gunicorn does (SO_REUSEADDR) and
+    closes it at once."""
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    named = f"--host {host}" if setting is None else setting
     try:
         found = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
         )
     except (socket.gaierror, UnicodeError) as error:
         why = error.strerror if isinstance(error, socket.gaierror) else str(error)
-        return f"--host {host}: not an address or a name this machine can resolve ({why})"
+        return f"{named}: not an address or a name this machine can resolve ({why})"
     family, kind, protocol, _, address = found[0]
+    if setting is not None:
+        shown = setting
     with socket.socket(family, kind, protocol) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -217,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, check the settings, the model repository and the address, then replace
     this process with gunicorn (signals then reach it directly). Exit 2 with one line naming the
     variable when a setting is bad, 3 when there is nothing to serve, 4 when the address cannot
-    be bound."""
+    be bound (--host/--port, else BIND: see build_parser)."""
     args = build_parser().parse_args(argv)
     command, env = gunicorn_command(args, os.environ)
     problem = check_settings(env)
@@ -228,7 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_NO_MODELS
-    problem = check_address(args.host, args.port)
+    bind = bind_from_environment(args, os.environ)
+    if bind is None:
+        problem = check_address(*flag_address(args))
+    else:
+        address = parse_bind(bind)  # well formed: check_settings said so
+        problem = None if address is None else check_address(*address, setting=f"BIND={bind!r}")
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_ADDRESS

@@ -108,6 +108,9 @@ class ModelWatcher:
         self._session_factory = session_factory
         self._held: dict[int, _Held] = {}
         self._rejected: dict[int, tuple[Fingerprint, str]] = {}
+        #: every version number this worker has seen complete in the repository: one missing
+        #: now was removed ("gone"), any other was never there
+        self._seen: set[int] = set()
         self._problem: str | None = None
         self._converged_once = False
         self._current: ServingSet | None = None
@@ -160,6 +163,7 @@ class ModelWatcher:
             return ServingSet(
                 None, reason="the model is unloaded (repository API); load it to serve again"
             )
+        self._seen.update(versions)
         if state.pinned:
             assert state.stable is not None
             wanted = [state.stable, *reversed(state.history)]
@@ -187,17 +191,24 @@ class ModelWatcher:
                 del self._rejected[number]
         by_version = {m.model.version: m for m in (stable, trial_model) if m is not None}
         if stable is None:
-            reason = self._why_nothing(state, wanted)
+            reason = self._why_nothing(state, wanted, versions)
             return ServingSet(None, by_version=by_version, reason=reason)
         return ServingSet(stable, trial, trial_model, by_version)
 
-    def _why_nothing(self, state: ServingState, wanted: list[int]) -> str:
+    def _why_nothing(
+        self, state: ServingState, wanted: list[int], versions: Mapping[int, ModelVersion]
+    ) -> str:
         where = self.repository.model_dir
         if not wanted:
             return f"no valid model in {where}: no complete version (model.onnx + card.json)"
+        present = ", ".join(str(n) for n in sorted(versions)) or "none"
         reasons = [
-            f"version {n}: {self._rejected[n][1]}" if n in self._rejected else f"version {n}: gone"
-            for n in wanted
+            f"version {n}: {self._rejected[n][1]}"
+            if n in self._rejected
+            else f"version {n}: gone (removed from the model repository; versions: {present})"
+            if n in self._seen
+            else f"version {n} is not in the model repository (versions: {present})"
+            for n in dict.fromkeys(wanted)
         ]
         return f"no valid model in {where}: " + "; ".join(reasons)
 

@@ -255,6 +255,8 @@ BAD_SETTINGS = {
     "API_TOKENS": (", ", "API_TOKENS=', ' holds no token"),
     "MIN_CONFIDENCE": ("2", "MIN_CONFIDENCE='2' is not valid: expected a number from 0 to 1"),
     "STORE_WRITER_NICE": ("20", "STORE_WRITER_NICE must be a whole number from 0 to 19, not 20"),
+    # refused even where a flag (--port, gunicorn's --bind) overrides it
+    "BIND": ("127.0.0.1:80a", "BIND='127.0.0.1:80a': expected one address: HOST:PORT"),
 }
 #: read by gunicorn itself before its configuration file (a traceback there): mnist-serve only
 BAD_SERVE_SETTINGS = {

@@ -199,6 +199,50 @@ def test_mnist_serve_builds_the_gunicorn_command(tmp_path: Path) -> None:
     assert env == {"PATH": "/bin", "MODEL_DIR": str(tmp_path.resolve())}
 
 
+@pytest.mark.parametrize(
+    ("flags", "bind", "expected"),
+    [
+        ([], " 127.0.0.1:18601 ", "127.0.0.1:18601"),  # BIND says where, no flag given
+        ([], "unix:/run/mnist.sock", "unix:/run/mnist.sock"),
+        ([], " ", "127.0.0.1:8000"),  # blank: unset
+        (["--port", "9001"], "0.0.0.0:9000", "127.0.0.1:9001"),  # a flag wins over BIND
+        (["--host", "::1"], "0.0.0.0:9000", "[::1]:8000"),
+    ],
+)
+def test_mnist_serve_listens_where_bind_says_unless_a_flag_is_given(
+    flags: list[str], bind: str, expected: str
+) -> None:
+    args = serve.build_parser().parse_args(flags)
+    argv, _ = serve.gunicorn_command(args, {"BIND": bind})
+    assert argv[argv.index("--bind") + 1] == expected
+
+
+@pytest.mark.parametrize(
+    ("bind", "address"),
+    [
+        ("127.0.0.1:18601", ("127.0.0.1", 18601)),
+        ("tcp://localhost", ("localhost", 8000)),  # gunicorn's default port
+        ("[::1]:9000", ("::1", 9000)),
+        ("unix:/run/mnist.sock", None),
+        ("fd://3", None),
+    ],
+)
+def test_bind_takes_gunicorns_forms(bind: str, address: tuple[str, int] | None) -> None:
+    assert serve.parse_bind(bind) == address
+    assert serve.check_settings({"BIND": bind}) is None
+
+
+@pytest.mark.parametrize(
+    "bind",
+    ["127.0.0.1:80a", "127.0.0.1:", ":8000", "127.0.0.1:70000", "a:1,b:2", "::1:80", "fd://x"],
+)
+def test_a_malformed_bind_is_one_line_naming_it(bind: str) -> None:
+    problem = serve.check_settings({"BIND": bind})
+    assert problem == (
+        f"BIND={bind!r}: expected one address: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N"
+    )
+
+
 @pytest.mark.parametrize("flags", [["--port", "0"], ["--port", "70000"], ["--workers", "0"]])
 def test_mnist_serve_refuses_bad_flags(flags: list[str]) -> None:
     with pytest.raises(SystemExit) as ended:

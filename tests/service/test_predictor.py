@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -91,8 +92,29 @@ def test_pinning_a_missing_version_refuses_to_start(
     tmp_path: Path, make_predictor: MakePredictor
 ) -> None:
     publish_copy(tmp_path)
-    with pytest.raises(ModelUnavailable, match="no valid model"):
-        make_predictor(model_version=7).load()
+    predictor = make_predictor(model_version=7)
+    with pytest.raises(ModelUnavailable, match="no valid model") as refused:
+        predictor.load()
+    # never there, so not "gone": the reason says which versions the repository has
+    reason = "version 7 is not in the model repository (versions: 1)"
+    assert str(refused.value).endswith(reason), refused.value
+    assert predictor.serving.reason.endswith(reason)
+    assert "gone" not in predictor.serving.reason
+
+
+def test_a_pinned_version_removed_after_it_served_is_gone(
+    tmp_path: Path, make_predictor: MakePredictor
+) -> None:
+    publish_copy(tmp_path)
+    publish_copy(tmp_path)
+    predictor = make_predictor(model_version=2)
+    assert predictor.load().version == 2
+    shutil.rmtree(tmp_path / "mnist" / "2")
+    predictor.check_for_update()
+    assert predictor.serving.stable is None
+    assert predictor.serving.reason.endswith(
+        "version 2: gone (removed from the model repository; versions: 1)"
+    )
 
 
 def test_an_empty_repository_is_not_ready_and_says_why(make_predictor: MakePredictor) -> None:
