@@ -40,7 +40,7 @@ from service.images import (
     header_size,
     preprocess_image,
 )
-from service.json_body import WrittenNumber, check_depth, parse_json_slowly
+from service.json_body import WrittenNumber, check_depth, parse_json_slowly, unaccepted_type
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
@@ -104,7 +104,9 @@ def parse_options(args: MultiDict[str, str]) -> PredictOptions:
     top_k = None
     if "top_k" in args:
         text = _single(args, "top_k")
-        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= contract.N_CLASSES):
+        # a few digits at most: int() refuses more than 4300 of them with advice for Python users
+        small = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 2
+        if not (small and 1 <= int(text) <= contract.N_CLASSES):
             raise BadRequest(f"top_k must be an integer 1..{contract.N_CLASSES}, not {text!r}")
         top_k = int(text)
     return PredictOptions(
@@ -462,8 +464,9 @@ def images_from_request(
             return images_from_upload(upload, config.max_batch, limits, budget)
         finally:
             upload.close()  # the parts' temporary files
-    shown = kind or "no Content-Type"
-    raise UnsupportedMediaType(f"{shown} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}")
+    raise UnsupportedMediaType(
+        unaccepted_type(kind, req.content_type, f"one of {', '.join(ACCEPTED_TYPES)}")
+    )
 
 
 # -- answer ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from service.errors import (
     UnknownPrediction,
     UnsupportedMediaType,
 )
-from service.json_body import check_depth, echo, parse_json, shorten
+from service.json_body import check_depth, echo, parse_json, shorten, unaccepted_type
 from service.model.contract import MAX_BATCH_SIZE, N_CLASSES
 from service.store.config import StoreConfig
 from service.store.database import (
@@ -94,8 +94,8 @@ def create_blueprint(
     @blueprint.post(FEEDBACK_ROUTE)
     def post_feedback() -> Response:
         if request.mimetype != "application/json":
-            shown = request.mimetype or "no Content-Type"
-            raise UnsupportedMediaType(f"{shown} is not accepted; send application/json")
+            sent = request.headers.get("Content-Type", "")
+            raise UnsupportedMediaType(unaccepted_type(request.mimetype, sent, "application/json"))
         items = parse_feedback(request.get_data(cache=False))
         if store is None:
             raise StoreUnavailable(STORE_OFF)

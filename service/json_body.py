@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import TOO_DEEP, BadRequest, InvalidInput
+from service.errors import TOO_DEEP, BadRequest, InvalidInput, ServiceError
 
 #: the longest echo of a client's value in an error message (characters, before the ellipsis)
 MAX_ECHO = 60
@@ -45,7 +45,8 @@ def shorten(text: str, limit: int = MAX_ECHO) -> str:
 
 
 class WrittenNumber(float):
-    """A JSON number too large for a float (``1e999``): infinite, but echoed as written."""
+    """A JSON number too large for a float (``1e999``), or an integer of more digits than Python
+    converts: infinite, but echoed as written."""
 
     text: str
 
@@ -85,6 +86,17 @@ def shown(value: Any, limit: int = MAX_ECHO) -> str:
     return shorten(repr(value), limit)
 
 
+def unaccepted_type(mimetype: str, sent: str, accepted: str) -> str:
+    """The message for a Content-Type a route does not take (``sent``, its media type
+    ``mimetype``): it names the media type, says none was sent, or quotes a header that names no
+    media type (``;;;===``); ``accepted`` ends it, as in ``send {accepted}``."""
+    if mimetype or not sent.strip():
+        return f"{mimetype or 'no Content-Type'} is not accepted; send {accepted}"
+    return (
+        f"Content-Type {shorten(sent)!r} is not accepted: it names no media type; send {accepted}"
+    )
+
+
 def _no_constant(name: str) -> Any:
     raise BadRequest(f"malformed JSON: {name} is not JSON (a number must be finite)")
 
@@ -108,13 +120,28 @@ def parse_json(body: bytes) -> Any:
 def parse_json_slowly(body: bytes, on_constant: Callable[[str], Any] = _no_constant) -> Any:
     """``body`` read by the standard parser, which says where a bad document breaks and reads
     ``1e999`` as a :class:`WrittenNumber`; ``on_constant`` raises for NaN and Infinity (by
-    default a 400). BadRequest (400) for a malformed or too deeply nested document."""
+    default a 400). BadRequest (400) for a malformed or too deeply nested document; InvalidInput
+    (422) for a string that is not valid text (:func:`check_text`)."""
     try:
-        return json.loads(body, parse_constant=on_constant, parse_float=written_float)
+        document = json.loads(
+            body, parse_constant=on_constant, parse_float=written_float, parse_int=written_int
+        )
     except RecursionError:
         raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    check_text(document, body)  # the standard parser keeps lone surrogates; orjson refuses them
+    return document
+
+
+def written_int(text: str) -> int | float:
+    """A JSON integer's int, a :class:`WrittenNumber` when it has more digits than Python converts
+    (``sys.get_int_max_str_digits()``, 4300 by default): out of every range, named as written,
+    never the conversion's own advice (the standard parser's ``parse_int``)."""
+    try:
+        return int(text)
+    except ValueError:
+        return WrittenNumber(text)
 
 
 def written_float(text: str) -> float:
@@ -147,6 +174,82 @@ def check_depth(document: Any, body: bytes | memoryview) -> None:
     data = bytes(body) if isinstance(body, memoryview) else body
     if data.count(b"[") + data.count(b"{") >= MAX_DEPTH and depth(document) >= MAX_DEPTH:
         raise BadRequest(f"malformed JSON: {TOO_DEEP}")
+
+
+#: a lone half of a UTF-16 surrogate pair: a Python string holds it, UTF-8 cannot encode it (the
+#: store, orjson and every answer would fail on it)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _not_text(text: str) -> re.Match[str] | None:
+    return None if text.isascii() else _SURROGATE.search(text)
+
+
+def _path(steps: tuple[Any, ...] | None) -> str:
+    """The steps from the document to a value, as ``inputs[0].name``: ``steps`` is
+    ``("name", (0, ("inputs", None)))``, each step with its parent's (a linked list, so that the
+    walk copies nothing per level)."""
+    parts: list[str] = []
+    while steps is not None:
+        step, steps = steps
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif _NAME.fullmatch(step):
+            parts.append(f".{step}")
+        else:
+            parts.append(f"[{echo(step)}]")
+    return "".join(reversed(parts)).removeprefix(".")
+
+
+def not_text(document: Any) -> str | None:
+    """What in ``document`` (parsed JSON) is a string that is not valid Unicode text (it holds a
+    lone UTF-16 surrogate, ``"\\ud800"``), said for an error message; None when there is none.
+    The first such string in the document is named, a field's name before its value."""
+    pending: list[tuple[Any, tuple[Any, ...] | None]] = [(document, None)]
+    while pending:
+        value, steps = pending.pop()
+        if isinstance(value, str):
+            found = _not_text(value)
+            if found is None:
+                continue
+            where = f"field {_path(steps)}" if steps else "the JSON document"
+            if steps is not None and isinstance(steps[0], int):
+                where = f"item {_path(steps)}"
+        elif isinstance(value, dict):
+            bad_key = next((key for key in value if _not_text(key)), None)
+            if bad_key is None:
+                pending.extend((value[key], (key, steps)) for key in reversed(value))
+                continue
+            value, found = bad_key, _not_text(bad_key)
+            where = f"a field name in {_path(steps) if steps else 'the JSON document'}"
+        elif isinstance(value, list):
+            pending.extend((value[index], (index, steps)) for index in reversed(range(len(value))))
+            continue
+        else:
+            continue
+        assert found is not None
+        return (
+            f"{where} is not valid text: {shown(value)} holds U+{ord(found.group()):04X}, a lone "
+            "UTF-16 surrogate that UTF-8 cannot encode"
+        )
+    return None
+
+
+def check_text(
+    document: Any, body: bytes | memoryview, error: type[ServiceError] = InvalidInput
+) -> None:
+    """``error`` (by default InvalidInput, 422) naming the first string in ``document`` (parsed
+    from ``body`` by the standard parser) that is not valid text: a lone surrogate, from a
+    ``\\ud800`` escape or bytes decoded with ``surrogatepass``. orjson refuses such a body; the
+    standard parser, which reads what orjson refused, keeps them. A body in ASCII without a
+    ``\\u`` escape holds none, and is passed at once."""
+    data = bytes(body) if isinstance(body, memoryview) else body
+    if data.isascii() and b"\\u" not in data:
+        return
+    problem = not_text(document)
+    if problem is not None:
+        raise error(problem)
 
 
 def json_object(body: bytes, fields: Collection[str], route: str) -> dict[str, Any]:

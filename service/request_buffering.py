@@ -183,7 +183,11 @@ class RequestReading:
             return True
         if len(lengths) > 1:
             return True  # ambiguous: gunicorn's parser answers 400
-        length = int(lengths.pop())
+        digits = lengths.pop().lstrip(b"0") or b"0"
+        # more digits than the limit has is over it: never int() them (a length of 5,000 digits
+        # is more than int() converts, and would end the worker)
+        too_long = len(digits) > len(str(self.max_body_bytes))
+        length = self.max_body_bytes + 1 if too_long else int(digits)
         if length > self.max_body_bytes:
             # the app refuses it (413) without reading it; a client that waits for 100 Continue
             # is refused at once, before it sends a body nobody reads

@@ -86,13 +86,49 @@ _LINE_BREAKS = (
 
 #: the keys every line starts with, in this order; the line's own fields follow
 HEAD_KEYS = ("ts", "level", "logger", "event")
+#: the integers orjson writes (64 bits, signed or not)
+_ORJSON_INTEGERS = range(-(2**63), 2**64)
+#: how deep writable() goes into lists and dicts (orjson writes 254 levels); deeper is str()
+_WRITABLE_DEPTH = 64
+
+
+def writable(value: Any, depth: int = 0) -> Any:
+    """``value`` with what orjson cannot write made text, for a line that must still be written:
+    an integer beyond 64 bits (an absurd Content-Length) as its digits, a string that is not valid
+    text (a lone surrogate) with that code point escaped (``\\ud800``), a key that is not a
+    string as its str(), and lists and dicts too deep as their str()."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value in _ORJSON_INTEGERS:
+            return value
+        try:
+            return str(value)
+        except ValueError:  # more digits than str() writes (sys.get_int_max_str_digits())
+            return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, dict | list | tuple) and depth >= _WRITABLE_DEPTH:
+        return _writable_text(value)
+    if isinstance(value, dict):
+        return {writable(str(key)): writable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [writable(item, depth + 1) for item in value]
+    return value  # None, a bool, a float, or a type orjson writes or default= makes text
+
+
+def _writable_text(value: Any) -> str:
+    text: str = writable(str(value))
+    return text
 
 
 def json_line(event: dict[str, Any], **_options: Any) -> bytes:
-    """One log line as JSON bytes (no newline): head keys first, anything unknown as str()."""
+    """One log line as JSON bytes (no newline): head keys first, anything unknown as str(), and
+    a value orjson cannot write made :func:`writable`, so that the line is always written."""
     line = {key: event[key] for key in HEAD_KEYS if key in event}
     line.update(event)
-    data = orjson.dumps(line, default=str)
+    try:
+        data = orjson.dumps(line, default=str)
+    except TypeError:  # orjson.JSONEncodeError is one: a value orjson cannot write
+        data = orjson.dumps(writable(line), default=_writable_text)
     if not data.isascii():
         for raw, escaped in _LINE_BREAKS:
             data = data.replace(raw, escaped)

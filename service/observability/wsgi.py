@@ -10,6 +10,7 @@ the app has answered.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -139,5 +140,11 @@ def observe_server_answer(
 
 
 def _content_length(environ: Environ) -> int | None:
+    # an integer beyond 64 bits is logged as its digits (request_log.writable); one of more
+    # digits than int() converts (4,300) as None, never an error after the answer
     text = environ.get("CONTENT_LENGTH", "")
-    return int(text) if text and text.isascii() and text.isdigit() else None
+    if not (text and text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    limit = sys.get_int_max_str_digits()  # 0: no limit
+    return None if limit and len(digits) > limit else int(digits)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from service.errors import TOO_DEEP, BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.json_body import check_depth
+from service.json_body import check_depth, check_text, written_int
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_LENGTH_PREFIX = struct.Struct("<I")
@@ -53,6 +53,12 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
     text = value.strip()
     if not (text.isascii() and text.isdigit()):
         raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    digits = text.lstrip("0")
+    if len(digits) > len(str(body_size)):
+        # more than the body has, and maybe more digits than int() converts: never convert
+        raise BadRequest(
+            f"{HEADER_LENGTH} says {digits} bytes but the whole body has only {body_size}"
+        )
     length = int(text)
     if length == 0:
         raise BadRequest(f"{HEADER_LENGTH} is 0: the JSON inference header cannot be empty")
@@ -68,8 +74,9 @@ def _parse_header(text: memoryview) -> Any:
         return orjson.loads(text)  # fast and strict: the common path
     except orjson.JSONDecodeError:
         # the standard parser, on this rare path, gives the precise message, and reads NaN so
-        # that the range check can name it ("values must be finite")
-        return json.loads(bytes(text))
+        # that the range check can name it ("values must be finite"); an integer of more digits
+        # than Python converts is a WrittenNumber, out of every range (never int()'s advice)
+        return json.loads(bytes(text), parse_int=written_int)
 
 
 def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], BinarySection]:
@@ -88,6 +95,7 @@ def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], 
         reason = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
         raise BadRequest(f"{where} is not a valid JSON inference request: {reason}{hint}") from exc
     check_depth(header, memoryview(body)[:end])
+    check_text(header, memoryview(body)[:end], BadRequest)  # a lone surrogate: no UTF-8 answer
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
     return header, BinarySection(memoryview(body)[end:])

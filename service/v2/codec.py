@@ -7,7 +7,8 @@ prediction back into a body. Both are pure; every bad request raises errors.BadR
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from service import json_arrays
 from service.errors import BadRequest
-from service.json_body import echo, shown
+from service.json_body import WrittenNumber, echo, shown
 from service.model.contract import (
     IMAGE_SIDE,
     INPUT_NAME,
@@ -44,6 +45,7 @@ OUTPUT_ACCEPTED = "accepted"
 OUTPUT_REJECT_REASON = "reject_reason"
 DECISION_OUTPUTS = (OUTPUT_ACCEPTED, OUTPUT_REJECT_REASON)
 ACCEPTED_SHAPES = f"[N, {N_PIXELS}] or [N, {IMAGE_SIDE}, {IMAGE_SIDE}]"
+NUMBERS_ONLY = "'data' must hold numbers only (no strings, booleans or null)"
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) 
     parameters = _parameters(header, "the request")
     if "sequence_id" in parameters:
         raise BadRequest("the mnist model is not a sequence model: drop sequence_id")
-    images = _read_inputs(header.get("inputs"), binary, max_batch)
+    # A boolean can only be in a body holding the bytes true or false, and never in data read
+    # by the fast path: only then is a data list searched for one, value by value
+    booleans = plain is None and (b"true" in body or b"false" in body)
+    images = _read_inputs(header.get("inputs"), binary, max_batch, booleans)
     binary.finish()
     default_binary = _flag(parameters, "binary_data_output", "the request")
     outputs = _read_outputs(header.get("outputs"), default_binary)
@@ -186,7 +191,9 @@ def _flag(parameters: Mapping[str, Any], key: str, where: str, default: bool = F
     return value
 
 
-def _read_inputs(inputs: Any, binary: BinarySection, max_batch: int) -> np.ndarray:
+def _read_inputs(
+    inputs: Any, binary: BinarySection, max_batch: int, booleans: bool = False
+) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(f"'inputs' must be a list holding the one input tensor {INPUT_NAME!r}")
     for tensor in inputs:
@@ -202,10 +209,13 @@ def _read_inputs(inputs: Any, binary: BinarySection, max_batch: int) -> np.ndarr
             )
     if len(inputs) > 1:
         raise BadRequest(f"input {INPUT_NAME!r} is given {len(inputs)} times")
-    return _read_input(inputs[0], binary, max_batch)
+    return _read_input(inputs[0], binary, max_batch, booleans)
 
 
-def _read_input(tensor: Mapping[str, Any], binary: BinarySection, max_batch: int) -> np.ndarray:
+def _read_input(
+    tensor: Mapping[str, Any], binary: BinarySection, max_batch: int, booleans: bool = False
+) -> np.ndarray:
+    """The input's images; ``booleans``: the body may hold a boolean (see _array_of)."""
     where = f"input {INPUT_NAME!r}"
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in INPUT_DATATYPES:
@@ -217,7 +227,9 @@ def _read_input(tensor: Mapping[str, Any], binary: BinarySection, max_batch: int
     shape = _read_shape(tensor.get("shape"), where, max_batch)
     count = shape[0] * N_PIXELS
     parameters = _parameters(tensor, where)
-    size = binary_data_size(parameters, INPUT_NAME)
+    size: Any = parameters.get("binary_data_size")
+    if not (_huge(size) and size > 0):  # one of more digits than Python converts: named below
+        size = binary_data_size(parameters, INPUT_NAME)
     if size is not None:
         if "data" in tensor:
             raise BadRequest(
@@ -232,7 +244,7 @@ def _read_input(tensor: Mapping[str, Any], binary: BinarySection, max_batch: int
         # frombuffer reads the request's own bytes in place: no copy on the hot path
         array = np.frombuffer(binary.take(size, INPUT_NAME), dtype=dtype)
     elif "data" in tensor:
-        array = _json_data(tensor["data"], shape, count, where)
+        array = _json_data(tensor["data"], shape, count, where, datatype, booleans)
     else:
         raise BadRequest(f"{where}: needs 'data' or parameters.binary_data_size")
     return _to_model_scale(array.reshape(shape[0], N_PIXELS), datatype, where)
@@ -245,7 +257,7 @@ def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
     if not (
         isinstance(shape, list)
         and shape
-        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        and all((isinstance(d, int) and not isinstance(d, bool)) or _huge(d) for d in shape)
     ):
         raise BadRequest(f"{where}: 'shape' must be a list of integers, got {echo(shape)}")
     if shape[1:] not in ([N_PIXELS], [IMAGE_SIDE, IMAGE_SIDE]) or shape[0] < 0:
@@ -257,6 +269,13 @@ def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
     return shape
 
 
+def _huge(value: Any) -> bool:
+    """True for an integer of more digits than Python converts (read as a WrittenNumber): it
+    stays as written, so that the checks below name it (a batch over the limit, a wrong shape)
+    and none passes it."""
+    return isinstance(value, WrittenNumber) and value.text.lstrip("-").isdigit()
+
+
 def _written_integer(value: Any) -> Any:
     """``value``, or the integer a whole float beyond int64 stands for (as the client wrote it)."""
     if type(value) is float and value.is_integer() and abs(value) >= 2**63:
@@ -264,13 +283,15 @@ def _written_integer(value: Any) -> Any:
     return value
 
 
-def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarray:
+def _json_data(
+    data: Any, shape: list[int], count: int, where: str, datatype: str, booleans: bool = False
+) -> np.ndarray:
     if isinstance(data, np.ndarray):
         array = data  # read by json_arrays as np.array(data) would have made it
     elif not isinstance(data, list):
         raise BadRequest(f"{where}: 'data' must be a JSON array of numbers")
     else:
-        array = _array_of(data, where)
+        array = _array_of(data, where, datatype, booleans)
     if array.ndim != 1 and list(array.shape) != shape:
         raise BadRequest(
             f"{where}: nested 'data' has shape {list(array.shape)} but 'shape' says {shape}"
@@ -282,7 +303,14 @@ def _json_data(data: Any, shape: list[int], count: int, where: str) -> np.ndarra
     return array
 
 
-def _array_of(data: list[Any], where: str) -> np.ndarray:
+def _array_of(data: list[Any], where: str, datatype: str, booleans: bool) -> np.ndarray:
+    """``data`` as numpy makes it, refused unless it holds numbers only, each a number numpy holds.
+
+    numpy reads true and false among numbers as 1 and 0: when ``booleans`` says the body may hold
+    one, the values are searched for it. An integer beyond 64 bits makes an array of objects, one
+    of more digits than Python converts an infinite float (a WrittenNumber): both are named as
+    out of the datatype's range. Only the ordinary parser's lists come here, never the fast path.
+    """
     try:
         array = np.array(data)
     except RecursionError as exc:
@@ -292,9 +320,74 @@ def _array_of(data: list[Any], where: str) -> np.ndarray:
             f"{where}: 'data' is not a regular array of numbers: its nested lists must all have "
             "the same length and hold numbers, not lists, at the same depth"
         ) from exc
+    if array.dtype.kind == "O":
+        _check_objects(array, where, datatype)
     if array.dtype.kind not in "iuf":
-        raise BadRequest(f"{where}: 'data' must hold numbers only (no strings, booleans or null)")
+        raise BadRequest(f"{where}: {NUMBERS_ONLY}")
+    if booleans and bool in set(map(type, _flat(data, array.ndim))):
+        index, value = next(
+            (index, value)
+            for index, value in enumerate(_flat(data, array.ndim))
+            if type(value) is bool
+        )
+        raise _not_a_number(value, index, array.shape, where)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():  # NaN and Infinity are named by the range check; 1e999 too
+            index = int(np.argmin(finite.ravel()))
+            value = _value_at(data, index, array.shape)
+            if _huge(value):
+                raise _out_of_range(value, index, array.shape, where, datatype)
     return array
+
+
+def _check_objects(array: np.ndarray, where: str, datatype: str) -> None:
+    """An array of objects that holds only numbers and booleans: the first boolean, else the
+    first integer beyond 64 bits (what made numpy keep objects) named; anything else (a string,
+    null) is left to the caller's message."""
+    values = array.ravel().tolist()
+    if not set(map(type, values)) <= {int, float, bool, WrittenNumber}:
+        return
+    for index, value in enumerate(values):
+        if type(value) is bool:
+            raise _not_a_number(value, index, array.shape, where)
+    for index, value in enumerate(values):
+        if (type(value) is int and abs(value) >= 2**63) or _huge(value):
+            raise _out_of_range(value, index, array.shape, where, datatype)
+
+
+def _flat(data: list[Any], depth: int) -> Iterable[Any]:
+    """The values of ``data``, lists ``depth`` deep, in row-major order."""
+    values: Iterable[Any] = data
+    for _ in range(depth - 1):
+        values = itertools.chain.from_iterable(values)
+    return values
+
+
+def _value_at(data: list[Any], index: int, shape: tuple[int, ...]) -> Any:
+    value: Any = data
+    for step in np.unravel_index(index, shape):
+        value = value[int(step)]
+    return value
+
+
+def _position(index: int, shape: tuple[int, ...]) -> str:
+    """``data[5]``, or ``data[0][14][8]`` in nested data: where the ``index``-th value is."""
+    return "data" + "".join(f"[{int(step)}]" for step in np.unravel_index(index, shape))
+
+
+def _not_a_number(value: Any, index: int, shape: tuple[int, ...], where: str) -> BadRequest:
+    return BadRequest(f"{where}: {NUMBERS_ONLY}: {_position(index, shape)} is {echo(value)}")
+
+
+def _out_of_range(
+    value: Any, index: int, shape: tuple[int, ...], where: str, datatype: str
+) -> BadRequest:
+    """The range message of ``datatype`` (as _to_model_scale words it) for one value."""
+    got = f"got {echo(value)} at {_position(index, shape)}"
+    if datatype == "UINT8":
+        return BadRequest(f"{where}: UINT8 values must be in 0..255, {got}")
+    return BadRequest(f"{where}: FP32 pixels must be in [0, 1] (raw 0..255 divided by 255), {got}")
 
 
 def _to_model_scale(array: np.ndarray, datatype: str, where: str) -> np.ndarray:

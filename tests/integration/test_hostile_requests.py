@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import COMMITTED_MODELS
+from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 from tests.integration.conftest import RunningServer, start_gunicorn
 
 LIMIT = 100_000
@@ -313,6 +313,99 @@ def test_a_head_too_slow_to_arrive_is_a_408_with_the_request_id(server: RunningS
     assert (line["status"], line["method"], line["path"]) == (408, "POST", "/predict")
 
 
+# -- values Python holds but no encoder takes: a lone surrogate, an integer beyond 64 bits ------
+
+SEVEN = (REPO_ROOT / "docs" / "examples" / "v2-seven.json").read_bytes().strip()
+#: (path, body, status): a string holding a lone UTF-16 surrogate, which UTF-8 (the store,
+#: orjson, every answer) cannot encode, on every route that parses a JSON body
+NOT_TEXT = {
+    "feedback request id": ("/feedback", rb'{"request_id":"\ud800","label":1}', 422),
+    "feedback list": (
+        "/feedback",
+        rb'[{"request_id":"ok","label":1},{"request_id":"\udc00","label":2}]',
+        422,
+    ),
+    "feedback as CESU-8 bytes": ("/feedback", b'{"request_id":"\xed\xa0\x80","label":1}', 422),
+    "v2 id": ("/v2/models/mnist/infer", SEVEN[:-1] + rb',"id":"\ud800"}', 400),
+    "v2 id of a version": ("/v2/models/mnist/versions/1/infer", rb'{"id":"x\udfff"}', 400),
+    "v2 output name": (
+        "/v2/models/mnist/infer",
+        SEVEN[:-1] + rb',"outputs":[{"name":"\udbff"}]}',
+        400,
+    ),
+    "v2 field name": ("/v2/models/mnist/infer", SEVEN[:-1] + rb',"\ud800":1}', 400),
+    "predict image": ("/predict", rb'{"images":["\ud800"]}', 422),
+    "predict field name": ("/predict", rb'{"images":[[1e999]],"\udc00":1}', 422),
+    "explain": ("/v2/models/mnist/explain", rb'{"images":["\ud800"]}', 422),
+    "admin index": ("/v2/repository/index", rb'{"ready":true,"\ud800":1}', 422),
+    "admin load": ("/v2/repository/models/mnist/load", rb'{"\ud800":1}', 422),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_TEXT))
+def test_a_string_that_is_not_text_is_a_4xx_naming_it_and_one_log_line(
+    server: RunningServer, case: str
+) -> None:
+    path, body, status = NOT_TEXT[case]
+    request_id = "edge-not-text-" + case.replace(" ", "-")
+    headers = {"Content-Type": JSON, "X-Request-ID": request_id}
+    answer = exchange(server, http("POST", path, headers, body))
+    assert_json_error(answer, status)
+    message = answer.error_message()
+    assert "is not valid text" in message and "a lone UTF-16 surrogate" in message, message
+    if path.startswith("/v2"):
+        assert message.isascii()  # the surrogate echoed as an escape
+    else:
+        assert json.loads(answer.body)["error"]["code"] == "invalid_input"
+    assert _wait_for_line(server, request_id)["status"] == status
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("feedback request id", "field request_id"),
+        ("feedback list", "field [1].request_id"),
+        ("v2 id", "field id"),
+        ("v2 output name", "field outputs[0].name"),
+    ],
+)
+def test_the_message_names_the_string_that_is_not_text(
+    server: RunningServer, case: str, named: str
+) -> None:
+    path, body, status = NOT_TEXT[case]
+    answer = exchange(server, http("POST", path, {"Content-Type": JSON}, body))
+    assert answer.status == status
+    assert answer.error_message().startswith(f"{named} is not valid text: '\\u")
+
+
+#: a Content-Length beyond 64 bits: the app's 413 (or its answer to a route that reads no body)
+#: and its log line, the length written as its digits since no 64-bit integer holds it
+HUGE_LENGTH = "99999999999999999999"
+HUGE_LENGTH_ROUTES = {
+    **{name: ("POST", path, 413) for name, (path, _) in BODY_ROUTES.items()},
+    "a route without a body": ("GET", "/v2/health/live", 200),
+    "no route": ("POST", "/no-such-route", 404),
+}
+
+
+@pytest.mark.parametrize("route", sorted(HUGE_LENGTH_ROUTES))
+def test_a_content_length_beyond_64_bits_still_writes_its_log_line(
+    server: RunningServer, route: str
+) -> None:
+    method, path, status = HUGE_LENGTH_ROUTES[route]
+    request_id = "edge-huge-length-" + route.replace(" ", "-")
+    headers = {"Content-Type": JSON, "Content-Length": HUGE_LENGTH, "X-Request-ID": request_id}
+    answer = exchange(server, http(method, path, headers))
+    assert answer.status == status, answer
+    assert answer.headers["content-type"] == JSON
+    if status == 413:
+        assert answer.error_message() == f"the request body is over the limit of {LIMIT} bytes"
+    line = _wait_for_line(server, request_id)
+    assert (line["status"], line["request_bytes"]) == (status, HUGE_LENGTH)
+    assert "could not be written" not in server.log()
+
+
 # -- methods: OPTIONS, HEAD, unknown ones ---------------------------------------------------------
 
 OPTIONS_ALLOW = {
@@ -440,6 +533,25 @@ HOSTILE = {
         http("GET", "/metrics", {"Connection": "Upgrade", "Upgrade": "websocket"}),
         400,
     ),
+    # more digits than int() converts (4,300): the buffering worker once died reading it
+    "a Content-Length of 5,000 digits": (
+        http("POST", "/predict", {"Content-Type": JSON, "Content-Length": "9" * 5000}, b"{}"),
+        400,
+    ),
+    "a Content-Length of 5,000 digits, most of them leading zeros": (
+        http(
+            "POST", "/feedback", {"Content-Type": JSON, "Content-Length": "0" * 4999 + "2"}, b"{}"
+        ),
+        400,
+    ),
+    "a Content-Length of 5,000 digits after Expect": (
+        http(
+            "POST",
+            "/v2/models/mnist/infer",
+            {"Content-Type": JSON, "Expect": "100-continue", "Content-Length": "9" * 5000},
+        ),
+        413,
+    ),
     "a Content-Length with a sign": (
         http("POST", "/predict", {"Content-Type": JSON, "Content-Length": "+2"}, b"{}"),
         400,
@@ -485,6 +597,123 @@ def test_after_all_of_it_the_same_worker_still_predicts(
     assert answer.status_code in (200, 422), answer.text  # a blank image may be refused
     assert answer.headers["X-Request-ID"][:16] == worker_prefix
     assert "Traceback" not in server.log()
+
+
+# -- numbers that are not numbers of the accepted range: refused, each named as sent -------------
+
+#: more digits than int() converts (4,300); and beyond 64 bits, but fewer
+HUGE_NUMBER = "1" + "0" * 5000
+WIDE_NUMBER = "1" + "0" * 400
+#: the error renderer cuts a run of more than 80 characters without a space; echoes stop at 60
+CUT_RUN = HUGE_NUMBER[:80] + "…"
+CUT_ECHO = HUGE_NUMBER[:60] + "…"
+ACCEPTED_TYPES = (
+    "application/json, image/png, image/jpeg, image/jpg, image/webp, image/bmp, image/gif, "
+    "image/tiff, application/octet-stream, multipart/form-data"
+)
+
+
+def _seven_with(position: int, token: str) -> bytes:
+    """docs/examples/v2-seven.json (UINT8) with ``data[position]`` written as ``token``."""
+    document = json.loads((REPO_ROOT / "docs" / "examples" / "v2-seven.json").read_bytes())
+    document["inputs"][0]["data"][position] = "@"
+    return json.dumps(document).encode().replace(b'"@"', token.encode())
+
+
+def _pixels_with(position: int, token: str) -> bytes:
+    image: list[object] = [*[0] * 783, 255]
+    image[position] = "@"
+    return json.dumps({"images": [image]}).encode().replace(b'"@"', token.encode())
+
+
+V2_INFER = "/v2/models/mnist/infer"
+NOT_A_NUMBER = "input 'input': 'data' must hold numbers only (no strings, booleans or null)"
+#: (path, headers, body, status, the whole message)
+NUMBERS = {
+    **{
+        f"v2 {token} at {position}": (
+            V2_INFER,
+            {"Content-Type": JSON},
+            _seven_with(position, token),
+            400,
+            f"{NOT_A_NUMBER}: data[{position}] is {token}",
+        )
+        for position in (0, 5, 400)
+        for token in ("true", "false")
+    },
+    "v2 an integer of 401 digits": (
+        V2_INFER,
+        {"Content-Type": JSON},
+        _seven_with(3, WIDE_NUMBER),
+        400,
+        f"input 'input': UINT8 values must be in 0..255, got {CUT_ECHO} at data[3]",
+    ),
+    "v2 an integer of 5001 digits": (
+        V2_INFER,
+        {"Content-Type": JSON},
+        _seven_with(3, "-" + HUGE_NUMBER),
+        400,
+        f"input 'input': UINT8 values must be in 0..255, got -{CUT_ECHO[:-2]}… at data[3]",
+    ),
+    "v2 a header length of 5000 digits": (
+        V2_INFER,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "9" * 5000},
+        _seven_with(3, "0"),
+        400,
+        "Inference-Header-Content-Length says "
+        + "9" * 80
+        + f"… bytes but the whole body has only {len(_seven_with(3, '0'))}",
+    ),
+    "predict a pixel of 5001 digits": (
+        "/predict",
+        {"Content-Type": JSON},
+        _pixels_with(300, HUGE_NUMBER),
+        422,
+        f"image 0, pixel 300: {CUT_RUN} is outside 0..255",
+    ),
+    "explain a pixel of 5001 digits": (
+        "/v2/models/mnist/explain",
+        {"Content-Type": JSON},
+        _pixels_with(300, HUGE_NUMBER),
+        422,
+        f"image 0, pixel 300: {CUT_RUN} is outside 0..255",
+    ),
+    "feedback a label of 5001 digits": (
+        "/feedback",
+        {"Content-Type": JSON},
+        b'{"request_id": "r", "label": ' + HUGE_NUMBER.encode() + b"}",
+        422,
+        f'"label" must be an integer 0..9 (the right digit), not {CUT_ECHO}',
+    ),
+    "predict a Content-Type of no media type": (
+        "/predict",
+        {"Content-Type": ";;;==="},
+        b"{}",
+        415,
+        f"Content-Type ';;;===' is not accepted: it names no media type; send one of "
+        f"{ACCEPTED_TYPES}",
+    ),
+    "feedback a Content-Type of no media type": (
+        "/feedback",
+        {"Content-Type": ";;;==="},
+        b"{}",
+        415,
+        "Content-Type ';;;===' is not accepted: it names no media type; send application/json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUMBERS))
+def test_a_value_that_is_no_number_of_the_range_is_a_4xx_naming_it(
+    server: RunningServer, worker_prefix: str, case: str
+) -> None:
+    path, headers, body, status, message = NUMBERS[case]
+    answer = exchange(server, http("POST", path, headers, body))
+    assert_json_error(answer, status)
+    assert answer.error_message() == message
+    assert "set_int_max_str_digits" not in answer.error_message()
+    alive = requests.get(server.url + "/v2/health/live", timeout=10)
+    assert alive.headers["X-Request-ID"][:16] == worker_prefix  # the same worker process
 
 
 # -- the OpenAPI document declares every status a route really answers ---------------------------

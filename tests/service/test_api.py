@@ -293,3 +293,72 @@ def test_json_nested_too_deeply_is_a_clean_400(client: Any) -> None:
     assert response.status_code == 400
     message = response.get_json()["error"]["message"]
     assert "nested too deeply" in message and "recursion" not in message
+
+
+# -- numbers beyond what int() converts, and a Content-Type that names no media type -------------
+
+HUGE = "1" + "0" * 5000  # more digits than int() converts (4300)
+
+
+def test_a_pixel_of_more_digits_than_int_converts_is_outside_the_range() -> None:
+    body = b'{"images": [[' + b"0," * 300 + HUGE.encode() + b",0" * 483 + b"]]}"
+    with pytest.raises(InvalidInput) as raised:
+        images_from_json(body, 8, LIMITS)
+    assert raised.value.message == f"image 0, pixel 300: {HUGE} is outside 0..255"
+
+
+def test_a_top_k_of_more_digits_than_int_converts_is_named() -> None:
+    with pytest.raises(BadRequest) as raised:
+        parse_options(MultiDict({"top_k": HUGE}))
+    assert raised.value.message == f"top_k must be an integer 1..10, not {HUGE!r}"
+    assert parse_options(MultiDict({"top_k": "0007"})).top_k == 7  # leading zeros, as before
+
+
+@pytest.mark.parametrize(
+    ("path", "accepted"),
+    [
+        ("/predict", "send one of application/json, image/png, image/jpeg"),
+        ("/v2/models/mnist/explain", "send one of application/json, image/png, image/jpeg"),
+        ("/feedback", "send application/json"),
+    ],
+)
+def test_a_content_type_that_names_no_media_type_is_quoted(
+    client: Any, path: str, accepted: str
+) -> None:
+    response = client.post(path, data=b"{}", headers={"Content-Type": ";;;==="})
+    assert response.status_code == 415
+    error = response.json["error"]
+    message = error if isinstance(error, str) else error["message"]
+    assert message.startswith(
+        f"Content-Type ';;;===' is not accepted: it names no media type; {accepted}"
+    )
+    response = client.post(path, data=b"{}")  # none at all: said as before
+    error = response.json["error"]
+    message = error if isinstance(error, str) else error["message"]
+    assert message.startswith(f"no Content-Type is not accepted; {accepted}")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            '{"request_id": "r", "label": @}',
+            f'"label" must be an integer 0..9 (the right digit), not {HUGE[:60]}…',
+        ),
+        (
+            '{"request_id": "r", "label": -@}',
+            f'"label" must be an integer 0..9 (the right digit), not -{HUGE[:59]}…',
+        ),
+        (
+            '{"request_id": "r", "label": 1, "index": @}',
+            '"index" must be the image\'s place in its request, 0..1023',
+        ),
+    ],
+)
+def test_feedback_numbers_of_more_digits_than_int_converts(
+    client: Any, text: str, words: str
+) -> None:
+    body = text.replace("@", HUGE).encode()
+    response = client.post("/feedback", data=body, content_type="application/json")
+    assert response.status_code == 422
+    assert response.json["error"]["message"] == words

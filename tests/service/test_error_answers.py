@@ -59,6 +59,17 @@ def _v2(inputs: Any, outputs: Any = None) -> bytes:
 
 
 UINT8_ONE = {"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": ONE}
+#: more digits than int() converts: written into a body in place of its one string "@"
+HUGE = "1" + "0" * 5000
+ONE_AT = [0] * 300 + ["@"] + ONE[301:]
+UINT8_AT = {**UINT8_ONE, "data": ONE_AT}
+UINT8_BOOLEAN = {**UINT8_ONE, "data": [0] * 5 + [True] + ONE[6:]}
+UINT8_WIDE = {**UINT8_ONE, "data": [0] * 3 + [10**400] + ONE[4:]}
+
+
+def _huge(body: bytes) -> bytes:
+    return body.replace(b'"@"', HUGE.encode())
+
 
 #: (name, method, path, headers, body)
 REQUESTS: list[tuple[str, str, str, dict[str, str], bytes]] = [
@@ -177,6 +188,21 @@ REQUESTS: list[tuple[str, str, str, dict[str, str], bytes]] = [
         gzip.compress(bytes(200_000), mtime=0),
     ),
     ("v2 body over the limit", "POST", "/v2/models/mnist/infer", {}, b" " * 70_000),
+    # numbers that are no numbers of the range: a boolean among numbers, more digits than int()
+    # converts (4300), an integer beyond 64 bits; and a Content-Type that names no media type
+    ("v2 boolean in data", "POST", "/v2/models/mnist/infer", {}, _v2([UINT8_BOOLEAN])),
+    ("v2 integer of 401 digits", "POST", "/v2/models/mnist/infer", {}, _v2([UINT8_WIDE])),
+    ("v2 integer of 5001 digits", "POST", "/v2/models/mnist/infer", {}, _huge(_v2([UINT8_AT]))),
+    ("pixel of 5001 digits", "POST", "/predict", JSON_TYPE, _huge(_json({"images": [ONE_AT]}))),
+    ("top_k of 5001 digits", "POST", "/predict?top_k=" + HUGE, JSON_TYPE, _json({"images": [ONE]})),
+    (
+        "label of 5001 digits",
+        "POST",
+        "/feedback",
+        JSON_TYPE,
+        _huge(_json({"request_id": "r", "label": "@"})),
+    ),
+    ("content type of no media type", "POST", "/predict", {"Content-Type": ";;;==="}, b"{}"),
 ]
 
 

@@ -92,6 +92,9 @@ def test_well_formed_images_are_read_directly_and_agree(payload: dict[str, Any])
         json.dumps({"images": [[0] * 783 + [256]]}).encode(),
         json.dumps({"images": [[0] * 783 + [-1]]}).encode(),
         json.dumps({"images": [[0] * 783 + [2**70]]}).encode(),
+        json.dumps({"images": [[0] * 783 + [10**400]]}).encode(),
+        (b'{"images": [[' + b"0," * 783 + b"1" + b"0" * 5000 + b"]]}"),  # int() refuses it
+        (b'{"images": [[' + b"0," * 300 + b"-1" + b"0" * 5000 + b",0" * 483 + b"]]}"),
         json.dumps({"images": [[0] * 784] * (MAX_BATCH + 1)}).encode(),
         json.dumps({"images": [[0] * 784], "model": 1}).encode(),
         json.dumps({"imgaes": [[0] * 784]}).encode(),
@@ -173,6 +176,9 @@ def test_flat_v2_data_is_read_directly_as_np_array_would(body: bytes) -> None:
         v2_body([0] * 783 + [None]),
         v2_body([0] * 783 + ["1"]),
         v2_body([0] * 783 + [2**64]),
+        v2_body([0] * 783 + [10**400]),
+        v2_body([0] * 783 + [False], "UINT8"),
+        v2_body([0] * 783 + [0]).replace(b"0]", b"1" + b"0" * 5000 + b"]"),
         v2_body([0] * 784, parameters={"data": 1}),
         v2_body([[0]] + [0] * 783, parameters={"da1ta": [0]}),
         v2_body([0] * 784, id="with \\ escape"),
@@ -223,3 +229,12 @@ def test_v2_direct_and_ordinary_requests_agree() -> None:
     assert direct.id == ordinary.id == "a" and direct.outputs == ordinary.outputs
     assert direct.images.dtype == ordinary.images.dtype == np.float32
     np.testing.assert_array_equal(direct.images, ordinary.images)
+
+
+def test_numbers_no_parser_holds_are_named_as_written_either_way() -> None:
+    # more digits than int() converts: the direct path declines, the ordinary path names it
+    body = b'{"images": [[' + b"0," * 783 + b"1" + b"0" * 5000 + b"]]}"
+    assert json_arrays.pixel_rows(body, MAX_BATCH) is None
+    kind, message = outcome_of(images_from_json, body, MAX_BATCH, LIMITS)
+    assert kind == "InvalidInput"
+    assert message == f"image 0, pixel 783: 1{'0' * 5000} is outside 0..255"

@@ -155,6 +155,33 @@ def test_the_worker_refuses_itself_only_bodies_nobody_sent_yet(head: bytes, refu
 
 
 @pytest.mark.parametrize(
+    ("length", "verdict", "refused"),
+    [
+        (b"9" * 5000, True, False),  # more digits than int() converts: over the limit, to gunicorn
+        (b"99999999999999999999", True, False),  # beyond 64 bits
+        (b"0" * 4999 + b"4", False, False),  # 4 bytes, written long: waits for them
+        (b"0" * 5000, True, False),  # no body
+        (b"01001", True, False),  # one digit more than the limit's, and over it
+        (b"01000", False, False),
+    ],
+    ids=["5000-digits", "beyond-64-bits", "leading-zeros", "all-zeros", "over", "at-limit"],
+)
+def test_a_content_length_of_any_size_is_read_without_int_failing(
+    length: bytes, verdict: bool, refused: bool
+) -> None:
+    reading = RequestReading(max_head_bytes=20_000, max_body_bytes=1000)
+    assert reading.add(HEAD + b"Content-Length: " + length + b"\r\n\r\n") is verdict
+    assert reading.refused_as_too_large is refused
+
+
+def test_a_content_length_of_5000_digits_expecting_continue_is_refused_at_once() -> None:
+    reading = RequestReading(max_head_bytes=20_000, max_body_bytes=1000)
+    head = HEAD + b"Content-Length: " + b"9" * 5000 + b"\r\nExpect: 100-continue\r\n\r\n"
+    assert reading.add(head) is True
+    assert reading.refused_as_too_large
+
+
+@pytest.mark.parametrize(
     ("received", "start"),
     [
         (

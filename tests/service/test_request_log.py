@@ -200,6 +200,101 @@ def test_a_line_is_one_json_line_even_for_odd_values(capsys: pytest.CaptureFixtu
     assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "written"),
+    [
+        ("request_bytes", 99999999999999999999, "99999999999999999999"),  # beyond 64 bits
+        ("request_bytes", -(2**63) - 1, str(-(2**63) - 1)),
+        ("request_bytes", 2**64 - 1, 2**64 - 1),  # still an integer: orjson writes it
+        ("request_bytes", 10**5000, "an integer of 16610 bits"),  # more digits than str() writes
+        ("request_bytes", -(2**63), -(2**63)),
+        ("path", "/x\ud800y", "/x\\ud800y"),  # a lone surrogate: no UTF-8 encodes it
+        ("route", "\udfff\u2028", "\\udfff\u2028"),
+        ("model_version", {1: [2**70, "\ud800"]}, {"1": ["1180591620717411303424", "\\ud800"]}),
+    ],
+    ids=[
+        "beyond-64-bits",
+        "below-64-bits",
+        "largest-64-bit",
+        "too-many-digits-for-str",
+        "smallest-64-bit",
+        "lone-surrogate",
+        "lone-surrogate-and-line-break",
+        "nested",
+    ],
+)
+def test_a_value_orjson_cannot_write_still_makes_one_line(
+    capsys: pytest.CaptureFixture[str], field: str, value: Any, written: Any
+) -> None:
+    fields: dict[str, Any] = request_log.line_fields(
+        request_id="r-odd",
+        method="POST",
+        route="/predict",
+        path="/predict",
+        status=413,
+        latency_ms=0.5,
+        model_version=None,
+        batch_size=None,
+        request_bytes=None,
+    )
+    fields[field] = value
+    request_log.configure_logging()
+    capsys.readouterr()
+    request_log.log_request(fields)
+    written_text = capsys.readouterr().err
+    assert written_text.endswith("\n") and written_text.count("\n") == 1
+    line = json.loads(written_text)
+    assert (line["event"], line["request_id"], line["status"]) == ("request", "r-odd", 413)
+    assert line[field] == written
+    assert "could not be written" not in written_text
+
+
+def test_a_line_too_deep_for_orjson_is_written_too() -> None:
+    deep: Any = "end"
+    for _ in range(300):  # orjson writes 254 levels
+        deep = [deep]
+    event: dict[Any, Any] = {"event": "e", "deep": deep, 1: "a"}  # a key orjson refuses too
+    line = json.loads(request_log.json_line(event))
+    assert line["event"] == "e" and line["1"] == "a"
+    assert "end" in json.dumps(line["deep"])
+
+
+def test_a_record_whose_message_is_not_text_is_one_json_line() -> None:
+    try:
+        raise ValueError("bad id '\ud800'")
+    except ValueError:
+        record = logging.LogRecord(
+            "service.error_render", logging.ERROR, __file__, 1, "in %s", ("\udc00",), sys.exc_info()
+        )
+    line = json.loads(request_log.json_formatter().format(record))
+    assert line["event"] == "in \\udc00"
+    assert "ValueError: bad id '\\ud800'" in line["exception"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "logged"),
+    [
+        ("99999999999999999999", "99999999999999999999"),
+        ("9" * 5000, None),  # more digits than int() converts: not an error after the answer
+        ("0" * 4999 + "7", 7),
+    ],
+)
+def test_a_content_length_no_integer_holds_still_makes_one_line(
+    client: Any, capsys: pytest.CaptureFixture[str], sent: str, logged: Any
+) -> None:
+    capsys.readouterr()
+    answer = client.post(
+        "/predict",
+        data=b"{}",
+        environ_overrides={"CONTENT_LENGTH": sent},
+        headers={REQUEST_ID_HEADER: "req-long"},
+    )
+    assert 400 <= answer.status_code < 500
+    (line,) = log_lines(capsys.readouterr().err)
+    assert (line["request_id"], line["status"]) == ("req-long", answer.status_code)
+    assert line["request_bytes"] == logged
+
+
 def test_standard_library_records_are_the_same_json() -> None:
     try:
         raise ValueError("broken")

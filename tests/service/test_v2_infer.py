@@ -357,3 +357,137 @@ def test_malformed_inputs_are_told_what_is_wrong_in_plain_words(body: bytes, wor
     assert words in raised.value.message
     assert "None" not in raised.value.message and "sequence" not in raised.value.message
     assert "recursion" not in raised.value.message
+
+
+# -- numbers of JSON data that are not numbers of the datatype's range -----------------------------
+
+#: an integer of more digits than Python converts (4300), and one of fewer but beyond 64 bits
+HUGE = "1" + "0" * 5000
+BEYOND_64_BITS = "1" + "0" * 400
+
+
+def with_token(body: bytes, token: str) -> bytes:
+    """``body`` with its one string "@" replaced by ``token``, as JSON text (no encoder writes a
+    5000-digit integer)."""
+    assert body.count(b'"@"') == 1
+    return body.replace(b'"@"', token.encode())
+
+
+def data_with(position: int, datatype: str = "UINT8", **fields: Any) -> bytes:
+    """A valid one-image request whose ``data[position]`` is the string "@"."""
+    data: list[Any] = [0] * 784 if datatype == "UINT8" else [0.0] * 784
+    data[position] = "@"
+    return json_request(inputs=uint8_input(datatype=datatype, data=data), **fields)
+
+
+def refusal(body: bytes, header_length: str | None = None) -> str:
+    with pytest.raises(BadRequest) as raised:
+        parse_infer_request(body, header_length, MAX_BATCH)
+    return raised.value.message
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
+@pytest.mark.parametrize("token", ["true", "false"])
+@pytest.mark.parametrize("position", [0, 5, 400])
+def test_a_boolean_among_numbers_is_refused_by_its_position(
+    position: int, token: str, datatype: str
+) -> None:
+    # numpy reads true as 1 next to numbers: the ordinary path must look for it
+    message = refusal(with_token(data_with(position, datatype), token))
+    assert message == (
+        "input 'input': 'data' must hold numbers only (no strings, booleans or null): "
+        f"data[{position}] is {token}"
+    )
+
+
+def test_a_boolean_in_nested_data_is_named_by_its_place() -> None:
+    rows: list[list[Any]] = [[0] * 28 for _ in range(28)]
+    rows[14][8] = "@"
+    body = json_request(inputs=uint8_input(shape=[1, 28, 28], data=[rows]))
+    assert refusal(with_token(body, "false")).endswith(": data[0][14][8] is false")
+
+
+def test_a_boolean_is_found_however_else_the_body_leaves_the_fast_path() -> None:
+    # an escaped id (the fast path declines it) and true elsewhere (the search's cue)
+    body = with_token(data_with(9, id="\\u0061", parameters={"binary_data_output": True}), "true")
+    assert refusal(body.replace(b'"\\\\u0061"', b'"\\u0061"')).endswith("data[9] is true")
+    # a boolean beside an integer beyond 64 bits: the boolean is named
+    body = json_request(inputs=uint8_input(data=[0] * 782 + [10**400, "@"]))
+    assert refusal(with_token(body, "true")).endswith("data[783] is true")
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "INT8", "INT32", "INT64", "UINT16", "BOOL"])
+def test_a_boolean_in_an_unsupported_datatype_is_refused(datatype: str) -> None:
+    assert "is not supported" in refusal(with_token(data_with(5, datatype), "true"))
+
+
+def test_data_of_booleans_only_keeps_its_message() -> None:
+    body = json_request(inputs=uint8_input(data=[False] * 784))
+    assert refusal(body) == (
+        "input 'input': 'data' must hold numbers only (no strings, booleans or null)"
+    )
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+@pytest.mark.parametrize("digits", [BEYOND_64_BITS, HUGE], ids=["401 digits", "5001 digits"])
+@pytest.mark.parametrize(
+    ("datatype", "rule"),
+    [
+        ("UINT8", "UINT8 values must be in 0..255"),
+        ("FP32", "FP32 pixels must be in [0, 1] (raw 0..255 divided by 255)"),
+    ],
+)
+def test_an_integer_too_large_for_numpy_is_out_of_the_datatypes_range(
+    datatype: str, rule: str, digits: str, sign: str
+) -> None:
+    message = refusal(with_token(data_with(3, datatype), sign + digits))
+    written = (sign + digits)[:60] + "…"
+    assert message == f"input 'input': {rule}, got {written} at data[3]"
+
+
+def test_a_huge_integer_beside_a_nan_or_a_null_keeps_their_messages() -> None:
+    body = with_token(data_with(3, "FP32"), HUGE).replace(b"0.0", b"NaN", 1)
+    assert "finite numbers (got NaN or Infinity)" in refusal(body)
+    body = json_request(inputs=uint8_input(data=[None] + [0] * 782 + ["@"]))
+    assert refusal(with_token(body, HUGE)).endswith("(no strings, booleans or null)")
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"inputs": uint8_input(shape=["@", 784], data=[0] * 784)}, "batch of 1000"),
+        ({"inputs": uint8_input(shape=[1, "@"], data=[0] * 784)}, "is not [N, 784]"),
+        (
+            {
+                "inputs": uint8_input(data=[0] * 784),
+                "outputs": [{"name": "probabilities", "parameters": {"classification": "@"}}],
+            },
+            "classification must be a whole number from 1 to 10, got 1000",
+        ),
+        ({"inputs": uint8_input(data=[0] * 784), "id": "@"}, "'id' must be a string, got 1000"),
+        (
+            {"inputs": uint8_input(data=[0] * 784), "parameters": {"binary_data_output": "@"}},
+            "binary_data_output must be true or false, got 1000",
+        ),
+    ],
+)
+def test_an_integer_of_more_digits_than_python_converts_is_named_as_written(
+    fields: dict[str, Any], words: str
+) -> None:
+    message = refusal(with_token(json.dumps(fields).encode(), HUGE))
+    assert words in message
+    assert "4300" not in message and "sys." not in message
+
+
+@pytest.mark.parametrize("digits", [BEYOND_64_BITS, HUGE], ids=["401 digits", "5001 digits"])
+def test_a_huge_binary_data_size_or_header_length_is_named(digits: str) -> None:
+    header = {"inputs": uint8_input(parameters={"binary_data_size": "@"})}
+    text = with_token(json.dumps(header).encode(), digits)
+    message = refusal(text + bytes(784), str(len(text)))
+    assert message.startswith(f"input 'input': binary_data_size is {digits}")
+    assert message.endswith("bytes but shape [1, 784] of UINT8 needs 784")
+    body, _ = binary_body(fp32_input([1, 784], 3136), bytes(3136))
+    assert refusal(body, "00" + digits) == (
+        f"Inference-Header-Content-Length says {digits} bytes but the whole body has only "
+        f"{len(body)}"
+    )
