@@ -19,7 +19,7 @@ COMPOSE ?= docker compose
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install serve train test lint bench bench-peers docker-build up down system-packages browser-deps
+.PHONY: help install serve train test test-setup lint bench bench-peers docker-build up down system-packages browser-deps
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,17 +69,33 @@ $(AXE): tests/browser/package-lock.json | system-packages
 
 browser-deps: $(AXE) ## npm ci the browser tests' JavaScript (axe-core) into tests/browser
 
-# The Docker test needs an engine. When none answers and the shared docker-engine tool exists,
-# start it, and stop it again however pytest ends (trap), keeping pytest's exit code.
-test: $(DEV_STAMP) system-packages $(AXE) lint ## make lint, then the WHOLE test suite (starts/stops a Docker engine when needed)
-	@started=""; \
-	stop_engine() { if [ -n "$$started" ]; then $(DOCKER_ENGINE) down || echo "make: docker-engine down failed" >&2; fi; }; \
+# The Docker tests need an engine. When none answers and the shared docker-engine tool exists,
+# start it beside the tests (it takes a minute or two on a fresh machine: the deployment tests run
+# last and wait for it, tests/deploy/conftest.py), and stop it again however pytest ends (trap),
+# keeping pytest's exit code.
+# The Python packages (pip) and the Debian ones (apt-get) install side by side: on a fresh machine
+# both mostly wait for downloads.
+test-setup:
+	@$(MAKE) --no-print-directory -j2 $(DEV_STAMP) system-packages
+
+test: test-setup $(AXE) lint ## make lint, then the WHOLE test suite (starts/stops a Docker engine when needed)
+	@started=""; pending=""; engine_pid=""; \
+	stop_engine() { \
+	  if [ -n "$$engine_pid" ] && kill -0 "$$engine_pid" 2>/dev/null; then \
+	    echo "make test: waiting for the Docker engine's start to end before stopping it" >&2; fi; \
+	  if [ -n "$$engine_pid" ]; then wait "$$engine_pid" 2>/dev/null || true; fi; \
+	  if [ -n "$$pending" ]; then cat "$$pending/log" >&2 2>/dev/null || true; rm -rf "$$pending"; fi; \
+	  if [ -n "$$started" ]; then $(DOCKER_ENGINE) down || echo "make: docker-engine down failed" >&2; fi; }; \
 	trap stop_engine EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	if docker info >/dev/null 2>&1; then echo "make test: using the running Docker engine"; \
 	elif [ -x "$(DOCKER_ENGINE)" ]; then \
 	  if ! $(DOCKER_ENGINE) status >/dev/null 2>&1; then started=1; fi; \
-	  engine_env="$$($(DOCKER_ENGINE) up)" || { echo "make: docker-engine up failed" >&2; exit 1; }; \
-	  eval "$$engine_env"; \
+	  pending="$$(mktemp -d)"; \
+	  echo "make test: starting a Docker engine beside the tests; the deployment tests run last and wait for it"; \
+	  ( lines="$$($(DOCKER_ENGINE) up 2>"$$pending/log")" && eval "$$lines" \
+	    && printf 'DOCKER_HOST=%s\nDOCKER_CONFIG=%s\nPATH=%s\n' "$$DOCKER_HOST" "$$DOCKER_CONFIG" "$$PATH" > "$$pending/env"; \
+	    echo $$? > "$$pending/rc.part" && mv "$$pending/rc.part" "$$pending/rc" ) & engine_pid=$$!; \
+	  export DOCKER_ENGINE_PENDING="$$pending"; \
 	else echo "make test: no Docker engine and no $(DOCKER_ENGINE); the docker tests will say why"; fi; \
 	MNIST_DATA_DIR="$(MNIST_DATA_DIR)" $(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	exit $$status

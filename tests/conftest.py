@@ -18,6 +18,14 @@ from service.model.repository import ModelRepository, ServingState
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the committed model's version in models/mnist; it is `stable` in the committed labels.json
 COMMITTED_VERSION = 1
+#: the tests that drive Docker: they run last, so that `make test` can start its engine beside
+#: the others (tests/deploy/conftest.py waits for it)
+DEPLOY_TESTS = REPO_ROOT / "tests" / "deploy"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The deployment tests last, each part in its own order."""
+    items.sort(key=lambda item: item.path.is_relative_to(DEPLOY_TESTS))
 
 
 def _copy_of_committed_models() -> Path:

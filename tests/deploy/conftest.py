@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,12 @@ from tests.conftest import REPO_ROOT
 
 BUILD_SECONDS = 900  # a cold build downloads onnxruntime and numpy from PyPI
 START_SECONDS = 180
+#: how long the tests wait for the Docker engine `make test` starts beside them (a fresh machine
+#: installs docker.io and builds the base image first: about two minutes)
+ENGINE_START_SECONDS = 900
+#: set by `make test` while it starts a Docker engine beside the tests: a folder where
+#: `docker-engine up`'s exit code (rc), environment (env: NAME=value lines) and log appear
+ENGINE_PENDING = "DOCKER_ENGINE_PENDING"
 
 
 def running_in_ci() -> bool:
@@ -51,9 +58,38 @@ def run_tool(
     )
 
 
+def wait_for_pending_engine() -> None:
+    """When `make test` is starting a Docker engine beside the tests (``DOCKER_ENGINE_PENDING``),
+    wait until ``docker-engine up`` has ended, then take the environment it printed (DOCKER_HOST,
+    DOCKER_CONFIG, PATH with the compose plugin and hadolint); skip/fail with its log's end if it
+    failed or did not end within ENGINE_START_SECONDS."""
+    pending = os.environ.get(ENGINE_PENDING)
+    if not pending:
+        return
+    folder = Path(pending)
+    deadline = time.monotonic() + ENGINE_START_SECONDS
+    while not (folder / "rc").exists():
+        if time.monotonic() > deadline:
+            unavailable(
+                f"the Docker engine `make test` started is not up after {ENGINE_START_SECONDS} s"
+            )
+        time.sleep(0.5)
+    code = (folder / "rc").read_text().strip()
+    if code != "0":
+        log = (folder / "log").read_text(errors="replace") if (folder / "log").exists() else ""
+        unavailable(f"docker-engine up failed (exit {code}): {log.strip()[-600:]}")
+    for line in (folder / "env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name:
+            os.environ[name] = value
+    del os.environ[ENGINE_PENDING]  # taken once; the engine stays up until make test ends
+
+
 @pytest.fixture(scope="session")
 def require_tool() -> Callable[[str], str]:
-    """Return a function that resolves a program on PATH or skips/fails with the reason."""
+    """Return a function that resolves a program on PATH or skips/fails with the reason (after
+    the Docker engine `make test` starts beside the tests is up, when it starts one)."""
+    wait_for_pending_engine()
 
     def resolve(name: str) -> str:
         path = shutil.which(name)
