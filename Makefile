@@ -73,12 +73,12 @@ browser-deps: $(AXE) ## npm ci the browser tests' JavaScript (axe-core) into tes
 # start it beside the tests (it takes a minute or two on a fresh machine: the deployment tests run
 # last and wait for it, tests/deploy/conftest.py), and stop it again however pytest ends (trap),
 # keeping pytest's exit code.
-# The Python packages (pip) and the Debian ones (apt-get) install side by side: on a fresh machine
-# both mostly wait for downloads.
+# The Python packages (pip) and the Debian ones (apt-get) install side by side (on a fresh
+# machine both mostly wait for downloads), and the lint starts as soon as pip is done.
 test-setup:
-	@$(MAKE) --no-print-directory -j2 $(DEV_STAMP) system-packages
+	@$(MAKE) --no-print-directory -j2 $(DEV_STAMP) system-packages $(AXE) lint
 
-test: test-setup $(AXE) lint ## make lint, then the WHOLE test suite (starts/stops a Docker engine when needed)
+test: test-setup ## make lint, then the WHOLE test suite (starts/stops a Docker engine when needed)
 	@started=""; pending=""; engine_pid=""; \
 	stop_engine() { \
 	  if [ -n "$$engine_pid" ] && kill -0 "$$engine_pid" 2>/dev/null; then \
