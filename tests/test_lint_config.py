@@ -35,5 +35,8 @@ def test_the_lint_recipe_checks_style_types_and_imports() -> None:
 def test_make_test_runs_lint_before_the_suite_and_ci_runs_make_test() -> None:
     makefile = (REPO_ROOT / "Makefile").read_text()
     prerequisites = re.search(r"^test: (.*?)##", makefile, re.MULTILINE)
-    assert prerequisites is not None and "lint" in prerequisites[1].split()
+    assert prerequisites is not None and prerequisites[1].split() == ["test-setup"]
+    # test-setup makes lint (beside the installs) before the suite's recipe runs
+    setup = re.search(r"^test-setup:\n\t@\$\(MAKE\) (.*)$", makefile, re.MULTILINE)
+    assert setup is not None and "lint" in setup[1].split()
     assert (REPO_ROOT / ".ci" / "run").read_text().rstrip().endswith("exec make test")
