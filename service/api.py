@@ -264,7 +264,8 @@ def _pixel_batch(images: list[Any], body: bytes) -> np.ndarray | None:
     if body.translate(None, _NUMBER_BYTES) != _OBJECT_BYTES:
         return None
     try:
-        array = np.array(images, dtype=np.float32)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf: the range check names it
+            array = np.array(images, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
         return None  # ragged, or an integer too large for float32: the per-image path says which
     count = array.shape[0]

@@ -91,7 +91,7 @@ def unaccepted_type(mimetype: str, sent: str, accepted: str) -> str:
     ``mimetype``): it names the media type, says none was sent, or quotes a header that names no
     media type (``;;;===``); ``accepted`` ends it, as in ``send {accepted}``."""
     if mimetype or not sent.strip():
-        return f"{mimetype or 'no Content-Type'} is not accepted; send {accepted}"
+        return f"{shorten(mimetype) or 'no Content-Type'} is not accepted; send {accepted}"
     return (
         f"Content-Type {shorten(sent)!r} is not accepted: it names no media type; send {accepted}"
     )

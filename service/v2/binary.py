@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from service.errors import TOO_DEEP, BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.json_body import check_depth, check_text, written_int
+from service.json_body import check_depth, check_text, written_float, written_int
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_LENGTH_PREFIX = struct.Struct("<I")
@@ -74,9 +74,10 @@ def _parse_header(text: memoryview) -> Any:
         return orjson.loads(text)  # fast and strict: the common path
     except orjson.JSONDecodeError:
         # the standard parser, on this rare path, gives the precise message, and reads NaN so
-        # that the range check can name it ("values must be finite"); an integer of more digits
-        # than Python converts is a WrittenNumber, out of every range (never int()'s advice)
-        return json.loads(bytes(text), parse_int=written_int)
+        # that the range check can name it ("values must be finite"); a number too large for a
+        # float (1e400) or an integer of more digits than Python converts is a WrittenNumber,
+        # out of every range and named as written (never int()'s advice, never "NaN")
+        return json.loads(bytes(text), parse_int=written_int, parse_float=written_float)
 
 
 def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], BinarySection]:

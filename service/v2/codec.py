@@ -247,7 +247,7 @@ def _read_input(
         array = _json_data(tensor["data"], shape, count, where, datatype, booleans)
     else:
         raise BadRequest(f"{where}: needs 'data' or parameters.binary_data_size")
-    return _to_model_scale(array.reshape(shape[0], N_PIXELS), datatype, where)
+    return _to_model_scale(array.reshape(shape[0], N_PIXELS), datatype, where, array.shape)
 
 
 def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
@@ -270,10 +270,10 @@ def _read_shape(shape: Any, where: str, max_batch: int) -> list[int]:
 
 
 def _huge(value: Any) -> bool:
-    """True for an integer of more digits than Python converts (read as a WrittenNumber): it
-    stays as written, so that the checks below name it (a batch over the limit, a wrong shape)
-    and none passes it."""
-    return isinstance(value, WrittenNumber) and value.text.lstrip("-").isdigit()
+    """True for a number too large for a float (``1e400``) or an integer of more digits than
+    Python converts (both read as a WrittenNumber): it stays as written, so that the checks below
+    name it (out of the datatype's range) and none passes it."""
+    return isinstance(value, WrittenNumber)
 
 
 def _written_integer(value: Any) -> Any:
@@ -390,8 +390,11 @@ def _out_of_range(
     return BadRequest(f"{where}: FP32 pixels must be in [0, 1] (raw 0..255 divided by 255), {got}")
 
 
-def _to_model_scale(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
-    """float32 [N, 784] in [0, 1], the scale the model was trained on (raw / 255)."""
+def _to_model_scale(
+    array: np.ndarray, datatype: str, where: str, sent_shape: tuple[int, ...]
+) -> np.ndarray:
+    """float32 [N, 784] in [0, 1], the scale the model was trained on (raw / 255); a value is
+    placed in ``data`` as sent (``sent_shape``, flat or nested)."""
     if datatype == "UINT8":
         if array.dtype != np.uint8:  # JSON numbers: check before a cast could wrap them around
             if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
@@ -403,11 +406,17 @@ def _to_model_scale(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
     # The binary section starts wherever the JSON header ends, so the view is usually misaligned
     # for float32: numpy and onnxruntime then take slow paths (about 2x the model's time on one
     # image). One aligned copy costs far less.
-    images = np.require(array, dtype=np.float32, requirements=["ALIGNED", "C_CONTIGUOUS"])
+    with np.errstate(over="ignore"):  # 1e39 from JSON: infinite in float32, named below
+        images = np.require(array, dtype=np.float32, requirements=["ALIGNED", "C_CONTIGUOUS"])
     low, high = images.min(), images.max()
     # written so that NaN fails the test: every comparison with NaN is false
     if not (low >= 0.0 and high <= 1.0):
-        if not np.all(np.isfinite(images)):
+        finite = np.isfinite(images)
+        if not finite.all():
+            index = int(np.argmin(finite.ravel()))
+            value = array.ravel()[index]
+            if np.isfinite(value):  # a JSON number beyond float32 (1e39): out of range, as sent
+                raise _out_of_range(float(value), index, sent_shape, where, datatype)
             raise BadRequest(f"{where}: FP32 values must be finite numbers (got NaN or Infinity)")
         raise BadRequest(
             f"{where}: FP32 pixels must be in [0, 1] (raw 0..255 divided by 255), got "

@@ -25,7 +25,7 @@ import flask
 from service.access import require_admin
 from service.config import ServiceConfig
 from service.errors import InvalidInput, NotFound, UnsupportedMediaType
-from service.json_body import echo, json_object, shorten
+from service.json_body import echo, json_object, unaccepted_type
 from service.model import lifecycle
 from service.model.predictor import Predictor
 from service.model.repository import ModelRepository
@@ -60,9 +60,13 @@ def _body(fields: Collection[str] = ()) -> dict[str, Any]:
     """The request's JSON object (``{}`` when the body is empty) holding only ``fields``."""
     request = flask.request
     body = request.get_data(cache=True)
-    if body.strip() and request.mimetype not in ("", JSON_TYPE):
+    sent = request.headers.get("Content-Type", "")
+    # no Content-Type is taken as JSON; one that names no media type (";;;===") is not
+    if body.strip() and (
+        request.mimetype not in ("", JSON_TYPE) or (not request.mimetype and sent.strip())
+    ):
         raise UnsupportedMediaType(
-            f"{shorten(request.mimetype)} is not accepted; send {JSON_TYPE} (or no Content-Type)"
+            unaccepted_type(request.mimetype, sent, f"{JSON_TYPE} (or no Content-Type)")
         )
     return json_object(body, fields, request.path)
 

@@ -182,3 +182,30 @@ def test_last_inference_is_the_latest_run_of_any_worker_in_milliseconds() -> Non
     }
     assert version_stats("mnist", 1, samples)["last_inference"] == 1_700_000_003_500
     assert version_stats("mnist", 3, samples)["last_inference"] == 0  # never ran
+
+
+@pytest.mark.parametrize(
+    ("content_type", "said"),
+    [
+        (";;;===", "Content-Type ';;;===' is not accepted: it names no media type; send "),
+        ("text/plain", "text/plain is not accepted; send "),
+        ("x/" + "y" * 3000, "x/" + "y" * 50),
+    ],
+)
+def test_an_admin_body_of_another_media_type_is_415_and_quoted(
+    admin: FlaskClient, content_type: str, said: str
+) -> None:
+    """No Content-Type is taken as JSON; one that names another media type, or none at all, is
+    refused and quoted (cut when long)."""
+    headers = {**ADMIN, "Content-Type": content_type}
+    response = admin.post(
+        "/v2/repository/models/mnist/promote", data=b'{"version": 2}', headers=headers
+    )
+    assert response.status_code == 415
+    message = response.get_json()["error"]
+    message = message if isinstance(message, str) else message["message"]
+    assert message.startswith(said), message
+    assert message.endswith("application/json (or no Content-Type)"), message
+    assert len(message) < 400
+    untyped = admin.post("/v2/repository/index", data=b"{}", headers=ADMIN)
+    assert untyped.status_code == 200

@@ -445,6 +445,37 @@ def test_an_integer_too_large_for_numpy_is_out_of_the_datatypes_range(
     assert message == f"input 'input': {rule}, got {written} at data[3]"
 
 
+@pytest.mark.parametrize("token", ["1e400", "-1e400", "1E+999", "1e39", "-3.5e38"])
+@pytest.mark.parametrize(
+    ("datatype", "rule"),
+    [
+        ("UINT8", "UINT8 values must be in 0..255"),
+        ("FP32", "FP32 pixels must be in [0, 1] (raw 0..255 divided by 255)"),
+    ],
+)
+def test_a_float_beyond_the_datatypes_range_is_named_not_called_nan(
+    datatype: str, rule: str, token: str
+) -> None:
+    """A number too large for a float (1e400) or for float32 (1e39) is a number the client wrote:
+    its range message names it where it stands, never "NaN or Infinity"."""
+    message = refusal(with_token(data_with(7, datatype), token))
+    assert "NaN" not in message
+    assert message.startswith(f"input 'input': {rule}, got "), message
+    if datatype == "FP32" or "e4" in token or "E+" in token:  # UINT8 1e39: the low..high range
+        assert message.endswith(" at data[7]"), message
+        assert float(message.split(", got ")[1].split(" at ")[0]) == float(token)
+
+
+def test_a_float32_nan_in_binary_data_is_still_called_nan() -> None:
+    pixels = np.zeros(784, dtype=np.float32)
+    pixels[9] = np.nan
+    header = json_request(
+        inputs=uint8_input(datatype="FP32", parameters={"binary_data_size": pixels.nbytes})
+    )
+    message = refusal(header + pixels.tobytes(), str(len(header)))
+    assert message.endswith("FP32 values must be finite numbers (got NaN or Infinity)")
+
+
 def test_a_huge_integer_beside_a_nan_or_a_null_keeps_their_messages() -> None:
     body = with_token(data_with(3, "FP32"), HUGE).replace(b"0.0", b"NaN", 1)
     assert "finite numbers (got NaN or Infinity)" in refusal(body)
