@@ -35,8 +35,11 @@ from tests.deploy.conftest import (
 COMPOSE_FILE = "compose.scale.yml"
 REPLICAS = 3
 #: requests per client in 10 s before the edge answers 429. Through Docker's port proxy every
-#: client on the host is one address: the host-side loads below stay under 40 requests/s.
+#: client on the host is one address, so the host-side loads below are paced, not just paused:
+#: at most HOST_RATE requests/s in all, however fast the machine answers, so no 10 s window
+#: of them (one test after another) comes near the limit.
 RATE_LIMIT = 600
+HOST_RATE = RATE_LIMIT / 10 * 2 / 3
 
 
 @dataclass(frozen=True)
@@ -121,16 +124,23 @@ class Outcome:
 
 @dataclass
 class SteadyLoad:
-    """``clients`` threads posting /predict back to back (with a pause) until stopped."""
+    """``clients`` threads posting /predict until stopped, each starting one every ``interval`` s.
+
+    Paced from start to start, so the load's rate is ``clients / interval`` at most on any
+    machine: a fast one does not push the host's address over the edge's rate limit.
+    """
 
     url: str
     body: bytes
     clients: int = 2
-    pause: float = 0.02
+    interval: float = 0.05
     timeout: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        assert self.clients / self.interval <= HOST_RATE, "the load would reach the rate limit"
 
     def __enter__(self) -> SteadyLoad:
         for _ in range(self.clients):
@@ -168,7 +178,7 @@ class SteadyLoad:
                 except requests.RequestException as exc:
                     outcome = Outcome(started, time.monotonic() - started, None, None, repr(exc))
                 self.outcomes.append(outcome)
-                self._stop.wait(self.pause)
+                self._stop.wait(max(0.0, started + self.interval - time.monotonic()))
 
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.error is not None]
@@ -207,7 +217,7 @@ def test_slow_clients_at_the_edge_leave_good_requests_fast(
     trickler.start()
     try:
         time.sleep(1)
-        with SteadyLoad(stack.url, digit_body, clients=2, pause=0.05, timeout=5) as load:
+        with SteadyLoad(stack.url, digit_body, clients=2, interval=0.05, timeout=5) as load:
             time.sleep(8)
     finally:
         stop.set()
@@ -227,7 +237,7 @@ def test_slow_clients_at_the_edge_leave_good_requests_fast(
 def test_prometheus_scrapes_every_replica_and_answers_p99(
     stack: ScaleStack, digit_body: bytes
 ) -> None:
-    with SteadyLoad(stack.url, digit_body, clients=1, pause=0.05):
+    with SteadyLoad(stack.url, digit_body, clients=1, interval=0.05):
         deadline = time.monotonic() + 60
         up: list[dict[str, object]] = []
         p99: list[dict[str, object]] = []
@@ -330,7 +340,7 @@ def test_a_replica_killed_under_load_costs_no_request(stack: ScaleStack, digit_b
     address = f"{network['IPAddress']}:8000"
     # the edge's own view, polled from inside the network until the slot is no longer UP
     watch = [*stack.compose, "exec", "-T", "prometheus", "python3", "-c", EDGE_STATE, address, "10"]
-    with SteadyLoad(stack.url, digit_body, clients=3, pause=0.03) as load:
+    with SteadyLoad(stack.url, digit_body, clients=3, interval=0.1) as load:
         time.sleep(2)
         with subprocess.Popen(watch, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) as watcher:
             assert watcher.stdout is not None
