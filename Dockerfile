@@ -19,10 +19,10 @@ FROM base AS serve-venv
 WORKDIR /src
 RUN python -m venv /opt/venv
 # Dependencies first, in their own layer, so editing the code does not reinstall onnxruntime.
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 RUN mkdir service training \
     && touch service/__init__.py training/__init__.py \
-    && pip install --no-cache-dir './[serve]' \
+    && pip install --no-cache-dir --constraint constraints.txt './[serve]' \
     && pip uninstall --yes mnist-service
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
@@ -31,10 +31,10 @@ RUN pip install --no-cache-dir --no-deps . \
 FROM base AS trainer-venv
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 RUN mkdir service training \
     && touch service/__init__.py training/__init__.py \
-    && pip install --no-cache-dir './[train]' \
+    && pip install --no-cache-dir --constraint constraints.txt './[train]' \
     && pip uninstall --yes mnist-service
 COPY service/ service/
 COPY training/ training/

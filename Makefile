@@ -15,11 +15,13 @@ PYTEST_ARGS ?=
 TRAIN_ARGS ?=
 COMPOSE ?= docker compose
 
-# Each stamp remembers which extra is installed; editing pyproject.toml reinstalls it.
+# Each stamp remembers which extra is installed; editing pyproject.toml or the pinned versions
+# (constraints.txt, `make lock`) reinstalls it.
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
+CONSTRAINTS := constraints.txt
 
-.PHONY: help install serve train test test-setup lint bench bench-peers docker-build up down system-packages browser-deps
+.PHONY: help install lock serve train test test-setup lint bench bench-peers docker-build up down system-packages browser-deps
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,13 +32,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[serve]'
+$(SERVE_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) -e '.[serve]'
 	@touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) -e '.[dev]'
 	@touch $@ $(SERVE_STAMP)
+
+# A new virtual environment with the newest releases pyproject.toml allows, frozen into
+# constraints.txt (its header kept). Then `make test`, and commit both files.
+LOCK_VENV ?= $(VENV)-lock
+lock: ## re-resolve the pinned versions (constraints.txt) to the newest releases pyproject.toml allows
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	{ grep '^#' $(CONSTRAINTS); $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf $(LOCK_VENV)
 
 install: $(DEV_STAMP) ## create .venv and install everything (.[dev]: serve + train + test tools)
 
