@@ -77,3 +77,13 @@ def test_every_install_goes_through_the_constraints() -> None:
     unlocked = [line for line in unlocked if line not in lock_recipe[1]]
     assert len(installs) >= 4 and not unlocked, unlocked
     assert "COPY pyproject.toml constraints.txt ./" in dockerfile
+
+
+def test_the_peers_of_the_benchmark_run_the_same_onnxruntime() -> None:
+    # bench/peers_bench.py compares servers, not onnxruntime releases
+    ours = pinned()["onnxruntime"]
+    for requirements in sorted((REPO_ROOT / "bench" / "peers").glob("requirements-*.txt")):
+        pins = [Requirement(line) for line in requirements.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]  # fmt: skip
+        [runtime] = [r for r in pins if canonicalize_name(r.name) == "onnxruntime"]
+        assert str(runtime.specifier) == f"=={ours}", (requirements.name, str(runtime.specifier))
