@@ -3,6 +3,13 @@ mnist-train): a parser whose usage errors are one line, argparse types that refu
 infinities and out-of-range numbers at parse time, and a quiet ending for a closed standard
 output.
 
+A reader that goes away (``| head``, ``| true``) stops a command at its next write, as it stops
+Unix tools, with EXIT_BROKEN_PIPE; a command that changes something (publishes, promotes,
+deletes) also stops *before* the change when the reader of its stdout or stderr is gone
+(``stop_if_output_closed``), so that 141 always means "nothing was changed". Once the change is
+made, a closed output no longer changes the exit code: what is written after it goes through
+``say``, which drops lines nobody can read.
+
 Hand-written: argparse has no range checking, and the few lines here are simpler than a
 dependency would be.
 """
@@ -10,12 +17,16 @@ dependency would be.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
+import io
 import math
 import os
+import select
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 #: the exit code of a command whose standard output was closed early (``... | head -1``), as a
 #: shell reports a process ended by SIGPIPE (128 + 13)
@@ -46,8 +57,10 @@ def number_in(
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number ({expected})")
         too_low = value <= lowest if low_open else value < lowest
-        if not math.isfinite(value) or too_low or value > highest:
+        if too_low or value > highest:
             raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
         return value
 
@@ -95,14 +108,84 @@ def quiet_on_closed_output(main: EntryPoint) -> EntryPoint:
 
 
 def _closed_output() -> int:
-    # Python flushes stdout again at exit and would print "Exception ignored ... BrokenPipeError"
+    _drop_output(sys.stdout)
+    return EXIT_BROKEN_PIPE
+
+
+def _drop_output(stream: typing.TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: Python flushes it again at exit and would
+    print "Exception ignored ... BrokenPipeError"."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
-    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
-        pass
-    return EXIT_BROKEN_PIPE
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # a stream without a file descriptor (a test's capture)
+
+
+def reader_gone(stream: typing.TextIO) -> bool:
+    """True when ``stream`` is a pipe, socket or terminal whose reader has gone away (poll(2)
+    reports an error or a hang-up on it); False for files, captures and live readers."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return False
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
+
+def stop_if_output_closed(*streams: typing.TextIO) -> None:
+    """BrokenPipeError when the reader of any of ``streams`` (default: stdout and stderr) is gone.
+
+    Called just before a command changes something, so that a reader that went away while
+    nothing was written yet (``mnist-train --progress none | true``) stops the command as a
+    write would have, with nothing changed, rather than turning the change into a failure code
+    when the report of it is written.
+    """
+    for stream in streams or (sys.stdout, sys.stderr):
+        if reader_gone(stream):
+            raise BrokenPipeError(errno.EPIPE, f"the reader of {_name(stream)} went away")
+
+
+def _name(stream: typing.TextIO) -> str:
+    if stream is sys.stdout:
+        return "standard output"
+    if stream is sys.stderr:
+        return "standard error"
+    return str(getattr(stream, "name", "the output"))
+
+
+@contextlib.contextmanager
+def after_the_change() -> Iterator[None]:
+    """A block that reports a change already made: a reader that went away ends the block (what
+    is left unwritten is dropped) instead of turning the change into EXIT_BROKEN_PIPE."""
+    try:
+        yield
+    except BrokenPipeError:
+        for stream in (sys.stdout, sys.stderr):
+            _drop_output(stream)
+
+
+def say(*parts: object, file: typing.TextIO | None = None) -> bool:
+    """``print(*parts, file=file, flush=True)`` for what a command writes once its change is made:
+    a reader that went away does not turn the change into a failure, the line is dropped (and
+    so is the rest written to that stream). False when the line could not be written."""
+    stream = sys.stdout if file is None else file
+    try:
+        print(*parts, file=stream, flush=True)
+    except BrokenPipeError:
+        _drop_output(stream)
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()  # what is still buffered now goes to /dev/null
+        return False
+    return True
 
 
 class OneLineParser(argparse.ArgumentParser):

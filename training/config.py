@@ -611,6 +611,8 @@ def check_setting(setting: Setting, value: Any) -> None:
         raise TypeError(f"no check for the type of {setting.name}: {kind}")
     if not ok:
         raise ConfigError(f"{setting.flag}: expected {_expected(setting)}, got {value!r}")
+    if kind is float and not math.isfinite(value):  # NaN and infinities: no range applies
+        raise ConfigError(f"{setting.flag}: must be a finite number, got {value!r}")
     if setting.range is not None and _is_number(value) and value not in setting.range:
         raise ConfigError(f"{setting.flag}: {value!r} is out of range {setting.range}")
 

@@ -9,6 +9,7 @@ traceback reaches the user.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from service.command_line import EXIT_BROKEN_PIPE
+from service.command_line import EXIT_BROKEN_PIPE, say, stop_if_output_closed
 from service.errors import StoreUnavailable
 from service.model.contract import (
     SELFTEST_FILE,
@@ -79,7 +80,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_NOT_PROMOTED: "--promote refused by the promote gate: published as a candidate",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
-    EXIT_BROKEN_PIPE: "standard output closed early (`| head`); nothing more is done",
+    EXIT_BROKEN_PIPE: "standard output or error closed early (`| head`, `| true`) before "
+    "publishing: nothing was published (closed after publishing: the code says what happened)",
 }
 
 
@@ -401,6 +403,8 @@ def run(
                 log = io.StringIO() if config.progress == "none" else err
                 data = load_mnist(config.data_dir, log=log)
             trained = train_run(config, data, reporter, invocation=invocation)
+            # a reader gone before anything was written stops the run here, as a write would
+            stop_if_output_closed(out, err)
             version = publish_run(trained, config.models_dir, config.min_accuracy)
     except ConfigError as exc:
         code, message = EXIT_USAGE, f"configuration error: {exc}"
@@ -418,8 +422,9 @@ def run(
         code, message = EXIT_TERMINATED, "terminated; nothing was published"
     except MemoryError:
         code, message = EXIT_BUG, "out of memory; try --train-limit or fewer --augment-copies"
-    except BrokenPipeError:
-        raise  # the reader of stdout went away: the entry point ends quietly (141)
+    except BrokenPipeError:  # the reader went away before publishing: stop, as Unix tools do
+        code = EXIT_BROKEN_PIPE
+        message = "output closed early (its reader went away); nothing was published"
     except Exception as exc:  # the promise is one line, never a traceback: a bug says so
         if os.environ.get("MNIST_TRAIN_TRACEBACK"):
             raise
@@ -429,7 +434,9 @@ def run(
             f"(MNIST_TRAIN_TRACEBACK=1 shows the traceback)"
         )
     if code != EXIT_OK and reporter is not None:
-        reporter.abort()  # the ending below is the only line left on stderr
+        # the ending below is the only line left on stderr (a reader gone: say() drops it too)
+        with contextlib.suppress(BrokenPipeError):
+            reporter.abort()
     seconds = time.perf_counter() - started
     if code == EXIT_OK and trained is not None and version is not None:
         card = trained.card
@@ -439,26 +446,26 @@ def run(
             f"trained in {card.metrics.train_seconds:.1f}s, whole run {trained.seconds:.1f}s"
         )
         # in JSON mode stdout carries only the JSON records
-        say = err if config.progress == "json" else out
-        print(message, file=say, flush=True)
+        # from here on the version is published: a closed output no longer changes the code
+        report_to = err if config.progress == "json" else out
+        say(message, file=report_to)
         if not promote:
-            print(
+            say(
                 f"not served until promoted: mnist-models --models-dir {config.models_dir} "
                 f"promote {version.version}",
-                file=say,
-                flush=True,
+                file=report_to,
             )
         else:
             decision = promote_version(version, config.models_dir, config.data_dir)
             if decision.returncode == 0:
-                print(decision.stdout.strip(), file=say, flush=True)
+                say(decision.stdout.strip(), file=report_to)
             else:
                 why = decision.stderr.strip() or decision.stdout.strip()
                 code = EXIT_NOT_PROMOTED
                 message = f"version {version.version} stays a candidate: {why}"
-                print(f"mnist-train: {message}", file=err, flush=True)
+                say(f"mnist-train: {message}", file=err)
     else:
-        print(f"mnist-train: {message}", file=err, flush=True)
+        say(f"mnist-train: {message}", file=err)
     if config.progress == "json":
         record = {
             "event": "end",
@@ -470,5 +477,5 @@ def run(
             "seconds": seconds,
             "error": message if code != EXIT_OK else None,
         }
-        print(json.dumps(record), file=out, flush=True)
+        say(json.dumps(record), file=out)
     return code

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
+from service.command_line import say, stop_if_output_closed
 from training.config import Activation, ConfigError, Solver, TrainConfig, validate
 
 RESULTS_CSV = "results.csv"
@@ -582,12 +583,13 @@ def _publish_best(results: Sequence[RunResult], base: TrainConfig) -> int:
     if best.artifacts is None:
         raise RuntimeError("the sweep ran without keeping artifacts; cannot publish")
     trained = TrainedRun(**best.artifacts)
+    stop_if_output_closed()  # a reader gone: 141 with nothing published (service.command_line)
     try:
         version = publish_run(trained, base.models_dir, base.min_accuracy)
     except (QualityGateError, ParityError) as exc:
         print(f"mnist-train sweep: best run not published: {exc}", file=sys.stderr)
         return EXIT_NOT_PUBLISHED
-    print(
+    say(  # published: a closed output no longer changes the exit code
         f"published the best run by {criterion} ({best.activation}/{best.solver} seed "
         f"{best.seed}, test accuracy {best.test_accuracy:.4f}) as {version.path}",
         file=sys.stderr,

@@ -29,7 +29,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from service.command_line import OneLineParser, number_in, quiet_on_closed_output, whole_number
+from service.command_line import (
+    OneLineParser,
+    after_the_change,
+    number_in,
+    quiet_on_closed_output,
+    stop_if_output_closed,
+    whole_number,
+)
 from service.config import ConfigError, ServiceConfig
 from service.errors import StoreUnavailable
 from service.model import lifecycle
@@ -406,6 +413,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: 
         print(scores.describe({args.a: "A", args.b: "B"}), file=out)
         return EXIT_OK
     outcome: lifecycle.Outcome
+    stop_if_output_closed(out, err)  # a reader gone: 141 with nothing changed
     if command == "promote":
         outcome = lifecycle.promote(
             repository,
@@ -435,16 +443,22 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: 
         outcome = lifecycle.prune(repository, args.keep)
     else:  # argparse only lets the commands above through
         raise AssertionError(command)
-    print(outcome.message, file=out)
-    if command == "promote" and outcome.gate is not None:
-        try:
-            url = feedback_store_url(settings, root)
-        except StoreUnavailable as exc:  # promoted already: the store's figures are a report
-            print(f"mnist-models: warning: no held-out feedback figures: {exc.message}", file=err)
-            return EXIT_OK
-        _report_promotion_feedback(
-            repository, outcome, args.version, settings, url, args.tolerance, out, err
-        )
+    with after_the_change():  # changed already: a closed output does not change the code
+        print(outcome.message, file=out, flush=True)
+        if command == "promote" and outcome.gate is not None:
+            try:
+                url = feedback_store_url(settings, root)
+            except StoreUnavailable as exc:  # promoted already: the store's figures are a report
+                print(
+                    f"mnist-models: warning: no held-out feedback figures: {exc.message}",
+                    file=err,
+                    flush=True,
+                )
+                return EXIT_OK
+            _report_promotion_feedback(
+                repository, outcome, args.version, settings, url, args.tolerance, out, err
+            )
+            out.flush()
     return EXIT_OK
 
 

@@ -3,7 +3,9 @@
 Reads the service's own settings (DATABASE_URL, STORE_PATH, MODEL_DIR, STORE_*). Exit codes:
 0 done, 2 bad usage or settings (DATABASE_URL naming no database or driver this install has),
 3 the store cannot be reached, 4 nothing found to delete, 5 the store is off (STORE=off),
-141 standard output closed early. Failures are one line on stderr.
+6 no store there (the SQLite file does not exist: delete and purge create nothing; migrate
+creates a new store and says where), 141 standard output or error closed early, nothing
+changed. Failures are one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from service.command_line import OneLineParser, quiet_on_closed_output
+from service.command_line import OneLineParser, quiet_on_closed_output, say, stop_if_output_closed
 from service.config import ConfigError, ServiceConfig
 from service.errors import StoreUnavailable
-from service.store.config import usable_database_url
+from service.store.config import DEFAULT_SQLITE_NAME, sqlite_file, usable_database_url
 from service.store.database import PredictionStore
 
 EXIT_OK = 0
@@ -25,9 +28,12 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
 EXIT_STORE_OFF = 5
+EXIT_NO_STORE = 6
 EXIT_CODES = (
     "exit codes: 0 done, 2 bad usage or settings, 3 the store cannot be reached, 4 nothing "
-    "found to delete, 5 the store is off (STORE=off), 141 standard output closed early"
+    "found to delete, 5 the store is off (STORE=off), 6 no store at that path (the SQLite file "
+    "does not exist; delete and purge create nothing, migrate creates it), 141 standard output "
+    "or error closed early (nothing changed)"
 )
 
 
@@ -41,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", help="delete every record of one request id")
     delete.add_argument("request_id")
     commands.add_parser("purge", help="apply the retention rules now")
-    commands.add_parser("migrate", help="bring the schema to the newest migration")
+    commands.add_parser(
+        "migrate",
+        help="bring the schema to the newest migration (a missing SQLite file is created, "
+        "and the command says where)",
+    )
     return parser
 
 
@@ -63,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mnist-store: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    path = sqlite_file(url)
+    new_store = path is not None and not path.exists()
+    if path is not None and new_store and args.command != "migrate":
+        print(f"mnist-store: {_no_store(path, config)}; nothing to {args.command}", file=sys.stderr)
+        return EXIT_NO_STORE
+    stop_if_output_closed()  # nothing is changed for a reader that went away (141)
     store = PredictionStore.open(url)
     try:
         if args.command == "delete":
@@ -70,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not predictions and not feedback:
                 print(f"mnist-store: no records of request id {args.request_id!r}", file=sys.stderr)
                 return EXIT_NOT_FOUND
-            print(f"deleted {predictions} prediction and {feedback} feedback records")
+            say(f"deleted {predictions} prediction and {feedback} feedback records")
         elif args.command == "purge":
             settings = config.store
             counts = store.purge(
@@ -79,19 +95,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timedelta(days=settings.retention_days),
                 settings.retention_rows,
             )
-            print(
+            say(
                 f"{counts.inputs_erased} inputs erased, {counts.expired} expired and "
                 f"{counts.over_limit} surplus records deleted"
             )
         else:
             store.migrate()
-            print(f"schema at revision {store.schema_revision()}")
+            created = f"created a new store at {path}; " if new_store else ""
+            say(f"{created}schema at revision {store.schema_revision()}")
     except StoreUnavailable as exc:
         print(f"mnist-store: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     finally:
         store.close()
     return EXIT_OK
+
+
+def _no_store(path: Path, config: ServiceConfig) -> str:
+    """Where the missing SQLite file was looked for, and how to point at the right one."""
+    if config.store.database_url:
+        source = "DATABASE_URL"
+    elif config.store.sqlite_path is not None:
+        source = "STORE_PATH"
+    else:
+        source = f"{DEFAULT_SQLITE_NAME} beside MODEL_DIR={config.model_dir}"
+    return (
+        f"no prediction store at {path} (from {source}); point at the store with "
+        f"STORE_PATH=/path/to/{DEFAULT_SQLITE_NAME} (or DATABASE_URL, or MODEL_DIR: the default "
+        "file is beside the model folder), or create an empty one with mnist-store migrate"
+    )
 
 
 if __name__ == "__main__":

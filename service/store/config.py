@@ -118,6 +118,24 @@ class StoreConfig:
         )
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, absolute; None for other databases, in-memory SQLite and
+    ``file:`` URIs (SQLite would create a missing file on the first connection)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).absolute()
+
+
 def sqlalchemy_url(url: str) -> str:
     """``url`` with the psycopg 3 driver named for PostgreSQL (postgres:// and postgresql://)."""
     scheme, sep, rest = url.partition("://")

@@ -311,7 +311,9 @@ def test_nan_and_infinite_numbers_are_refused_while_parsing(
         main([f"{flag}={value}", "--models-dir", "/nonexistent/never-made"])
     assert ended.value.code == EXIT_USAGE
     line = assert_one_line_no_traceback(capsys.readouterr().err)
-    assert line.startswith(f"mnist-train: error: argument {flag}: {flag}: {value} is out of range")
+    assert line.startswith(
+        f"mnist-train: error: argument {flag}: {flag}: must be a finite number, got {value}"
+    )
 
 
 @pytest.mark.parametrize(

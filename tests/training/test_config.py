@@ -267,3 +267,25 @@ def test_the_default_recipe_reads_as_the_committed_models_shape() -> None:
     assert config.hidden_layers == (800,) and config.solver == "adam"
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "mnist-train --config training/recipes/default.toml" in readme
+
+
+FLOAT_SETTINGS = [setting for setting in SETTINGS if setting.type is float]
+
+
+@pytest.mark.parametrize("setting", FLOAT_SETTINGS, ids=lambda setting: setting.name)
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan"])
+def test_every_float_setting_must_be_finite(
+    setting: Any, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert len(FLOAT_SETTINGS) >= 10  # alpha, learning_rate_init, tol, min_accuracy, ...
+    with pytest.raises(SystemExit) as ended:  # argparse's usage error
+        main([f"{setting.flag}={text}"])
+    assert ended.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{setting.flag}: must be a finite number, got {float(text)!r}" in err
+    assert "out of range" not in err
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(f"{setting.name} = {text}\n")
+    assert main(["--config", str(run_file)]) == EXIT_USAGE
+    assert f"{setting.flag}: must be a finite number" in capsys.readouterr().err
