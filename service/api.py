@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -18,6 +18,7 @@ from flask import Blueprint, Response
 from flask import request as flask_request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 from werkzeug.wrappers import Request
 
 from service import json_arrays
@@ -40,7 +41,13 @@ from service.images import (
     header_size,
     preprocess_image,
 )
-from service.json_body import WrittenNumber, check_depth, parse_json_slowly, unaccepted_type
+from service.json_body import (
+    WrittenNumber,
+    check_depth,
+    parse_json_slowly,
+    shorten,
+    unaccepted_type,
+)
 from service.model import contract
 from service.model.explain import Explainer, Explanation, ServedMlp
 from service.model.predictor import Predictor
@@ -374,9 +381,42 @@ def _json_type(value: Any) -> str:
 # -- uploads --------------------------------------------------------------------------------------
 
 
+class _UploadRequest(Request):
+    """werkzeug's Request, but a malformed form raises ValueError saying why: werkzeug's own
+    parser drops such a form silently, whole, leaving nothing to say what was wrong. ``close``
+    closes every file part's stream, those of a form refused halfway included."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        super().__init__(environ)
+        self._streams: list[IO[bytes]] = []
+
+    def make_form_data_parser(self) -> FormDataParser:
+        parser = super().make_form_data_parser()
+        parser.silent = False
+        return parser
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        stream = super()._get_file_stream(
+            total_content_length, content_type, filename, content_length
+        )
+        self._streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        super().close()
+        for stream in self._streams:
+            stream.close()
+
+
 def upload_request(req: InferenceRequest, config: ServiceConfig) -> Request:
     """werkzeug's view of a multipart request, with the service's body and form limits."""
-    upload = Request(req.environ)
+    upload = _UploadRequest(req.environ)
     upload.max_content_length = config.max_body_bytes
     # a multipart batch holds at most max_batch images; a few parts more are harmless form fields
     upload.max_form_parts = config.max_batch + 16
@@ -388,14 +428,25 @@ def images_from_upload(
     req: Request, max_batch: int, limits: ImageLimits, max_request_pixels: int
 ) -> np.ndarray:
     """float32 [N, 784] from multipart parts named "image"; a 4xx error otherwise."""
+    boundary = req.mimetype_params.get("boundary", "")
+    if not boundary:
+        raise BadRequest(
+            f"the {MULTIPART_TYPE} Content-Type has no boundary parameter: send "
+            f'"{MULTIPART_TYPE}; boundary=..." with the line that separates the parts'
+        )
     try:
         parts = req.files.getlist(MULTIPART_FIELD)
         others = [name for name in req.files if name != MULTIPART_FIELD]
     except ValueError as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from None
+        raise BadRequest(_malformed_form(exc, boundary)) from None
     except RequestEntityTooLarge:
         raise form_over_limits(req) from None
     if not parts:
+        if MULTIPART_FIELD in req.form:
+            raise InvalidInput(
+                f'"{MULTIPART_FIELD}" was sent as a text field, not a file: send each picture as '
+                f"a file part (with a filename, as curl -F {MULTIPART_FIELD}=@digit.png does)"
+            )
         named = f" (found {sorted(set(others))})" if others else ""
         raise InvalidInput(f'send one or more multipart file parts named "image"{named}')
     if len(parts) > max_batch:
@@ -403,6 +454,21 @@ def images_from_upload(
     encoded = {index: part.read() for index, part in enumerate(parts)}
     decoded = decode_images(encoded, limits, max_request_pixels)
     return np.stack([decoded[index] for index in range(len(parts))])
+
+
+def _malformed_form(error: ValueError, boundary: str) -> str:
+    """What is wrong with a multipart body werkzeug's parser refused (``error``)."""
+    delimiter = f"--{shorten(boundary)}"
+    if str(error).startswith("Invalid form-data cannot parse beyond"):  # the body ended early
+        if str(error).endswith("PREAMBLE"):
+            return (
+                f'malformed multipart body: no part starts with "{delimiter}", the boundary its '
+                "Content-Type names"
+            )
+        return (
+            f'malformed multipart body: the form ends before its closing boundary "{delimiter}--"'
+        )
+    return f"malformed multipart body: {error}"
 
 
 def form_over_limits(req: Request) -> PayloadTooLarge:

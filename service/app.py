@@ -16,18 +16,27 @@ import contextlib
 import io
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed as NoSuchMethod
+from werkzeug.exceptions import NotFound as NoSuchRoute
 from werkzeug.utils import cached_property
 
 from service import api, feedback, images, openapi, page
 from service.config import ServiceConfig
 from service.dispatch import InferenceDispatcher, InferenceEndpoint, read_decoded_body
 from service.error_render import render_error
-from service.errors import ModelUnavailable, NotFound, body_over_limit
+from service.errors import (
+    ModelUnavailable,
+    NotFound,
+    body_over_limit,
+    method_not_allowed,
+    no_route,
+)
 from service.model.explain import Explainer
 from service.model.predictor import Predictor
 from service.model.repository import ModelRepository
@@ -186,6 +195,15 @@ def serve_with_layers(
         answer.headers.remove("Content-Type")
         return answer
 
+    @app.before_request
+    def _refuse_viewless_rules() -> None:
+        # the inference rules have no view here (the dispatcher answers them): a request it
+        # passed on that Flask still routes to one is a 404, never a KeyError's 500 (after
+        # _answer_options, so OPTIONS on them is still answered)
+        rule = request.url_rule
+        if rule is not None and rule.endpoint not in app.view_functions:
+            raise no_route(request.method, request.path)
+
     app.request_class = BoundedRequest
 
     @app.errorhandler(Exception)
@@ -194,15 +212,65 @@ def serve_with_layers(
             limit, length = config.max_body_bytes, request.content_length
             over = length is not None and length > limit
             error = body_over_limit(limit) if over else api.form_over_limits(request)
+        elif error is request.routing_exception:  # werkzeug's routing, said in our words
+            error = routing_error(error, request.method, request.path)
         answer = render_error(error, request.path, facts_of(request.environ).request_id)
         return Response(answer.body, status=answer.status, headers=answer.headers)
 
-    dispatcher = InferenceDispatcher(app.wsgi_app, endpoints, on_request)
+    # werkzeug matches a path as sent too: it neither merges repeated slashes nor redirects
+    # (an HTML 308) to the merged path, for the paths the dispatcher passes on as they are
+    app.url_map.merge_slashes = False
+    dispatcher = InferenceDispatcher(
+        app.wsgi_app,
+        endpoints,
+        on_request,
+        routed=lambda path: bool(allowed_methods(app, path)),
+        taken_as_sent=lambda path: taken_as_sent(app, path),
+    )
     app.wsgi_app = RequestObservability(dispatcher, request_tracing)  # type: ignore[method-assign]
+
+
+def routing_error(error: Exception, method: str, path: str) -> Exception:
+    """werkzeug's routing error for ``method path`` as the service words it everywhere
+    (service.errors): its NotFound is no_route's 404 ("no route /foo"), its MethodNotAllowed
+    method_not_allowed's 405 ("GET /predict is not allowed; use POST", with Allow); any
+    other error (a WebSocket request's) is returned as it is."""
+    if isinstance(error, NoSuchMethod):
+        return method_not_allowed(method, path, error.valid_methods or ())
+    if isinstance(error, NoSuchRoute):
+        return no_route(method, path)
+    return error
 
 
 #: the endpoints of catch-all rules: they answer every path below them with 404 or 405
 CATCH_ALL_ENDPOINTS = frozenset({"v2.unknown_route"})
+#: a variable of a url rule: <name>, <converter:name> or <converter(arguments):name>
+_RULE_VARIABLE = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?\w+>")
+
+
+def taken_as_sent(app: Flask, path: str) -> bool:
+    """True when ``path`` goes on after the fixed beginning of a route of ``app`` whose variable
+    takes the rest of the path as it is (:func:`rest_of_path_prefixes`): ``/feedback/a//b``
+    is the id ``a//b``, not a path to refuse for its form (service.dispatch)."""
+    return any(
+        path.startswith(prefix) and len(path) > len(prefix) for prefix in rest_of_path_prefixes(app)
+    )
+
+
+def rest_of_path_prefixes(app: Flask) -> tuple[str, ...]:
+    """The fixed beginnings (``/feedback/``) of the routes of ``app`` with a variable that takes
+    the rest of the path, slashes and dots included (a converter that is not part-isolating:
+    DELETE /feedback/<request_id>); the catch-all routes left out."""
+    converters = app.url_map.converters
+    prefixes = []
+    for rule in app.url_map.iter_rules():
+        variables = list(_RULE_VARIABLE.finditer(rule.rule))
+        if not variables or rule.endpoint in CATCH_ALL_ENDPOINTS:
+            continue
+        names = [variable.group(1) or "default" for variable in variables]
+        if any(not converters[name].part_isolating for name in names):
+            prefixes.append(rule.rule[: variables[0].start()])
+    return tuple(prefixes)
 
 
 def allowed_methods(app: Flask, path: str) -> list[str]:

@@ -11,6 +11,15 @@ Nothing of such a request ever reaches Flask.
 Every other request goes to the Flask app unchanged. The endpoints' url rules are also in
 Flask's url map (without a view), so a GET on an inference route is Flask's 405 with an Allow
 header, and the OpenAPI tests see every route in one table.
+
+A path is matched as sent: one that differs from its :func:`canonical_path` (repeated slashes
+anywhere, '.' or '..' segments, a trailing slash, whether sent so or percent-encoded) is a 404
+here, naming the canonical path when a route takes it, and reaches neither an endpoint nor
+Flask. Flask would otherwise route it by a form of its own (werkzeug drops leading slashes and
+merges or redirects repeated ones) that this matcher does not share: ``POST //predict`` reached
+the view-less ``api.predict`` rule, a 500. The one exception: a path under a route whose
+variable is the rest of the path, slashes and dots included (DELETE /feedback/<request_id>: an
+id may hold '//' or '..'), goes to Flask as sent, which matches it exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wsgi import get_content_length
 
 from service.error_render import render_error, status_line
-from service.errors import body_over_limit
+from service.errors import body_over_limit, no_route
 from service.observability.wsgi import (
     Environ,
     RequestFacts,
@@ -166,6 +175,30 @@ class InferenceEndpoint(Protocol):
         ...
 
 
+def canonical_path(path: str) -> str:
+    """``path`` (starting with '/') without empty, '.' and '..' segments ('..' removes the
+    segment before it, as a browser resolves it) and without a trailing slash: ``///a/./b/../c/``
+    is ``/a/c``. No route of the service ends in a slash but ``/``."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def is_canonical(path: str) -> bool:
+    """True unless ``path`` starts with '/' and differs from its :func:`canonical_path` (a
+    request target such as ``*`` or an empty path is left to the app)."""
+    if not path.startswith("/"):
+        return True
+    if "//" not in path and "/." not in path and not (path.endswith("/") and path != "/"):
+        return True  # the common case, decided without splitting the path
+    return canonical_path(path) == path
+
+
 @dataclass(frozen=True)
 class _Route:
     rule: str
@@ -188,6 +221,10 @@ class InferenceDispatcher:
     """WSGI: answers the inference endpoints' POST requests itself, passes the rest to ``app``.
 
     ``on_request`` runs first for every request (the model watcher's start after a fork).
+    A path that is not canonical (:func:`is_canonical`) is answered here with a 404 (see the
+    module's docstring) unless ``taken_as_sent(path)``: a route of the app takes it with its
+    slashes and dots as they are. ``routed(path)`` says whether some route of the app takes a
+    path, for the 404 to name the canonical path only when it is one (unset: always named).
     """
 
     def __init__(
@@ -195,9 +232,13 @@ class InferenceDispatcher:
         app: WsgiApp,
         endpoints: Sequence[InferenceEndpoint],
         on_request: Callable[[], None] | None = None,
+        routed: Callable[[str], bool] | None = None,
+        taken_as_sent: Callable[[str], bool] | None = None,
     ) -> None:
         self.app = app
         self.on_request = on_request
+        self.routed = routed
+        self.taken_as_sent = taken_as_sent
         self._exact: dict[str, _Route] = {}
         self._patterns: list[_Route] = []
         for endpoint in endpoints:
@@ -210,8 +251,11 @@ class InferenceDispatcher:
                     self._patterns.append(route)
 
     def match(self, method: str, path: str) -> tuple[_Route, dict[str, str]] | None:
-        """The inference route and its variables for ``method path``; None for any other."""
-        if method != "POST":
+        """The inference route and its variables for ``method path``; None for any other.
+
+        The method is compared in upper case, as werkzeug routes it: a ``post`` that Flask
+        would route to a view-less inference rule is answered here, as POST."""
+        if method.upper() != "POST":
             return None
         route = self._exact.get(path)
         if route is not None:
@@ -227,7 +271,12 @@ class InferenceDispatcher:
         if self.on_request is not None:
             self.on_request()
         path: str = environ.get("PATH_INFO", "")
-        matched = self.match(environ.get("REQUEST_METHOD", ""), path)
+        method: str = environ.get("REQUEST_METHOD", "")
+        # a route that takes the rest of the path as it is (DELETE /feedback/<request_id>: an id
+        # may hold '//', '..' or a trailing '/') is routed by Flask exactly as sent, not refused
+        if not is_canonical(path) and not (self.taken_as_sent and self.taken_as_sent(path)):
+            return self._not_canonical(environ, start_response, method, path)
+        matched = self.match(method, path)
         if matched is None:
             return self.app(environ, start_response)
         route, args = matched
@@ -240,6 +289,22 @@ class InferenceDispatcher:
         except Exception as exc:  # every failure, expected or a bug, is rendered the one way
             error = render_error(exc, path, facts.request_id)
             status, headers, body = error.status, error.headers, error.body
-        headers.append(("Content-Length", str(len(body))))
-        start_response(status_line(status), headers)
-        return [body]
+        return _respond(start_response, status, headers, body)
+
+    def _not_canonical(
+        self, environ: Environ, start_response: StartResponse, method: str, path: str
+    ) -> Iterable[bytes]:
+        """The 404 of a path that is not canonical (service.errors.no_route)."""
+        canonical = canonical_path(path)
+        named = self.routed is None or self.routed(canonical)
+        error = no_route(method, path, canonical if named else None)
+        answer = render_error(error, path, facts_of(environ).request_id)
+        return _respond(start_response, answer.status, answer.headers, answer.body)
+
+
+def _respond(
+    start_response: StartResponse, status: int, headers: list[tuple[str, str]], body: bytes
+) -> Iterable[bytes]:
+    headers.append(("Content-Length", str(len(body))))
+    start_response(status_line(status), headers)
+    return [body]

@@ -32,14 +32,13 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import WebsocketMismatch
 
-from service.errors import ServiceError
+from service.errors import ServiceError, is_v2_path
 from service.json_body import cut_long_runs
 from service.observability.request_log import REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
-V2_PREFIX = "/v2"
 
 #: stable error codes for the HTTP errors werkzeug raises before a view runs
 HTTP_ERROR_CODES = {
@@ -87,11 +86,6 @@ class ErrorAnswer:
 def status_line(status: int) -> str:
     """The WSGI status string of ``status``, e.g. ``"413 REQUEST ENTITY TOO LARGE"``."""
     return f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}"
-
-
-def is_v2_path(path: str) -> bool:
-    """True for the Open Inference Protocol's routes (``/v2`` and below)."""
-    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 def render_error(error: BaseException, path: str, request_id: str) -> ErrorAnswer:

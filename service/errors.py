@@ -5,8 +5,16 @@ No web framework here: service.model raises these too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
+
+#: the Open Inference Protocol's routes are /v2 and below; their errors are worded and shaped so
+V2_PREFIX = "/v2"
+
+
+def is_v2_path(path: str) -> bool:
+    """True for the Open Inference Protocol's routes (``/v2`` and below)."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 class ServiceError(Exception):
@@ -77,6 +85,32 @@ class MethodNotAllowed(ServiceError):
 
     def __init__(self, message: str, allowed: Sequence[str]) -> None:
         super().__init__(message, headers=[("Allow", ", ".join(allowed))])
+
+
+def no_route(method: str, path: str, canonical: str | None = None) -> NotFound:
+    """The one answer to a path no route takes, whichever layer finds it: ``no route /foo``
+    (under /v2: ``no Open Inference Protocol endpoint GET /v2/foo``). ``canonical``: the path
+    a route does take that ``path`` differs from only by its form (repeated slashes, '.' or
+    '..' segments, a trailing slash), named so the client sees what to send instead."""
+    if is_v2_path(path):
+        message = f"no Open Inference Protocol endpoint {method} {path}"
+    else:
+        message = f"no route {path}"
+    if canonical is not None:
+        message += (
+            f"; did you mean {canonical}? Paths are matched as sent: repeated slashes, '.' and "
+            "'..' segments and a trailing slash are not removed"
+        )
+    return NotFound(message)
+
+
+def method_not_allowed(method: str, path: str, allowed: Iterable[str]) -> MethodNotAllowed:
+    """The one answer to a route asked with a method it does not take, whichever layer finds
+    it: ``GET /predict is not allowed; use POST``. ``allowed``: the methods the route takes
+    (HEAD and OPTIONS are left out of the message; Allow lists OPTIONS, and HEAD with GET)."""
+    methods = sorted(set(allowed) - {"HEAD", "OPTIONS"})
+    header = sorted({*methods, "OPTIONS", *(["HEAD"] if "GET" in methods else [])})
+    return MethodNotAllowed(f"{method} {path} is not allowed; use {', '.join(methods)}", header)
 
 
 class ModelUnavailable(ServiceError):

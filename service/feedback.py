@@ -8,7 +8,10 @@ already given; 422 for a bad label, index or field; 503 when the store is off or
 DELETE /feedback/<request_id> (behind ADMIN_TOKEN, like the other admin routes: 403 without it
 set, 401 without the right bearer token) deletes every prediction and feedback record of one
 request in one transaction: 200 with the counts, 404 when the store holds nothing of it (after
-waiting up to FEEDBACK_WAIT_SECONDS for an answer still on its way to the database).
+waiting up to FEEDBACK_WAIT_SECONDS for an answer still on its way to the database). The id is
+the rest of the path, percent-decoded, slashes included (:class:`RequestIdConverter`): every id
+X-Request-ID accepts (1..128 visible ASCII characters: ``/``, ``%``, ``?``, ``#``, ``..`` too)
+can be deleted, sent percent-encoded (``user%2F42``) or with its slashes as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import PathConverter
 
 from service.access import require_admin
 from service.errors import (
@@ -42,6 +47,26 @@ MAX_FEEDBACK_ITEMS = 1024
 MAX_REQUEST_ID = 128
 _FIELDS = frozenset({"request_id", "label", "index"})
 STORE_OFF = "the prediction store is off (STORE=off): feedback is not recorded"
+#: the url converter of a request id in a path (:class:`RequestIdConverter`)
+REQUEST_ID_CONVERTER = "request_id"
+
+
+class RequestIdConverter(PathConverter):
+    """A request id in a url path: all the rest of the path, percent-decoded, slashes included.
+
+    X-Request-ID takes any 1..128 visible ASCII characters, so an id may hold ``/`` anywhere
+    (first, last, doubled), ``%``, ``?``, ``#`` or be ``..``. werkzeug's ``path`` converter
+    refuses a leading slash and the url map merges doubled slashes; this one takes them all (its
+    rule sets ``merge_slashes=False``). ``?`` and ``#`` must be sent percent-encoded, as in any
+    url; ``/`` may be sent either way (the server decodes ``%2F`` before routing).
+    """
+
+    regex = ".+"
+    part_isolating = False
+
+
+def _register_converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters.setdefault(REQUEST_ID_CONVERTER, RequestIdConverter)
 
 
 def parse_feedback(body: bytes) -> list[FeedbackItem]:
@@ -90,6 +115,7 @@ def create_blueprint(
     """POST /feedback and DELETE /feedback/<request_id> on ``store`` (None: the store is off, and
     the routes say so with 503); ``admin_token`` (ADMIN_TOKEN) guards the deletion."""
     blueprint = Blueprint("feedback", __name__)
+    blueprint.record_once(_register_converter)  # before the rule that uses it is added
 
     @blueprint.post(FEEDBACK_ROUTE)
     def post_feedback() -> Response:
@@ -103,7 +129,7 @@ def create_blueprint(
         body = orjson.dumps({"accepted": [outcome.to_json() for outcome in outcomes]})
         return Response(body, status=HTTPStatus.ACCEPTED, mimetype="application/json")
 
-    @blueprint.delete(FEEDBACK_ROUTE + "/<request_id>")
+    @blueprint.delete(f"{FEEDBACK_ROUTE}/<{REQUEST_ID_CONVERTER}:request_id>", merge_slashes=False)
     def delete_request(request_id: str) -> Response:
         require_admin(request.headers.get("Authorization"), admin_token)
         if len(request_id) > MAX_REQUEST_ID:

@@ -909,8 +909,29 @@ def header_size(data: bytes, formats: tuple[str, ...]) -> tuple[int, int] | None
             with _parse_header(data, name) as image:
                 width, height = image.size
                 return int(width), int(height)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Pillow's WebP reader checks the size itself while it opens (it makes the canvas
+            # then) and refuses beyond twice Image.MAX_IMAGE_PIXELS, saying no width or height
+            size = _webp_size(data) if name == "WEBP" else None
+            if size is not None:
+                return size
         except _DECODE_ERRORS:
             continue
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a WebP's canvas as its first chunk says (VP8X, lossless VP8L or lossy
+    VP8), decoding nothing; None when that chunk is none of these or is cut short."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:  # 24-bit width - 1 and height - 1
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:  # 14-bit width - 1, height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":  # 14-bit sides
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
     return None
 
 

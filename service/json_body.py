@@ -97,6 +97,10 @@ def unaccepted_type(mimetype: str, sent: str, accepted: str) -> str:
     )
 
 
+#: a run of digits as long as the shortest integer beyond 64 bits (or longer)
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
 def _no_constant(name: str) -> Any:
     raise BadRequest(f"malformed JSON: {name} is not JSON (a number must be finite)")
 
@@ -105,13 +109,19 @@ def parse_json(body: bytes) -> Any:
     """The JSON document of ``body``; BadRequest (400) says what is wrong with a malformed one.
 
     Strict JSON (RFC 8259): NaN, Infinity and -Infinity are refused. A number too large for a
-    float (``1e999``) is read as a :class:`WrittenNumber`, so that the route's range check
-    names it as written.
+    float (``1e999``) is read as a :class:`WrittenNumber` and an integer beyond 64 bits as the
+    int written, so that the route's range check names it as written.
     """
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         orjson_error = exc
+    else:
+        if not _LONG_DIGITS.search(body):
+            return document
+        # orjson reads an integer beyond 64 bits as a float (99999999999999999999999 as 1e+23):
+        # the standard parser keeps it the integer written, for the route's check to name
+        return parse_json_slowly(body)
     if "depth limit" in str(orjson_error):
         raise BadRequest(f"malformed JSON: {TOO_DEEP}")
     return parse_json_slowly(body)

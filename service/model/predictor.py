@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,9 +46,20 @@ __all__ = [
     "PredictorMetrics",
     "check_card",
     "check_signature",
+    "loaded_phrase",
     "read_selftest",
     "run_selftest",
 ]
+
+
+def loaded_phrase(loaded: Sequence[int]) -> str:
+    """What is loaded, for a message about a version that is not: ``version 1 is serving``,
+    ``versions 1, 3 are loaded`` or ``none is loaded``."""
+    if not loaded:
+        return "none is loaded"
+    if len(loaded) == 1:
+        return f"version {loaded[0]} is serving"
+    return f"versions {', '.join(map(str, loaded))} are loaded"
 
 
 class PredictorMetrics(ReloadMetrics, TrialMetrics, Protocol):
@@ -158,13 +169,7 @@ class Predictor:
             return self.loaded
         found = self._serving.by_version.get(version)
         if found is None:
-            loaded = sorted(self._serving.by_version)
-            if not loaded:
-                serving = "none is loaded"
-            elif len(loaded) == 1:
-                serving = f"version {loaded[0]} is serving"
-            else:
-                serving = f"versions {', '.join(map(str, loaded))} are loaded"
+            serving = loaded_phrase(self.loaded_versions())
             raise NotFound(
                 f"model {self.repository.name!r} has no version {str(version)!r} loaded; {serving}"
             )

@@ -368,7 +368,9 @@ def validate_version(
     try:
         onnx_bytes, document = version.read_verified(settings.max_model_bytes)
     except RepositoryError as exc:
-        raise ModelRejected(str(exc)) from exc
+        # the repository's reasons name the version; a rejection's reason is said of it (the
+        # watcher, the lifecycle and the index put "version N" before it)
+        raise ModelRejected(str(exc).removeprefix(f"version {version.version}: ")) from exc
     try:
         card = contract.ModelCard.from_json(document)
     except contract.CardError as exc:

@@ -71,24 +71,50 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
 
 def _parse_header(text: memoryview) -> Any:
     try:
-        return orjson.loads(text)  # fast and strict: the common path
+        header = orjson.loads(text)  # fast and strict: the common path
     except orjson.JSONDecodeError:
-        # the standard parser, on this rare path, gives the precise message, and reads NaN so
-        # that the range check can name it ("values must be finite"); a number too large for a
-        # float (1e400) or an integer of more digits than Python converts is a WrittenNumber,
-        # out of every range and named as written (never int()'s advice, never "NaN")
-        return json.loads(bytes(text), parse_int=written_int, parse_float=written_float)
+        pass
+    else:
+        if not _integers_read_as_floats(header):
+            return header
+    # the standard parser, on this rare path, gives the precise message, and reads NaN so that
+    # the range check can name it ("values must be finite"); a number too large for a float
+    # (1e400) or an integer of more digits than Python converts is a WrittenNumber, out of
+    # every range and named as written (never int()'s advice, never "NaN"); an integer beyond
+    # 64 bits, which orjson reads as a float, is the int written
+    return json.loads(bytes(text), parse_int=written_int, parse_float=written_float)
+
+
+def _integers_read_as_floats(header: Any) -> bool:
+    """Whether an input's shape or parameters (the numbers messages name) hold a whole float
+    beyond 64 bits: orjson's reading of an integer that large (or of a float written so)."""
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    if not isinstance(inputs, list):
+        return False
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            continue
+        shape, parameters = tensor.get("shape"), tensor.get("parameters")
+        values = [*(shape if isinstance(shape, list) else ())]
+        values += parameters.values() if isinstance(parameters, dict) else ()
+        if any(type(value) is float and abs(value) >= 2**63 for value in values):
+            return True
+    return False
 
 
 def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], BinarySection]:
     """The parsed JSON header and the binary section that follows it (empty when there is none)."""
     end = len(body) if header_length is None else header_length
+    if not body:
+        raise BadRequest('the body is empty; send a JSON inference request {"inputs": [...]}')
     try:
         header = _parse_header(memoryview(body)[:end])
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad JSON and bad UTF-8; RecursionError a hostile nesting depth
         if header_length is None:
-            hint = f" (binary tensors after the JSON need the {HEADER_LENGTH} header)"
+            hint = ""
+            if _json_then_more(body):
+                hint = f" (binary tensors after the JSON need the {HEADER_LENGTH} header)"
             where = "the body"
         else:
             hint = ""
@@ -100,6 +126,19 @@ def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], 
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
     return header, BinarySection(memoryview(body)[end:])
+
+
+def _json_then_more(body: bytes) -> bool:
+    """Whether ``body`` starts with a whole JSON object and holds more after it: JSON followed
+    by binary tensors, sent without the header that says where the JSON ends."""
+    text = body.decode("utf-8", "replace").lstrip()
+    if not text.startswith("{"):
+        return False
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return False
+    return bool(text[end:].strip())
 
 
 def binary_data_size(parameters: Mapping[str, Any], tensor: str) -> int | None:

@@ -45,6 +45,7 @@ OUTPUT_ACCEPTED = "accepted"
 OUTPUT_REJECT_REASON = "reject_reason"
 DECISION_OUTPUTS = (OUTPUT_ACCEPTED, OUTPUT_REJECT_REASON)
 ACCEPTED_SHAPES = f"[N, {N_PIXELS}] or [N, {IMAGE_SIDE}, {IMAGE_SIDE}]"
+SEND_DATATYPE = "send FP32 (pixels in 0..1) or UINT8 (raw pixels 0..255)"
 NUMBERS_ONLY = "'data' must hold numbers only (no strings, booleans or null)"
 
 
@@ -196,13 +197,17 @@ def _read_inputs(
 ) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(f"'inputs' must be a list holding the one input tensor {INPUT_NAME!r}")
-    for tensor in inputs:
+    for index, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise BadRequest(
                 f'each input must be an object {{"name": {INPUT_NAME!r}, "shape": [...], '
                 f'"datatype": ..., "data": [...]}}, got {shown(tensor)}'
             )
         name = tensor.get("name")
+        if "name" not in tensor:
+            raise BadRequest(
+                f"inputs[{index}] has no 'name': the mnist model has one input, {INPUT_NAME!r}"
+            )
         if name != INPUT_NAME:
             raise BadRequest(
                 f"unknown input {shown(name)}: the mnist model has one input, {INPUT_NAME!r}"
@@ -218,11 +223,10 @@ def _read_input(
     """The input's images; ``booleans``: the body may hold a boolean (see _array_of)."""
     where = f"input {INPUT_NAME!r}"
     datatype = tensor.get("datatype")
+    if "datatype" not in tensor:
+        raise BadRequest(f"{where} (inputs[0]) has no 'datatype'; {SEND_DATATYPE}")
     if not isinstance(datatype, str) or datatype not in INPUT_DATATYPES:
-        raise BadRequest(
-            f"{where}: datatype {shown(datatype)} is not supported; send FP32 (pixels in 0..1) or "
-            "UINT8 (raw pixels 0..255)"
-        )
+        raise BadRequest(f"{where}: datatype {shown(datatype)} is not supported; {SEND_DATATYPE}")
     dtype = INPUT_DATATYPES[datatype]
     shape = _read_shape(tensor.get("shape"), where, max_batch)
     count = shape[0] * N_PIXELS

@@ -3,7 +3,9 @@
 - ``POST /v2/repository/index`` (body ``{"ready": true}`` optional): every version in the
   repository with its state (``READY`` on this worker, or ``UNAVAILABLE`` and why);
 - ``POST /v2/repository/models/<model>/load`` / ``unload``: the whole model on or off, on
-  every worker (written to labels.json, as every change here is);
+  every worker (written to labels.json, as every change here is). Both take Triton's optional
+  ``{"parameters": {...}}`` (tritonclient sends it on every unload, and on a load with
+  ``config=``/``files=``): see :func:`unload_dependents` and :func:`check_load_parameters`;
 - ``POST /v2/repository/models/<model>/promote`` ``{"version": N, "force": false}``,
   ``rollback``, ``canary`` ``{"version": N, "percent": P}``, ``shadow`` ``{"version": N,
   "sample": R}``, ``end-trial``: what ``mnist-models`` does, with the same gate.
@@ -25,7 +27,7 @@ import flask
 from service.access import require_admin
 from service.config import ServiceConfig
 from service.errors import InvalidInput, NotFound, UnsupportedMediaType
-from service.json_body import echo, json_object, unaccepted_type
+from service.json_body import echo, json_object, shorten, unaccepted_type
 from service.model import lifecycle
 from service.model.predictor import Predictor
 from service.model.repository import ModelRepository
@@ -91,6 +93,91 @@ def _number(body: dict[str, Any], key: str, low: float, high: float, meaning: st
             f"{key!r} must be a number in ({low:g}, {high:g}] ({meaning}), not {shown}"
         )
     return float(value)
+
+
+#: Triton's load parameters: a model config (JSON text) and files (``file:<path>``, base64)
+LOAD_CONFIG = "config"
+LOAD_FILE_PREFIX = "file:"
+UNLOAD_DEPENDENTS = "unload_dependents"
+
+
+def _parameters(body: dict[str, Any], action: str) -> dict[str, Any]:
+    """The request's ``parameters`` object (``{}`` when it is not sent)."""
+    value = body.get("parameters", {})
+    if not isinstance(value, dict):
+        raise InvalidInput(
+            f"'parameters' of {action} must be an object of named parameters, not {echo(value)}"
+        )
+    return value
+
+
+def unload_dependents(body: dict[str, Any]) -> bool:
+    """The ``unload_dependents`` parameter of an unload (false when not sent).
+
+    Triton's: also unload the models loaded along with this one (an ensemble's parts). This
+    model has no dependents (it is one ONNX file, no ensemble), so true and false unload the
+    same: the one model. Must be true or false (tritonclient always sends it, false by default).
+    Any other parameter is refused by name, as an unknown field is on every route here: Triton
+    ignores unknown unload parameters, but then a misspelt ``unload_dependent`` would pass
+    unnoticed (tritonclient sends no other).
+    """
+    parameters = _parameters(body, "unload")
+    unknown = sorted(set(parameters) - {UNLOAD_DEPENDENTS})
+    if unknown:
+        raise InvalidInput(
+            f"unknown unload parameter(s) {shorten(str(unknown))}; accepted: {UNLOAD_DEPENDENTS}"
+        )
+    value = parameters.get(UNLOAD_DEPENDENTS, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{UNLOAD_DEPENDENTS!r} must be true or false, not {echo(value)}")
+    return value
+
+
+def check_load_parameters(body: dict[str, Any]) -> None:
+    """Refuse, saying why, every load parameter: this service can honour none of them.
+
+    Triton's load takes ``config`` (a model config as JSON text, used instead of the
+    repository's) and ``file:<path>`` (a file's contents, base64, making up a model directory
+    that replaces the repository's). Here a model is only ever loaded from the versions published
+    to the repository (``mnist-models publish``, which checks and self-tests them), with the
+    config their files imply, so either override gets a 422 saying so: never ignored, which
+    would answer 200 for a model that is not the one asked for. Both must be strings, as in
+    Triton (a wrong type is named first). Any other parameter is refused by name, as Triton's
+    HTTP load refuses it too. An empty ``parameters`` object is a plain load.
+    """
+    parameters = _parameters(body, "load")
+    unknown = sorted(
+        key for key in parameters if key != LOAD_CONFIG and not key.startswith(LOAD_FILE_PREFIX)
+    )
+    if unknown:
+        raise InvalidInput(
+            f"unknown load parameter(s) {shorten(str(unknown))}; Triton's load takes "
+            f"{LOAD_CONFIG!r} and '{LOAD_FILE_PREFIX}<path>' (which this service cannot honour)"
+        )
+    for key in sorted(parameters):
+        value = parameters[key]
+        if not isinstance(value, str):
+            meaning = (
+                "a model config as JSON text"
+                if key == LOAD_CONFIG
+                else "the file's contents in base64"
+            )
+            raise InvalidInput(
+                f"load parameter {shorten(key)!r} must be a string ({meaning}), not {echo(value)}"
+            )
+    if LOAD_CONFIG in parameters:
+        raise InvalidInput(
+            f"load parameter {LOAD_CONFIG!r} cannot be honoured: this service loads a model only "
+            "from the versions published to its repository (mnist-models publish), with their "
+            "own config, never an override; load without it"
+        )
+    files = sorted(parameters)
+    if files:
+        raise InvalidInput(
+            f"load parameter(s) {shorten(str(files))} cannot be honoured: this service loads a "
+            "model only from the versions published to its repository (mnist-models publish), "
+            "never from files sent with the load; publish the model, then load without them"
+        )
 
 
 def _flag(body: dict[str, Any], key: str) -> bool:
@@ -174,8 +261,16 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
 
         blueprint.add_url_rule(f"/models/<model>/{name}", f"{name}", view, methods=["POST"])
 
-    route("load", lambda model, body: lifecycle.set_loaded(repository(), True))
-    route("unload", lambda model, body: lifecycle.set_loaded(repository(), False))
+    def load(model: str, body: dict[str, Any]) -> lifecycle.Outcome:
+        check_load_parameters(body)
+        return lifecycle.set_loaded(repository(), True)
+
+    def unload(model: str, body: dict[str, Any]) -> lifecycle.Outcome:
+        unload_dependents(body)  # checked; the same either way: this model has no dependents
+        return lifecycle.set_loaded(repository(), False)
+
+    route("load", load, ("parameters",))
+    route("unload", unload, ("parameters",))
     route(
         "promote",
         lambda model, body: lifecycle.promote(

@@ -21,7 +21,8 @@ from werkzeug.exceptions import HTTPException
 from service import draining
 from service.access import require_api_token
 from service.dispatch import Answer, InferenceRequest
-from service.errors import MethodNotAllowed, ModelUnavailable, NotFound
+from service.errors import ModelUnavailable, NotFound, method_not_allowed, no_route
+from service.json_body import shorten
 from service.model.contract import (
     INPUT_NAME,
     N_CLASSES,
@@ -29,6 +30,7 @@ from service.model.contract import (
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
 )
+from service.model.predictor import loaded_phrase
 from service.model.reject import RejectOption
 from service.observability import metrics, tracing
 from service.observability.wsgi import RequestFacts
@@ -214,7 +216,7 @@ def create_blueprint(
         if model != predictor.name:
             raise NotFound(f"unknown model {model!r}: this server serves {predictor.name!r}")
         samples = metrics.collect_samples()
-        number = version_number(model, version)
+        number = version_number(model, version, predictor.loaded_versions())
         seen = {
             int(labels["version"])
             for labels, _ in samples.get("mnist_inferences_total", [])
@@ -238,31 +240,36 @@ def create_blueprint(
 
     @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def unknown_route(rest: str) -> Any:
-        allowed = _methods_routed_elsewhere(flask.request.path)
+        method, path = flask.request.method, flask.request.path
+        allowed = _methods_routed_elsewhere(path)
         if allowed:
-            message = f"{flask.request.method} /v2/{rest} is not allowed; use {', '.join(allowed)}"
-            # Allow lists what OPTIONS lists: HEAD with GET, and OPTIONS itself
-            header = sorted({*allowed, "OPTIONS", *(["HEAD"] if "GET" in allowed else [])})
-            raise MethodNotAllowed(message, header)
-        raise NotFound(f"no Open Inference Protocol endpoint {flask.request.method} /v2/{rest}")
+            raise method_not_allowed(method, path, allowed)
+        raise no_route(method, path)
 
     return blueprint
 
 
-def version_number(model: str, version: str | None) -> int | None:
-    """The version of a URL as a number (None: unversioned); NotFound when it is not one."""
+def version_number(model: str, version: str | None, loaded: Sequence[int] = ()) -> int | None:
+    """The version of a URL as a number (None: unversioned); NotFound when it is not one,
+    naming the ``loaded`` versions."""
     if version is None:
         return None
-    if not (version.isascii() and version.isdigit() and len(version) < 10 and int(version) > 0):
-        raise NotFound(f"model {model!r} has no version {version!r}: versions are 1, 2, ...")
-    return int(version)
+    digits = version.isascii() and version.isdigit()
+    if digits and len(version) < 10 and int(version) > 0:
+        return int(version)
+    # a positive integer too long for any version a repository holds: not loaded, as others
+    positive = digits and version.strip("0")
+    problem = "loaded" if positive else "(a version is a positive integer)"
+    raise NotFound(
+        f"model {model!r} has no version {shorten(version)!r} {problem}; {loaded_phrase(loaded)}"
+    )
 
 
 def resolve_model(serving: PredictorLike, model: str, version: str | None) -> LoadedModelLike:
     """The stable model, or the loaded version named in the URL; NotFound otherwise."""
     if model != serving.name:
         raise NotFound(f"unknown model {model!r}: this server serves {serving.name!r}")
-    return serving.model(version_number(model, version))
+    return serving.model(version_number(model, version, serving.loaded_versions()))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from tritonclient.http import InferenceServerClient, InferInput, InferRequestedO
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import COMMITTED_MODELS
+from tests.integration.conftest import StartServer
 
 BATCH = 16
 
@@ -270,3 +273,38 @@ def test_compressed_requests_are_understood(
         response_compression_algorithm=algorithm,  # the answer may come back uncompressed
     )
     np.testing.assert_array_equal(result.as_numpy("label"), reference[0])
+
+
+def test_unload_and_load_through_tritonclient_with_the_admin_token(
+    gunicorn_server: StartServer, tmp_path: Path
+) -> None:
+    """unload_model() always sends {"parameters": {"unload_dependents": false}}; load_model()
+    sends {} (or a config, which this service cannot honour and says so)."""
+    shutil.copytree(COMMITTED_MODELS, tmp_path / "models")
+    token = "tritonclient-admin"
+    admin = {"Authorization": f"Bearer {token}"}
+    server = gunicorn_server(
+        env={"MODEL_DIR": str(tmp_path / "models"), "ADMIN_TOKEN": token}, workers=1
+    )
+    triton = InferenceServerClient(url=server.url.split("://", 1)[-1], network_timeout=30.0)
+    try:
+        assert_client_error(lambda: triton.unload_model("mnist"), "401", "Bearer")
+        assert triton.is_model_ready("mnist")
+        config = json.dumps(triton.get_model_config("mnist"))  # its own config, sent back
+        triton.unload_model("mnist", headers=admin)
+        assert not triton.is_model_ready("mnist")
+        assert not triton.is_server_ready()
+        assert_client_error(
+            lambda: triton.load_model("mnist", headers=admin, config=config),
+            "422",
+            "load parameter 'config' cannot be honoured",
+        )
+        assert not triton.is_model_ready("mnist")  # the refused load changed nothing
+        triton.load_model("mnist", headers=admin)
+        assert triton.is_model_ready("mnist")
+        triton.unload_model("mnist", headers=admin, unload_dependents=True)  # none to unload
+        assert not triton.is_model_ready("mnist")
+        triton.load_model("mnist", headers=admin)
+        assert triton.is_server_ready() and triton.is_model_ready("mnist")
+    finally:
+        triton.close()

@@ -123,7 +123,7 @@ def recording_stack(
     [
         ("GET", "/predict", b""),
         ("PUT", "/predict", GOOD),
-        ("POST", "/predict/", GOOD),
+        ("POST", "/predict/extra", GOOD),
         ("POST", "/other", GOOD),
         ("GET", "/v2/models/mnist/infer", b""),
         ("POST", "/v2/models/mnist/ready", b"{}"),

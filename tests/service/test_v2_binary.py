@@ -76,7 +76,7 @@ def test_split_body_without_header_length_is_whole_json() -> None:
         (b"not json", None, "not a valid JSON"),
         (b'{"id": "\xff\xfe"}', None, "not a valid JSON"),
         (b"[" * 100_000 + b"]" * 100_000, None, "not a valid JSON"),  # hostile nesting depth
-        (b"", None, "not a valid JSON"),
+        (b"", None, "the body is empty"),
     ],
 )
 def test_split_body_rejects_bad_headers(
