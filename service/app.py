@@ -225,7 +225,7 @@ def serve_with_layers(
         endpoints,
         on_request,
         routed=lambda path: bool(allowed_methods(app, path)),
-        taken_as_sent=lambda path: taken_as_sent(app, path),
+        taken_as_sent=taken_as_sent(rest_of_path_prefixes(app)),
     )
     app.wsgi_app = RequestObservability(dispatcher, request_tracing)  # type: ignore[method-assign]
 
@@ -248,13 +248,16 @@ CATCH_ALL_ENDPOINTS = frozenset({"v2.unknown_route"})
 _RULE_VARIABLE = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?\w+>")
 
 
-def taken_as_sent(app: Flask, path: str) -> bool:
-    """True when ``path`` goes on after the fixed beginning of a route of ``app`` whose variable
-    takes the rest of the path as it is (:func:`rest_of_path_prefixes`): ``/feedback/a//b``
-    is the id ``a//b``, not a path to refuse for its form (service.dispatch)."""
-    return any(
-        path.startswith(prefix) and len(path) > len(prefix) for prefix in rest_of_path_prefixes(app)
-    )
+def taken_as_sent(prefixes: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a path goes on after one of ``prefixes``, the fixed beginnings of the routes
+    whose variable takes the rest of the path as it is (:func:`rest_of_path_prefixes`, read once
+    when the app is made): ``/feedback/a//b`` is the id ``a//b``, not a path to refuse for its
+    form (service.dispatch)."""
+
+    def taken(path: str) -> bool:
+        return any(path.startswith(prefix) and len(path) > len(prefix) for prefix in prefixes)
+
+    return taken
 
 
 def rest_of_path_prefixes(app: Flask) -> tuple[str, ...]:

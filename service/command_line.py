@@ -173,10 +173,10 @@ def after_the_change() -> Iterator[None]:
             _drop_output(stream)
 
 
-def say(*parts: object, file: typing.TextIO | None = None) -> bool:
+def say(*parts: object, file: typing.TextIO | None = None) -> None:
     """``print(*parts, file=file, flush=True)`` for what a command writes once its change is made:
     a reader that went away does not turn the change into a failure, the line is dropped (and
-    so is the rest written to that stream). False when the line could not be written."""
+    so is the rest written to that stream)."""
     stream = sys.stdout if file is None else file
     try:
         print(*parts, file=stream, flush=True)
@@ -184,8 +184,6 @@ def say(*parts: object, file: typing.TextIO | None = None) -> bool:
         _drop_output(stream)
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # what is still buffered now goes to /dev/null
-        return False
-    return True
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -99,6 +99,11 @@ def _number(body: dict[str, Any], key: str, low: float, high: float, meaning: st
 LOAD_CONFIG = "config"
 LOAD_FILE_PREFIX = "file:"
 UNLOAD_DEPENDENTS = "unload_dependents"
+#: why a load override cannot be honoured
+ONLY_PUBLISHED = (
+    "this service loads a model only from the versions published to its repository "
+    "(mnist-models publish)"
+)
 
 
 def _parameters(body: dict[str, Any], action: str) -> dict[str, Any]:
@@ -167,15 +172,13 @@ def check_load_parameters(body: dict[str, Any]) -> None:
             )
     if LOAD_CONFIG in parameters:
         raise InvalidInput(
-            f"load parameter {LOAD_CONFIG!r} cannot be honoured: this service loads a model only "
-            "from the versions published to its repository (mnist-models publish), with their "
+            f"load parameter {LOAD_CONFIG!r} cannot be honoured: {ONLY_PUBLISHED}, with their "
             "own config, never an override; load without it"
         )
     files = sorted(parameters)
     if files:
         raise InvalidInput(
-            f"load parameter(s) {shorten(str(files))} cannot be honoured: this service loads a "
-            "model only from the versions published to its repository (mnist-models publish), "
+            f"load parameter(s) {shorten(str(files))} cannot be honoured: {ONLY_PUBLISHED}, "
             "never from files sent with the load; publish the model, then load without them"
         )
 

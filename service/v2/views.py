@@ -216,7 +216,7 @@ def create_blueprint(
         if model != predictor.name:
             raise NotFound(f"unknown model {model!r}: this server serves {predictor.name!r}")
         samples = metrics.collect_samples()
-        number = version_number(model, version, predictor.loaded_versions())
+        number = version_number(model, version, predictor.loaded_versions)
         seen = {
             int(labels["version"])
             for labels, _ in samples.get("mnist_inferences_total", [])
@@ -249,9 +249,11 @@ def create_blueprint(
     return blueprint
 
 
-def version_number(model: str, version: str | None, loaded: Sequence[int] = ()) -> int | None:
+def version_number(
+    model: str, version: str | None, loaded: Callable[[], Sequence[int]] = tuple
+) -> int | None:
     """The version of a URL as a number (None: unversioned); NotFound when it is not one,
-    naming the ``loaded`` versions."""
+    naming the versions ``loaded()`` returns (asked only then)."""
     if version is None:
         return None
     digits = version.isascii() and version.isdigit()
@@ -261,7 +263,7 @@ def version_number(model: str, version: str | None, loaded: Sequence[int] = ()) 
     positive = digits and version.strip("0")
     problem = "loaded" if positive else "(a version is a positive integer)"
     raise NotFound(
-        f"model {model!r} has no version {shorten(version)!r} {problem}; {loaded_phrase(loaded)}"
+        f"model {model!r} has no version {shorten(version)!r} {problem}; {loaded_phrase(loaded())}"
     )
 
 
@@ -269,7 +271,7 @@ def resolve_model(serving: PredictorLike, model: str, version: str | None) -> Lo
     """The stable model, or the loaded version named in the URL; NotFound otherwise."""
     if model != serving.name:
         raise NotFound(f"unknown model {model!r}: this server serves {serving.name!r}")
-    return serving.model(version_number(model, version, serving.loaded_versions()))
+    return serving.model(version_number(model, version, serving.loaded_versions))
 
 
 @dataclass(frozen=True)
