@@ -224,6 +224,28 @@ def small_in_large(digit: np.ndarray, strength: int, rng: np.random.Generator) -
     return _gray(_sensor_noise(_on_paper(canvas, paper, 35.0), rng, 3))
 
 
+def phone_photo(digit: np.ndarray, strength: int, rng: np.random.Generator) -> Image.Image:
+    """A whole 12-megapixel phone photo of a page (4000x3000) with the digit 200/140/100 px tall
+    (a twentieth to a thirtieth of the frame) somewhere on it, in light falling off."""
+    width, height = 4000, 3000
+    side = [0, 280, 196, 140][strength]
+    ink = _ink_field(digit, side)
+    paper = np.linspace(225.0, 185.0, width, dtype=np.float32)[np.newaxis, :]
+    paper = paper - np.linspace(0.0, 20.0, height, dtype=np.float32)[:, np.newaxis]
+    canvas = np.zeros((height, width), np.float32)
+    top = int(rng.integers(height // 8, height - side - height // 8))
+    left = int(rng.integers(width // 8, width - side - width // 8))
+    canvas[top : top + side, left : left + side] = ink
+    values = paper * (1.0 - canvas) + 40.0 * canvas
+    return _gray(np.clip(values + rng.normal(0, 2.0, (1, width)).astype(np.float32), 0, 255))
+
+
+def underexposed(digit: np.ndarray, strength: int, rng: np.random.Generator) -> Image.Image:
+    """A photo taken in dim light: paper at 60/30/22 grey levels, ink at a sixth of that."""
+    paper = [0, 60.0, 30.0, 22.0][strength]
+    return _gray(_on_paper(_ink_field(digit, SIDE), paper, paper / 6))
+
+
 def marker(digit: np.ndarray, strength: int, rng: np.random.Generator) -> Image.Image:
     """A felt marker: the strokes grown by 6/10/14 px at 280 px (MNIST's are ~25 px wide)."""
     ink = _ink_field(digit, SIDE)
@@ -273,6 +295,8 @@ CONDITIONS: dict[str, Callable[[np.ndarray, int, np.random.Generator], Image.Ima
     "jpeg_noise": jpeg_noise,
     "blur": blur,
     "small_in_large": small_in_large,
+    "phone_photo": phone_photo,
+    "underexposed": underexposed,
     "marker": marker,
     "thin_pen": thin_pen,
     "rotation": rotation,

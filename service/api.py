@@ -312,14 +312,25 @@ def _pixel_image(index: int, item: list[Any]) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32) / np.float32(contract.PIXEL_MAX)
 
 
+#: the URL-safe alphabet's two letters as the standard alphabet's (RFC 4648, section 5)
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
 def _base64_bytes(index: int, text: str) -> bytes:
+    """The bytes of an image sent as base64 text (RFC 4648): the standard or the URL-safe
+    alphabet (not mixed), padding optional, whitespace ignored, bare or in a data URL
+    (RFC 2397; its scheme and parameters in any case). InvalidImage names what is wrong."""
     data = text.strip()
-    if data.startswith("data:"):
+    if data[:5].lower() == "data:":
         header, comma, data = data.partition(",")
-        if not comma or not header.endswith(";base64"):
+        if not comma or not header.lower().endswith(";base64"):
             raise InvalidImage(f"image {index}: a data URL must be data:image/png;base64,...")
+    compact = "".join(data.split())
+    if ("-" in compact or "_" in compact) and not ("+" in compact or "/" in compact):
+        compact = compact.translate(_URL_SAFE)
+    compact += "=" * (-len(compact) % 4)
     try:
-        raw = base64.b64decode("".join(data.split()), validate=True)
+        raw = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidImage(f"image {index} is a string but not base64: {SHAPE_HINT}") from None
     return raw

@@ -38,6 +38,13 @@ ANALYSIS_SIDE = 1.25 * WORKING_SIDE
 #: a digit still under MIN_DIGIT_SIDE at the analysis size is read again with up to this many
 #: pixels on the picture's longest side (a small digit in a large photo)
 FINE_SIDE = 2.5 * WORKING_SIDE
+#: a large picture whose digit is still under DIGIT_BOX pixels at FINE_SIDE (or not found) is
+#: decoded again reduced to half this side, and analysed at up to ZOOM_ANALYSIS_SIDE: a digit a
+#: hundredth of a phone photo's height is then read
+ZOOM_SIDE = 8 * LARGE_SIDE
+ZOOM_ANALYSIS_SIDE = 5 * ANALYSIS_SIDE
+#: the key under which a reduced picture's ``info`` keeps the size it was decoded from
+_REDUCED_FROM = "mnist_service_reduced_from"
 #: smaller pictures are enlarged to about this side first, so strokes span several pixels
 MIN_WORKING_SIDE = 96
 #: the paper's brightness is estimated on a thumbnail of about this longest side
@@ -58,6 +65,12 @@ DARK_SURROUND_FRACTION = 0.4
 DESK_CONTACT = 0.5
 #: an image whose ink and background differ by less than this (of 255) shows no digit
 MIN_CONTRAST = 32
+#: a picture whose lightest pixel is under this level is underexposed: brightened by up to
+#: MAX_EXPOSURE_GAIN before the analysis (``_exposed``)
+EXPOSED_LEVEL = 128
+MAX_EXPOSURE_GAIN = 8.0
+#: ...when, smoothed over 5x5 pixels, it spans at least this many grey levels (more than noise)
+DIM_MIN_SPREAD = 8
 #: ink (relative darkness against the local paper) below this is paper; strokes reach beyond
 MIN_INK = 0.12
 MIN_INK_LEVEL = 0.16
@@ -76,7 +89,9 @@ POLARITY_MARGIN = 3.0
 SHEET_AREA = 0.2
 SHEET_FILL = 0.75
 #: strokes covering more of their bounding box than this may be paper read as ink: check both
+#: (unless the box is a single bar at most BAR_WIDTHS stroke widths across: a "1" fills its box)
 MAX_FILL = 0.8
+BAR_WIDTHS = 2.0
 _BYTES = np.arange(256, dtype=np.float32)
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _SQUARE = np.ones((3, 3), np.uint8)
@@ -139,9 +154,38 @@ def use_one_thread() -> None:
 def preprocess_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Decode a picture of one digit into float32 [784] in [0, 1], ink high, as MNIST was made.
 
+    A picture larger than LARGE_SIDE is decoded reduced (quick); when its digit comes out under
+    DIGIT_BOX pixels even at FINE_SIDE, or no digit is found, it is decoded again at up to
+    ZOOM_SIDE and read at ZOOM_ANALYSIS_SIDE (a small digit on a large photo of a page: its
+    strokes are thinner than a pixel of the reduced picture). The zoomed reading is kept when
+    it finds a digit.
+
     Raises InvalidImage when the bytes are no accepted image, break the limits, or show no digit.
     """
-    return preprocess_picture(_decode(data, limits))
+    image = _decode(data, limits)
+    if not _decoded_reduced(image):
+        return _reading(image)[0]
+    try:
+        field, digit_side = _reading(image)
+    except InvalidImage as problem:
+        try:
+            return _zoomed_reading(image, data, limits)
+        except InvalidImage:
+            raise problem from None
+    if digit_side >= DIGIT_BOX:  # the digit kept the detail its 20x20 box can show
+        return field
+    with contextlib.suppress(InvalidImage):  # no digit when zoomed: the first reading stands
+        field = _zoomed_reading(image, data, limits)
+    return field
+
+
+def _zoomed_reading(
+    image: Image.Image | np.ndarray, data: bytes, limits: ImageLimits
+) -> np.ndarray:
+    """The field of a large picture read at ZOOM_ANALYSIS_SIDE (Pillow's pictures decoded again
+    at up to ZOOM_SIDE; libspng's arrays are whole already)."""
+    whole = image if isinstance(image, np.ndarray) else _decode(data, limits, ZOOM_SIDE)
+    return _reading(whole, ZOOM_ANALYSIS_SIDE)[0]
 
 
 def preprocess_picture(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -152,7 +196,23 @@ def preprocess_picture(image: Image.Image | np.ndarray) -> np.ndarray:
     again at the full analysis size only when the digit found there is under MIN_DIGIT_SIDE
     pixels: a digit that large keeps all the detail the 20x20 box can show.
     """
-    dark, light = _analysis_size(*_channels(image))
+    return _reading(image)[0]
+
+
+def _decoded_reduced(image: Image.Image | np.ndarray) -> bool:
+    """Whether ``_decode`` gave this picture reduced (its longest side was over LARGE_SIDE)."""
+    if isinstance(image, np.ndarray):  # libspng's PNGs come whole: ``_array_channels`` reduces
+        return bool(max(image.shape[:2]) > LARGE_SIDE)
+    return bool(image.info.get(_REDUCED_FROM))
+
+
+def _reading(
+    image: Image.Image | np.ndarray, side: float = ANALYSIS_SIDE
+) -> tuple[np.ndarray, int]:
+    """``preprocess_picture`` analysed at up to ``side`` pixels on the longest side (FINE_SIDE
+    scaled alike), and the longest side in pixels of the digit's box where it was read."""
+    fine_side = side * FINE_SIDE / ANALYSIS_SIDE
+    dark, light = _exposed(*_analysis_size(*_channels(image, side), side))
     if min(dark.shape) >= 2 * MIN_HALF_SIDE:
         half_dark = _halved(dark)
         half = (half_dark, half_dark) if light is dark else (half_dark, _halved(light))
@@ -163,16 +223,19 @@ def preprocess_picture(image: Image.Image | np.ndarray) -> np.ndarray:
         else:
             _, _, box_width, box_height = cv2.boundingRect(strokes)
             if max(box_width, box_height) >= MIN_DIGIT_SIDE:
-                return _mnist_field(_normalised_strokes(ink, strokes, width)).reshape(N_PIXELS)
+                field = _mnist_field(_normalised_strokes(ink, strokes, width))
+                return field.reshape(N_PIXELS), 2 * max(box_width, box_height)
     ink, strokes, width = _digit_reading(dark, light)
     _, _, box_width, box_height = cv2.boundingRect(strokes)
     if max(box_width, box_height) < MIN_DIGIT_SIDE:
-        fine_dark, fine_light = _analysis_size(*_channels(image, FINE_SIDE), FINE_SIDE)
+        fine_dark, fine_light = _exposed(*_analysis_size(*_channels(image, fine_side), fine_side))
         if fine_dark.shape[0] > dark.shape[0]:
             # when no digit is found there, the reading at the analysis size stands
             with contextlib.suppress(InvalidImage):
                 ink, strokes, width = _digit_reading(fine_dark, fine_light)
-    return _mnist_field(_normalised_strokes(ink, strokes, width)).reshape(N_PIXELS)
+                _, _, box_width, box_height = cv2.boundingRect(strokes)
+    field = _mnist_field(_normalised_strokes(ink, strokes, width))
+    return field.reshape(N_PIXELS), max(box_width, box_height)
 
 
 def _halved(values: np.ndarray) -> np.ndarray:
@@ -203,10 +266,17 @@ def _digit_reading(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.
 
 def _fill_and_width(strokes: np.ndarray) -> tuple[float, float]:
     """The share of the strokes' bounding box (uint8 0/1 mask) that they cover, and their width
-    in pixels of the 20x20 box the digit will fill (``stroke_width``)."""
+    in pixels of the 20x20 box the digit will fill (``stroke_width``).
+
+    A box at most BAR_WIDTHS stroke widths across holds a single bar (an upright "1", however
+    thick): it fills its box as paper read as ink does, but it is a stroke, so its fill counts
+    as 0 (paper read as ink is far wider than its own strokes would be).
+    """
     _, _, width, height = cv2.boundingRect(strokes)
     area = cv2.countNonZero(strokes)
-    return area / float(width * height), _width(strokes, area) * DIGIT_BOX / max(width, height)
+    pixels = _width(strokes, area)
+    fill = 0.0 if min(width, height) <= BAR_WIDTHS * pixels else area / float(width * height)
+    return fill, pixels * DIGIT_BOX / max(width, height)
 
 
 def _plausible_width(width: float) -> bool:
@@ -272,10 +342,13 @@ def encode_png_base64(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _decode(data: bytes, limits: ImageLimits) -> Image.Image | np.ndarray:
+def _decode(
+    data: bytes, limits: ImageLimits, largest: int = LARGE_SIDE
+) -> Image.Image | np.ndarray:
     """Open within the limits, checking the pixel count from the header before any decoding.
     A plain PNG (``_plain_png``) comes back as OpenCV's uint8 array, anything else as Pillow's
-    image."""
+    image, reduced (``_reduced``) to half ``largest`` on its longest side when larger than
+    ``largest`` (its ``info`` then names the size it had)."""
     if not data:
         raise InvalidImage("the image is empty")
     if len(data) > limits.max_bytes:
@@ -318,7 +391,7 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image | np.ndarray:
     try:
         if image.format == "JPEG":
             # let libjpeg decode at 1/2..1/8 scale: a phone photo then costs a fraction
-            side = 2 * WORKING_SIDE
+            side = largest // 2
             image.draft(image.mode, (min(width, side), min(height, side)))
         image.load()
         # photos carry their rotation in EXIF; apply it so the digit stands upright (only then:
@@ -328,8 +401,10 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image | np.ndarray:
             oriented = ImageOps.exif_transpose(image)
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"the image cannot be decoded ({_reason(exc)})") from exc
-    if max(oriented.size) > LARGE_SIDE:
-        oriented = _reduced(oriented)
+    if max(oriented.size) > largest:
+        oriented = _reduced(oriented, largest // 2)
+    if max(oriented.size) < max(width, height):  # reduced here, or by libjpeg's draft
+        oriented.info[_REDUCED_FROM] = (width, height)
     return oriented
 
 
@@ -359,13 +434,13 @@ def _png_damage(data: bytes) -> str | None:
     return None
 
 
-def _reduced(image: Image.Image) -> Image.Image:
-    """The image shrunk (antialiased) so its longest side is twice WORKING_SIDE."""
+def _reduced(image: Image.Image, side: int = 2 * WORKING_SIDE) -> Image.Image:
+    """The image shrunk (antialiased) so its longest side is ``side``."""
     if image.mode.startswith("I;16"):
         image = image.convert("I")  # keeps all 16 bits, and "I" can be resampled
     elif image.mode not in ("L", "RGB", "RGBA", "LA", "F", "I"):
         image = image.convert("RGBA")
-    scale = 2 * WORKING_SIDE / max(image.size)
+    scale = side / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     # reducing_gap: shrink by whole factors first (fast), then resample the rest exactly
     return image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
@@ -386,11 +461,8 @@ def _channels(
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(image.convert("I") if mode.startswith("I;16") else image, np.float64)
-        # 16-bit PNGs come as I;16 or I; their full scale is 65535, never clip to 8 bits
-        full_scale = 65535.0 if mode != "F" and values.max(initial=0) <= 65535 else 255.0
-        if mode == "F" or values.max(initial=0) > 65535:
-            full_scale = max(255.0, float(values.max(initial=0)))
-        gray = np.clip(values * (255.0 / full_scale), 0, 255).astype(np.uint8)
+        values = np.where(np.isfinite(values), values, 0.0)  # NaN and infinities: no light
+        gray = np.clip(values * (255.0 / _full_scale(values, mode)), 0, 255).astype(np.uint8)
         return gray, gray
     has_alpha = "A" in mode or "transparency" in image.info
     if not has_alpha:
@@ -403,15 +475,32 @@ def _channels(
     return _composited(np.asarray(image.convert("RGBA")))
 
 
+def _full_scale(values: np.ndarray, mode: str) -> float:
+    """The value that stands for white in a picture of 16-bit or float samples (Pillow's modes
+    I;16*, I, F): 1.0 for floats within 0..1 (the usual convention of float images); else the
+    smallest common sample depth (8, 10, 12 or 16 bits) that holds the largest value, or that
+    value itself beyond 16 bits. A 12-bit scan stored in a 16-bit PNG keeps its contrast."""
+    top = float(values.max(initial=0.0))
+    if mode == "F" and 0.0 < top <= 1.0:
+        return 1.0
+    for bits in (8, 10, 12, 16):
+        if top <= 2**bits - 1:
+            return float(2**bits - 1)
+    return top
+
+
 def _array_channels(pixels: np.ndarray, largest: float) -> tuple[np.ndarray, np.ndarray]:
     """``_channels`` of a picture OpenCV decoded: uint8 [H, W], [H, W, 3] or [H, W, 4] (alpha
     last; the colour channels' order does not matter here)."""
     if max(pixels.shape[:2]) > LARGE_SIDE:
-        # as Pillow's reduction of a large picture (``_reduced``) does
+        # as Pillow's reduction of a large picture (``_reduced``) does (when zoomed, to half
+        # ZOOM_SIDE, as ``_decode(..., ZOOM_SIDE)``)
         height, width = pixels.shape[:2]
-        scale = 2 * WORKING_SIDE / max(height, width)
+        target = ZOOM_SIDE // 2 if largest > FINE_SIDE else 2 * WORKING_SIDE
+        scale = min(target / max(height, width), 1.0)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        if size != (width, height):
+            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     if pixels.ndim == 2:
         gray = _block_reduced(pixels, largest)
         return gray, gray
@@ -453,6 +542,27 @@ def _block_reduced(values: np.ndarray, largest: float = ANALYSIS_SIDE) -> np.nda
     rows, cols = max(factor, height // factor * factor), max(factor, width // factor * factor)
     size = (cols // factor, rows // factor)
     return np.asarray(cv2.resize(values[:rows, :cols], size, interpolation=cv2.INTER_AREA))
+
+
+def _exposed(dark: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both uint8 [H, W] channels brightened when even the lightest pixel of the lightest channel
+    is under EXPOSED_LEVEL (an underexposed photo): multiplied by 255 over that pixel, at most
+    MAX_EXPOSURE_GAIN (three stops), as an automatic exposure would. The analysis thresholds
+    (MIN_CONTRAST, the polarity margin) are grey levels of a picture exposed for paper: without
+    this, a digit photographed in dim light reads as blank."""
+    brightest = cv2.minMaxLoc(light)[1]
+    if brightest >= EXPOSED_LEVEL or brightest <= 0:
+        return dark, light
+    # only a picture that shows something beyond its noise: a dim blank one (sensor noise, a few
+    # levels) stays blank, as the brightened noise would pass for ink
+    smooth = cv2.GaussianBlur(dark, (5, 5), 0)
+    if _spread(smooth) < DIM_MIN_SPREAD and (
+        light is dark or _spread(cv2.GaussianBlur(light, (5, 5), 0)) < DIM_MIN_SPREAD
+    ):
+        return dark, light
+    gain = min(255.0 / brightest, MAX_EXPOSURE_GAIN)
+    bright = cv2.convertScaleAbs(dark, alpha=gain)
+    return (bright, bright) if light is dark else (bright, cv2.convertScaleAbs(light, alpha=gain))
 
 
 def _analysis_size(
