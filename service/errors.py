@@ -150,6 +150,14 @@ class DuplicateFeedback(ServiceError):
     code = "duplicate_feedback"
 
 
+class AmbiguousRequestId(ServiceError):
+    """Feedback names a request id more than one answered request used: which answer the label
+    judges cannot be told."""
+
+    status = HTTPStatus.CONFLICT
+    code = "ambiguous_request_id"
+
+
 class StoreUnavailable(ServiceError):
     """The prediction store is turned off, or its database does not answer."""
 

@@ -3,7 +3,9 @@
 Body: ``{"request_id": "...", "label": 7}`` (``"index": i`` names an image of a batch, default
 0), or a list of such objects (at most ``MAX_FEEDBACK_ITEMS``). All are recorded or none: 202
 with what was recorded; 404 for a request id the store has no prediction for; 409 for feedback
-already given; 422 for a bad label, index or field; 503 when the store is off or unreachable.
+already given (``duplicate_feedback``) or a request id more than one request used, answered
+otherwise (``ambiguous_request_id``: which answer the label judges cannot be told); 422 for a
+bad label, index or field; 503 when the store is off or unreachable.
 
 DELETE /feedback/<request_id> (behind ADMIN_TOKEN, like the other admin routes: 403 without it
 set, 401 without the right bearer token) deletes every prediction and feedback record of one

@@ -4,8 +4,9 @@ Reads the service's own settings (DATABASE_URL, STORE_PATH, MODEL_DIR, STORE_*).
 0 done, 2 bad usage or settings (DATABASE_URL naming no database or driver this install has),
 3 the store cannot be reached, 4 nothing found to delete, 5 the store is off (STORE=off),
 6 no store there (the SQLite file does not exist: delete and purge create nothing; migrate
-creates a new store and says where), 141 standard output or error closed early, nothing
-changed. Failures are one line on stderr.
+creates a new store and says where, but only in a folder that exists, and never beside a
+model folder that does not: the default store's place, beside MODEL_DIR, is then unknown),
+141 standard output or error closed early, nothing changed. Failures are one line on stderr.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ EXIT_NO_STORE = 6
 EXIT_CODES = (
     "exit codes: 0 done, 2 bad usage or settings, 3 the store cannot be reached, 4 nothing "
     "found to delete, 5 the store is off (STORE=off), 6 no store at that path (the SQLite file "
-    "does not exist; delete and purge create nothing, migrate creates it), 141 standard output "
-    "or error closed early (nothing changed)"
+    "does not exist; delete and purge create nothing, migrate creates it, but not beside a "
+    "MODEL_DIR that does not exist nor in a missing folder), 141 standard output or error "
+    "closed early (nothing changed)"
 )
 
 
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate",
         help="bring the schema to the newest migration (a missing SQLite file is created, "
-        "and the command says where)",
+        "and the command says where; beside MODEL_DIR only when that folder exists)",
     )
     return parser
 
@@ -75,9 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     path = sqlite_file(url)
     new_store = path is not None and not path.exists()
-    if path is not None and new_store and args.command != "migrate":
-        print(f"mnist-store: {_no_store(path, config)}; nothing to {args.command}", file=sys.stderr)
-        return EXIT_NO_STORE
+    if path is not None and new_store:
+        if args.command != "migrate":
+            print(
+                f"mnist-store: {_no_store(path, config)}; nothing to {args.command}",
+                file=sys.stderr,
+            )
+            return EXIT_NO_STORE
+        refusal = _no_place_for_a_store(path, config)
+        if refusal is not None:
+            print(f"mnist-store: {refusal}; nothing created", file=sys.stderr)
+            return EXIT_NO_STORE
     stop_if_output_closed()  # nothing is changed for a reader that went away (141)
     store = PredictionStore.open(url)
     try:
@@ -111,18 +121,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _beside_the_models(config: ServiceConfig) -> bool:
+    """The SQLite file is the default one, beside the model folder (no DATABASE_URL or
+    STORE_PATH)."""
+    return not config.store.database_url and config.store.sqlite_path is None
+
+
+def _no_place_for_a_store(path: Path, config: ServiceConfig) -> str | None:
+    """Why a new SQLite file must not be made at ``path`` (None: it may). The default file goes
+    beside the model folder: with no such folder (MODEL_DIR wrong, or run from another folder)
+    the place is a guess, and the service would not start there anyway. A configured file's
+    folder must exist (SQLite creates no folder)."""
+    if _beside_the_models(config) and not config.model_dir.is_dir():
+        return (
+            f"no model folder at {config.model_dir.absolute()} (MODEL_DIR={config.model_dir}), "
+            f"beside which the default store {DEFAULT_SQLITE_NAME} would go; set MODEL_DIR to "
+            f"the model folder, or STORE_PATH=/path/to/{DEFAULT_SQLITE_NAME} (or DATABASE_URL)"
+        )
+    if not path.parent.is_dir():
+        source = "DATABASE_URL" if config.store.database_url else "STORE_PATH"
+        return f"no folder {path.parent} for a new store at {path} (from {source})"
+    return None
+
+
 def _no_store(path: Path, config: ServiceConfig) -> str:
     """Where the missing SQLite file was looked for, and how to point at the right one."""
     if config.store.database_url:
         source = "DATABASE_URL"
     elif config.store.sqlite_path is not None:
         source = "STORE_PATH"
+    elif not config.model_dir.is_dir():
+        source = f"{DEFAULT_SQLITE_NAME} beside MODEL_DIR={config.model_dir}, no such folder"
     else:
         source = f"{DEFAULT_SQLITE_NAME} beside MODEL_DIR={config.model_dir}"
+    create = (
+        ", or create an empty one with mnist-store migrate"
+        if _no_place_for_a_store(path, config) is None
+        else ""
+    )
     return (
         f"no prediction store at {path} (from {source}); point at the store with "
         f"STORE_PATH=/path/to/{DEFAULT_SQLITE_NAME} (or DATABASE_URL, or MODEL_DIR: the default "
-        "file is beside the model folder), or create an empty one with mnist-store migrate"
+        f"file is beside the model folder){create}"
     )
 
 

@@ -24,7 +24,13 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, QueuePool
 
-from service.errors import DuplicateFeedback, InvalidInput, StoreUnavailable, UnknownPrediction
+from service.errors import (
+    AmbiguousRequestId,
+    DuplicateFeedback,
+    InvalidInput,
+    StoreUnavailable,
+    UnknownPrediction,
+)
 from service.model.contract import N_CLASSES
 from service.model.drift import SCALAR_STATISTICS
 from service.store.schema import KEPT_CORRECTED, feedback, predictions
@@ -57,6 +63,9 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 _CREATED_AT = PREDICTION_COLUMNS.index("created_at")
 #: PostgreSQL: after a batch repeated a stored request id, insert row by row this long
 COPY_PAUSE_SECONDS = 60.0
+#: a record repeating a stored (request id, image) with all of these equal is the same answer
+#: to the same image (a retry: HAProxy's ``retry-on``, a client's), not a reused request id
+SAME_ANSWER_COLUMNS: tuple[str, ...] = ("model_version", "digit", *STATISTIC_COLUMNS)
 T = TypeVar("T")
 
 
@@ -344,7 +353,7 @@ class PredictionStore:
         try:
             with (engine or self.engine).begin() as connection:
                 return work(connection)
-        except (DuplicateFeedback, UnknownPrediction, InvalidInput):
+        except (AmbiguousRequestId, DuplicateFeedback, UnknownPrediction, InvalidInput):
             raise
         except IntegrityError:
             raise
@@ -400,8 +409,9 @@ class PredictionStore:
 
     def write_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Insert prediction records (one mapping per row, a missing nullable column is NULL) in
-        one transaction; a repeated (request id, image) keeps the first record. Returns how many
-        rows were offered."""
+        one transaction; a repeated (request id, image) keeps the first record, and marks it
+        ``reused`` unless the repeat is the same answer (``SAME_ANSWER_COLUMNS``). Returns how
+        many rows were offered."""
         return self.write_prediction_tuples(
             [tuple(row.get(name) for name in PREDICTION_COLUMNS) for row in rows]
         )
@@ -423,7 +433,9 @@ class PredictionStore:
         PostgreSQL: one binary ``COPY`` per batch (``_copy_predictions``); should the batch
         repeat a stored (request id, image), the COPY fails whole and the batch, and those of
         the next ``COPY_PAUSE_SECONDS``, go in as on SQLite.
-        SQLite: one DB-API ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING``: SQLAlchemy's
+        SQLite: one DB-API ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE`` (the stored
+        row keeps its values; it is marked ``reused`` when the repeat answered otherwise,
+        ``_insert_statement``): SQLAlchemy's
         per-row parameter processing is skipped; the values are already of the driver's types,
         except ``created_at``, which goes through the dialect's own bind processor (SQLite
         stores it as text) once per datetime object (the images of one request share one)."""
@@ -485,18 +497,22 @@ class PredictionStore:
         self, items: Sequence[FeedbackItem], now: datetime | None = None
     ) -> list[FeedbackOutcome]:
         """Record all of ``items`` or none: UnknownPrediction names any (request id, index) the
-        store has no prediction for, DuplicateFeedback any that already has feedback. A corrected
-        answer keeps its input (if it is still stored)."""
+        store has no prediction for, AmbiguousRequestId any request id more than one request
+        used (a stored row of it is ``reused``: which answer the label judges is unknown),
+        DuplicateFeedback any that already has feedback. A corrected answer keeps its input (if
+        it is still stored)."""
         now = now or datetime.now(UTC)
         keys = [(item.request_id, item.item) for item in items]
         if len(set(keys)) != len(keys):
             raise DuplicateFeedback("the same request id and index appear twice in this feedback")
 
         def record(connection: Connection) -> list[FeedbackOutcome]:
-            found = _predictions_by_key(connection, keys)
+            found, reused = _predictions_by_key(connection, keys)
             missing = [key for key in keys if key not in found]
             if missing:
                 raise UnknownPrediction(_unknown_message(missing))
+            if reused:
+                raise AmbiguousRequestId(_ambiguous_message(sorted(reused)))
             taken = _feedback_keys(connection, keys)
             if taken:
                 raise DuplicateFeedback(_duplicate_message(sorted(taken)))
@@ -607,26 +623,32 @@ class PredictionStore:
     # -- figures ---------------------------------------------------------------------------------
 
     def feedback_figures(self, window: int) -> dict[int, VersionFigures]:
-        """Per model version: feedback count, and accuracy and recall over its last ``window``."""
+        """Per model version: feedback count, and accuracy and recall over its last ``window``.
+        Feedback on a request id more than one request used (``reused``) is left out."""
 
         def read(connection: Connection) -> dict[int, VersionFigures]:
+            unambiguous = _unambiguous(feedback.c.request_id)
             totals: dict[int, int] = {
                 int(version): int(count)
                 for version, count in connection.execute(
-                    sa.select(feedback.c.model_version, sa.func.count()).group_by(
-                        feedback.c.model_version
-                    )
+                    sa.select(feedback.c.model_version, sa.func.count())
+                    .where(unambiguous)
+                    .group_by(feedback.c.model_version)
                 )
             }
-            ranked = sa.select(
-                feedback.c.model_version,
-                feedback.c.label,
-                feedback.c.correct,
-                feedback.c.accepted,
-                sa.func.row_number()
-                .over(partition_by=feedback.c.model_version, order_by=feedback.c.id.desc())
-                .label("rank"),
-            ).subquery()
+            ranked = (
+                sa.select(
+                    feedback.c.model_version,
+                    feedback.c.label,
+                    feedback.c.correct,
+                    feedback.c.accepted,
+                    sa.func.row_number()
+                    .over(partition_by=feedback.c.model_version, order_by=feedback.c.id.desc())
+                    .label("rank"),
+                )
+                .where(unambiguous)
+                .subquery()
+            )
             recent = connection.execute(
                 sa.select(
                     ranked.c.model_version,
@@ -709,7 +731,9 @@ class PredictionStore:
         return self._run(read)
 
     def labelled_examples(self) -> list[LabelledExample]:
-        """Every feedback record whose input was kept (asked for or corrected), oldest first."""
+        """Every feedback record whose input was kept (asked for or corrected), oldest first;
+        none of a request id more than one request used (``reused``: the label may be another
+        answer's)."""
 
         def read(connection: Connection) -> list[LabelledExample]:
             query = (
@@ -731,6 +755,7 @@ class PredictionStore:
                 )
                 # kept inputs only: asked for, or corrected (others wait for erasure)
                 .where(predictions.c.input.is_not(None), predictions.c.input_kept.is_not(None))
+                .where(_unambiguous(feedback.c.request_id))
                 .order_by(feedback.c.id)
             )
             return [
@@ -747,6 +772,15 @@ class PredictionStore:
             ]
 
         return self._run(read)
+
+
+def _unambiguous(request_id: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """No stored prediction of ``request_id`` is marked ``reused`` (feedback on a reused id may
+    judge the wrong answer: live figures and training leave it out). The reused ids are read
+    once per query from the partial index ``ix_predictions_reused`` (few rows), not probed per
+    feedback record."""
+    reused = sa.select(predictions.c.request_id).where(predictions.c.reused)
+    return request_id.not_in(reused)
 
 
 #: a prediction nobody gave feedback on (the retention rules delete only these)
@@ -900,22 +934,33 @@ def _copy_types() -> tuple[int, ...]:
 
 @functools.cache
 def _insert_statement(dialect: Dialect) -> str:
-    """The DB-API text of a prediction insert that ignores a repeated (request id, image):
-    ``INSERT ... ON CONFLICT (request_id, item) DO NOTHING`` (SQLite >= 3.24, PostgreSQL),
-    positional placeholders in ``PREDICTION_COLUMNS`` order, names quoted by the dialect."""
+    """The DB-API text of a prediction insert that keeps the stored row of a repeated (request
+    id, image) and marks it ``reused`` when the repeat answered otherwise (any of
+    ``SAME_ANSWER_COLUMNS`` differs): ``INSERT ... ON CONFLICT (request_id, item) DO UPDATE SET
+    reused = TRUE WHERE ...`` (SQLite >= 3.24, PostgreSQL), positional placeholders in
+    ``PREDICTION_COLUMNS`` order, names quoted by the dialect. Each row is its own statement
+    under ``executemany``, so a request id repeated within one batch is seen too."""
     quote = dialect.identifier_preparer.quote
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    table = quote(predictions.name)
+    differs = " OR ".join(
+        f"{table}.{quote(name)} <> excluded.{quote(name)}" for name in SAME_ANSWER_COLUMNS
+    )
     return (
-        f"INSERT INTO {quote(predictions.name)} "
+        f"INSERT INTO {table} "
         f"({', '.join(quote(name) for name in PREDICTION_COLUMNS)}) "
         f"VALUES ({', '.join([mark] * len(PREDICTION_COLUMNS))}) "
-        f"ON CONFLICT ({quote('request_id')}, {quote('item')}) DO NOTHING"
+        f"ON CONFLICT ({quote('request_id')}, {quote('item')}) "
+        f"DO UPDATE SET {quote('reused')} = TRUE "
+        f"WHERE NOT {table}.{quote('reused')} AND ({differs})"
     )
 
 
 def _predictions_by_key(
     connection: Connection, keys: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], dict[str, Any]]:
+) -> tuple[dict[tuple[str, int], dict[str, Any]], set[str]]:
+    """The stored rows of ``keys`` by key, and which of their request ids any stored row marks
+    ``reused`` (the whole id is ambiguous, whichever image was repeated)."""
     keys = list(keys)
     request_ids = sorted({request_id for request_id, _ in keys})
     query = sa.select(
@@ -928,14 +973,18 @@ def _predictions_by_key(
         predictions.c.reject_reason,
         predictions.c.input_kept,
         predictions.c.input.is_not(None).label("has_input"),
+        predictions.c.reused,
     ).where(predictions.c.request_id.in_(request_ids))
     wanted = set(keys)
     found: dict[tuple[str, int], dict[str, Any]] = {}
+    reused: set[str] = set()
     for row in connection.execute(query):
         key = (row.request_id, int(row.item))
         if key in wanted:
             found[key] = dict(row._mapping)
-    return found
+        if row.reused:
+            reused.add(row.request_id)
+    return found, reused
 
 
 def _feedback_keys(connection: Connection, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -957,6 +1006,16 @@ def _unknown_message(keys: Sequence[tuple[str, int]]) -> str:
     return (
         f"no stored prediction for request id {_describe(keys)}: it is unknown, was deleted, or "
         "was not recorded (store off or unreachable when it was answered)"
+    )
+
+
+def _ambiguous_message(request_ids: Sequence[str]) -> str:
+    shown = ", ".join(repr(request_id) for request_id in request_ids[:5])
+    more = f" and {len(request_ids) - 5} more" if len(request_ids) > 5 else ""
+    return (
+        f"request id {shown}{more} was used by more than one request, so the store cannot tell "
+        "which answer this feedback is about; send a unique X-Request-ID (or V2 id) with every "
+        "request"
     )
 
 

@@ -4,7 +4,9 @@ The schema never holds client addresses. ``predictions.input`` holds the 28x28 i
 saw (784 bytes, uint8, row-major, ink high) only while it may be needed: when the client asked
 for it to be kept (``input_kept = 'requested'``), when feedback corrected the answer
 (``'corrected'``), or, with ``input_kept`` NULL, for the input retention window, after which the
-writer erases it.
+writer erases it. ``predictions.reused`` marks a request id used by more than one request
+answered otherwise (a client reusing its X-Request-ID): its feedback cannot say which answer it
+judges, so POST /feedback refuses it and live accuracy and training leave it out.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ KEPT_CORRECTED = "corrected"
 
 #: the rows of ``ix_predictions_unkept_input``: an input the retention job must erase in time
 UNKEPT_INPUT = sa.text("input IS NOT NULL AND input_kept IS NULL")
+#: the rows of ``ix_predictions_reused``, as each dialect writes ``WHERE predictions.reused``
+#: (SQLite has no boolean type: SQLAlchemy compares with 1), so both planners use the index
+REUSED_SQLITE = sa.text("reused = 1")
+REUSED_POSTGRESQL = sa.text("reused")
 
 predictions = Table(
     "predictions",
@@ -61,6 +67,9 @@ predictions = Table(
     Column("stroke_thickness", Float, nullable=False),
     Column("input", LargeBinary, nullable=True),
     Column("input_kept", String(16), nullable=True),
+    # the request id was used again by a request answered otherwise (migration 0004): set by
+    # the writer on the stored row, never written with a record (the database's default)
+    Column("reused", Boolean, nullable=False, server_default=sa.false()),
     UniqueConstraint("request_id", "item", name="uq_predictions_request_item"),
     Index("ix_predictions_created_at", "created_at"),
     Index("ix_predictions_version_id", "model_version", "id"),
@@ -72,6 +81,14 @@ predictions = Table(
         "created_at",
         sqlite_where=UNKEPT_INPUT,
         postgresql_where=UNKEPT_INPUT,
+    ),
+    # the request ids used by more than one request (migration 0004): read whole by the live
+    # figures and training to leave their feedback out
+    Index(
+        "ix_predictions_reused",
+        "request_id",
+        sqlite_where=REUSED_SQLITE,
+        postgresql_where=REUSED_POSTGRESQL,
     ),
 )
 

@@ -8,7 +8,7 @@ prediction back into a body. Both are pure; every bad request raises errors.BadR
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +67,15 @@ class InferRequest:
     id: str | None = None
 
 
-def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) -> InferRequest:
-    """The request in ``body``; ``header_length`` is the Inference-Header-Content-Length value."""
+def parse_infer_request(
+    body: bytes,
+    header_length: str | None,
+    max_batch: int,
+    on_id: Callable[[str], None] | None = None,
+) -> InferRequest:
+    """The request in ``body``; ``header_length`` is the Inference-Header-Content-Length value.
+    ``on_id(id)`` is called with the request's ``id`` as soon as it is read, before the inputs
+    are (so an error in them is logged under that id too)."""
     plain = json_arrays.infer_request_with_data(body) if header_length is None else None
     if plain is None:
         header, binary = split_body(body, parse_header_length(header_length, len(body)))
@@ -82,6 +89,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) 
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string, got {shown(request_id)}")
+    if request_id is not None and on_id is not None:
+        on_id(request_id)
     parameters = _parameters(header, "the request")
     if "sequence_id" in parameters:
         raise BadRequest("the mnist model is not a sequence model: drop sequence_id")

@@ -33,6 +33,7 @@ from service.model.contract import (
 from service.model.predictor import loaded_phrase
 from service.model.reject import RejectOption
 from service.observability import metrics, tracing
+from service.observability.request_log import REQUEST_ID_HEADER, valid_request_id
 from service.observability.wsgi import RequestFacts
 from service.v2.binary import HEADER_LENGTH, decompress_body
 from service.v2.codec import DECISION_OUTPUTS, encode_infer_response, parse_infer_request
@@ -111,7 +112,8 @@ class InferEndpoint:
     """POST /v2/models/<model>[/versions/<version>]/infer, answered below Flask.
 
     ``config.max_batch`` is the largest batch accepted (a 400 above it, as the protocol says);
-    ``config.max_body_bytes`` bounds the body, before and after decompression.
+    ``config.max_body_bytes`` bounds the body, before and after decompression. The request's
+    ``id`` names the request (``answer_infer``) unless X-Request-ID gave a valid one.
     """
 
     endpoint = "v2.infer"
@@ -139,6 +141,7 @@ class InferEndpoint:
         answer = answer_infer(
             self.predictor, model, version, body, request.header(HEADER_LENGTH),
             self.config.max_batch, request.facts, self.recorder,
+            id_names_request=not valid_request_id(request.header(REQUEST_ID_HEADER)),
         )  # fmt: skip
         headers = [("Content-Type", answer.content_type)]
         if answer.header_length is not None:
@@ -296,13 +299,25 @@ def answer_infer(
     max_batch: int,
     facts: RequestFacts,
     recorder: PredictionRecorder | None = None,
+    *,
+    id_names_request: bool = False,
 ) -> InferAnswer:
     """Answer an infer request whose body is already decompressed; a ServiceError otherwise.
 
-    The answer goes to ``recorder`` (the prediction store's queue) as well."""
+    The answer goes to ``recorder`` (the prediction store's queue) as well, under
+    ``facts.request_id``. ``id_names_request`` (the X-Request-ID header gave no valid id): the
+    request's own ``id``, when X-Request-ID would accept it (1..128 visible ASCII characters),
+    becomes ``facts.request_id``: the id the answer is stored under (POST /feedback takes it),
+    echoed in X-Request-ID and logged. Any other ``id`` (the protocol allows any string) is
+    still echoed in the body, and the request keeps the id it was given."""
     resolve_model(serving, model, version)
+
+    def name_request(request_id: str) -> None:
+        if id_names_request and valid_request_id(request_id):
+            facts.request_id = request_id
+
     with tracing.step("preprocess"):
-        request = parse_infer_request(body, header_length, max_batch)
+        request = parse_infer_request(body, header_length, max_batch, name_request)
     facts.batch_size = len(request.images)
     number = version_number(model, version)
     with tracing.step("inference"):

@@ -22,7 +22,7 @@ from service.store.database import (
 from service.store.schema import KEPT_CORRECTED, KEPT_REQUESTED, predictions
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
-HEAD = "0003"
+HEAD = "0004"
 
 
 def prediction_row(
@@ -57,8 +57,11 @@ def test_statistic_columns_follow_the_drift_contract() -> None:
     assert STATISTIC_COLUMNS == SCALAR_STATISTICS
 
 
-def test_prediction_columns_are_every_column_but_the_id() -> None:
-    assert sorted(PREDICTION_COLUMNS) == sorted(c.name for c in predictions.c if c.name != "id")
+def test_prediction_columns_are_every_column_but_the_id_and_the_reuse_mark() -> None:
+    # ``reused`` is the database's default on every write; only a repeated request id sets it
+    assert sorted(PREDICTION_COLUMNS) == sorted(
+        c.name for c in predictions.c if c.name not in ("id", "reused")
+    )
 
 
 def test_rows_as_tuples_or_columns_are_stored_as_rows_as_mappings(store: PredictionStore) -> None:

@@ -1,6 +1,8 @@
 """``mnist-store`` run where no store is: delete and purge refuse, in one line naming the path
 they looked for and how to point at the right one, and create nothing; migrate creates a new
-store and says where. A reader gone before the change: 141 and nothing changed. Real processes."""
+store and says where, but not beside a model folder that does not exist (the default store's
+place) nor in a folder that does not exist. A reader gone before the change: 141 and nothing
+changed. Real processes."""
 
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def test_another_folder_is_refused_without_creating_a_store(
     assert out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"mnist-store: no prediction store at {expected} (from ")
-    assert "MODEL_DIR=models" in err and "STORE_PATH=" in err
+    assert "MODEL_DIR=models, no such folder" in err and "STORE_PATH=" in err
+    assert "mnist-store migrate" not in err  # it would refuse too: no model folder here
     assert err.endswith(f"nothing to {command[0]}\n")
     assert list(tmp_path.iterdir()) == []
 
@@ -63,6 +66,7 @@ def test_a_configured_path_that_does_not_exist_is_named(tmp_path: Path, variable
 
 
 def test_migrate_creates_a_new_store_and_says_where(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()  # run from a project folder: MODEL_DIR=models exists
     code, out, err = store_cli(tmp_path, "migrate")
     created = tmp_path / "mnist-store.sqlite3"
     assert code == 0 and err == ""
@@ -87,12 +91,59 @@ def test_the_store_beside_model_dir_is_found(tmp_path: Path) -> None:
 
 
 def test_a_reader_gone_before_migrate_changes_nothing(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
     process = store_process(tmp_path, "migrate")
     assert process.stdout is not None
     process.stdout.close()  # `mnist-store migrate | true`
     _, err = process.communicate(timeout=60)
     assert process.returncode == 141 and err == ""
-    assert list(tmp_path.iterdir()) == []  # no store was created
+    assert list(tmp_path.iterdir()) == [models]  # no store was created
+
+
+@pytest.mark.parametrize("model_dir", ["", "nonexistent", "/abs"])
+def test_migrate_beside_a_model_folder_that_does_not_exist_creates_nothing(
+    tmp_path: Path, model_dir: str
+) -> None:
+    """``MODEL_DIR=/nonexistent mnist-store migrate`` (or run outside the project, where
+    ``models`` is not) once made a store beside the missing folder and exited 0."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    missing = tmp_path / "gone" / "models" if model_dir == "/abs" else None
+    env = {} if not model_dir else {"MODEL_DIR": str(missing or model_dir)}
+    code, out, err = store_cli(cwd, "migrate", **env)
+    folder = missing or cwd / (model_dir or "models")
+    assert code == EXIT_NO_STORE == 6 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"mnist-store: no model folder at {folder} (MODEL_DIR=")
+    assert "STORE_PATH=" in err and err.endswith("; nothing created\n")
+    assert list(cwd.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd"]
+
+
+def test_a_store_path_in_a_folder_that_exists_is_created_without_a_model_folder(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "store.sqlite3"
+    code, out, err = store_cli(
+        tmp_path, "migrate", MODEL_DIR=str(tmp_path / "nonexistent"), STORE_PATH=str(target)
+    )
+    assert code == 0 and err == ""
+    assert out.startswith(f"created a new store at {target}; schema at revision ")
+    assert target.is_file() and not (tmp_path / "nonexistent").exists()
+
+
+@pytest.mark.parametrize("variable", ["STORE_PATH", "DATABASE_URL"])
+def test_migrate_into_a_folder_that_does_not_exist_names_it(tmp_path: Path, variable: str) -> None:
+    (tmp_path / "models").mkdir()
+    missing = tmp_path / "elsewhere" / "store.sqlite3"
+    value = str(missing) if variable == "STORE_PATH" else f"sqlite:///{missing}"
+    code, out, err = store_cli(tmp_path, "migrate", **{variable: value})
+    assert code == EXIT_NO_STORE and out == ""
+    assert err == (
+        f"mnist-store: no folder {missing.parent} for a new store at {missing} (from "
+        f"{variable}); nothing created\n"
+    )
+    assert not missing.parent.exists()
 
 
 def test_the_new_exit_code_is_documented() -> None:
