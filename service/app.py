@@ -314,3 +314,14 @@ def watch_models(app: object) -> bool:
     predictor: Predictor = app.extensions[PREDICTOR_KEY]
     predictor.start_watching(handle_sighup=True)
     return True
+
+
+def stop_recording(app: object, timeout: float = 5.0) -> bool:
+    """Write what this process's prediction recorder still holds, then end its writer thread
+    (call once the worker answers no more: gunicorn's worker_exit). False when ``app`` is not
+    this service's Flask app."""
+    if not (isinstance(app, Flask) and RECORDER_KEY in app.extensions):
+        return False
+    recorder: PredictionRecorder = app.extensions[RECORDER_KEY]
+    recorder.stop(timeout)
+    return True

@@ -25,6 +25,14 @@ DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 #: the largest sensible MLP here, 784-1024-1024-10 in float32, is 7.5 MB of ONNX; a few MB above
 DEFAULT_MAX_MODEL_BYTES = 12 * 1024 * 1024
 
+#: upper bounds, checked at start (a larger value would overflow a timer, a date or an array at
+#: run time, long after the start said it was fine): a day between polls, 2 GiB, 2**31 pixels
+MAX_POLL_SECONDS = 86_400.0
+MAX_BYTES = 2**31
+MAX_PIXELS = 2**31
+#: model versions are folder names; more than this is a typo
+MAX_MODEL_VERSION = 10**9
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot run with."""
@@ -56,10 +64,16 @@ class ServiceConfig:
     store: StoreConfig = field(default_factory=lambda: _store_config({}))
 
     def __post_init__(self) -> None:
-        if self.model_version is not None and self.model_version < 1:
-            raise ConfigError(f"MODEL_VERSION must be a positive integer, not {self.model_version}")
-        if not (math.isfinite(self.poll_seconds) and self.poll_seconds > 0):
-            raise ConfigError(f"MODEL_POLL_SECONDS must be > 0, not {self.poll_seconds}")
+        if self.model_version is not None and not 1 <= self.model_version <= MAX_MODEL_VERSION:
+            raise ConfigError(
+                f"MODEL_VERSION must be a whole number from 1 to {MAX_MODEL_VERSION}, "
+                f"not {self.model_version}"
+            )
+        if not (math.isfinite(self.poll_seconds) and 0 < self.poll_seconds <= MAX_POLL_SECONDS):
+            raise ConfigError(
+                f"MODEL_POLL_SECONDS must be > 0, up to {MAX_POLL_SECONDS:g}, "
+                f"not {self.poll_seconds}"
+            )
         if not 1 <= self.intra_op_threads <= 64:
             raise ConfigError(
                 f"ORT_INTRA_OP_THREADS must be between 1 and 64, not {self.intra_op_threads}"
@@ -69,15 +83,15 @@ class ServiceConfig:
                 f"MAX_BATCH must be between 1 and {MAX_BATCH_SIZE} (the model's max_batch_size), "
                 f"not {self.max_batch}"
             )
-        for name, value in (
-            ("MAX_BODY_BYTES", self.max_body_bytes),
-            ("MAX_IMAGE_BYTES", self.max_image_bytes),
-            ("MAX_IMAGE_PIXELS", self.max_image_pixels),
-            ("MAX_REQUEST_PIXELS", self.max_request_pixels),
-            ("MAX_MODEL_BYTES", self.max_model_bytes),
+        for name, value, highest in (
+            ("MAX_BODY_BYTES", self.max_body_bytes, MAX_BYTES),
+            ("MAX_IMAGE_BYTES", self.max_image_bytes, MAX_BYTES),
+            ("MAX_IMAGE_PIXELS", self.max_image_pixels, MAX_PIXELS),
+            ("MAX_REQUEST_PIXELS", self.max_request_pixels, MAX_PIXELS),
+            ("MAX_MODEL_BYTES", self.max_model_bytes, MAX_BYTES),
         ):
-            if value < 1:
-                raise ConfigError(f"{name} must be a positive integer, not {value}")
+            if not 1 <= value <= highest:
+                raise ConfigError(f"{name} must be a whole number from 1 to {highest}, not {value}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"MIN_CONFIDENCE must be between 0 and 1, not {self.min_confidence}")
 
@@ -107,7 +121,7 @@ class ServiceConfig:
             max_model_bytes=_read(
                 environ, "MAX_MODEL_BYTES", _positive_int, defaults.max_model_bytes
             ),
-            admin_token=environ.get("ADMIN_TOKEN", "").strip() or None,
+            admin_token=_admin_token(environ),
             api_tokens=_api_tokens(environ),
             mnist_data_dir=Path(environ["MNIST_DATA_DIR"])
             if environ.get("MNIST_DATA_DIR")
@@ -117,17 +131,52 @@ class ServiceConfig:
         )
 
 
+#: what a bearer token may hold: visible ASCII (0x21-0x7E). An HTTP header carries Latin-1 at
+#: most, and RFC 6750's b64token (letters, digits and ``-._~+/``, then ``=``) is a subset: a token
+#: outside this set could never be presented, and every request would be refused
+TOKEN_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
+
+
+def _check_token(name: str, token: str, position: str = "") -> None:
+    """ConfigError naming ``name`` when ``token`` holds a character no client can send; the
+    message never shows the token."""
+    for index, character in enumerate(token, 1):
+        if character not in TOKEN_CHARACTERS:
+            raise ConfigError(
+                f"{name}: {position}character {index} of the token is {_shown(character)}; "
+                "a bearer token is visible ASCII only (letters, digits, -._~+/= and the like)"
+            )
+
+
+def _shown(character: str) -> str:
+    return "a space" if character.isspace() else f"U+{ord(character):04X}, not ASCII"
+
+
+def _admin_token(environ: Mapping[str, str]) -> str | None:
+    """ADMIN_TOKEN, stripped; None (admin routes off, 403) when unset or blank."""
+    token = environ.get("ADMIN_TOKEN", "").strip()
+    if not token:
+        return None
+    _check_token("ADMIN_TOKEN", token)
+    return token
+
+
 def _api_tokens(environ: Mapping[str, str]) -> frozenset[str]:
-    """The tokens of API_TOKENS (comma-separated); ConfigError when it is set but holds none,
-    which would otherwise leave inference open while the operator thinks it is closed."""
-    text = environ.get("API_TOKENS", "")
-    tokens = frozenset(token.strip() for token in text.split(",") if token.strip())
-    if text.strip() and not tokens:
+    """The tokens of API_TOKENS (comma-separated); ConfigError when it is set but holds none
+    (empty, only spaces or commas), which would otherwise leave inference open while the
+    operator thinks it is closed, and when a token holds a character no client can send."""
+    if "API_TOKENS" not in environ:
+        return frozenset()
+    text = environ["API_TOKENS"]
+    tokens = [token.strip() for token in text.split(",") if token.strip()]
+    if not tokens:
         raise ConfigError(
-            f"API_TOKENS={text!r} holds no token (only commas and spaces): set comma-separated "
-            "tokens, or leave it unset for open inference"
+            f"API_TOKENS={text!r} holds no token: set comma-separated tokens, or unset it "
+            "for open inference"
         )
-    return tokens
+    for number, token in enumerate(tokens, 1):
+        _check_token("API_TOKENS", token, f"token {number}, ")
+    return frozenset(tokens)
 
 
 def _probability(text: str) -> float:

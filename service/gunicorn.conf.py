@@ -7,6 +7,7 @@ flags on gunicorn's command line (e.g. --bind 0.0.0.0:8000 in Docker) override t
 
 import gc
 import os
+import re
 import shutil
 import signal
 import sys
@@ -14,14 +15,15 @@ import tempfile
 from typing import Any
 
 from service.observability.request_log import logging_config
-from service.serve import GUNICORN_LOG_LEVELS, SettingError, env_int
+from service.serve import GUNICORN_INTEGERS, GUNICORN_LOG_LEVELS, SettingError, env_int
 
 
-def _env_int(name: str, default: int, lowest: int = 1) -> int:
+def _env_int(name: str) -> int:
     """A bad value is reported by on_starting (check_settings: one line, exit 2); until then the
     default stands in."""
+    _, default, lowest, highest = next(row for row in GUNICORN_INTEGERS if row[0] == name)
     try:
-        return env_int(os.environ, name, default, lowest)
+        return env_int(os.environ, name, default, lowest, highest)
     except SettingError:
         return default
 
@@ -31,15 +33,15 @@ def _env_int(name: str, default: int, lowest: int = 1) -> int:
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 bind = [os.environ.get("BIND", "").strip() or "127.0.0.1:8000"]
-workers = _env_int("WEB_CONCURRENCY", 2)
+workers = _env_int("WEB_CONCURRENCY")
 # threads let one worker overlap JSON parsing and I/O; onnxruntime runs are thread-safe.
 # gthread that reads each request whole in the event loop, within REQUEST_HEAD_TIMEOUT and
 # REQUEST_BODY_TIMEOUT, before a thread sees it: slow or idle clients hold no thread; and that
 # accepts only while the worker holds the fewest open connections, so keep-alive connections
 # spread evenly over the workers (service/connection_balance.py).
 worker_class = "service.connection_balance.BalancedThreadWorker"
-threads = _env_int("GUNICORN_THREADS", 4)
-timeout = _env_int("GUNICORN_TIMEOUT", 30)
+threads = _env_int("GUNICORN_THREADS")
+timeout = _env_int("GUNICORN_TIMEOUT")
 graceful_timeout = 20
 keepalive = 5
 # no preload: every worker creates its own onnxruntime session after the fork
@@ -66,6 +68,22 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _created_multiproc_dir: list[str] = []
+#: the names prometheus_client gives its multiprocess files (values.MultiProcessValue, and
+#: service.observability.metric_files): ``<type>_<pid>.db``, a gauge's type with its mode
+#: (gauge_all, gauge_livesum, gauge_mostrecent, ...); nothing else in the folder is ours
+METRIC_FILE = re.compile(
+    r"(counter|histogram|summary|gauge_(live)?(all|min|max|sum|mostrecent))_[0-9]+\.db"
+)
+
+
+def prepare_multiproc_dir(path: str) -> None:
+    """Make the metrics folder ``path`` and delete the sample files a previous run left there
+    (they would add old counts to this one): prometheus_client's files only (METRIC_FILE), never
+    another file that shares the folder, such as a SQLite store."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if METRIC_FILE.fullmatch(name):
+            os.unlink(os.path.join(path, name))
 
 
 def _prepare_multiproc_dir() -> None:
@@ -74,11 +92,7 @@ def _prepare_multiproc_dir() -> None:
         path = tempfile.mkdtemp(prefix="mnist-metrics-")
         _created_multiproc_dir.append(path)
         os.environ[_MULTIPROC_ENV] = path  # the workers inherit it at fork
-    os.makedirs(path, exist_ok=True)
-    # files of a previous run would add old counts to this one
-    for name in os.listdir(path):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(path, name))
+    prepare_multiproc_dir(path)
 
 
 def on_starting(server: Any) -> None:
@@ -88,14 +102,31 @@ def on_starting(server: Any) -> None:
     anything listens or forks, with one line naming the variable (exit 2, as mnist-serve)."""
     from service.connection_balance import create_board
     from service.request_buffering import hold_stop_signals_across_fork
-    from service.serve import EXIT_BAD_SETTING, check_settings
+    from service.serve import (
+        EXIT_ADDRESS,
+        EXIT_BAD_SETTING,
+        MAX_WORKERS,
+        check_listen_target,
+        check_settings,
+    )
 
     problem = check_settings(os.environ)
+    if problem is None and not 1 <= server.cfg.workers <= MAX_WORKERS:
+        problem = f"--workers {server.cfg.workers}: expected a whole number from 1 to {MAX_WORKERS}"
     if problem is not None:
         server.log.error(problem)
         sys.exit(EXIT_BAD_SETTING)
+    for bind in server.cfg.bind:  # unix: and fd:// ones; gunicorn itself retries TCP ones
+        problem = check_listen_target(bind)
+        if problem is not None:
+            server.log.error(problem)
+            sys.exit(EXIT_ADDRESS)
 
-    _prepare_multiproc_dir()
+    try:
+        _prepare_multiproc_dir()
+    except OSError as error:
+        server.log.error(f"{_MULTIPROC_ENV}: cannot prepare the metrics folder ({error})")
+        sys.exit(EXIT_BAD_SETTING)
     create_board(server.cfg.workers)
     hold_stop_signals_across_fork()
     import service.observability.metrics  # noqa: F401
@@ -174,6 +205,15 @@ def worker_int(worker: Any) -> None:
     from service.request_buffering import leave_now
 
     leave_now(signal.SIGQUIT, None)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In a worker, last, once a graceful stop (SIGTERM) let its requests finish: write what the
+    prediction recorder still holds (the answers of the last flush interval), within the
+    graceful timeout, so that nothing answered is lost."""
+    from service.app import stop_recording
+
+    stop_recording(getattr(worker, "wsgi", None), timeout=max(1.0, worker.cfg.graceful_timeout / 2))
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -13,11 +13,13 @@ import errno
 import os
 import re
 import socket
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from service.command_line import OneLineParser, quiet_on_closed_output, whole_number
+from service.config import MAX_MODEL_VERSION
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 APP = "service.app:create_app()"
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=whole_number(1),
+        type=whole_number(1, MAX_WORKERS),
         default=None,
         help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)",
     )
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model-version",
-        type=whole_number(1),
+        type=whole_number(1, MAX_MODEL_VERSION),
         default=None,
         help="pin one version (default: the highest)",
     )
@@ -96,11 +98,15 @@ EXIT_BAD_SETTING = 2
 
 #: exit code when the address cannot be bound (in use, not an address of this machine)
 EXIT_ADDRESS = 4
-#: gunicorn's settings from the environment (service/gunicorn.conf.py): name, default, lowest
+#: the most worker processes (WEB_CONCURRENCY, --workers): each holds a model session and a
+#: slot of the connection balance table; a few per core is all that helps
+MAX_WORKERS = 256
+#: gunicorn's settings from the environment (service/gunicorn.conf.py): name, default, lowest,
+#: highest (threads per worker; a day of silence before a worker counts as hung)
 GUNICORN_INTEGERS = (
-    ("WEB_CONCURRENCY", 2, 1),
-    ("GUNICORN_THREADS", 4, 1),
-    ("GUNICORN_TIMEOUT", 30, 1),
+    ("WEB_CONCURRENCY", 2, 1, MAX_WORKERS),
+    ("GUNICORN_THREADS", 4, 1, 1024),
+    ("GUNICORN_TIMEOUT", 30, 1, 86_400),
 )
 GUNICORN_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -109,17 +115,20 @@ class SettingError(ValueError):
     """An environment variable of gunicorn's holds a value it cannot run with."""
 
 
-def env_int(environ: Mapping[str, str], name: str, default: int, lowest: int = 1) -> int:
+def env_int(
+    environ: Mapping[str, str], name: str, default: int, lowest: int = 1, highest: int = 2**31
+) -> int:
     """The integer setting ``name`` (``default`` when unset or empty); SettingError names it."""
     text = environ.get(name, "").strip()
     if not text:
         return default
+    expected = f"expected a whole number from {lowest} to {highest}"
     try:
         value = int(text)
     except ValueError:
-        raise SettingError(f"{name}={text!r}: expected an integer >= {lowest}") from None
-    if value < lowest:
-        raise SettingError(f"{name}={text!r}: expected an integer >= {lowest}")
+        raise SettingError(f"{name}={text!r}: {expected}") from None
+    if not lowest <= value <= highest:
+        raise SettingError(f"{name}={text!r}: {expected}")
     return value
 
 
@@ -179,10 +188,11 @@ def check_settings(environ: Mapping[str, str]) -> str | None:
     from service.store.config import usable_database_url
 
     try:
-        for name, default, lowest in GUNICORN_INTEGERS:
-            env_int(environ, name, default, lowest)
+        for name, default, lowest, highest in GUNICORN_INTEGERS:
+            env_int(environ, name, default, lowest, highest)
         if environ.get("BIND", "").strip():
             parse_bind(environ["BIND"])
+        check_multiproc_dir(environ)
     except SettingError as error:
         return str(error)
     level = environ.get("GUNICORN_LOG_LEVEL", "").strip()
@@ -202,6 +212,59 @@ def check_settings(environ: Mapping[str, str]) -> str | None:
         TracingConfig.from_env(environ)
     except ValueError as error:
         return str(error)
+    return None
+
+
+def check_multiproc_dir(environ: Mapping[str, str]) -> None:
+    """SettingError naming PROMETHEUS_MULTIPROC_DIR when it is set to something that is not, and
+    cannot be made, a folder this process can write in (the metrics' files go there). Creates
+    it when missing, as the start would."""
+    path = environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if not path:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SettingError(f"PROMETHEUS_MULTIPROC_DIR={path!r}: not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        why = error.strerror or str(error)
+        raise SettingError(
+            f"PROMETHEUS_MULTIPROC_DIR={path!r}: cannot make the folder ({why})"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingError(f"PROMETHEUS_MULTIPROC_DIR={path!r}: this user cannot write in it")
+
+
+def check_listen_target(bind: str) -> str | None:
+    """Why gunicorn could not listen on the BIND value ``bind`` of the forms ``unix:PATH`` and
+    ``fd://N`` (one line naming it), or None (also for the TCP forms: check_address probes
+    those). A unix socket needs an existing folder and no other file at PATH (gunicorn replaces
+    an old socket file only); fd://N must be an open socket this process inherited."""
+    value = bind.strip()
+    named = f"BIND={value!r}"
+    if value.startswith("fd://"):
+        try:
+            mode = os.fstat(int(value[len("fd://") :])).st_mode
+        except (OSError, ValueError, OverflowError):
+            return f"{named}: no such open file descriptor (pass the socket to this process)"
+        if not stat.S_ISSOCK(mode):
+            return f"{named}: the file descriptor is not a socket"
+        return None
+    if not re.match(r"unix:", value):
+        return None
+    path = Path(re.split(r"unix:(//)?", value)[-1])
+    if not path.parent.is_dir():
+        return f"{named}: no folder to make the socket in ({str(path.parent)!r} does not exist)"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"{named}: this user cannot make a socket in {str(path.parent)!r}"
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"{named}: {error.strerror}"
+    if not stat.S_ISSOCK(mode):
+        return f"{named}: a file that is not a socket is there (gunicorn replaces old sockets only)"
     return None
 
 
@@ -238,16 +301,20 @@ def check_models_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> st
     Only the cheap checks: the folder exists and holds a complete version (the pinned one with
     --model-version); the workers validate the version itself.
     """
+    from service.config import ServiceConfig
     from service.model.contract import MODEL_NAME
     from service.model.repository import ModelRepository
 
+    # the settings as the workers will read them (ServiceConfig; the flags are in ``environ``
+    # by now, gunicorn_command put them there)
+    config = ServiceConfig.from_env(environ)
     flag = args.models_dir is not None
-    root = args.models_dir if flag else Path(environ.get("MODEL_DIR") or "models")
+    root = config.model_dir
     named = (
-        f"--models-dir {root}"
+        f"--models-dir {args.models_dir}"
         if flag
         else f"MODEL_DIR={root}"
-        if "MODEL_DIR" in environ
+        if environ.get("MODEL_DIR", "").strip()
         else f"the default model repository {root}"
     )
     if not root.exists():
@@ -265,8 +332,14 @@ def check_models_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> st
             f"model.onnx and card.json); train one with mnist-train --models-dir {root}"
         )
     numbers = [v.version for v in versions]
-    if args.model_version is not None and args.model_version not in numbers:
-        return f"--model-version {args.model_version}: {repository.model_dir} has {numbers}"
+    pinned = config.model_version
+    if pinned is not None and pinned not in numbers:
+        setting = (
+            f"--model-version {pinned}"
+            if args.model_version is not None
+            else f"MODEL_VERSION={pinned}"
+        )
+        return f"{setting}: {repository.model_dir} has {numbers}"
     return None
 
 
@@ -282,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_BAD_SETTING
-    problem = check_models_dir(args, os.environ)
+    problem = check_models_dir(args, env)
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_NO_MODELS
@@ -291,7 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = check_address(*flag_address(args))
     else:
         address = parse_bind(bind)  # well formed: check_settings said so
-        problem = None if address is None else check_address(*address, setting=f"BIND={bind!r}")
+        problem = (
+            check_listen_target(bind)
+            if address is None
+            else check_address(*address, setting=f"BIND={bind!r}")
+        )
     if problem is not None:
         print(f"mnist-serve: {problem}", file=sys.stderr)
         return EXIT_ADDRESS

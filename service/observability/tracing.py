@@ -84,9 +84,45 @@ class TracingConfig:
             or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
         )
         enabled = exporter == "otlp" or bool(endpoint)
+        if enabled:
+            check_batch_settings(environ)
         if "OTEL_BSP_MAX_QUEUE_SIZE" in environ or "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in environ:
             return cls(enabled, name, max_queue_size=None, max_export_batch_size=None)
         return cls(enabled=enabled, service_name=name)
+
+
+#: the OTEL_BSP_ integers: the SDK's default, and the largest value taken (a million spans held;
+#: an hour, in milliseconds, between exports or for one export)
+BATCH_SETTINGS = {
+    "OTEL_BSP_MAX_QUEUE_SIZE": (2048, 1_000_000),
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": (512, 1_000_000),
+    "OTEL_BSP_SCHEDULE_DELAY": (5000, 3_600_000),
+    "OTEL_BSP_EXPORT_TIMEOUT": (30000, 3_600_000),
+}
+
+
+def check_batch_settings(environ: Mapping[str, str]) -> None:
+    """ValueError naming the OTEL_BSP_ variable the SDK's batch processor would fail on in every
+    worker (not a whole number, under 1, over BATCH_SETTINGS' bound, or an export batch larger
+    than the queue)."""
+    values = {}
+    for name, (default, highest) in BATCH_SETTINGS.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            values[name] = default
+            continue
+        try:
+            values[name] = int(text)
+        except ValueError:
+            values[name] = 0
+        if not 1 <= values[name] <= highest:
+            raise ValueError(f"{name}={text!r}: expected a whole number from 1 to {highest:,}")
+    queue = values["OTEL_BSP_MAX_QUEUE_SIZE"]
+    if values["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] > queue:
+        raise ValueError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={values['OTEL_BSP_MAX_EXPORT_BATCH_SIZE']}: "
+            f"larger than the queue (OTEL_BSP_MAX_QUEUE_SIZE, {queue})"
+        )
 
 
 class _Resource(Resource):

@@ -15,6 +15,19 @@ ON_WORDS = frozenset({"1", "true", "yes", "on"})
 OFF_WORDS = frozenset({"0", "false", "no", "off"})
 #: the lowest CPU priority Linux gives a thread (setpriority(2)); lower values need privileges
 MAX_NICE = 19
+#: the largest value of each numeric setting, checked at start: beyond them a timer, a date, an
+#: SQLite integer or an array overflows at run time (10 years of inputs, 100 years of predictions,
+#: an hour between writes or of waiting, 2**62 rows, a million images or window entries)
+HIGHEST: dict[str, float] = {
+    "STORE_INPUT_RETENTION_SECONDS": 10 * 365 * 86_400,
+    "STORE_RETENTION_DAYS": 36_500,
+    "STORE_FLUSH_SECONDS": 3_600,
+    "FEEDBACK_WAIT_SECONDS": 3_600,
+    "STORE_RETENTION_ROWS": 2**62,
+    "STORE_QUEUE_IMAGES": 10**6,
+    "FEEDBACK_WINDOW": 10**6,
+    "DRIFT_WINDOW": 10**6,
+}
 
 
 class StoreConfigError(ConfigError):
@@ -62,8 +75,10 @@ class StoreConfig:
             ("STORE_FLUSH_SECONDS", self.flush_seconds),
             ("FEEDBACK_WAIT_SECONDS", self.feedback_wait_seconds),
         ):
-            if not (math.isfinite(value) and value >= 0):
-                raise StoreConfigError(f"{name} must be a number >= 0, not {value}")
+            if not (math.isfinite(value) and 0 <= value <= HIGHEST[name]):
+                raise StoreConfigError(
+                    f"{name} must be a number from 0 to {HIGHEST[name]:,}, not {value}"
+                )
         if self.flush_seconds <= 0:
             raise StoreConfigError("STORE_FLUSH_SECONDS must be > 0")
         if not 0 <= self.writer_nice <= MAX_NICE:
@@ -77,8 +92,10 @@ class StoreConfig:
             ("FEEDBACK_WINDOW", self.feedback_window),
             ("DRIFT_WINDOW", self.drift_window),
         ):
-            if count < 1:
-                raise StoreConfigError(f"{name} must be a positive integer, not {count}")
+            if not 1 <= count <= HIGHEST[name]:
+                raise StoreConfigError(
+                    f"{name} must be a whole number from 1 to {HIGHEST[name]:,}, not {count}"
+                )
 
     def url(self, model_dir: Path) -> str:
         """The SQLAlchemy URL of the database (psycopg 3 for PostgreSQL)."""

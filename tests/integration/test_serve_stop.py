@@ -248,7 +248,7 @@ def test_a_missing_model_repository_is_one_line_and_exit_3_before_listening(
 BAD_SETTINGS = {
     "MAX_BATCH": ("0", "MAX_BATCH='0' is not valid"),
     "MODEL_POLL_SECONDS": ("-1", "MODEL_POLL_SECONDS must be > 0"),
-    "GUNICORN_THREADS": ("-3", "GUNICORN_THREADS='-3': expected an integer >= 1"),
+    "GUNICORN_THREADS": ("-3", "GUNICORN_THREADS='-3': expected a whole number from 1 to 1024"),
     "DATABASE_URL": ("bogus://x", "DATABASE_URL='bogus://x': the store speaks postgresql"),
     "OTEL_TRACES_EXPORTER": ("bogus", "OTEL_TRACES_EXPORTER='bogus': this service exports otlp"),
     # only empty entries would otherwise leave inference open while it looks closed
@@ -261,8 +261,8 @@ BAD_SETTINGS = {
 #: read by gunicorn itself before its configuration file (a traceback there): mnist-serve only
 BAD_SERVE_SETTINGS = {
     **BAD_SETTINGS,
-    "WEB_CONCURRENCY": ("x", "WEB_CONCURRENCY='x': expected an integer >= 1"),
-    "GUNICORN_TIMEOUT": ("abc", "GUNICORN_TIMEOUT='abc': expected an integer >= 1"),
+    "WEB_CONCURRENCY": ("x", "WEB_CONCURRENCY='x': expected a whole number from 1 to 256"),
+    "GUNICORN_TIMEOUT": ("abc", "GUNICORN_TIMEOUT='abc': expected a whole number from 1 to 86400"),
     "DATABASE_URL": ("mysql://u:secret@h/db", "DATABASE_URL='mysql://u:***@h/db': the store"),
 }
 

@@ -285,7 +285,7 @@ def test_the_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPat
     # a bad value: the default until on_starting's check_settings stops the start (exit 2)
     assert _gunicorn_settings(monkeypatch, WEB_CONCURRENCY="lots")["workers"] == 2
     problem = serve.check_settings({"WEB_CONCURRENCY": "lots"})
-    assert problem == "WEB_CONCURRENCY='lots': expected an integer >= 1"
+    assert problem == "WEB_CONCURRENCY='lots': expected a whole number from 1 to 256"
 
 
 def test_watch_models_starts_the_watcher_only_for_the_service_app(tmp_path: Path) -> None:

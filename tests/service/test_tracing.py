@@ -212,7 +212,7 @@ def test_no_step_span_outside_a_request(
     [
         ({}, (tracing.BATCH_QUEUE_SIZE, tracing.EXPORT_BATCH_SIZE)),
         ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, (None, None)),  # the SDK reads both
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, (None, None)),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, (None, None)),
     ],
 )
 def test_batch_sizes_are_ours_unless_the_operator_sets_one(
