@@ -9,6 +9,8 @@
   // the saliency map shown over the model's image: which pixels pushed the answer
   const EXPLAIN_URL = "v2/models/mnist/explain";
   const DRAWING_KEY = "mnist.drawing";
+  // a bearer token for a service started with API_TOKENS; this tab only, shared with /learn
+  const TOKEN_KEY = "mnist.token";
 
   const canvas = document.getElementById("pad");
   const context = canvas.getContext("2d");
@@ -27,6 +29,7 @@
   let saliencyShown = false; // a map for the current answer is drawn
 
   let drawing = false;
+  let activePointer = null; // the one pointer that draws; a second finger is ignored
   let lastPoint = null;
   let hasInk = false;
   let pendingTimer = null;
@@ -111,7 +114,9 @@
   canvas.addEventListener("pointerdown", (event) => {
     if (event.button !== 0) return;
     event.preventDefault();
+    if (activePointer !== null) return; // a second finger: no line between the two
     canvas.setPointerCapture(event.pointerId);
+    activePointer = event.pointerId;
     drawing = true;
     lastPoint = canvasPoint(event);
     strokeTo(lastPoint); // a zero-length stroke: a tap alone draws nothing in Chromium
@@ -119,14 +124,16 @@
   });
 
   canvas.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
+    if (!drawing || event.pointerId !== activePointer) return;
     const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
     for (const each of events.length ? events : [event]) strokeTo(canvasPoint(each));
     schedulePrediction();
   });
 
-  for (const type of ["pointerup", "pointercancel"]) {
-    canvas.addEventListener(type, () => {
+  for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) {
+    canvas.addEventListener(type, (event) => {
+      if (event.pointerId !== activePointer) return;
+      activePointer = null;
       if (!drawing) return;
       drawing = false;
       schedulePrediction();
@@ -167,7 +174,7 @@
     try {
       response = await fetch(PREDICT_URL, {
         method: "POST",
-        headers: { "Content-Type": "image/png", Accept: "application/json" },
+        headers: { "Content-Type": "image/png", Accept: "application/json", ...authorization() },
         body: blob,
       });
       body = await response.json().catch(() => null);
@@ -176,6 +183,7 @@
       return;
     }
     if (seq !== requestSeq) return;
+    if (response.status === 401) askForToken();
     if (!response.ok) {
       const message = body && body.error && (body.error.message || body.error);
       showError(message ? String(message) : `The service answered HTTP ${response.status}.`);
@@ -200,7 +208,7 @@
     try {
       const response = await fetch(EXPLAIN_URL, {
         method: "POST",
-        headers: { "Content-Type": "image/png", Accept: "application/json" },
+        headers: { "Content-Type": "image/png", Accept: "application/json", ...authorization() },
         body: blob,
       });
       if (!response.ok) return; // e.g. 501 for a model that is not an MLP: no map, no error
@@ -324,7 +332,9 @@
     try {
       const response = await fetch(FEEDBACK_URL, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        headers: {
+          "Content-Type": "application/json", Accept: "application/json", ...authorization(),
+        },
         body: JSON.stringify({ request_id: answeredId, label }),
       });
       const body = await response.json().catch(() => null);
@@ -376,7 +386,7 @@
 
   async function loadModelInfo() {
     try {
-      const response = await fetch(MODEL_URL, { headers: { Accept: "application/json" } });
+      const response = await fetch(MODEL_URL, { headers: { Accept: "application/json", ...authorization() } });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
       const versions = (body.versions || []).map(Number).filter(Number.isFinite);
@@ -388,6 +398,41 @@
       if (modelText.textContent === "loading…") modelText.textContent = "unknown (not ready?)";
     }
   }
+
+  // ---- the access token, asked for only when the service answers 401 ---------------------------
+  const tokenForm = document.getElementById("token-form");
+  const tokenInput = document.getElementById("token");
+
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (error) {
+      return tokenInput.value.trim(); // storage disabled: the field itself holds it
+    }
+  }
+
+  function authorization() {
+    const token = storedToken();
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  function askForToken() {
+    tokenForm.hidden = false;
+    document.body.dataset.token = "needed";
+  }
+
+  tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = tokenInput.value.trim();
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (error) {
+      // storage disabled: storedToken() reads the field
+    }
+    document.body.dataset.token = token ? "set" : "needed";
+    if (hasInk) schedulePrediction(); // the drawing on the pad, asked again with the token
+  });
 
   clearPad();
   loadModelInfo();

@@ -6,6 +6,8 @@
   const M = window.LearnMath;
   const EXPLAIN_URL = "v2/models/mnist/explain?return_input=true";
   const WEIGHTS_URL = "v2/models/mnist/explain/weights";
+  // the bearer token the drawing page or this page was given (a service with API_TOKENS)
+  const TOKEN_KEY = "mnist.token";
   const THROTTLE_MS = 150;
   const COLORS = {
     f: "#2563eb",
@@ -391,11 +393,14 @@
         const id = `${name}-${key}`;
         const input = el("input", { id, type: "number", step: "any", value: String(spec.hyper[key]) });
         input.addEventListener("change", () => {
-          const value = Number(input.value);
-          if (Number.isFinite(value)) {
-            descent.hyper[name][key] = value;
-            resetDescent();
+          const value = readNumber(input);
+          if (value === null) {
+            // empty, not a number or out of range (1e400): keep the value in use, and show it
+            input.value = String(descent.hyper[name][key]);
+            return;
           }
+          descent.hyper[name][key] = value;
+          resetDescent();
         });
         fields.append(el("label", { for: id, text: hyperLabel(key) }), input);
       }
@@ -423,13 +428,19 @@
         if (!move) return;
         event.preventDefault();
         const [x, y] = descent.start;
-        setStart([Math.round((x + move[0]) * 100) / 100, Math.round((y + move[1]) * 100) / 100]);
+        // kept on the map, as a click is
+        const [x0, x1, y0, y1] = M.SURFACES[descent.surface].view;
+        const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, Math.round(v * 100) / 100));
+        setStart([clamp(x + move[0], x0, x1), clamp(y + move[1], y0, y1)]);
       });
     }
     for (const [id, index] of [["start-x", 0], ["start-y", 1]]) {
       byId(id).addEventListener("change", () => {
-        const value = Number(byId(id).value);
-        if (!Number.isFinite(value)) return;
+        const value = readNumber(byId(id));
+        if (value === null) {
+          byId(id).value = String(descent.start[index]);
+          return;
+        }
         const start = descent.start.slice();
         start[index] = value;
         setStart(start);
@@ -445,6 +456,14 @@
       resetDescent();
     });
     chooseSurface("bowl");
+  }
+
+  // A number field's value, or null when it is empty or not a finite number: Number("") is 0,
+  // and an out-of-range entry (1e400) reads as "" or Infinity.
+  function readNumber(input) {
+    const text = input.value.trim();
+    const value = text === "" ? NaN : Number(text);
+    return Number.isFinite(value) ? value : null;
   }
 
   function chooseSurface(name) {
@@ -613,6 +632,7 @@
   const pad = byId("learn-pad");
   const padContext = pad.getContext("2d");
   let drawing = false;
+  let activePointer = null; // the one pointer that draws; a second finger is ignored
   let lastPoint = null;
   let hasInk = false;
 
@@ -651,19 +671,23 @@
     pad.addEventListener("pointerdown", (event) => {
       if (event.button !== 0) return;
       event.preventDefault();
+      if (activePointer !== null) return; // a second finger: no line between the two
       pad.setPointerCapture(event.pointerId);
+      activePointer = event.pointerId;
       drawing = true;
       lastPoint = padPoint(event);
       strokeTo(lastPoint);
       scheduleExplain();
     });
     pad.addEventListener("pointermove", (event) => {
-      if (!drawing) return;
+      if (!drawing || event.pointerId !== activePointer) return;
       strokeTo(padPoint(event));
       scheduleExplain();
     });
-    for (const type of ["pointerup", "pointercancel"]) {
-      pad.addEventListener(type, () => {
+    for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) {
+      pad.addEventListener(type, (event) => {
+        if (event.pointerId !== activePointer) return;
+        activePointer = null;
         if (!drawing) return;
         drawing = false;
         scheduleExplain();
@@ -749,16 +773,23 @@
       try {
         const response = await fetch(EXPLAIN_URL, {
           method: "POST",
-          headers: { "Content-Type": "image/png", Accept: "application/json" },
+          headers: { "Content-Type": "image/png", Accept: "application/json", ...authorization() },
           body: blob,
         });
         const body = await response.json().catch(() => null);
         if (seq !== inside.seq) return;
+        if (response.status === 401) askForToken();
         if (!response.ok) {
           const message = body && body.error && (body.error.message || body.error);
           showStatus(message ? String(message) : `The service answered HTTP ${response.status}.`);
           document.body.dataset.explain = "error";
           return;
+        }
+        // another model answered than the one whose weights are shown (promoted, rolled back,
+        // or the weights could not be loaded before): load its weights first
+        if (!sameModel(body.model)) {
+          await loadWeights();
+          if (seq !== inside.seq) return;
         }
         inside.explanation = body;
         // show the unit that fires most for this digit
@@ -859,9 +890,15 @@
     return Array.from({ length: 784 }, (_, k) => data[k * 4]);
   }
 
+  function sameModel(model) {
+    return Boolean(inside.weights && inside.model && model && model.name === inside.model.name &&
+      Number(model.version) === Number(inside.model.version));
+  }
+
   async function loadWeights() {
     try {
-      const response = await fetch(WEIGHTS_URL, { headers: { Accept: "application/json" } });
+      const response = await fetch(WEIGHTS_URL, { headers: { Accept: "application/json", ...authorization() } });
+      if (response.status === 401) askForToken();
       const body = await response.json();
       if (!response.ok) throw new Error(body.error ? body.error.message || body.error : `HTTP ${response.status}`);
       const raw = atob(body.weights);
@@ -874,8 +911,19 @@
         `${m.name} version ${m.version}, 784 → ${m.hidden_layers.join(" → ")} → 10 with ${m.activation}`;
       drawWeights();
     } catch (error) {
+      inside.weights = null;
+      inside.model = null;
       byId("inside-model").textContent = `unavailable (${error.message})`;
+      drawWeights();
     }
+  }
+
+  // The drawn digit's hidden activations, if they come from the model whose weights are shown.
+  function activations() {
+    const body = inside.explanation;
+    if (!body || !inside.weights || !sameModel(body.model)) return null;
+    const hidden = body.explanations[0].hidden[0];
+    return hidden.length === inside.weights.units ? hidden : null;
   }
 
   function weightsLayout() {
@@ -884,7 +932,7 @@
     const cols = Math.ceil(Math.sqrt(w.units));
     const rows = Math.ceil(w.units / cols);
     let order = Array.from({ length: w.units }, (_, k) => k);
-    const hidden = inside.explanation ? inside.explanation.explanations[0].hidden[0] : null;
+    const hidden = activations();
     if (hidden && byId("order-by-activation").checked) {
       order = order.sort((a, b) => hidden[b] - hidden[a] || a - b);
     }
@@ -894,7 +942,13 @@
   function drawWeights() {
     const grid = byId("weights-grid");
     const layout = weightsLayout();
-    if (!layout) return;
+    if (!layout) {
+      grid.getContext("2d").clearRect(0, 0, grid.width, grid.height);
+      const unitMap = byId("unit-map");
+      unitMap.getContext("2d").clearRect(0, 0, unitMap.width, unitMap.height);
+      byId("unit-info").textContent = "";
+      return;
+    }
     const w = inside.weights;
     const tile = 28;
     const gap = 6;
@@ -938,17 +992,54 @@
   function describeUnit() {
     const w = inside.weights;
     if (!w) return;
+    if (!(inside.selected >= 0 && inside.selected < w.units)) inside.selected = 0;
     const unit = inside.selected;
     const weights = Array.from({ length: 784 }, (_, k) => w.q[unit * 784 + k]);
     drawMap(byId("unit-map"), weights);
     let text = `Unit ${unit}: bias ${fmt(w.biases[unit], 3)}, largest weight ${fmt(127 * w.scales[unit], 3)}`;
-    if (inside.explanation) {
-      const hidden = inside.explanation.explanations[0].hidden[0];
+    const hidden = activations();
+    if (hidden) {
       const rank = hidden.filter((a) => a > hidden[unit]).length + 1;
       text += `; activation ${fmt(hidden[unit], 3)} for the drawn digit (rank ${rank} of ${hidden.length})`;
     }
     byId("unit-info").textContent = `${text}. Click a tile or use the arrow keys on the grid to pick another.`;
   }
+
+  // ---- the access token, asked for only when the service answers 401 ---------------------------
+  const tokenForm = byId("token-form");
+  const tokenInput = byId("token");
+
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (error) {
+      return tokenInput.value.trim(); // storage disabled: the field itself holds it
+    }
+  }
+
+  function authorization() {
+    const token = storedToken();
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  function askForToken() {
+    tokenForm.hidden = false;
+    document.body.dataset.token = "needed";
+  }
+
+  tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = tokenInput.value.trim();
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (error) {
+      // storage disabled: storedToken() reads the field
+    }
+    document.body.dataset.token = token ? "set" : "needed";
+    if (!inside.weights) loadWeights();
+    if (hasInk) scheduleExplain(); // the digit on the pad, explained again with the token
+  });
 
   // ---- what the tests read ----------------------------------------------------------------------
   window.learnPage = Object.freeze({
@@ -962,7 +1053,9 @@
     }),
     losses: () => ({ kind: losses.kind, target: losses.target[losses.kind], shown: Object.keys(lossCanvases) }),
     explanation: () => inside.explanation,
-    weights: () => (inside.weights ? { units: inside.weights.units, scales: inside.weights.scales.slice() } : null),
+    weights: () => (inside.weights
+      ? { units: inside.weights.units, scales: inside.weights.scales.slice(), model: { ...inside.model } }
+      : null),
   });
 
   buildNetwork();

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,50 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {reason}")
     pytest.skip(reason)
+
+
+def ink_near(page: Any, selector: str, fx: float, fy: float, half: int = 5) -> int:
+    """Dark pixels of the canvas ``selector`` in a square of side 2*half around (fx, fy), in
+    fractions of the canvas."""
+    return int(
+        page.locator(selector).evaluate(
+            "(c, [fx, fy, h]) => { const x = Math.round(fx * c.width) - h;"
+            " const y = Math.round(fy * c.height) - h;"
+            " const d = c.getContext('2d').getImageData(x, y, 2 * h, 2 * h).data;"
+            " let n = 0; for (let k = 0; k < d.length; k += 4) n += d[k] < 128; return n; }",
+            [fx, fy, half],
+        )
+    )
+
+
+def two_finger_touch(context: Any, page: Any, selector: str) -> None:
+    """Through Chromium's touch -> pointer path: a finger lands at (0.15, 0.15) of the element, a
+    second at (0.85, 0.85), both move a little towards each other, both lift."""
+    box = page.locator(selector).bounding_box()
+    assert box is not None
+    cdp = context.new_cdp_session(page)
+
+    def at(fx: float, fy: float, finger: int) -> dict[str, float]:
+        return {"x": box["x"] + fx * box["width"], "y": box["y"] + fy * box["height"], "id": finger}
+
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [at(0.15, 0.15, 1)]})
+    both = [at(0.15, 0.15, 1), at(0.85, 0.85, 2)]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": both})
+    for k in range(1, 6):
+        moved = [at(0.15 + k * 0.01, 0.15, 1), at(0.85 - k * 0.01, 0.85, 2)]
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": moved})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
+def one_finger_touch(context: Any, page: Any, selector: str, stroke: Stroke) -> None:
+    """One finger along ``stroke`` (fractions of the element), through the touch path."""
+    box = page.locator(selector).bounding_box()
+    assert box is not None
+    cdp = context.new_cdp_session(page)
+    points = [
+        {"x": box["x"] + x * box["width"], "y": box["y"] + y * box["height"]} for x, y in stroke
+    ]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": points[:1]})
+    for point in points[1:]:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})

@@ -14,7 +14,15 @@ import requests
 
 from service.model.repository import ModelRepository
 from tests.conftest import COMMITTED_MODELS
-from tests.integration.chromium import ANSWER_TIMEOUT_MS, ARTIFACTS, DIGIT_STROKES, Stroke
+from tests.integration.chromium import (
+    ANSWER_TIMEOUT_MS,
+    ARTIFACTS,
+    DIGIT_STROKES,
+    Stroke,
+    ink_near,
+    one_finger_touch,
+    two_finger_touch,
+)
 
 EMPTY_ANSWER = "\N{EN DASH}"  # what #digit shows before anything is drawn
 
@@ -167,6 +175,27 @@ def test_touch_drawing_at_phone_width(
         # nothing is wider than the phone's screen
         assert page.locator("html").evaluate("html => html.scrollWidth") <= 390
         _screenshot(page, "drawing-page-phone", record_property)
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_a_second_finger_on_the_pad_draws_nothing(browser: Any, committed_server: Any) -> None:
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    try:
+        page = context.new_page()
+        page.set_default_timeout(ANSWER_TIMEOUT_MS)
+        page.goto(f"{committed_server.url}/")
+        two_finger_touch(context, page, "#pad")
+        assert ink_near(page, "#pad", 0.17, 0.15) > 0  # the first finger draws
+        # no line from one finger to the other, nothing where the second finger moved
+        assert ink_near(page, "#pad", 0.5, 0.5) == 0
+        assert ink_near(page, "#pad", 0.82, 0.85) == 0
+        # both lifted: the next finger draws again
+        one_finger_touch(context, page, "#pad", [(0.4, 0.7), (0.5, 0.7), (0.6, 0.7)])
+        assert ink_near(page, "#pad", 0.5, 0.7) > 0
     finally:
         context.close()
 

@@ -26,6 +26,9 @@ from tests.integration.chromium import (
     ARTIFACTS,
     DIGIT_STROKES,
     Stroke,
+    ink_near,
+    one_finger_touch,
+    two_finger_touch,
     unavailable,
 )
 
@@ -424,6 +427,75 @@ def test_a_changed_hyperparameter_changes_the_path(learn: Any) -> None:
     assert hyper["learning_rate"] == 0.3 and hyper["beta_1"] == 0.5
     expected = reference_path("bowl", "adam", hyper, state["start"], 20)
     np.testing.assert_allclose(state["paths"]["adam"], expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    ("optimizer", "entry"), [("sgd", ""), ("adamax", "1e400"), ("adam", "-1e999")]
+)
+def test_an_empty_or_out_of_range_hyperparameter_keeps_the_last_value(
+    learn: Any, optimizer: str, entry: str
+) -> None:
+    page = learn
+    field = page.locator(f"#{optimizer}-learning_rate")
+    page.locator(f".panel[data-optimizer='{optimizer}'] summary").click()
+    before = page.evaluate("learnPage.descent()")["hyper"][optimizer]["learning_rate"]
+    assert before > 0 and float(field.input_value()) == before
+    field.fill(entry)
+    field.press("Tab")
+    # the rate in use is unchanged, and shown again in its field
+    assert page.evaluate("learnPage.descent()")["hyper"][optimizer]["learning_rate"] == before
+    assert float(field.input_value()) == before
+    for _ in range(5):
+        page.locator("#descent-step").click()
+    path = page.evaluate("learnPage.descent()")["paths"][optimizer]
+    assert path[-1] != path[0], "the optimizer did not move"
+    # the start fields too: an empty one keeps its coordinate
+    start = page.evaluate("learnPage.descent()")["start"]
+    page.locator("#start-x").fill("")
+    page.locator("#start-x").press("Tab")
+    assert page.evaluate("learnPage.descent()")["start"] == start
+    assert float(page.locator("#start-x").input_value()) == start[0]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("surface", ["bowl", "rosenbrock"])
+def test_arrow_keys_keep_the_start_on_the_map(learn: Any, surface: str) -> None:
+    page = learn
+    page.locator("#surface").select_option(surface)
+    x0, x1, y0, y1 = page.evaluate(f"LearnMath.SURFACES['{surface}'].view")
+    canvas = page.locator("#descent-panels canvas").first
+    canvas.focus()
+    for key, corner in (("ArrowRight", 0), ("ArrowUp", 1), ("ArrowLeft", 0), ("ArrowDown", 1)):
+        for _ in range(60):
+            page.keyboard.press(key)
+        start = page.evaluate("learnPage.descent()")["start"]
+        expected = {"ArrowRight": x1, "ArrowUp": y1, "ArrowLeft": x0, "ArrowDown": y0}[key]
+        assert start[corner] == expected, (key, start)
+    # and one step back in from the edge moves by the usual 0.1
+    page.keyboard.press("ArrowUp")
+    assert page.evaluate("learnPage.descent()")["start"] == [x0, round(y0 + 0.1, 2)]
+
+
+@pytest.mark.browser
+def test_a_second_finger_on_the_lesson_pad_draws_nothing(
+    browser: Any, committed_server: Any
+) -> None:
+    context = browser.new_context(viewport=PHONE, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(ANSWER_TIMEOUT_MS)
+        page.goto(f"{committed_server.url}/learn")
+        page.locator("body[data-ready='true']").wait_for(state="attached")
+        page.locator("#learn-pad").scroll_into_view_if_needed()
+        two_finger_touch(context, page, "#learn-pad")
+        assert ink_near(page, "#learn-pad", 0.17, 0.15) > 0  # the first finger draws
+        assert ink_near(page, "#learn-pad", 0.5, 0.5) == 0  # no line between the fingers
+        assert ink_near(page, "#learn-pad", 0.82, 0.85) == 0
+        one_finger_touch(context, page, "#learn-pad", [(0.4, 0.7), (0.5, 0.7), (0.6, 0.7)])
+        assert ink_near(page, "#learn-pad", 0.5, 0.7) > 0
+    finally:
+        context.close()
 
 
 def _decode_png(data: str) -> np.ndarray:
