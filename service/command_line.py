@@ -27,6 +27,7 @@ import select
 import sys
 import typing
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 #: the exit code of a command whose standard output was closed early (``... | head -1``), as a
 #: shell reports a process ended by SIGPIPE (128 + 13)
@@ -83,6 +84,16 @@ def whole_number(lowest: int, highest: int | None = None) -> Callable[[str], int
 
     convert.__name__ = "integer"
     return convert
+
+
+def folder_path(text: str) -> Path:
+    """An argparse ``type``: a path that is not empty. ``Path("")`` is the current folder, which
+    an unset variable (``--models-dir "$DIR"``) should not quietly mean."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "expected a folder, got an empty value (write . for the current folder)"
+        )
+    return Path(text)
 
 
 def quiet_on_closed_output(main: EntryPoint) -> EntryPoint:

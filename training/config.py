@@ -665,7 +665,7 @@ def parse_text(setting: Setting, text: str) -> Any:
         elif kind is float:
             value = float(text)
         elif kind in (Path, Path | None):
-            value = Path(text)
+            value = _path(setting, text)
         else:
             value = text
     except ConfigError:
@@ -686,8 +686,18 @@ def _from_toml(setting: Setting, value: Any) -> Any:
         if _is_int(value):
             return (value,)
     if setting.type in (Path, Path | None) and isinstance(value, str):
-        return Path(value)
+        return _path(setting, value)
     return value
+
+
+def _path(setting: Setting, text: str) -> Path:
+    """``text`` as a path; ConfigError when it is empty (Path("") would be the current folder)."""
+    if not text.strip():
+        raise ConfigError(
+            f"{setting.flag}: expected a folder, got an empty value (write . for the current "
+            "folder)"
+        )
+    return Path(text)
 
 
 def _key_error(key: str) -> str:
@@ -708,11 +718,18 @@ def from_mapping(values: Mapping[str, Any], base: TrainConfig | None = None) -> 
     Raises ConfigError for an unknown or renamed key, or a value of the wrong type or range.
     """
     changes: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in BY_NAME:
             raise ConfigError(_key_error(key))
         setting = BY_NAME[name]
+        if name in spelled:  # batch-size and batch_size: which one was meant is anyone's guess
+            raise ConfigError(
+                f"configuration keys {spelled[name]!r} and {key!r} both set {setting.flag} "
+                f"({values[spelled[name]]!r} and {value!r}); keep one of them"
+            )
+        spelled[name] = key
         changes[name] = _from_toml(setting, value)
         check_setting(setting, changes[name])
     return dataclasses.replace(base or TrainConfig(), **changes)

@@ -14,6 +14,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +106,15 @@ def _mirrors(environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(part.strip() for part in configured.split(",") if part.strip())
 
 
+#: what reading a damaged gzip file raises: a bad header (gzip.BadGzipFile, an OSError), damaged
+#: compressed data (zlib.error), a truncated stream (EOFError)
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
+
+
 def _decompressed_md5(name: str, compressed: bytes) -> tuple[bytes, str]:
     try:
         raw = gzip.decompress(compressed)
-    except (OSError, EOFError) as exc:
+    except GZIP_ERRORS as exc:
         raise DataError(f"{name} is not a valid gzip file ({exc})") from exc
     return raw, hashlib.md5(raw).hexdigest()
 
@@ -130,7 +136,10 @@ def _read_local(folder: Path, name: str) -> bytes:
         raise DataError(
             f"MNIST file {path} cannot be read ({exc.strerror}). {_how_to_provide(name)}"
         ) from exc
-    raw, md5 = _decompressed_md5(str(path), compressed)
+    try:
+        raw, md5 = _decompressed_md5(str(path), compressed)
+    except DataError as exc:
+        raise DataError(f"MNIST file {exc}. {_how_to_provide(name)}") from exc
     if md5 != MNIST_FILES[name]:
         raise DataError(
             f"MNIST file {path} is corrupt: decompressed MD5 {md5}, expected {MNIST_FILES[name]}. "
@@ -165,13 +174,25 @@ def _read_cached(
     """The decompressed bytes of one file from the cache, downloading it when absent or corrupt."""
     path = cache / name
     if path.is_file():
-        raw, md5 = _decompressed_md5(str(path), path.read_bytes())
-        if md5 == MNIST_FILES[name]:
-            return raw
-        print(f"cached {path} is corrupt (MD5 {md5}); downloading it again", file=log, flush=True)
+        try:
+            raw, md5 = _decompressed_md5(str(path), path.read_bytes())
+        except (DataError, OSError) as exc:  # damaged or unreadable: fetched again below
+            print(f"cached {exc}; downloading it again", file=log, flush=True)
+        else:
+            if md5 == MNIST_FILES[name]:
+                return raw
+            print(
+                f"cached {path} is corrupt (MD5 {md5}); downloading it again", file=log, flush=True
+            )
     compressed = _download(name, mirrors, fetch, log)
-    cache.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, compressed)  # a crash mid-download never leaves a half file cached
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, compressed)  # a crash mid-download never leaves a half file cached
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the MNIST cache file {path} ({exc.strerror or exc}); set "
+            f"MNIST_CACHE_DIR to a folder you can write, or use --data-dir"
+        ) from exc
     raw, _ = _decompressed_md5(str(path), compressed)
     return raw
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.model.contract import CLASS_LABELS
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data import Split, scale_pixels
 
 if TYPE_CHECKING:
@@ -31,6 +31,33 @@ Distort = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 #: probabilities are clipped here before the log, as scikit-learn's log_loss does
 _LOG_EPS = 1e-15
+
+
+class TrainingDiverged(ConfigError):
+    """The solver drove the weights to infinity or NaN: settings it cannot support (exit 2)."""
+
+
+@dataclass
+class FloatingPointErrors:
+    """numpy's floating-point errors (overflow, invalid value, division by zero), counted instead
+    of printed as RuntimeWarnings: a run reports them once, in its card and one line."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, kind: str, flag: int) -> None:  # numpy's seterrcall signature
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[FloatingPointErrors]:
+        """Count the errors raised inside (underflow stays ignored, as numpy's default)."""
+        # errstate is local to the thread and context: runs sharing a process count their own
+        with np.errstate(over="call", divide="call", invalid="call", call=self):
+            yield self
+
+
+def floating_point_summary(counts: Mapping[str, int]) -> str:
+    """``invalid value x3, overflow x120``: each kind of floating-point error and how often."""
+    return ", ".join(f"{kind} x{count}" for kind, count in sorted(counts.items()))
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,38 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean negative log-probability of the true class (no renormalisation, no warnings)."""
     picked = probabilities[np.arange(labels.shape[0]), labels]
     return float(-np.mean(np.log(np.clip(picked.astype(np.float64), _LOG_EPS, 1.0))))
+
+
+def _weights_finite(model: MLPClassifier) -> bool:
+    layers = [*getattr(model, "coefs_", []), *getattr(model, "intercepts_", [])]
+    return all(np.isfinite(w).all() for w in layers)
+
+
+def remedy(config: TrainConfig) -> str:
+    """What to lower when ``config`` overflows: the step size (sgd, adam), a large L2 term."""
+    flags = (
+        []
+        if config.solver == "lbfgs"
+        else [f"--learning-rate-init (now {config.learning_rate_init:g})"]
+    )
+    if config.alpha > 1 or not flags:
+        flags.append(f"--alpha (now {config.alpha:g})")
+    return "a smaller " + " or a smaller ".join(flags)
+
+
+@contextlib.contextmanager
+def _divergence_named(model: MLPClassifier, config: TrainConfig, where: str) -> Iterator[None]:
+    """scikit-learn's ValueError on non-finite weights as TrainingDiverged, naming the remedy."""
+    try:
+        yield
+    except ValueError as exc:
+        if _weights_finite(model):
+            raise  # another problem: not ours to rename
+        raise TrainingDiverged(
+            f"training diverged{where} ({config.solver}, {config.activation}): the weights "
+            f"overflowed to infinity or NaN, settings the solver cannot support; "
+            f"try {remedy(config)}"
+        ) from exc
 
 
 def _validation_split(
@@ -208,7 +267,7 @@ def _fit_lbfgs(
         reporter.step("note: lbfgs has no epochs, so early stopping does not apply")
     reporter.step(f"lbfgs: one fit of up to {config.epochs} iterations (lbfgs has no epochs)")
     started = time.perf_counter()
-    with catch_convergence() as convergence:
+    with catch_convergence() as convergence, _divergence_named(model, config, ""):
         model.fit(x_train, y_train)
     seconds = time.perf_counter() - started
     val_loss, val_accuracy = _evaluate_validation(model, x_val, y_val)
@@ -278,10 +337,11 @@ def _fit_epochs(
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         x_epoch, y_epoch = _epoch_data(x_train, y_train, config.augment_copies, distort, rng)
-        if epoch == 1:
-            model.partial_fit(x_epoch, y_epoch, classes=classes)
-        else:
-            model.partial_fit(x_epoch, y_epoch)
+        with _divergence_named(model, config, f" in epoch {epoch}"):
+            if epoch == 1:
+                model.partial_fit(x_epoch, y_epoch, classes=classes)
+            else:
+                model.partial_fit(x_epoch, y_epoch)
         val_loss, val_accuracy = _evaluate_validation(model, x_val, y_val)
         record = EpochRecord(
             epoch=epoch,

@@ -40,7 +40,7 @@ from service.model.contract import (
     load_section,
 )
 from service.model.drift import build_reference
-from service.model.repository import ModelRepository, ModelVersion
+from service.model.repository import ModelRepository, ModelVersion, RepositoryError
 from training.calibrate import ERROR_REJECT_FILE, RELIABILITY_FILE, calibrate_run
 from training.card import build_card, build_selftest
 from training.checks import check_trainable
@@ -48,7 +48,15 @@ from training.config import ConfigError, TrainConfig, redact_url
 from training.data import DataError, MnistData, Split, load_mnist, scale_pixels
 from training.evaluate import Evaluation, baselines, evaluate
 from training.export import export_onnx
-from training.fit import Distort, FitResult, fit
+from training.fit import (
+    Distort,
+    FitResult,
+    FloatingPointErrors,
+    TrainingDiverged,
+    fit,
+    floating_point_summary,
+    remedy,
+)
 from training.progress import Reporter, SilentReporter, make_reporter
 from training.report import build_report
 from training.verify import ParityError, verify_onnx
@@ -58,7 +66,7 @@ if TYPE_CHECKING:
 
 #: exit codes of ``mnist-train``: each failure says what kind it was
 EXIT_OK = 0
-EXIT_USAGE = 2  # bad flag, config file or value (argparse uses 2 as well)
+EXIT_USAGE = 2  # bad flag, config file or value (argparse uses 2 as well), a diverging solver
 EXIT_DATA = 3  # MNIST files missing, corrupt or not downloadable
 EXIT_BELOW_GATE = 4  # test accuracy under --min-accuracy: nothing published
 EXIT_PARITY = 5  # ONNX does not match scikit-learn: nothing published
@@ -72,11 +80,12 @@ EXIT_NOT_PROMOTED = 7  # --promote: published as a candidate, but the promote ga
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "published",
     EXIT_BUG: "unexpected error (a bug; MNIST_TRAIN_TRACEBACK=1 shows the traceback)",
-    EXIT_USAGE: "bad configuration, or settings the data cannot support",
+    EXIT_USAGE: "bad configuration, or settings the data or the solver cannot support (a "
+    "diverging solver)",
     EXIT_DATA: "MNIST files missing or corrupt",
     EXIT_BELOW_GATE: "test accuracy under --min-accuracy",
     EXIT_PARITY: "ONNX parity failure",
-    EXIT_WRITE: "the model repository cannot be written",
+    EXIT_WRITE: "the model repository cannot be written (or its labels.json cannot be read)",
     EXIT_NOT_PROMOTED: "--promote refused by the promote gate: published as a candidate",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
@@ -156,8 +165,12 @@ def train_run(
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=config.threads):
-        return _train_run(config, data, reporter, invocation, distort, thread_info(config.threads))
+    # numpy's overflow and invalid-value warnings (huge --alpha or --learning-rate-init) are
+    # counted into the card instead of printed: every ending stays one line
+    with threadpool_limits(limits=config.threads), FloatingPointErrors().counted() as errors:
+        return _train_run(
+            config, data, reporter, invocation, distort, thread_info(config.threads), errors
+        )
 
 
 def _train_run(
@@ -167,6 +180,7 @@ def _train_run(
     invocation: list[str] | None,
     distort: Distort | None,
     threads: ThreadInfo,
+    errors: FloatingPointErrors,
 ) -> TrainedRun:
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
@@ -216,11 +230,17 @@ def _train_run(
         drift_reference=reference.to_card(),
         feedback=None if feedback is None else feedback.card_section(config, fitted.model),
     )
+    reporter.step("calibrating the reject option on the validation split")
+    calibration = calibrate_run(onnx_bytes, train.images, train.labels, config)
+    card = dataclasses.replace(
+        card,
+        training=dataclasses.replace(
+            card.training, floating_point_errors=dict(errors.counts) or None
+        ),
+    )
     reporter.step("rendering the report")
     report_files = _build_report(card.to_json(), fitted, evaluation, data.test)
     report = {Path(path).stem: path for path in sorted(report_files)}
-    reporter.step("calibrating the reject option on the validation split")
-    calibration = calibrate_run(onnx_bytes, train.images, train.labels, config)
     reject = None
     if calibration is not None:
         reject = load_section(RejectSection, calibration.section)
@@ -307,6 +327,8 @@ def publish_run(run: TrainedRun, models_dir: Path | str, min_accuracy: float) ->
         return ModelRepository(models_dir).publish(run.onnx_bytes, run.card.to_json(), extra_files)
     except OSError as exc:
         raise RepositoryWriteError(_write_problem(Path(models_dir), exc)) from exc
+    except RepositoryError as exc:  # labels.json or config.pbtxt broken since the check
+        raise RepositoryWriteError(_state_problem(Path(models_dir), exc)) from exc
 
 
 def _write_problem(models_dir: Path, exc: OSError) -> str:
@@ -321,8 +343,17 @@ def _write_problem(models_dir: Path, exc: OSError) -> str:
     return f"cannot write the model repository {models_dir}: {reason}{where}; {fix}"
 
 
+def _state_problem(models_dir: Path, exc: RepositoryError) -> str:
+    return (
+        f"cannot publish into the model repository {models_dir}: {exc}; repair the file in "
+        f"{ModelRepository(models_dir).model_dir} or choose another --models-dir"
+    )
+
+
 def check_writable(models_dir: Path) -> None:
-    """RepositoryWriteError unless ``models_dir`` exists or can be made, and can be written.
+    """RepositoryWriteError unless a version can be published into ``models_dir``: the folder
+    and its model folder exist or can be made and can be written, and the serving state
+    (labels.json, config.pbtxt) can be read.
 
     Checked before training, so a run of minutes does not end in a folder it cannot use.
     """
@@ -330,15 +361,27 @@ def check_writable(models_dir: Path) -> None:
         models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RepositoryWriteError(_write_problem(models_dir, exc)) from exc
-    if not models_dir.is_dir():
-        raise RepositoryWriteError(
-            f"cannot write the model repository {models_dir}: it is not a folder; "
-            f"choose a folder with --models-dir"
-        )
-    if not os.access(models_dir, os.W_OK | os.X_OK):
-        raise RepositoryWriteError(
-            _write_problem(models_dir, PermissionError(errno.EACCES, "Permission denied"))
-        )
+    repository = ModelRepository(models_dir)
+    folders = [models_dir]
+    if os.path.lexists(repository.model_dir):  # else publishing makes it
+        folders.append(repository.model_dir)
+    for folder in folders:
+        if not folder.is_dir():
+            raise RepositoryWriteError(
+                f"cannot write the model repository {models_dir}: {folder} is not a folder; "
+                f"choose a folder with --models-dir"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RepositoryWriteError(
+                _write_problem(
+                    models_dir, PermissionError(errno.EACCES, "Permission denied", str(folder))
+                )
+            )
+    if repository.model_dir.is_dir():
+        try:
+            repository.read_state()
+        except RepositoryError as exc:
+            raise RepositoryWriteError(_state_problem(models_dir, exc)) from exc
 
 
 @contextmanager
@@ -357,6 +400,14 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _is_stable(models_dir: Path, version: ModelVersion) -> bool:
+    """Whether ``version`` serves as stable (the first version of an empty repository does)."""
+    try:
+        return ModelRepository(models_dir).read_state().stable == version.version
+    except (RepositoryError, OSError):
+        return False
 
 
 def promote_version(
@@ -406,6 +457,8 @@ def run(
             # a reader gone before anything was written stops the run here, as a write would
             stop_if_output_closed(out, err)
             version = publish_run(trained, config.models_dir, config.min_accuracy)
+    except TrainingDiverged as exc:
+        code, message = EXIT_USAGE, f"{exc}; nothing was published"
     except ConfigError as exc:
         code, message = EXIT_USAGE, f"configuration error: {exc}"
     except DataError as exc:
@@ -440,8 +493,14 @@ def run(
     seconds = time.perf_counter() - started
     if code == EXIT_OK and trained is not None and version is not None:
         card = trained.card
+        stable = _is_stable(config.models_dir, version)
+        role = (
+            "stable: the repository had no stable version, so it serves now"
+            if stable
+            else "a candidate"
+        )
         message = (
-            f"published {version.path} (version {version.version}, a candidate): test accuracy "
+            f"published {version.path} (version {version.version}, {role}): test accuracy "
             f"{card.metrics.test_accuracy:.4f}, {card.metrics.epochs} {card.metrics.epoch_unit}s, "
             f"trained in {card.metrics.train_seconds:.1f}s, whole run {trained.seconds:.1f}s"
         )
@@ -449,13 +508,22 @@ def run(
         # from here on the version is published: a closed output no longer changes the code
         report_to = err if config.progress == "json" else out
         say(message, file=report_to)
-        if not promote:
+        errors = card.training.floating_point_errors
+        if errors:
+            say(
+                f"mnist-train: warning: numpy floating-point errors while training "
+                f"({floating_point_summary(errors)}): "
+                f"the settings take the solver past the range of floating point; "
+                f"{remedy(config)} avoids them (recorded in the card)",
+                file=err,
+            )
+        if not promote and not stable:
             say(
                 f"not served until promoted: mnist-models --models-dir {config.models_dir} "
                 f"promote {version.version}",
                 file=report_to,
             )
-        else:
+        elif promote and not stable:  # stable already: nothing to promote
             decision = promote_version(version, config.models_dir, config.data_dir)
             if decision.returncode == 0:
                 say(decision.stdout.strip(), file=report_to)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from service.model.contract import IMAGE_SIDE, N_CLASSES, N_PIXELS
+from training.fit import floating_point_summary
 
 REPORT_DIR = "report"
 METRICS_FILE = f"{REPORT_DIR}/metrics.json"
@@ -353,6 +354,15 @@ def _summary_markdown(card: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
         lines.append(f"- settings: {shown}")
     if card.get("command"):
         lines.append(f"- command: `{card['command']}`")
+    training = card.get("training") or {}
+    errors = training.get("floating_point_errors") if isinstance(training, Mapping) else None
+    if errors:
+        lines.append(
+            f"- numpy floating-point errors while training: {floating_point_summary(errors)} "
+            "(the settings take the "
+            "solver past the range of floating point; a smaller --learning-rate-init or --alpha "
+            "avoids them)"
+        )
     if settings.get("augment"):
         lines += [
             "",

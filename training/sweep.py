@@ -6,7 +6,8 @@ Every combination of ``--activations`` x ``--solvers`` x ``--seeds`` is one ordi
 them), never pickled models. The sweep writes ``results.csv`` / ``results.md`` (per combination:
 test accuracy mean and spread over seeds, epochs, seconds), ``runs.csv`` (every run) and
 ``loss_curves.png``. ``--dask-scheduler ADDRESS`` runs the same jobs on a Dask cluster through
-joblib's ``dask`` backend.
+joblib's ``dask`` backend. A run the data or the solver cannot support (a diverging solver, too
+few digits for lbfgs) is recorded as failed, with its reason, and the others go on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, TextIO, get_args
 
 from service.command_line import say, stop_if_output_closed
 from training.config import Activation, ConfigError, Solver, TrainConfig, validate
+from training.fit import floating_point_summary
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -41,16 +43,19 @@ DPI = 100
 LOSS_FIGSIZE = (10.0, 6.0)
 
 EXIT_OK = 0
+EXIT_BUG = 1
 EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_NOT_PUBLISHED = 4
 EXIT_CLUSTER = 5
 EXIT_WRITE = 6
 EXIT_CODES = (
-    "exit codes: 0 done, 2 bad usage or configuration (an --out that is not a writable folder), "
-    "3 MNIST files missing or corrupt, 4 --publish-best: the best run not published, 5 the Dask "
-    "cluster cannot be used, 6 --out could not be written at the end, 141 standard output closed "
-    "early"
+    "exit codes: 0 done (runs that failed, e.g. a diverging solver, are recorded as failed in "
+    "the tables), 1 unexpected error (a bug), 2 bad usage or configuration (an --out that is "
+    "not a writable folder), or every run failed, 3 MNIST files missing or corrupt, "
+    "4 --publish-best: the best run not published, 5 the Dask cluster cannot be used, 6 --out "
+    "could not be written at the end, or --publish-best: the model repository cannot be "
+    "written, 141 standard output closed early"
 )
 #: how long to wait for a Dask scheduler before giving up (--dask-timeout)
 CONNECT_SECONDS = 10.0
@@ -101,10 +106,54 @@ class RunResult:
     parity_passed: bool
     worker: str  # host:pid that trained it (a Dask cluster spreads runs over machines)
     artifacts: dict[str, Any] | None = field(default=None, repr=False)
+    #: why the run failed (the figures above are then NaN, 0 or empty); None: it finished
+    failure: str | None = None
+    #: numpy's floating-point errors during the run, by kind (training.fit.FloatingPointErrors)
+    floating_point_errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def combination(self) -> tuple[str, str]:
         return (self.activation, self.solver)
+
+    @property
+    def finished(self) -> bool:
+        return self.failure is None
+
+    def outcome(self) -> str:
+        """How the run ended, in words (the sweep's progress line)."""
+        if self.failure is not None:
+            return f"failed: {self.failure}"
+        text = (
+            f"test accuracy {self.test_accuracy:.4f}, {self.epochs} {self.epoch_unit}s, "
+            f"{self.train_seconds:.1f}s"
+        )
+        if self.floating_point_errors:
+            text += (
+                f" (floating-point errors: {floating_point_summary(self.floating_point_errors)})"
+            )
+        return text
+
+    @classmethod
+    def failed(cls, config: TrainConfig, reason: str, seconds: float) -> RunResult:
+        """A run the data or the solver could not support: no figures, only the reason."""
+        return cls(
+            activation=config.activation,
+            solver=config.solver,
+            seed=config.seed,
+            test_accuracy=math.nan,
+            log_loss=math.nan,
+            validation_accuracy=None,
+            epochs=0,
+            epoch_unit="iteration" if config.solver == "lbfgs" else "epoch",
+            train_seconds=0.0,
+            seconds=seconds,
+            loss_curve=[],
+            final_loss=None,
+            stop_reason="failed",
+            parity_passed=False,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+            failure=reason,
+        )
 
 
 @functools.lru_cache(maxsize=2)
@@ -121,8 +170,11 @@ def run_one(config: TrainConfig, keep_artifacts: bool = False) -> RunResult:
 
     data = _load_data(config.data_dir)
     started = time.perf_counter()
-    # runs are the parallel unit: one BLAS thread each, so N jobs do not fight over the cores
-    trained = train_run(config.replace(threads=1), data)
+    try:
+        # runs are the parallel unit: one BLAS thread each, so N jobs do not fight over the cores
+        trained = train_run(config.replace(threads=1), data)
+    except ConfigError as exc:  # settings the data or the solver cannot support: this run only
+        return RunResult.failed(config, str(exc), time.perf_counter() - started)
     card = trained.card
     metrics = card.metrics
     artifacts = None
@@ -153,6 +205,7 @@ def run_one(config: TrainConfig, keep_artifacts: bool = False) -> RunResult:
         parity_passed=card.parity.passed,
         worker=f"{socket.gethostname()}:{os.getpid()}",
         artifacts=artifacts,
+        floating_point_errors=dict(card.training.floating_point_errors or {}),
     )
 
 
@@ -178,22 +231,29 @@ def run_sweep(
             results.append(result)
             print(
                 f"[{len(results)}/{len(configs)}] {result.activation}/{result.solver} seed "
-                f"{result.seed}: test accuracy {result.test_accuracy:.4f}, {result.epochs} "
-                f"{result.epoch_unit}s, {result.train_seconds:.1f}s",
+                f"{result.seed}: {result.outcome()}",
                 file=log,
                 flush=True,
             )
     return sorted(results, key=lambda r: order[(r.activation, r.solver, r.seed)])
 
 
+def _mean(values: Iterable[float]) -> float | None:
+    """The mean, or None for no values (a combination whose every run failed)."""
+    values = list(values)
+    return statistics.fmean(values) if values else None
+
+
 def summarise(results: Iterable[RunResult]) -> list[dict[str, Any]]:
-    """Per activation x solver: runs, validation accuracy mean (the ranking), test accuracy
-    mean/std/min/max, mean epochs and seconds; best validation first."""
+    """Per activation x solver: finished and failed runs, validation accuracy mean (the ranking),
+    test accuracy mean/std/min/max, mean epochs and seconds; best validation first. The figures
+    are over the finished runs (None when every run of the combination failed)."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for result in results:
         groups.setdefault(result.combination, []).append(result)
     rows = []
-    for (activation, solver), runs in groups.items():
+    for (activation, solver), tried in groups.items():
+        runs = [r for r in tried if r.finished]
         accuracies = [r.test_accuracy for r in runs]
         validation = [r.validation_accuracy for r in runs if r.validation_accuracy is not None]
         rows.append(
@@ -201,30 +261,42 @@ def summarise(results: Iterable[RunResult]) -> list[dict[str, Any]]:
                 "activation": activation,
                 "solver": solver,
                 "runs": len(runs),
+                "failed": len(tried) - len(runs),
                 "seeds": " ".join(str(r.seed) for r in runs),
-                "val_accuracy_mean": statistics.fmean(validation) if validation else None,
-                "accuracy_mean": statistics.fmean(accuracies),
+                "val_accuracy_mean": _mean(validation),
+                "accuracy_mean": _mean(accuracies),
                 # sample standard deviation over seeds; one seed has no spread
-                "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
-                "accuracy_min": min(accuracies),
-                "accuracy_max": max(accuracies),
-                "log_loss_mean": statistics.fmean(r.log_loss for r in runs),
-                "epochs_mean": statistics.fmean(r.epochs for r in runs),
-                "epoch_unit": runs[0].epoch_unit,
-                "train_seconds_mean": statistics.fmean(r.train_seconds for r in runs),
+                "accuracy_std": statistics.stdev(accuracies)
+                if len(runs) > 1
+                else (0.0 if runs else None),
+                "accuracy_min": min(accuracies, default=None),
+                "accuracy_max": max(accuracies, default=None),
+                "log_loss_mean": _mean(r.log_loss for r in runs),
+                "epochs_mean": _mean(r.epochs for r in runs),
+                "epoch_unit": tried[0].epoch_unit,
+                "train_seconds_mean": _mean(r.train_seconds for r in runs),
             }
         )
-    # ranked on validation accuracy (the test figures are reported, never used to rank)
+    # ranked on validation accuracy (the test figures are reported, never used to rank); a
+    # combination whose every run failed comes last
     return sorted(
         rows,
-        key=lambda row: (-(row["val_accuracy_mean"] or 0.0), row["activation"], row["solver"]),
+        key=lambda row: (
+            row["runs"] == 0,
+            -(row["val_accuracy_mean"] or 0.0),
+            row["activation"],
+            row["solver"],
+        ),
     )
 
 
 def choose_best(results: Sequence[RunResult]) -> tuple[RunResult, str]:
     """The run to publish: the best validation accuracy (never the test set's, which would make
-    the published test figure an optimistic estimate). ConfigError when a run has no validation
-    split."""
+    the published test figure an optimistic estimate); failed runs are not candidates. ConfigError
+    when a run has no validation split, or no run finished."""
+    results = [r for r in results if r.finished]
+    if not results:
+        raise ConfigError("every run failed: there is no run to publish")
     if not all(r.validation_accuracy is not None for r in results):
         raise ConfigError(
             "--publish-best chooses on the validation split: set --validation-fraction above 0"
@@ -243,23 +315,34 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _run_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
-    return [
-        {
-            "activation": r.activation,
-            "solver": r.solver,
-            "seed": r.seed,
-            "test_accuracy": r.test_accuracy,
-            "log_loss": r.log_loss,
-            "validation_accuracy": "" if r.validation_accuracy is None else r.validation_accuracy,
-            "epochs": r.epochs,
-            "epoch_unit": r.epoch_unit,
-            "train_seconds": round(r.train_seconds, 3),
-            "parity_passed": r.parity_passed,
-            "stop_reason": r.stop_reason,
-            "worker": r.worker,
-        }
-        for r in results
-    ]
+    rows = []
+    for r in results:
+        finished = r.finished
+        rows.append(
+            {
+                "activation": r.activation,
+                "solver": r.solver,
+                "seed": r.seed,
+                "test_accuracy": r.test_accuracy if finished else "",
+                "log_loss": r.log_loss if finished else "",
+                "validation_accuracy": ""
+                if r.validation_accuracy is None
+                else r.validation_accuracy,
+                "epochs": r.epochs if finished else "",
+                "epoch_unit": r.epoch_unit,
+                "train_seconds": round(r.train_seconds, 3) if finished else "",
+                "parity_passed": r.parity_passed if finished else "",
+                "stop_reason": r.stop_reason,
+                "failure": r.failure or "",
+                "floating_point_errors": floating_point_summary(r.floating_point_errors),
+                "worker": r.worker,
+            }
+        )
+    return rows
+
+
+def _figure(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def results_markdown(
@@ -284,12 +367,13 @@ def results_markdown(
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary:
+        runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append(
-            f"| {row['activation']} | {row['solver']} | {row['runs']} | "
-            + ("n/a" if row["val_accuracy_mean"] is None else f"{row['val_accuracy_mean']:.4f}")
-            + f" | {row['accuracy_mean']:.4f} | {row['accuracy_std']:.4f} | "
-            f"{row['accuracy_min']:.4f} | {row['accuracy_max']:.4f} | {row['epochs_mean']:.1f} | "
-            f"{row['train_seconds_mean']:.1f} |"
+            f"| {row['activation']} | {row['solver']} | {runs} | "
+            f"{_figure(row['val_accuracy_mean'])} | {_figure(row['accuracy_mean'])} | "
+            f"{_figure(row['accuracy_std'])} | {_figure(row['accuracy_min'])} | "
+            f"{_figure(row['accuracy_max'])} | {_figure(row['epochs_mean'], '.1f')} | "
+            f"{_figure(row['train_seconds_mean'], '.1f')} |"
         )
     lines += [
         "",
@@ -302,6 +386,12 @@ def results_markdown(
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        if r.failure is not None:
+            lines.append(
+                f"| {r.activation} | {r.solver} | {r.seed} | failed | | | | "
+                f"{r.failure.replace('|', '/')} |"
+            )
+            continue
         lines.append(
             f"| {r.activation} | {r.solver} | {r.seed} | {r.test_accuracy:.4f} | "
             f"{r.log_loss:.4f} | {r.epochs} | {r.train_seconds:.1f} | {r.stop_reason} |"
@@ -415,7 +505,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``mnist-train sweep``: the sweep's own flags plus every single-run flag."""
-    from service.command_line import OneLineParser, number_in
+    from service.command_line import OneLineParser, folder_path, number_in
     from training.cli import add_train_arguments
 
     parser = OneLineParser(
@@ -442,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_seeds, default=(0,), help="comma-separated seeds (default 0)"
     )
     sweep.add_argument(
-        "--out", type=Path, required=True, help="folder for the table, run list and plot"
+        "--out", type=folder_path, required=True, help="folder for the table, run list and plot"
     )
     sweep.add_argument(
         "--jobs",
@@ -494,13 +584,30 @@ def output_problem(out: Path) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mnist-train sweep``; returns the exit code."""
-    from training.cli import config_from_args
-    from training.data import DataError
-
+    """Entry point of ``mnist-train sweep``; returns the exit code (one line on failure)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(args_list)
+    try:
+        return _main(parser, args, args_list)
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise  # mnist-train's entry point ends these with their own line and code
+    except Exception as exc:  # the promise is one line, never a traceback: a bug says so
+        if os.environ.get("MNIST_TRAIN_TRACEBACK"):
+            raise
+        print(
+            f"mnist-train sweep: unexpected error, please report it: {type(exc).__name__}: {exc} "
+            "(MNIST_TRAIN_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, args_list: list[str]) -> int:
+    from training.cli import config_from_args
+    from training.data import DataError
+    from training.pipeline import RepositoryWriteError, check_writable
+
     for single, plural in (
         ("activation", "activations"),
         ("solver", "solvers"),
@@ -527,6 +634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"mnist-train sweep: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.publish_best:
+        try:  # before the runs, as a single run checks it before training
+            check_writable(base.models_dir)
+        except RepositoryWriteError as exc:
+            print(f"mnist-train sweep: {exc}; nothing ran", file=sys.stderr)
+            return EXIT_WRITE
     command = shlex.join(["mnist-train", "sweep", *args_list])
     print(
         f"sweep: {len(configs)} runs ({len(plan.activations)} activations x {len(plan.solvers)} "
@@ -552,6 +665,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_WRITE
     print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     print((args.out / RESULTS_MD).read_text(encoding="utf-8").split("\n![")[0])
+    failed = [r for r in results if not r.finished]
+    if len(failed) == len(results):
+        print(
+            f"mnist-train sweep: every run failed (first: {failed[0].activation}/"
+            f"{failed[0].solver} seed {failed[0].seed}: {failed[0].failure}); nothing to compare"
+            + ("; nothing was published" if args.publish_best else ""),
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if failed:
+        print(
+            f"mnist-train sweep: note: {len(failed)} of {len(results)} runs failed, recorded in "
+            f"{args.out / RUNS_CSV} (first: {failed[0].activation}/{failed[0].solver} seed "
+            f"{failed[0].seed}: {failed[0].failure})",
+            file=sys.stderr,
+        )
     if args.publish_best:
         return _publish_best(results, base)
     return EXIT_OK
@@ -576,7 +705,7 @@ def _run(configs: Sequence[TrainConfig], args: argparse.Namespace) -> list[RunRe
 
 
 def _publish_best(results: Sequence[RunResult], base: TrainConfig) -> int:
-    from training.pipeline import QualityGateError, TrainedRun, publish_run
+    from training.pipeline import QualityGateError, RepositoryWriteError, TrainedRun, publish_run
     from training.verify import ParityError
 
     best, criterion = choose_best(results)
@@ -589,6 +718,9 @@ def _publish_best(results: Sequence[RunResult], base: TrainConfig) -> int:
     except (QualityGateError, ParityError) as exc:
         print(f"mnist-train sweep: best run not published: {exc}", file=sys.stderr)
         return EXIT_NOT_PUBLISHED
+    except RepositoryWriteError as exc:
+        print(f"mnist-train sweep: best run not published: {exc}", file=sys.stderr)
+        return EXIT_WRITE
     say(  # published: a closed output no longer changes the exit code
         f"published the best run by {criterion} ({best.activation}/{best.solver} seed "
         f"{best.seed}, test accuracy {best.test_accuracy:.4f}) as {version.path}",

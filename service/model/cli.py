@@ -32,6 +32,7 @@ import numpy as np
 from service.command_line import (
     OneLineParser,
     after_the_change,
+    folder_path,
     number_in,
     quiet_on_closed_output,
     stop_if_output_closed,
@@ -72,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         default = None if target is parser else argparse.SUPPRESS
         target.add_argument(
             "--models-dir",
-            type=Path,
+            type=folder_path,
             default=default,
             help="the model repository (default $MODEL_DIR or ./models)",
         )
         target.add_argument(
             "--data-dir",
-            type=Path,
+            type=folder_path,
             default=default,
             help="folder with the MNIST test IDX .gz files (default $MNIST_DATA_DIR, else the "
             "training cache)",
@@ -436,7 +437,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: 
             tolerance=args.tolerance,
         )
     elif command == "rollback":
-        outcome = lifecycle.rollback(repository)
+        outcome = lifecycle.rollback(repository, settings)
     elif command == "end-trial":
         outcome = lifecycle.end_trial(repository)
     elif command == "prune":

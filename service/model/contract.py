@@ -244,6 +244,8 @@ class TrainingInfo:
     epoch_unit: str
     seconds: float
     threads: ThreadInfo | None = None
+    #: numpy's floating-point errors during the run by kind (``{"overflow": 120}``); None: none
+    floating_point_errors: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ MNIST test set must match what its card claims (within ``CARD_TOLERANCE``), and 
 worse than ``stable`` by more than ``tolerance``. ``force`` overrides the accuracy figures only,
 never validation: a version the service would not load (a damaged model.onnx, an unreadable card,
 a failed self-test) is refused even when forced, or it would be labelled stable while every
-server keeps serving the old one.
+server keeps serving the old one. For the same reason a shadow and the version a rollback returns
+to pass validation.
 """
 
 from __future__ import annotations
@@ -319,8 +320,12 @@ def promote(
     )
 
 
-def rollback(repository: ModelRepository) -> Outcome:
-    """Make the previous stable version stable again (the current one is forgotten)."""
+def rollback(repository: ModelRepository, settings: SessionSettings) -> Outcome:
+    """Make the previous stable version stable again (the current one is forgotten).
+
+    The version rolled back to passes the service's validation first, as a promoted one does:
+    labelled stable while failing it, every server would quietly serve an older version.
+    """
     with _Change(repository) as change:
         state = _pinned(change.state)
         present = {v.version for v in repository.versions()}
@@ -330,6 +335,13 @@ def rollback(repository: ModelRepository) -> Outcome:
         if not history:
             raise NothingToDo(f"no earlier stable version to roll back to from {state.stable}")
         back = history.pop()
+        try:
+            validated(repository, back, settings)
+        except Refused as exc:
+            raise Refused(
+                f"refused to roll back to version {back}: {exc.message}; nothing changed "
+                f"(version {state.stable} stays stable)"
+            ) from exc
         trial = state.trial if state.trial is None or state.trial.version != back else None
         change.state = replace(state, stable=back, history=tuple(history), trial=trial)
     return Outcome(

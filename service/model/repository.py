@@ -317,6 +317,14 @@ def policy_versions(config_text: str) -> tuple[int, ...]:
         raise RepositoryError(f"{TRITON_CONFIG_FILE}: bad version_policy: {exc}") from exc
 
 
+def version_number(name: str) -> int | None:
+    """The version a folder name stands for (ASCII digits only, as Triton reads them), or None.
+
+    ``str.isdigit`` alone also accepts digits such as "²" that ``int`` refuses.
+    """
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
 class ModelRepository:
     """A folder of versioned models, laid out as Triton expects."""
 
@@ -332,9 +340,10 @@ class ModelRepository:
             return []
         found = []
         for entry in self.model_dir.iterdir():
-            if not (entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0):
+            number = version_number(entry.name)
+            if number is None or number == 0 or not entry.is_dir():
                 continue
-            version = ModelVersion(int(entry.name), entry)
+            version = ModelVersion(number, entry)
             if version.model_path.is_file() and version.card_path.is_file():
                 found.append(version)
         return sorted(found, key=lambda v: v.version)
@@ -450,10 +459,12 @@ class ModelRepository:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _next_number(self) -> int:
+        # every name taken counts, not only folders: a stray file or a dangling symlink named
+        # like the next version would make the rename of the staged folder fail
         numbers = [
-            int(entry.name)
+            number
             for entry in self.model_dir.iterdir()
-            if entry.is_dir() and entry.name.isdigit()
+            if (number := version_number(entry.name)) is not None
         ]
         return max(numbers, default=0) + 1
 

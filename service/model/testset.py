@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ def _read(folder: Path, name: str) -> bytes:
     path = folder / name
     try:
         raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as exc:
+    # a missing file or bad header (OSError), damaged data (zlib.error), a truncated stream
+    except (OSError, EOFError, zlib.error) as exc:
         raise MnistUnavailable(
             f"cannot read the MNIST test file {path}: {exc}; point --data-dir or MNIST_DATA_DIR "
             "at a folder holding t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz"

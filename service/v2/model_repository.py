@@ -285,7 +285,7 @@ def create_blueprint(predictor: Predictor, config: ServiceConfig) -> flask.Bluep
         ),
         ("version", "force"),
     )
-    route("rollback", lambda model, body: lifecycle.rollback(repository()))
+    route("rollback", lambda model, body: lifecycle.rollback(repository(), config))
     route(
         "canary",
         lambda model, body: lifecycle.start_trial(

@@ -95,10 +95,10 @@ def test_an_equal_version_is_promoted_and_rolled_back(repo: Path, test_set: Any)
     outcome = lifecycle.promote(repository, 2, SETTINGS, test_set)
     assert outcome.gate is not None and outcome.gate.passed
     assert state(repo) == ServingState(stable=2, history=(1,))
-    assert "version 1 is stable again" in lifecycle.rollback(repository).message
+    assert "version 1 is stable again" in lifecycle.rollback(repository, SETTINGS).message
     assert state(repo) == ServingState(stable=1)
     with pytest.raises(lifecycle.LifecycleError, match="no earlier stable"):
-        lifecycle.rollback(repository)
+        lifecycle.rollback(repository, SETTINGS)
 
 
 def test_trials_and_prune_never_touch_labelled_versions(with_tiny: Path, test_set: Any) -> None:

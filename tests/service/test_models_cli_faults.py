@@ -14,8 +14,10 @@ import pytest
 from service.errors import ModelUnavailable
 from service.model.cli import main
 from service.model.repository import ModelRepository, RepositoryError, ServingState
+from service.model.testset import MnistUnavailable, load_test_set
 from tests.conftest import COMMITTED_MODELS, REPO_ROOT
 from tests.service.conftest import publish_copy
+from tests.training.test_data import GZIP_DAMAGE, damage_gzip
 
 
 @pytest.fixture
@@ -219,3 +221,55 @@ def test_a_store_url_nothing_here_speaks_is_exit_6_for_diff_and_a_warning_for_pr
     err = capsys.readouterr().err
     assert err.startswith("mnist-models: warning: no held-out feedback figures: ") and words in err
     assert state(repo) == ServingState(stable=4, history=(1,))
+
+
+@pytest.fixture
+def test_files(tmp_path: Path, mnist_data_dir: Path) -> Path:
+    """A folder with copies of the two MNIST test files."""
+    folder = tmp_path / "mnist-test"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes((mnist_data_dir / name).read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("kind", list(GZIP_DAMAGE))
+def test_a_damaged_gzip_test_file_is_exit_3_for_diff_naming_it(
+    kind: str, repo: Path, test_files: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = test_files / "t10k-labels-idx1-ubyte.gz"
+    damage_gzip(labels, kind)
+    with pytest.raises(MnistUnavailable, match=f"cannot read the MNIST test file {labels}: "):
+        load_test_set(test_files)
+    code = main(["--models-dir", str(repo), "--data-dir", str(test_files), "diff", "1", "4"])
+    assert code == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"mnist-models: cannot read the MNIST test file {labels}: ")
+
+
+def test_promote_with_a_damaged_test_file_compares_the_cards_and_says_why(
+    repo: Path, test_files: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = test_files / "t10k-labels-idx1-ubyte.gz"
+    damage_gzip(labels, "compressed data")
+    assert main(["--models-dir", str(repo), "--data-dir", str(test_files), "promote", "4"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"mnist-models: note: cannot read the MNIST test file {labels}")
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "from the cards" in captured.out
+    assert state(repo).stable == 4
+
+
+@pytest.mark.parametrize("flag", ["--models-dir", "--data-dir"])
+def test_an_empty_folder_is_a_usage_error(
+    flag: str, repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo)  # "" would have meant this folder
+    for argv in ([flag, "", "list"], ["list", flag, ""]):
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        assert ended.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"argument {flag}: expected a folder, got an empty value" in err

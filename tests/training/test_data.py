@@ -9,6 +9,7 @@ import io
 import shutil
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,56 @@ def test_a_corrupt_cached_file_is_downloaded_again(
     assert len(data.train) == 60000
     assert "corrupt" in log.getvalue()
     assert log.getvalue().count("downloading http") == 1
+
+
+#: ways a gzip file breaks with its first bytes intact, and what Python's gzip raises for each
+GZIP_DAMAGE: dict[str, type[BaseException]] = {
+    "compressed data": zlib.error,
+    "truncated": EOFError,
+    "header": gzip.BadGzipFile,
+}
+
+
+def damage_gzip(path: Path, kind: str) -> None:
+    """Damage the gzip file at ``path`` in the way ``kind`` of GZIP_DAMAGE names."""
+    data = bytearray(path.read_bytes())
+    if kind == "compressed data":
+        data[30] ^= 0xFF  # past the 10-byte header and the file name
+    elif kind == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[2] = 9  # compression method 9: no such method
+    path.write_bytes(bytes(data))
+    with pytest.raises(GZIP_DAMAGE[kind]):  # the damage is the kind the test is about
+        gzip.decompress(bytes(data))
+
+
+@pytest.mark.parametrize("kind", list(GZIP_DAMAGE))
+def test_a_damaged_gzip_file_in_a_data_dir_is_a_data_error_naming_it(
+    kind: str, tmp_path: Path, mnist_data_dir: Any
+) -> None:
+    _copy_mnist(mnist_data_dir, tmp_path)
+    damage_gzip(tmp_path / TEST_LABELS, kind)
+    with pytest.raises(DataError) as caught:
+        load_mnist(tmp_path, log=io.StringIO())
+    message = str(caught.value)
+    assert message.startswith(f"MNIST file {tmp_path / TEST_LABELS} is not a valid gzip file (")
+    assert "--data-dir" in message
+
+
+@pytest.mark.parametrize("kind", list(GZIP_DAMAGE))
+def test_a_damaged_gzip_file_in_the_cache_is_downloaded_again(
+    kind: str, tmp_path: Path, mirror: Any, mnist_data_dir: Any
+) -> None:
+    url, folder = mirror
+    _copy_mnist(mnist_data_dir, folder)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _copy_mnist(mnist_data_dir, cache)
+    damage_gzip(cache / TEST_LABELS, kind)
+    log = io.StringIO()
+    data = load_mnist(environ={"MNIST_CACHE_DIR": str(cache), "MNIST_MIRRORS": url}, log=log)
+    assert len(data.test) == 10000
+    assert f"cached {cache / TEST_LABELS} is not a valid gzip file" in log.getvalue()
+    assert log.getvalue().count("downloading http") == 1
+    assert (cache / TEST_LABELS).read_bytes() == (mnist_data_dir / TEST_LABELS).read_bytes()

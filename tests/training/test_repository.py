@@ -198,3 +198,30 @@ def test_labels_that_are_not_json_are_a_repository_error(tmp_path: Path) -> None
     repository.labels_path.write_text("{half")
     with pytest.raises(RepositoryError, match="not JSON"):
         repository.read_state()
+
+
+@pytest.mark.parametrize("stray", ["file", "symlink loop", "dangling symlink", "folder"])
+def test_a_stray_entry_named_like_the_next_version_is_skipped(stray: str, tmp_path: Path) -> None:
+    _publish(tmp_path)
+    entry = tmp_path / "mnist" / "2"
+    if stray == "file":
+        entry.write_text("notes\n")
+    elif stray == "symlink loop":
+        os.symlink("2", entry)
+    elif stray == "dangling symlink":
+        os.symlink(tmp_path / "nowhere", entry)
+    else:
+        entry.mkdir()
+    version = _publish(tmp_path)
+    assert version.version == 3 and version.path == tmp_path / "mnist" / "3"
+    assert [v.version for v in ModelRepository(tmp_path).versions()] == [1, 3]
+    assert os.path.lexists(entry)  # left as it was
+
+
+def test_names_of_digits_int_cannot_read_are_not_versions(tmp_path: Path) -> None:
+    _publish(tmp_path)
+    (tmp_path / "mnist" / "²").mkdir()  # str.isdigit says yes, int() says no
+    (tmp_path / "mnist" / "0").mkdir()
+    repository = ModelRepository(tmp_path)
+    assert [v.version for v in repository.versions()] == [1]
+    assert _publish(tmp_path).version == 2
