@@ -43,6 +43,8 @@ FINE_SIDE = 2.5 * WORKING_SIDE
 #: hundredth of a phone photo's height is then read
 ZOOM_SIDE = 8 * LARGE_SIDE
 ZOOM_ANALYSIS_SIDE = 5 * ANALYSIS_SIDE
+#: ...and the zoomed reading is kept only when its digit spans at least this many pixels there
+MIN_ZOOMED_SIDE = 12
 #: the key under which a reduced picture's ``info`` keeps the size it was decoded from
 _REDUCED_FROM = "mnist_service_reduced_from"
 #: smaller pictures are enlarged to about this side first, so strokes span several pixels
@@ -185,7 +187,10 @@ def _zoomed_reading(
     """The field of a large picture read at ZOOM_ANALYSIS_SIDE (Pillow's pictures decoded again
     at up to ZOOM_SIDE; libspng's arrays are whole already)."""
     whole = image if isinstance(image, np.ndarray) else _decode(data, limits, ZOOM_SIDE)
-    return _reading(whole, ZOOM_ANALYSIS_SIDE)[0]
+    field, digit_side = _reading(whole, ZOOM_ANALYSIS_SIDE)
+    if digit_side < MIN_ZOOMED_SIDE:  # a speck of dust on a blank page, not a digit
+        raise InvalidImage("the image shows no digit: only specks")
+    return field
 
 
 def preprocess_picture(image: Image.Image | np.ndarray) -> np.ndarray:

@@ -150,3 +150,18 @@ def test_base64_mixing_both_alphabets_is_refused(seven: np.ndarray) -> None:
     mixed = text[:-8] + "-_-_" + text[-4:]
     with pytest.raises(InvalidImage, match="not base64"):
         images_from_json(json.dumps({"images": [mixed]}).encode(), 8, LIMITS)
+
+
+@pytest.mark.parametrize("fmt", [".png", ".jpg"])
+def test_a_large_blank_page_with_dust_stays_blank(fmt: str) -> None:
+    # the zoomed reading of a large photo must not take a speck of dust for a small digit
+    rng = np.random.default_rng(11)
+    for _ in range(2):
+        page = np.full((3000, 4000), 215, np.float32)
+        for _ in range(30):
+            centre = (int(rng.integers(4000)), int(rng.integers(3000)))
+            cv2.circle(page, centre, int(rng.integers(1, 4)), 120, -1)
+        page += rng.normal(0, 3, page.shape).astype(np.float32)
+        picture = cv2.imencode(fmt, np.clip(page, 0, 255).astype(np.uint8))[1].tobytes()
+        with pytest.raises(InvalidImage, match="no digit"):
+            preprocess_image(picture, LIMITS)
