@@ -95,8 +95,10 @@ def _item(entry: Any, number: int, many: bool) -> FeedbackItem:
             f"{where}unknown field(s) {shorten(str(unknown))}; accepted: index, label, request_id"
         )
     request_id = entry.get("request_id")
-    if not isinstance(request_id, str) or not request_id.strip():
+    if not isinstance(request_id, str):
         raise InvalidInput(f'{where}"request_id" must be the request id of an answer (a string)')
+    if not request_id.strip():
+        raise InvalidInput(f'{where}"request_id" is empty: send the X-Request-ID of an answer')
     if len(request_id) > MAX_REQUEST_ID:
         raise InvalidInput(f'{where}"request_id" is longer than {MAX_REQUEST_ID} characters')
     label = entry.get("label")

@@ -91,7 +91,7 @@ class ReadDeadlines:
         """REQUEST_HEAD_TIMEOUT, REQUEST_BODY_TIMEOUT (seconds) and MAX_BODY_BYTES, or defaults."""
         defaults = cls()
 
-        def number(name: str, default: float) -> float:
+        def number(name: str, default: float, highest: float) -> float:
             text = environ.get(name, "").strip()
             if not text:
                 return default
@@ -99,15 +99,20 @@ class ReadDeadlines:
                 value = float(text)
             except ValueError:
                 raise SystemExit(f"{name}={text!r} is not a number") from None
-            if not value > 0:
-                raise SystemExit(f"{name}={text} must be above 0")
+            if not 0 < value <= highest:
+                raise SystemExit(f"{name}={text} must be above 0 and at most {highest:g}")
             return value
 
         return cls(
-            head_seconds=number("REQUEST_HEAD_TIMEOUT", defaults.head_seconds),
-            body_seconds=number("REQUEST_BODY_TIMEOUT", defaults.body_seconds),
-            max_body_bytes=int(number("MAX_BODY_BYTES", defaults.max_body_bytes)),
+            head_seconds=number("REQUEST_HEAD_TIMEOUT", defaults.head_seconds, MAX_READ_SECONDS),
+            body_seconds=number("REQUEST_BODY_TIMEOUT", defaults.body_seconds, MAX_READ_SECONDS),
+            max_body_bytes=int(number("MAX_BODY_BYTES", defaults.max_body_bytes, 2**31)),
         )
+
+
+#: the longest REQUEST_HEAD_TIMEOUT and REQUEST_BODY_TIMEOUT, in seconds: an hour, far beyond
+#: any upload within MAX_BODY_BYTES; a larger value is a typo, bounded as every other setting
+MAX_READ_SECONDS = 3600.0
 
 
 class RequestReading:

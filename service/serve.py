@@ -235,6 +235,11 @@ def check_multiproc_dir(environ: Mapping[str, str]) -> None:
         raise SettingError(f"PROMETHEUS_MULTIPROC_DIR={path!r}: this user cannot write in it")
 
 
+#: the longest path a unix socket can be bound to on Linux: sockaddr_un's sun_path holds 108
+#: bytes with the terminating NUL (unix(7))
+UNIX_PATH_MAX = 107
+
+
 def check_listen_target(bind: str) -> str | None:
     """Why gunicorn could not listen on the BIND value ``bind`` of the forms ``unix:PATH`` and
     ``fd://N`` (one line naming it), or None (also for the TCP forms: check_address probes
@@ -253,8 +258,12 @@ def check_listen_target(bind: str) -> str | None:
     if not re.match(r"unix:", value):
         return None
     path = Path(re.split(r"unix:(//)?", value)[-1])
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_MAX:
+        return f"{named}: the socket path is {size} bytes; the limit is {UNIX_PATH_MAX}"
     if not path.parent.is_dir():
-        return f"{named}: no folder to make the socket in ({str(path.parent)!r} does not exist)"
+        why = "is not a folder" if path.parent.exists() else "does not exist"
+        return f"{named}: no folder to make the socket in ({str(path.parent)!r} {why})"
     if not os.access(path.parent, os.W_OK | os.X_OK):
         return f"{named}: this user cannot make a socket in {str(path.parent)!r}"
     try:

@@ -33,6 +33,7 @@ from service.model.repository import (
     ServingState,
     Trial,
     TrialMode,
+    version_number,
 )
 from service.model.testset import MnistTestSet
 from service.model.validation import (
@@ -330,11 +331,16 @@ def rollback(repository: ModelRepository, settings: SessionSettings) -> Outcome:
         state = _pinned(change.state)
         present = {v.version for v in repository.versions()}
         history = list(state.history)
-        while history and history[-1] not in present:
+        while history and not _has_folder(repository, history[-1]):
             history.pop()  # pruned or deleted since: cannot go back to it
         if not history:
             raise NothingToDo(f"no earlier stable version to roll back to from {state.stable}")
         back = history.pop()
+        if back not in present:  # its folder is there, but without model.onnx or card.json
+            raise Refused(
+                f"refused to roll back to version {back}: its folder lacks model.onnx or "
+                f"card.json; nothing changed (version {state.stable} stays stable)"
+            )
         try:
             validated(repository, back, settings)
         except Refused as exc:
@@ -346,6 +352,17 @@ def rollback(repository: ModelRepository, settings: SessionSettings) -> Outcome:
         change.state = replace(state, stable=back, history=tuple(history), trial=trial)
     return Outcome(
         f"rolled back: version {back} is stable again (was {state.stable})", change.state
+    )
+
+
+def _has_folder(repository: ModelRepository, number: int) -> bool:
+    """Whether version ``number`` still has a folder (complete or not): a rollback skips only
+    versions whose folder is gone, and refuses one that is there but damaged."""
+    if not repository.model_dir.is_dir():
+        return False
+    return any(
+        version_number(entry.name) == number and entry.is_dir()
+        for entry in repository.model_dir.iterdir()
     )
 
 

@@ -147,3 +147,15 @@ def test_every_json_route_answers_a_4xx_naming_the_string(
     assert "is not valid text" in message and LONE in message
     if not path.startswith("/v2"):
         assert error["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("request_id", "words"),
+    [('""', '"request_id" is empty'), ('"  "', '"request_id" is empty'), ("7", "(a string)")],
+)
+def test_feedback_says_whether_the_request_id_is_empty_or_not_a_string(
+    request_id: str, words: str
+) -> None:
+    body = f'{{"request_id":{request_id},"label":1}}'.encode()
+    with pytest.raises(InvalidInput, match=words.replace("(", r"\(").replace(")", r"\)")):
+        parse_feedback(body)

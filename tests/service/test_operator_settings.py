@@ -175,3 +175,22 @@ def test_model_dir_blank_or_padded_means_what_the_workers_read() -> None:
     pinned = {"MODEL_DIR": str(COMMITTED_MODELS), "MODEL_VERSION": "7"}
     problem = serve.check_models_dir(args, pinned)
     assert problem is not None and problem.startswith("MODEL_VERSION=7: ")
+
+
+def test_a_unix_socket_path_over_the_kernel_limit_is_named(tmp_path: Path) -> None:
+    # gunicorn retried it for 5 s ("AF_UNIX path too long"), then exited 1
+    folder = tmp_path / ("d" * 110)
+    folder.mkdir()
+    path = folder / "s.sock"
+    problem = serve.check_listen_target(f"unix:{path}")
+    assert problem == (
+        f"BIND='unix:{path}': the socket path is {len(str(path))} bytes; the limit is 107"
+    )
+
+
+def test_a_unix_socket_under_a_file_says_it_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    problem = serve.check_listen_target(f"unix:{tmp_path}/afile/s.sock")
+    assert problem is not None and problem.endswith(f"('{tmp_path}/afile' is not a folder)")
+    missing = serve.check_listen_target(f"unix:{tmp_path}/gone/s.sock")
+    assert missing is not None and missing.endswith(f"('{tmp_path}/gone' does not exist)")

@@ -213,6 +213,10 @@ def test_deadlines_from_the_environment() -> None:
         ReadDeadlines.from_env({"REQUEST_HEAD_TIMEOUT": "soon"})
     with pytest.raises(SystemExit, match="above 0"):
         ReadDeadlines.from_env({"REQUEST_BODY_TIMEOUT": "0"})
+    for value in ("inf", "1e300", "3601"):  # a deadline past any upload: refused at start
+        with pytest.raises(SystemExit, match="at most 3600"):
+            ReadDeadlines.from_env({"REQUEST_HEAD_TIMEOUT": value})
+    assert ReadDeadlines.from_env({"REQUEST_BODY_TIMEOUT": "3600"}).body_seconds == 3600.0
 
 
 def test_a_worker_is_born_with_the_stop_signals_held_and_its_master_is_not() -> None:

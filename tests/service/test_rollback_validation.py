@@ -82,3 +82,26 @@ def test_rollback_over_http_is_refused_with_409(repo: Path) -> None:
         as_text=True
     )
     assert ModelRepository(repo).read_state() == ServingState(stable=2, history=(1, 3))
+
+
+@pytest.mark.parametrize("missing", ["model.onnx", "card.json"])
+def test_rollback_to_a_version_missing_a_file_is_refused_not_skipped(
+    repo: Path, capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    # an incomplete folder was taken for a deleted version: the rollback went on to version 1
+    (repo / "mnist" / "3" / missing).unlink()
+    assert main(["--models-dir", str(repo), "rollback"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "mnist-models: refused to roll back to version 3: its folder lacks model.onnx or "
+        "card.json; nothing changed (version 2 stays stable)"
+    )
+    assert ModelRepository(repo).read_state() == ServingState(stable=2, history=(1, 3))
+
+
+def test_rollback_skips_a_version_whose_folder_is_gone(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.rmtree(repo / "mnist" / "3")
+    assert main(["--models-dir", str(repo), "rollback"]) == 0
+    assert ModelRepository(repo).read_state() == ServingState(stable=1, history=())
