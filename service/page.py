@@ -11,7 +11,9 @@ from service.errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: the page's own files; nothing else in static/ is served by this blueprint
-PAGE_ASSETS = frozenset({"app.js", "style.css", "learn.js", "learn-math.js", "learn.css"})
+PAGE_ASSETS = frozenset(
+    {"app.js", "token.js", "style.css", "learn.js", "learn-math.js", "learn.css"}
+)
 
 # Everything the page needs comes from this server; the CSP makes "nothing from the internet" hold
 # even if someone later adds a link to a CDN.

@@ -9,10 +9,16 @@
   // the saliency map shown over the model's image: which pixels pushed the answer
   const EXPLAIN_URL = "v2/models/mnist/explain";
   const DRAWING_KEY = "mnist.drawing";
-  // a bearer token for a service started with API_TOKENS; this tab only, shared with /learn
-  const TOKEN_KEY = "mnist.token";
 
   const canvas = document.getElementById("pad");
+  // a bearer token for a service started with API_TOKENS (token.js); this tab only, shared with /learn
+  const { authorization, askForToken } = window.MnistToken.tokenField(
+    document.getElementById("token-form"),
+    document.getElementById("token"),
+    () => {
+      if (hasInk) schedulePrediction(); // the drawing on the pad, asked again with the token
+    },
+  );
   const context = canvas.getContext("2d");
   const clearButton = document.getElementById("clear");
   const digitOutput = document.getElementById("digit");
@@ -398,41 +404,6 @@
       if (modelText.textContent === "loading…") modelText.textContent = "unknown (not ready?)";
     }
   }
-
-  // ---- the access token, asked for only when the service answers 401 ---------------------------
-  const tokenForm = document.getElementById("token-form");
-  const tokenInput = document.getElementById("token");
-
-  function storedToken() {
-    try {
-      return sessionStorage.getItem(TOKEN_KEY) || "";
-    } catch (error) {
-      return tokenInput.value.trim(); // storage disabled: the field itself holds it
-    }
-  }
-
-  function authorization() {
-    const token = storedToken();
-    return token ? { Authorization: `Bearer ${token}` } : {};
-  }
-
-  function askForToken() {
-    tokenForm.hidden = false;
-    document.body.dataset.token = "needed";
-  }
-
-  tokenForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const token = tokenInput.value.trim();
-    try {
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
-      else sessionStorage.removeItem(TOKEN_KEY);
-    } catch (error) {
-      // storage disabled: storedToken() reads the field
-    }
-    document.body.dataset.token = token ? "set" : "needed";
-    if (hasInk) schedulePrediction(); // the drawing on the pad, asked again with the token
-  });
 
   clearPad();
   loadModelInfo();

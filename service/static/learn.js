@@ -6,8 +6,6 @@
   const M = window.LearnMath;
   const EXPLAIN_URL = "v2/models/mnist/explain?return_input=true";
   const WEIGHTS_URL = "v2/models/mnist/explain/weights";
-  // the bearer token the drawing page or this page was given (a service with API_TOKENS)
-  const TOKEN_KEY = "mnist.token";
   const THROTTLE_MS = 150;
   const COLORS = {
     f: "#2563eb",
@@ -24,6 +22,11 @@
   };
 
   const byId = (id) => document.getElementById(id);
+  // the bearer token the drawing page or this page was given (token.js; a service with API_TOKENS)
+  const { authorization, askForToken } = window.MnistToken.tokenField(byId("token-form"), byId("token"), () => {
+    if (!inside.weights) loadWeights();
+    if (hasInk) scheduleExplain(); // the digit on the pad, explained again with the token
+  });
   const el = (tag, attrs = {}, children = []) => {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs)) {
@@ -1004,42 +1007,6 @@
     }
     byId("unit-info").textContent = `${text}. Click a tile or use the arrow keys on the grid to pick another.`;
   }
-
-  // ---- the access token, asked for only when the service answers 401 ---------------------------
-  const tokenForm = byId("token-form");
-  const tokenInput = byId("token");
-
-  function storedToken() {
-    try {
-      return sessionStorage.getItem(TOKEN_KEY) || "";
-    } catch (error) {
-      return tokenInput.value.trim(); // storage disabled: the field itself holds it
-    }
-  }
-
-  function authorization() {
-    const token = storedToken();
-    return token ? { Authorization: `Bearer ${token}` } : {};
-  }
-
-  function askForToken() {
-    tokenForm.hidden = false;
-    document.body.dataset.token = "needed";
-  }
-
-  tokenForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const token = tokenInput.value.trim();
-    try {
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
-      else sessionStorage.removeItem(TOKEN_KEY);
-    } catch (error) {
-      // storage disabled: storedToken() reads the field
-    }
-    document.body.dataset.token = token ? "set" : "needed";
-    if (!inside.weights) loadWeights();
-    if (hasInk) scheduleExplain(); // the digit on the pad, explained again with the token
-  });
 
   // ---- what the tests read ----------------------------------------------------------------------
   window.learnPage = Object.freeze({

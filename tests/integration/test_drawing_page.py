@@ -76,8 +76,10 @@ def test_page_and_assets_are_served_with_a_strict_policy(committed_server: Any) 
     assert index.status_code == 200 and index.headers["Content-Type"].startswith("text/html")
     assert "script-src 'self'" in index.headers["Content-Security-Policy"]
     assert '<canvas id="pad"' in index.text
-    script = requests.get(f"{committed_server.url}/page/app.js", timeout=10)
-    assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
+    for name in ("token.js", "app.js"):
+        script = requests.get(f"{committed_server.url}/page/{name}", timeout=10)
+        assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
+        assert f'src="page/{name}"' in index.text
     traversal = requests.get(f"{committed_server.url}/page/..%2Fpage.py", timeout=10)
     assert traversal.status_code == 404
     unknown = requests.get(f"{committed_server.url}/page/secret.txt", timeout=10)

@@ -280,14 +280,14 @@ def test_the_page_and_its_files_are_served_and_linked(committed_server: Any) -> 
     page = requests.get(f"{committed_server.url}/learn", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
-    for name in ("learn.js", "learn-math.js", "learn.css"):
+    for name in ("token.js", "learn.js", "learn-math.js", "learn.css"):
         asset = requests.get(f"{committed_server.url}/page/{name}", timeout=10)
         assert asset.status_code == 200 and asset.content, name
         assert f"page/{name}" in page.text
     drawing = requests.get(f"{committed_server.url}/", timeout=10).text
     assert 'href="learn"' in drawing
     # nothing from anywhere else: no absolute URL in the page or its scripts
-    for name in ("learn.js", "learn-math.js", "learn.css"):
+    for name in ("token.js", "learn.js", "learn-math.js", "learn.css"):
         text = requests.get(f"{committed_server.url}/page/{name}", timeout=10).text
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
         assert "https://" not in text
