@@ -77,6 +77,8 @@
   }
 
   function clearPad() {
+    // a stroke under way ends here: its pointer draws nothing more until it is lifted
+    drawing = false;
     rememberDrawing(null);
     context.fillStyle = "#ffffff";
     context.fillRect(0, 0, canvas.width, canvas.height);
@@ -122,6 +124,8 @@
     event.preventDefault();
     if (activePointer !== null) return; // a second finger: no line between the two
     canvas.setPointerCapture(event.pointerId);
+    // preventDefault() above also stops the click's focus; the pad takes it so Escape clears
+    canvas.focus({ preventScroll: true });
     activePointer = event.pointerId;
     drawing = true;
     lastPoint = canvasPoint(event);

@@ -640,6 +640,8 @@
   let hasInk = false;
 
   function clearPad() {
+    // a stroke under way ends here: its pointer draws nothing more until it is lifted
+    drawing = false;
     padContext.fillStyle = "#ffffff";
     padContext.fillRect(0, 0, pad.width, pad.height);
     hasInk = false;
@@ -676,6 +678,8 @@
       event.preventDefault();
       if (activePointer !== null) return; // a second finger: no line between the two
       pad.setPointerCapture(event.pointerId);
+      // preventDefault() above also stops the click's focus; the pad takes it so Escape clears
+      pad.focus({ preventScroll: true });
       activePointer = event.pointerId;
       drawing = true;
       lastPoint = padPoint(event);

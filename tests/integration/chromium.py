@@ -102,3 +102,31 @@ def one_finger_touch(context: Any, page: Any, selector: str, stroke: Stroke) -> 
     for point in points[1:]:
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
+def escape_mid_stroke(page: Any, selector: str) -> None:
+    """With the mouse: a stroke starts at (0.2, 0.2) of the canvas ``selector`` and goes to
+    (0.4, 0.2); Escape is pressed with the button still down; the stroke goes on to (0.8, 0.8)
+    and the button is released."""
+    box = page.locator(selector).bounding_box()
+    assert box is not None
+
+    def at(fx: float, fy: float) -> tuple[float, float]:
+        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    page.mouse.move(*at(0.2, 0.2))
+    page.mouse.down()
+    page.mouse.move(*at(0.4, 0.2), steps=4)
+    page.keyboard.press("Escape")
+    page.mouse.move(*at(0.8, 0.8), steps=8)
+    page.mouse.up()
+
+
+def ink_on(page: Any, selector: str) -> int:
+    """Dark pixels on the whole canvas ``selector``."""
+    return int(
+        page.locator(selector).evaluate(
+            "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let n = 0; for (let k = 0; k < d.length; k += 4) n += d[k] < 128; return n; }"
+        )
+    )

@@ -19,7 +19,9 @@ from tests.integration.chromium import (
     ARTIFACTS,
     DIGIT_STROKES,
     Stroke,
+    escape_mid_stroke,
     ink_near,
+    ink_on,
     one_finger_touch,
     two_finger_touch,
 )
@@ -126,6 +128,18 @@ def test_clear_resets_the_answer(page: Any) -> None:
     assert page.locator("#digit").inner_text() == EMPTY_ANSWER
     assert page.locator("#seen").is_hidden()
     assert page.locator("body").get_attribute("data-state") == "empty"
+
+
+@pytest.mark.browser
+def test_escape_mid_stroke_clears_the_pad_and_ends_the_stroke(page: Any) -> None:
+    escape_mid_stroke(page, "#pad")
+    # the rest of the stroke, after Escape, drew nothing: the pad stays blank
+    assert ink_on(page, "#pad") == 0
+    assert page.locator("body").get_attribute("data-state") == "empty"
+    assert page.locator("#digit").inner_text() == EMPTY_ANSWER
+    # the next stroke draws again
+    _draw_with_mouse(page, DIGIT_STROKES[1])
+    assert _answer(page) == 1
 
 
 @pytest.mark.browser

@@ -26,7 +26,9 @@ from tests.integration.chromium import (
     ARTIFACTS,
     DIGIT_STROKES,
     Stroke,
+    escape_mid_stroke,
     ink_near,
+    ink_on,
     one_finger_touch,
     two_finger_touch,
     unavailable,
@@ -496,6 +498,17 @@ def test_a_second_finger_on_the_lesson_pad_draws_nothing(
         assert ink_near(page, "#learn-pad", 0.5, 0.7) > 0
     finally:
         context.close()
+
+
+@pytest.mark.browser
+def test_escape_mid_stroke_clears_the_lesson_pad_and_ends_the_stroke(learn: Any) -> None:
+    page = learn
+    page.locator("#learn-pad").scroll_into_view_if_needed()
+    escape_mid_stroke(page, "#learn-pad")
+    assert ink_on(page, "#learn-pad") == 0  # what the pointer did after Escape drew nothing
+    assert page.locator("body").get_attribute("data-explain") == "empty"
+    _draw(page, "#learn-pad", DIGIT_STROKES[1])
+    assert ink_on(page, "#learn-pad") > 0  # the next stroke draws again
 
 
 def _decode_png(data: str) -> np.ndarray:
