@@ -69,13 +69,28 @@ def number_in(
     return convert
 
 
+#: digits an integer setting or flag may have: under the 4,300 past which int() refuses with
+#: advice meant for Python programmers (a longer number is out of every range here anyway)
+MAX_INTEGER_DIGITS = 4000
+
+
+def integer_text(text: str) -> int:
+    """The integer written in ``text`` as people write one: ASCII digits, with a leading "-" for
+    a negative number. ValueError for anything else that ``int()`` would take (``1_000``,
+    ``+3``, ``٣``, inner spaces) and for more than MAX_INTEGER_DIGITS digits."""
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_INTEGER_DIGITS:
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
 def whole_number(lowest: int, highest: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: an integer in [lowest, highest]."""
     expected = f"an integer >= {lowest}" + ("" if highest is None else f" and <= {highest}")
 
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            value = integer_text(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
         if value < lowest or (highest is not None and value > highest):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from service.command_line import integer_text
 from service.model.contract import MAX_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def _store_config(environ: Mapping[str, str]) -> StoreConfig:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = integer_text(text)
     if value < 1:
         raise ValueError("not positive")
     return value

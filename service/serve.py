@@ -18,7 +18,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from service.command_line import OneLineParser, quiet_on_closed_output, whole_number
+from service.command_line import (
+    OneLineParser,
+    integer_text,
+    quiet_on_closed_output,
+    whole_number,
+)
 from service.config import MAX_MODEL_VERSION
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
@@ -124,7 +129,7 @@ def env_int(
         return default
     expected = f"expected a whole number from {lowest} to {highest}"
     try:
-        value = int(text)
+        value = integer_text(text)
     except ValueError:
         raise SettingError(f"{name}={text!r}: {expected}") from None
     if not lowest <= value <= highest:

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from service.command_line import integer_text
 from service.model.contract import (
     CARD_FILE,
     INPUT_NAME,
@@ -565,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: calibrate a published version (``--write``) or only print what it would be."""
     parser = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--version", type=int, default=None, help="default: the latest")
+    parser.add_argument("--version", type=integer_text, default=None, help="default: the latest")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--write", action="store_true", help="write the section into the card")
     args = parser.parse_args(argv)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
+from service.command_line import integer_text
+
 if TYPE_CHECKING:
     from training.augment import Distortion
 
@@ -640,7 +642,7 @@ def _check_layers(setting: Setting, layers: tuple[int, ...]) -> None:
 def parse_layers(text: str) -> tuple[int, ...]:
     """``"512,256"`` -> ``(512, 256)``; ConfigError on anything else."""
     try:
-        layers = tuple(int(part) for part in text.split(","))
+        layers = tuple(integer_text(part.strip()) for part in text.split(","))
     except ValueError:
         raise ConfigError(
             f"--hidden-layers: expected comma-separated positive integers like 512,256, got "
@@ -659,9 +661,9 @@ def parse_text(setting: Setting, text: str) -> Any:
         if setting.name == "hidden_layers":
             value: Any = parse_layers(text)
         elif setting.name == "batch_size":
-            value = text if text == "auto" else int(text)
+            value = text if text == "auto" else integer_text(text.strip())
         elif kind is int or kind == int | None:
-            value = int(text)
+            value = integer_text(text.strip())
         elif kind is float:
             value = float(text)
         elif kind in (Path, Path | None):

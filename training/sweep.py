@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
-from service.command_line import say, stop_if_output_closed
+from service.command_line import integer_text, say, stop_if_output_closed
 from training.config import Activation, ConfigError, Solver, TrainConfig, validate
 from training.fit import floating_point_summary
 
@@ -493,7 +493,7 @@ def _list_of(kind: str, choices: Sequence[str]) -> Any:
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
-        seeds = tuple(int(part) for part in text.split(","))
+        seeds = tuple(integer_text(part.strip()) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"seeds: expected comma-separated integers like 0,1, got {text!r}"
@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--jobs",
-        type=int,
+        type=integer_text,
         default=1,
         help="runs in parallel (joblib n_jobs; -1 = one per core or Dask worker thread; default 1)",
     )

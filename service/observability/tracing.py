@@ -43,6 +43,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from service.command_line import integer_text
+
 #: the instrumentation scope of the service's spans
 SCOPE = "mnist-service"
 STEPS = ("decode", "preprocess", "inference")
@@ -112,7 +114,7 @@ def check_batch_settings(environ: Mapping[str, str]) -> None:
             values[name] = default
             continue
         try:
-            values[name] = int(text)
+            values[name] = integer_text(text)
         except ValueError:
             values[name] = 0
         if not 1 <= values[name] <= highest:

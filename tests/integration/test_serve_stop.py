@@ -262,7 +262,8 @@ BAD_SETTINGS = {
 BAD_SERVE_SETTINGS = {
     **BAD_SETTINGS,
     "WEB_CONCURRENCY": ("x", "WEB_CONCURRENCY='x': expected a whole number from 1 to 256"),
-    "GUNICORN_TIMEOUT": ("abc", "GUNICORN_TIMEOUT='abc': expected a whole number from 1 to 86400"),
+    # int() would take "+30" (and "3_0"); a setting is written in digits
+    "GUNICORN_TIMEOUT": ("+30", "GUNICORN_TIMEOUT='+30': expected a whole number from 1 to 86400"),
     "DATABASE_URL": ("mysql://u:secret@h/db", "DATABASE_URL='mysql://u:***@h/db': the store"),
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.command_line import integer_text
 from service.config import ConfigError, ServiceConfig
 from service.model.contract import MAX_BATCH_SIZE
 
@@ -64,6 +65,9 @@ def test_blank_values_mean_the_default() -> None:
         ("ORT_INTRA_OP_THREADS", "1.5"),
         ("ORT_INTRA_OP_THREADS", "1000"),
         ("MAX_BATCH", "0"),
+        ("MAX_BATCH", "1_000"),
+        ("MAX_BATCH", "+3"),
+        ("MAX_BATCH", "\u0663"),
         ("MAX_BATCH", str(MAX_BATCH_SIZE + 1)),
         ("MAX_BODY_BYTES", "16MB"),
         ("MAX_IMAGE_BYTES", "-1"),
@@ -91,3 +95,18 @@ def test_a_bad_setting_says_what_it_must_be() -> None:
     with pytest.raises(ConfigError, match="holds no token"):
         ServiceConfig.from_env({"API_TOKENS": " , "})
     assert ServiceConfig.from_env({"API_TOKENS": " a, ,b "}).api_tokens == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("0", 0), ("42", 42), ("007", 7), ("-3", -3), ("9" * 4000, 10**4000 - 1)]
+)
+def test_an_integer_is_ascii_digits(text: str, value: int) -> None:
+    assert integer_text(text) == value
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-", "1_000", "+3", "\u0663", "1 0", "1.0", "0x10", "9" * 4001]
+)
+def test_other_spellings_int_takes_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a whole number"):
+        integer_text(text)

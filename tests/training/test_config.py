@@ -168,7 +168,8 @@ def test_early_stopping_needs_a_validation_split() -> None:
 
 def test_parse_layers() -> None:
     assert parse_layers("512,256") == (512, 256)
-    for bad in ("", "a,b", "64,-1", "64,,32"):
+    assert parse_layers("512, 256") == (512, 256)
+    for bad in ("", "a,b", "64,-1", "64,,32", "1_000", "+64", "\u0663\u0662"):
         with pytest.raises(ConfigError):
             parse_layers(bad)
 
@@ -238,6 +239,13 @@ def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(
     with pytest.raises(SystemExit):
         main(["--beta-2", "1.0"])
     assert "--beta-2: 1.0 is out of range [0, 1)" in capsys.readouterr().err
+    # an integer is written in ASCII digits: int()'s other spellings are refused
+    for spelling in ("1_0", "+3", "\u0663"):
+        with pytest.raises(SystemExit) as caught:
+            main(["--epochs", spelling])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert "--epochs" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_cosine_schedule_falls_from_the_initial_rate_to_a_hundredth() -> None:
