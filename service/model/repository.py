@@ -380,6 +380,9 @@ class ModelRepository:
         """
         if not os.access(self.model_dir, os.R_OK | os.X_OK) or not self.model_dir.is_dir():
             raise RepositoryUnavailable(f"cannot read the model folder {self.model_dir}")
+        # a file that is not UTF-8 (a hand edit saved as Latin-1) is as unreadable as a missing
+        # permission: the worker stays up, not ready, saying why (UnicodeDecodeError is a
+        # ValueError)
         try:
             text = self.labels_path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -387,10 +390,10 @@ class ModelRepository:
                 config = self.config_path.read_text(encoding="utf-8")
             except FileNotFoundError:
                 return ServingState()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 raise RepositoryError(f"unreadable {TRITON_CONFIG_FILE}: {exc}") from exc
             return ServingState(policy_versions=policy_versions(config))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise RepositoryError(f"unreadable {LABELS_FILE}: {exc}") from exc
         try:
             data = json.loads(text)
@@ -415,7 +418,11 @@ class ModelRepository:
         # Triton's view first (the loaded set), then ours in one replace: a reader of labels.json
         # never sees a label for a version that is not in the policy for long
         text = triton_config(self.name, versions=state.versions() or None)
-        if not self.config_path.exists() or self.config_path.read_text(encoding="utf-8") != text:
+        try:
+            same = self.config_path.read_bytes() == text.encode()
+        except FileNotFoundError:
+            same = False
+        if not same:  # missing, different, or not even UTF-8: written whole
             write_atomically(self.config_path, text.encode())
         if state.stable is not None:
             body = json.dumps(state.to_json(), indent=2) + "\n"

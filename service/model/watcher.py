@@ -137,11 +137,15 @@ class ModelWatcher:
             try:
                 state, versions = self.repository.snapshot()
             except RepositoryError as exc:
-                problem = f"cannot read the model repository: {exc}; retrying"
-                self._note_problem(problem)
-                if self._current is None or self._current.stable is None:
-                    self._current = ServingSet(None, reason=problem)  # live, not ready
-                    self._install(self._current)
+                self._unreadable(f"cannot read the model repository: {exc}; retrying")
+                return None
+            except Exception as exc:
+                # a surprise while reading the folder must not stop a worker's boot (gunicorn's
+                # master then halts the whole server): live, not ready, retried at each poll
+                problem = f"cannot read the model repository: {type(exc).__name__}: {exc}; retrying"
+                if problem != self._problem:
+                    log.exception("worker %d: reading the model repository failed", os.getpid())
+                self._unreadable(problem)
                 return None
             if self.settings.model_version is not None:
                 state = ServingState(stable=self.settings.model_version)  # MODEL_VERSION wins
@@ -257,6 +261,14 @@ class ModelWatcher:
         if self._converged_once:
             self.metrics.count_reload("success")
         return validated
+
+    def _unreadable(self, problem: str) -> None:
+        """The repository could not be read: say so once; with nothing serving yet, the worker
+        is live and not ready, its reason ``problem``."""
+        self._note_problem(problem)
+        if self._current is None or self._current.stable is None:
+            self._current = ServingSet(None, reason=problem)  # live, not ready
+            self._install(self._current)
 
     def _note_problem(self, problem: str | None) -> None:
         if problem == self._problem:

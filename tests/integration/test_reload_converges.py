@@ -148,6 +148,34 @@ def test_rel_worker_boot_halts_master(tmp_path: Path, gunicorn_server: Any) -> N
     assert second in worker_pids(server)
 
 
+def test_a_worker_restarted_on_a_labels_json_that_is_not_utf8_keeps_the_master_up(
+    tmp_path: Path, gunicorn_server: Any
+) -> None:
+    """The same kind of fault: a file that cannot even be decoded (a hand edit saved as
+    Latin-1) makes a restarted worker live and not ready, not a boot failure that stops the
+    master; repaired, every worker serves."""
+    models = scratch_models(tmp_path)
+    server = gunicorn_server({"MODEL_DIR": str(models), "MODEL_POLL_SECONDS": "0.5"})
+    first, second = worker_pids(server)
+    labels = models / "mnist" / "labels.json"
+    good = labels.read_bytes()
+    broken = tmp_path / "labels.tmp"
+    broken.write_bytes(b'{"stable": 1, "note": "caf\xe9"}')
+    broken.replace(labels)
+    assert wait_until(lambda: "unreadable labels.json" in server.log(), 15)
+    assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: len(set(worker_pids(server)) - {first}) == 2, 15)
+    time.sleep(3)
+    assert server.alive()
+    assert requests.get(server.url + "/v2/health/live", timeout=5).status_code == 200
+    labels.write_bytes(good)
+    assert wait_until(lambda: server.log().count(" serving mnist version 1 ") == 3, 30)
+    assert set(answered_versions(server, 12)) == {1}
+    assert second in worker_pids(server)
+    assert "Traceback" not in server.log()
+
+
 def test_rel_onnx_external_data(tmp_path: Path, gunicorn_server: Any) -> None:
     """A model whose weights live outside the repository is refused even when promoted."""
     models = scratch_models(tmp_path)

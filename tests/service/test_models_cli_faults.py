@@ -3,6 +3,7 @@ closed pipe, and every failure is one line with its documented exit code."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -165,6 +166,39 @@ def test_a_worker_with_a_hostile_labels_json_is_live_not_ready_and_says_why(
         predictor.load()
     (model_repo / "mnist" / "labels.json").write_text('{"stable": 1}')  # repaired: it serves
     assert predictor.load().version == 1
+
+
+#: labels.json as a hand edit saved in Latin-1 could leave it: valid JSON, not UTF-8
+NOT_UTF8_LABELS = b'{"stable": 1, "note": "caf\xe9"}'
+
+
+def test_a_labels_json_that_is_not_utf8_is_one_line_and_exit_5(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "mnist" / "labels.json").write_bytes(NOT_UTF8_LABELS)
+    assert main(["--models-dir", str(repo), "list"]) == 5
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unreadable labels.json" in lines[0], lines
+    assert "utf-8" in lines[0]
+
+
+def test_a_worker_with_a_labels_json_that_is_not_utf8_is_live_not_ready_and_says_why(
+    model_repo: Path, make_predictor: Any
+) -> None:
+    (model_repo / "mnist" / "labels.json").write_bytes(NOT_UTF8_LABELS)
+    predictor = make_predictor()
+    with pytest.raises(ModelUnavailable, match=r"unreadable labels\.json: 'utf-8' codec"):
+        predictor.load()
+    (model_repo / "mnist" / "labels.json").write_text('{"stable": 1}')  # repaired: it serves
+    assert predictor.load().version == 1
+
+
+def test_a_config_pbtxt_that_is_not_utf8_is_rewritten_by_a_change_of_state(repo: Path) -> None:
+    config = repo / "mnist" / "config.pbtxt"
+    config.write_bytes(b"# caf\xe9\n")
+    with ModelRepository(repo).changing_state() as change:
+        change.state = dataclasses.replace(change.state, stable=4, history=(1,))
+    assert config.read_text(encoding="utf-8").startswith('name: "mnist"')
 
 
 def test_a_hostile_card_or_selftest_is_a_validation_failure(repo: Path) -> None:
